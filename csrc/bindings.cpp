@@ -1,0 +1,56 @@
+// Operator schemas of the extension (namespace sdekernels_C) and their CPU/CUDA kernels.
+// Python wraps each in a torch.library custom op (sdekernels/ops/), which owns fake tensors,
+// dtype policy and argument checks; the kernels here see contiguous float32/float64 only.
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace sdekernels {
+
+static std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef(const at::Tensor& M, const at::Tensor& grad,
+                                                                    const std::optional<at::Tensor>& S_a,
+                                                                    const std::optional<at::Tensor>& S_b) {
+#ifdef SDEKERNELS_CUDA
+  if (M.is_cuda()) return subspace_coef_cuda(M, grad, S_a, S_b);
+#endif
+  return subspace_coef_cpu(M, grad, S_a, S_b);
+}
+
+// Subspace distance backward: the k×k coefficient kernel between two pairs of GEMMs
+// (M = V_aᵀV_b, then dV_a = V_b Gᵀ, dV_b = V_a G): never an n×n matrix.
+static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subspace_bwd(
+    const at::Tensor& V_a, const at::Tensor& V_b, const at::Tensor& grad, const std::optional<at::Tensor>& S_a,
+    const std::optional<at::Tensor>& S_b) {
+  TORCH_CHECK(S_a.has_value() == S_b.has_value(), "S_a and S_b must be given together");
+  auto M = at::matmul(V_a.mT(), V_b);
+  auto [G, dSa, dSb] = subspace_coef(M, grad, S_a, S_b);
+  return {at::matmul(V_b, G.mT()), at::matmul(V_a, G), dSa, dSb};
+}
+
+static bool cuda_built() {
+#ifdef SDEKERNELS_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace sdekernels
+
+TORCH_LIBRARY(sdekernels_C, m) {
+  m.def("hellinger_bwd(Tensor S_a, Tensor S_b, Tensor grad, float power, bool squared) -> (Tensor, Tensor)");
+  m.def("subspace_bwd(Tensor V_a, Tensor V_b, Tensor grad, Tensor? S_a, Tensor? S_b) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cuda_built() -> bool", &sdekernels::cuda_built);
+}
+
+TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
+  m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cpu);
+  m.impl("subspace_bwd", &sdekernels::subspace_bwd);
+}
+
+#ifdef SDEKERNELS_CUDA
+TORCH_LIBRARY_IMPL(sdekernels_C, CUDA, m) {
+  m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cuda);
+  m.impl("subspace_bwd", &sdekernels::subspace_bwd);
+}
+#endif

@@ -1,0 +1,118 @@
+// CPU backward kernels of the spectral distances (SPEC §5): one batch row per task.
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+
+#include <vector>
+
+#include "../ops.h"
+#include "../spectral_math.h"
+
+namespace sdekernels {
+
+template <typename T>
+static void hellinger_row(const T* a, const T* b, T g, T power, bool squared, int64_t r, T* da, T* db) {
+  T Za = 0, Zb = 0;
+  for (int64_t i = 0; i < r; ++i) { Za += spow(a[i], power); Zb += spow(b[i], power); }
+  const T Zca = Za > T(kSumFloor) ? Za : T(kSumFloor), Zcb = Zb > T(kSumFloor) ? Zb : T(kSumFloor);
+  T bc = 0, ca = 0, cb = 0;
+  for (int64_t i = 0; i < r; ++i) {
+    const T pt = spow(a[i], power) / Zca, qt = spow(b[i], power) / Zcb;
+    const T p = pt > T(kProbFloor) ? pt : T(kProbFloor), q = qt > T(kProbFloor) ? qt : T(kProbFloor);
+    bc += std::sqrt(p * q);
+    ca += dh2_dp(pt, qt) * pt;
+    cb += dh2_dp(qt, pt) * qt;
+  }
+  if (Za < T(kSumFloor)) ca = 0;
+  if (Zb < T(kSumFloor)) cb = 0;
+  const T h2 = T(1) - bc;
+  const T scale = squared ? g : (h2 > T(0) ? g * T(0.5) / std::sqrt(h2) : T(0));
+  for (int64_t i = 0; i < r; ++i) {
+    const T pt = spow(a[i], power) / Zca, qt = spow(b[i], power) / Zcb;
+    da[i] = scale * hellinger_entry_grad(dh2_dp(pt, qt), ca, Zca, a[i], power);
+    db[i] = scale * hellinger_entry_grad(dh2_dp(qt, pt), cb, Zcb, b[i], power);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b,
+                                                     const at::Tensor& grad, double power, bool squared) {
+  auto a = S_a.contiguous(), b = S_b.contiguous(), g = grad.contiguous();
+  auto da = at::empty_like(a), db = at::empty_like(b);
+  const int64_t r = a.size(-1), rows = r ? a.numel() / r : 0;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "hellinger_bwd_cpu", [&] {
+    const scalar_t *pa = a.const_data_ptr<scalar_t>(), *pb = b.const_data_ptr<scalar_t>(), *pg = g.const_data_ptr<scalar_t>();
+    scalar_t *qa = da.data_ptr<scalar_t>(), *qb = db.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        hellinger_row<scalar_t>(pa + i * r, pb + i * r, pg[i], scalar_t(power), squared, r, qa + i * r, qb + i * r);
+    });
+  });
+  return {da, db};
+}
+
+// Normalised weights w = S² / max(ΣS², floor) of one row; returns Z = ΣS².
+template <typename T>
+static T weights(const T* S, int64_t k, T* w) {
+  T Z = 0;
+  for (int64_t i = 0; i < k; ++i) Z += S[i] * S[i];
+  const T Zc = Z > T(kSumFloor) ? Z : T(kSumFloor);
+  for (int64_t i = 0; i < k; ++i) w[i] = S[i] * S[i] / Zc;
+  return Z;
+}
+
+// dL/dS from dL/dw through w = S²/ΣS².
+template <typename T>
+static void weights_bwd(const T* S, const T* w, const T* gw, T Z, int64_t k, T* dS) {
+  const T Zc = Z > T(kSumFloor) ? Z : T(kSumFloor);
+  T c = 0;
+  if (Z >= T(kSumFloor))
+    for (int64_t i = 0; i < k; ++i) c += gw[i] * w[i];
+  for (int64_t j = 0; j < k; ++j) dS[j] = T(2) * S[j] / Zc * (gw[j] - c);
+}
+
+template <typename T>
+static void subspace_row(const T* M, T g, const T* Sa, const T* Sb, int64_t k, T* G, T* dSa, T* dSb) {
+  if (!Sa) {
+    for (int64_t i = 0; i < k * k; ++i) G[i] = T(-2) * g * M[i] / T(k);
+    return;
+  }
+  std::vector<T> wa(k), wb(k), ga(k), gb(k, T(0));
+  const T Za = weights(Sa, k, wa.data()), Zb = weights(Sb, k, wb.data());
+  for (int64_t i = 0; i < k; ++i) {
+    T acc = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const T m = M[i * k + j];
+      G[i * k + j] = T(-4) * g * wa[i] * wb[j] * m;
+      acc += wb[j] * m * m;
+      gb[j] += wa[i] * m * m;
+    }
+    ga[i] = g * (T(2) * wa[i] - T(2) * acc);
+  }
+  for (int64_t j = 0; j < k; ++j) gb[j] = g * (T(2) * wb[j] - T(2) * gb[j]);
+  weights_bwd(Sa, wa.data(), ga.data(), Za, k, dSa);
+  weights_bwd(Sb, wb.data(), gb.data(), Zb, k, dSb);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cpu(const at::Tensor& M_, const at::Tensor& grad,
+                                                                 const std::optional<at::Tensor>& S_a,
+                                                                 const std::optional<at::Tensor>& S_b) {
+  auto M = M_.contiguous(), g = grad.contiguous();
+  const bool weighted = S_a.has_value();
+  auto Sa = weighted ? S_a->contiguous() : at::Tensor(), Sb = weighted ? S_b->contiguous() : at::Tensor();
+  auto G = at::empty_like(M);
+  auto dSa = weighted ? at::empty_like(Sa) : at::empty({0}, M.options());
+  auto dSb = weighted ? at::empty_like(Sb) : at::empty({0}, M.options());
+  const int64_t k = M.size(-1), rows = k ? M.numel() / (k * k) : 0;
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "subspace_coef_cpu", [&] {
+    const scalar_t *pm = M.const_data_ptr<scalar_t>(), *pg = g.const_data_ptr<scalar_t>();
+    const scalar_t *pa = weighted ? Sa.const_data_ptr<scalar_t>() : nullptr, *pb = weighted ? Sb.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t *pG = G.data_ptr<scalar_t>(), *qa = weighted ? dSa.data_ptr<scalar_t>() : nullptr, *qb = weighted ? dSb.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        subspace_row<scalar_t>(pm + i * k * k, pg[i], weighted ? pa + i * k : nullptr, weighted ? pb + i * k : nullptr, k,
+                               pG + i * k * k, weighted ? qa + i * k : nullptr, weighted ? qb + i * k : nullptr);
+    });
+  });
+  return {G, dSa, dSb};
+}
+
+}  // namespace sdekernels

@@ -1,0 +1,26 @@
+"""Test set-up: on a machine without a GPU the Triton kernels run in Triton's interpreter on CPU
+tensors; this must be decided before anything imports triton."""
+import os
+
+import pytest
+
+try:
+    import torch
+    _cuda = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _cuda = False
+if not _cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,42 @@
+"""What the generic tests share: the device under test, the kernel paths on it, comparisons."""
+import contextlib
+import os
+
+import torch
+
+from sdekernels._core import HAS_TRITON, INTERPRET, triton_on_cpu
+
+DEVICE = torch.device(os.environ.get("SDEKERNELS_TEST_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# CUDA tensors always take the Triton kernels; CPU tensors take ATen, or Triton in the interpreter.
+PATHS = ["triton"] if DEVICE.type == "cuda" else ["aten"] + (["triton"] if HAS_TRITON and INTERPRET else [])
+
+
+def on_path(path: str):
+    return triton_on_cpu() if path == "triton" and DEVICE.type == "cpu" else contextlib.nullcontext()
+
+
+def flat(out) -> list:
+    """The tensors of an op's output (a tensor, a tuple or a NamedTuple of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in flat(o)] if isinstance(out, (tuple, list)) else []
+
+
+def assert_close(actual, expected, atol, rtol, what=""):
+    a, e = flat(actual), flat(expected)
+    assert len(a) == len(e), f"{what}: {len(a)} outputs, expected {len(e)}"
+    for i, (x, y) in enumerate(zip(a, e)):
+        assert x.shape == y.shape, f"{what} output {i}: shape {tuple(x.shape)} != {tuple(y.shape)}"
+        torch.testing.assert_close(x.double().cpu(), y.double().cpu(), atol=atol, rtol=rtol, equal_nan=True,
+                                   msg=lambda m: f"{what} output {i}: {m}")
+
+
+def weighted_sum(out, gen):
+    """A scalar that depends on every output entry with random weights (a generic loss)."""
+    total = 0
+    for t in flat(out):
+        if t.is_floating_point():
+            w = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
+            total = total + (t * w).sum()
+    return total

@@ -1,0 +1,194 @@
+"""Generic tests of every registered op, driven by sdekernels.registry: parity with the reference
+per dtype and kernel path, gradients (gradcheck in float64 and against the reference), bad
+inputs, inputs never written, non-contiguous inputs, non-finite isolation, debug checks,
+torch.compile, and property-based shapes."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sdekernels._core as core
+from sdekernels.registry import all_ops
+
+from helpers import DEVICE, DTYPES, PATHS, assert_close, flat, on_path, weighted_sum
+
+OPS = all_ops()
+NAMES = sorted(OPS)
+
+
+def _sample(info, shape, dtype=torch.float64, seed=0):
+    return info.make(shape, DEVICE, dtype, torch.Generator().manual_seed(seed))
+
+
+def _canon(info, out):
+    return info.canon(out) if info.canon else out
+
+
+def _check_parity(info, shape, dtype, path, seed=0):
+    s = _sample(info, shape, dtype, seed)
+    with on_path(path):
+        out = s.call(info.op)
+    for t, r in zip(flat(out), flat(s.call(info.ref))):
+        assert t.dtype == r.dtype, f"{info.name}: output dtype {t.dtype}, reference gives {r.dtype}"
+    expected = s.map(torch.Tensor.double).call(info.ref)  # float64 truth of the same (rounded) values
+    atol, rtol = info.tol[dtype]
+    assert_close(_canon(info, out), _canon(info, expected), atol, rtol, f"{info.name} {shape} {dtype} {path}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_parity(name, dtype, path):
+    info = OPS[name]
+    for shape in info.shapes:
+        _check_parity(info, shape, dtype, path)
+
+
+def _small(info, limit=600):
+    return [sh for sh in info.shapes if sum(t.numel() for t in _sample(info, sh).tensors()) <= limit]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(name):
+    info = OPS[name]
+    if not info.differentiable:
+        pytest.skip("not differentiable")
+    for shape in _small(info):
+        s = _sample(info, shape).bare().map(lambda t: t.detach().requires_grad_())
+        fn = lambda *ts: s.with_tensors(ts).call(info.op)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, s.tensors(), eps=1e-6, atol=1e-6, rtol=1e-5), f"{name} {shape}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_vs_reference(name, path):
+    info = OPS[name]
+    if not info.differentiable:
+        pytest.skip("not differentiable")
+    for shape in info.shapes:
+        grads = []
+        for fn in (info.op, info.ref):
+            s = _sample(info, shape).map(lambda t: t.detach().requires_grad_())
+            with on_path(path):
+                loss = weighted_sum(s.call(fn), torch.Generator().manual_seed(1))
+            grads.append(torch.autograd.grad(loss, s.tensors(), allow_unused=True))
+        for g, r in zip(*grads):
+            assert g is not None and torch.isfinite(g).all(), f"{name} {shape}: missing or non-finite gradient"
+            assert_close(g, r, *info.grad_tol, f"{name} {shape} gradient")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_low_precision_backward(name, dtype):
+    """Low precision gradients are computed in float32 and come back in the input dtype."""
+    info = OPS[name]
+    if not info.differentiable:
+        pytest.skip("not differentiable")
+    s = _sample(info, info.shapes[1], dtype).map(lambda t: t.detach().requires_grad_())
+    loss = weighted_sum(s.call(info.op), torch.Generator().manual_seed(1))
+    for leaf, g in zip(s.tensors(), torch.autograd.grad(loss.float(), s.tensors())):
+        assert g.dtype == dtype and torch.isfinite(g).all()
+        assert g.shape == leaf.shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_inputs(name):
+    for args, kwargs, argname in OPS[name].bad(DEVICE):
+        with pytest.raises(ValueError, match=argname):
+            OPS[name].op(*args, **kwargs)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_not_written(name, path):
+    info = OPS[name]
+    s = _sample(info, info.shapes[1], torch.float32).bare().map(lambda t: t.requires_grad_(info.differentiable))
+    before = [t.detach().clone() for t in s.tensors()]
+    with on_path(path):
+        out = s.call(info.op)
+        if info.differentiable:
+            weighted_sum(out, torch.Generator().manual_seed(1)).backward()
+    for t, b in zip(s.tensors(), before):
+        assert torch.equal(t.detach(), b)
+
+
+def _strided(t):
+    """The same values in a non-contiguous layout."""
+    return torch.stack([t, torch.full_like(t, float("nan"))], -1)[..., 0]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous(name, path):
+    info = OPS[name]
+    for shape in info.shapes[1:3]:
+        s = _sample(info, shape, torch.float32)
+        nc = s.map(_strided)
+        assert not any(t.is_contiguous() for t in nc.tensors())
+        with on_path(path):
+            assert_close(nc.call(info.op), s.call(info.op), 1e-6, 1e-6, f"{name} {shape}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_stays_in_its_batch_element(name, path):
+    info = OPS[name]
+    shape = next((sh for sh in info.shapes if (sh.get(info.batch_key) or 0) >= 2), None) if info.batch_key else None
+    if shape is None:
+        pytest.skip("no batched sample")
+    s = _sample(info, shape, torch.float32)
+    args, kwargs = s.prepared()
+    poisoned = args[0].clone()
+    poisoned[0] = float("nan")
+    with on_path(path):
+        clean, dirty = flat(info.op(*args, **kwargs)), flat(info.op(poisoned, *args[1:], **kwargs))
+    for c, d in zip(clean, dirty):
+        assert torch.equal(c[1:], d[1:]), f"{name}: a NaN in batch element 0 changed element 1+"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_debug_mode_rejects_non_finite(name, monkeypatch):
+    info = OPS[name]
+    s = _sample(info, info.shapes[1], torch.float32)
+    args, kwargs = s.prepared()
+    bad = args[0].clone()
+    bad[(0,) * bad.dim()] = float("inf")
+    info.op(bad, *args[1:], **kwargs)  # no check (and no device sync) outside debug mode
+    monkeypatch.setattr(core, "DEBUG", True)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        info.op(bad, *args[1:], **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_fullgraph(name):
+    info = OPS[name]
+    s = _sample(info, info.shapes[1], torch.float32).bare()
+    compiled = torch.compile(info.op, fullgraph=True)
+    results = []
+    for fn in (info.op, compiled):
+        leaves = s.map(lambda t: t.detach().requires_grad_(info.differentiable))
+        out = leaves.call(fn)
+        grads = ()
+        if info.differentiable:
+            grads = torch.autograd.grad(weighted_sum(out, torch.Generator().manual_seed(1)), leaves.tensors())
+        results.append((flat(out), grads))
+    torch._dynamo.reset()
+    assert_close(results[1], results[0], 1e-5, 1e-5, f"{name} compiled")
+
+
+def _shapes(info):
+    return st.fixed_dictionaries({k: st.integers(lo, hi) for k, (lo, hi) in info.space.items()}).filter(
+        lambda sh: info.valid is None or info.valid(sh))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", NAMES)
+def test_property_shapes(name, path):
+    info = OPS[name]
+
+    @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(_shapes(info), st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**16))
+    def check(shape, dtype, seed):
+        _check_parity(info, shape, dtype, path, seed)
+
+    check()

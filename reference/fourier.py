@@ -1,0 +1,187 @@
+"""Fourier amplitude/phase split, merge, amplitude mix and the FARL token module (SPEC §8)."""
+import math
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_NORMS = ("backward", "ortho", "forward")
+_TINY = 1e-30  # |X|² below this: amplitude and phase gradients are 0
+
+
+def _work(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def _check_image(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError(f"{name} must be a real tensor of shape [..., H, W]")
+    if x.is_complex() or not x.is_floating_point():
+        raise ValueError(f"{name} must be a real floating-point tensor, got {x.dtype}")
+
+
+def _shift_dims(onesided: bool):
+    # A one-sided spectrum keeps only the non-negative column frequencies; centring it
+    # shifts the rows only.
+    return (-2,) if onesided else (-2, -1)
+
+
+def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backward",
+                  centered: bool = False, log_amplitude: bool = False):
+    """Amplitude and phase of the 2-D FFT of real x [..., H, W] (SPEC §8).
+
+    X = fft2(x, norm) (rfft2 when onesided: shape [..., H, W//2 + 1]); A = |X| (log1p(A) when
+    log_amplitude), P = atan2(Im X, Re X) ∈ (−π, π] (−π, from a signed zero, is mapped to π).
+    centered: fftshift over both dims (over the row dim only when onesided).
+    Where |X|² < 1e-30 the forward values are exact but the gradients of A and P are 0.
+    """
+    _check_image(x, "x")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    dtype = x.dtype
+    xw = _work(x)
+    X = torch.fft.rfft2(xw, norm=norm) if onesided else torch.fft.fft2(xw, norm=norm)
+    re, im = X.real, X.imag
+    p = re * re + im * im
+    ok = p >= _TINY
+    # Differentiable branch on safe inputs; the tiny entries take a detached exact value.
+    A = torch.where(ok, torch.sqrt(torch.where(ok, p, torch.ones_like(p))), torch.sqrt(p).detach())
+    P = torch.where(ok,
+                    torch.atan2(torch.where(ok, im, torch.zeros_like(im)), torch.where(ok, re, torch.ones_like(re))),
+                    torch.atan2(im, re).detach())
+    P = P + (2.0 * math.pi) * (P == -math.pi).to(P.dtype)
+    if log_amplitude:
+        A = torch.log1p(A)
+    if centered:
+        dims = _shift_dims(onesided)
+        A, P = torch.fft.fftshift(A, dim=dims), torch.fft.fftshift(P, dim=dims)
+    return A.to(dtype), P.to(dtype)
+
+
+def fourier_merge(A: torch.Tensor, P: torch.Tensor, *, onesided: bool = False, norm: str = "backward",
+                  centered: bool = False, size: Optional[Sequence[int]] = None):
+    """Re IFFT2(A e^{iP}) — the inverse of ``fourier_split`` without log_amplitude (SPEC §8).
+
+    onesided: irfft2 with output size ``size`` = (H, W) (default (H, 2(W_r − 1)); give it for
+    odd W). Two-sided: ``size`` may be given but must equal A's last two dims.
+    """
+    _check_image(A, "A")
+    _check_image(P, "P")
+    if A.shape != P.shape:
+        raise ValueError(f"A and P must have the same shape, got {tuple(A.shape)} and {tuple(P.shape)}")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    if size is not None:
+        size = tuple(int(s) for s in size)
+        if len(size) != 2:
+            raise ValueError(f"size must be (H, W), got {size}")
+        if not onesided and size != tuple(A.shape[-2:]):
+            raise ValueError(f"size must equal A's spatial shape {tuple(A.shape[-2:])} when not onesided, got {size}")
+        if onesided and (size[0] != A.shape[-2] or size[1] // 2 + 1 != A.shape[-1]):
+            raise ValueError(f"size {size} does not match the one-sided spectrum shape {tuple(A.shape[-2:])}")
+    dtype = A.dtype
+    A, P = _work(A), _work(P)
+    if centered:
+        dims = _shift_dims(onesided)
+        A, P = torch.fft.ifftshift(A, dim=dims), torch.fft.ifftshift(P, dim=dims)
+    X = torch.complex(A * torch.cos(P), A * torch.sin(P))
+    if onesided:
+        x = torch.fft.irfft2(X, s=size, norm=norm)
+    else:
+        x = torch.fft.ifft2(X, norm=norm).real
+    return x.to(dtype)
+
+
+def _window(H: int, W: int, ratio: float, device) -> torch.Tensor:
+    """Boolean [H, W] mask of the centred window in fftshifted coordinates (SPEC §8)."""
+    h, w = int(math.floor(H * math.sqrt(ratio))), int(math.floor(W * math.sqrt(ratio)))
+    h0, w0 = H // 2 - h // 2, W // 2 - w // 2
+    mask = torch.zeros(H, W, dtype=torch.bool, device=device)
+    mask[h0:h0 + h, w0:w0 + w] = True
+    return mask
+
+
+def amplitude_mix(x1: torch.Tensor, x2: torch.Tensor, lam, *, ratio: float = 1.0):
+    """Fourier amplitude mix (FACT) of real x1, x2 [..., H, W] (SPEC §8).
+
+    In the fftshifted spectrum, A = (1 − lam) A1 + lam A2 inside the centred window of
+    h = ⌊H√ratio⌋ rows starting at ⌊H/2⌋ − ⌊h/2⌋ (likewise w columns), A = A1 elsewhere; the
+    phase of x1 is kept and the output is Re IFFT2(A e^{iP1}). ``lam`` is a float or a tensor
+    whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]).
+    """
+    _check_image(x1, "x1")
+    _check_image(x2, "x2")
+    if x1.shape != x2.shape:
+        raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must lie in (0, 1], got {ratio}")
+    dtype = x1.dtype
+    a, b = _work(x1), _work(x2)
+    H, W = a.shape[-2:]
+    A1, P1 = fourier_split(a, centered=True)
+    A2, _ = fourier_split(b, centered=True)
+    if isinstance(lam, torch.Tensor):
+        lam = _work(lam).to(device=a.device)
+        if lam.dim() > a.dim() - 2 or tuple(lam.shape) != tuple(a.shape[:lam.dim()]):
+            raise ValueError(f"lam must be a float or have a prefix of the batch shape {tuple(a.shape[:-2])}, got {tuple(lam.shape)}")
+        lam = lam.reshape(*lam.shape, *([1] * (a.dim() - lam.dim())))
+    mixed = (1.0 - lam) * A1 + lam * A2
+    A = torch.where(_window(H, W, ratio, a.device), mixed, A1)
+    return fourier_merge(A, P1, centered=True).to(dtype)
+
+
+class FourierTokens(NamedTuple):
+    fused: torch.Tensor      # [B, n_tokens, dim] — deep prompts for the text encoder
+    structure: torch.Tensor  # [B, n_tokens, dim] — tokens attended to phase patches
+    style: torch.Tensor      # [B, n_tokens, dim] — tokens attended to amplitude patches
+    tokens: torch.Tensor     # [B, n_tokens, dim] — the unfused learnable tokens (image encoder)
+
+
+class FourierAttentiveTokens(nn.Module):
+    """FARL's Fourier-attentive tokens (SPEC §8).
+
+    x [B, C, H, W] → centred spectrum → amplitude map log1p(A) [B, C, H, W] and phase map
+    (cos P, sin P) [B, 2C, H, W] → patch embeddings (Conv2d, kernel = stride = patch, then
+    LayerNorm) → learnable tokens T [n_tokens, dim] cross-attend (nn.MultiheadAttention,
+    batch_first) to the phase patches (structure) and to the amplitude patches (style) →
+    fused = T + Linear([structure, style]). No positional embedding is added to the patches.
+    The spectral split is the class attribute ``split`` so a subclass can swap in a kernel.
+    H and W must be multiples of ``patch``.
+    """
+
+    split = staticmethod(fourier_split)
+
+    def __init__(self, in_channels: int, dim: int, n_tokens: int, patch: int, heads: int):
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.in_channels, self.dim, self.n_tokens, self.patch, self.heads = in_channels, dim, n_tokens, patch, heads
+        self.tokens = nn.Parameter(torch.randn(n_tokens, dim) * 0.02)
+        self.amp_embed = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.phase_embed = nn.Conv2d(2 * in_channels, dim, kernel_size=patch, stride=patch)
+        self.amp_norm = nn.LayerNorm(dim)
+        self.phase_norm = nn.LayerNorm(dim)
+        self.structure_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.style_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.fuse = nn.Linear(2 * dim, dim)
+
+    def _patches(self, conv: nn.Module, norm: nn.Module, maps: torch.Tensor) -> torch.Tensor:
+        return norm(conv(maps).flatten(2).transpose(1, 2))  # [B, N, dim]
+
+    def forward(self, x: torch.Tensor) -> FourierTokens:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        if x.shape[-2] % self.patch or x.shape[-1] % self.patch:
+            raise ValueError(f"x's H and W must be multiples of patch={self.patch}, got {tuple(x.shape[-2:])}")
+        A, P = self.split(x, centered=True, log_amplitude=True)
+        dtype = self.amp_embed.weight.dtype
+        amp = A.to(dtype)
+        phase = torch.cat([torch.cos(P), torch.sin(P)], dim=1).to(dtype)
+        amp_p = self._patches(self.amp_embed, self.amp_norm, amp)
+        phase_p = self._patches(self.phase_embed, self.phase_norm, phase)
+        T = self.tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
+        structure = self.structure_attn(T, phase_p, phase_p, need_weights=False)[0]
+        style = self.style_attn(T, amp_p, amp_p, need_weights=False)[0]
+        fused = T + self.fuse(torch.cat([structure, style], dim=-1))
+        return FourierTokens(fused=fused, structure=structure, style=style, tokens=T)

@@ -1,0 +1,218 @@
+"""Radial power spectra, spectrum matching (ESM / DSM) and difference of Gaussians (SPEC §9)."""
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as Fn
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _work(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def _check_images(x, name: str, min_dim: int = 3) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < min_dim or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor of shape [..., C, H, W]")
+
+
+def dct_matrix(n: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Orthonormal DCT-II matrix D [n, n]: D[k, i] = c_k cos(π (2i + 1) k / (2n)),
+    c_0 = √(1/n), c_k = √(2/n); coefficients of x are D x, and Dᵀ D = I."""
+    k = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+    i = torch.arange(n, dtype=torch.float64).unsqueeze(0)
+    D = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    D[0] = D[0] / math.sqrt(2.0)
+    return D.to(dtype=dtype, device=device)
+
+
+def _dct2(x: torch.Tensor) -> torch.Tensor:
+    """2-D orthonormal DCT-II over the last two dims."""
+    H, W = x.shape[-2:]
+    DH, DW = dct_matrix(H, x.dtype, x.device), dct_matrix(W, x.dtype, x.device)
+    return DH @ x @ DW.mT
+
+
+def _idct2(c: torch.Tensor) -> torch.Tensor:
+    H, W = c.shape[-2:]
+    DH, DW = dct_matrix(H, c.dtype, c.device), dct_matrix(W, c.dtype, c.device)
+    return DH.mT @ c @ DW
+
+
+def _radius(H: int, W: int, transform: str, device) -> tuple:
+    u = torch.arange(H, dtype=torch.float64, device=device).unsqueeze(1)
+    v = torch.arange(W, dtype=torch.float64, device=device).unsqueeze(0)
+    if transform == "dct":
+        r = torch.sqrt(u * u + v * v)
+        r_max = math.sqrt((H - 1) ** 2 + (W - 1) ** 2)
+    else:
+        uu, vv = torch.minimum(u, H - u), torch.minimum(v, W - v)
+        r = torch.sqrt(uu * uu + vv * vv)
+        r_max = math.sqrt((H // 2) ** 2 + (W // 2) ** 2)
+    return r, r_max
+
+
+def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", center: Optional[str] = "mean",
+               channel_reduce: str = "mean") -> torch.Tensor:
+    """Radially binned power spectrum of x [..., C, H, W] (SPEC §9).
+
+    transform="dct": P = (2-D orthonormal DCT-II coefficient)², r = √(u² + v²),
+    r_max = √((H−1)² + (W−1)²); transform="fft": P = |FFT2|² / (HW), r = √(min(u, H−u)² +
+    min(v, W−v)²), r_max = √(⌊H/2⌋² + ⌊W/2⌋²). Each sample-channel's spatial mean is removed
+    first when center="mean" (center=None or "none": not). P is averaged over channels
+    (channel_reduce="mean") or kept per channel ("none"), clamped ≥ 1e-12, P[0, 0] = 0;
+    bin = min(⌊r / r_max · bins⌋, bins − 1) and the output [..., bins] (or [..., C, bins]) is
+    the mean of P per bin, 0 for an empty bin (the DC entry counts, with value 0, in bin 0).
+    """
+    _check_images(x, "x")
+    if transform not in ("dct", "fft"):
+        raise ValueError(f"transform must be 'dct' or 'fft', got {transform!r}")
+    if center not in ("mean", None, "none"):
+        raise ValueError(f"center must be 'mean' or None, got {center!r}")
+    if channel_reduce not in ("mean", "none"):
+        raise ValueError(f"channel_reduce must be 'mean' or 'none', got {channel_reduce!r}")
+    if int(bins) < 1:
+        raise ValueError(f"bins must be a positive int, got {bins}")
+    bins = int(bins)
+    dtype = x.dtype
+    xw = _work(x)
+    H, W = xw.shape[-2:]
+    if center == "mean":
+        xw = xw - xw.mean(dim=(-2, -1), keepdim=True)
+    if transform == "dct":
+        P = _dct2(xw) ** 2
+    else:
+        P = torch.fft.fft2(xw).abs() ** 2 / (H * W)
+    if channel_reduce == "mean":
+        P = P.mean(dim=-3)
+    P = P.clamp_min(1e-12)
+    dc = torch.zeros(H, W, dtype=torch.bool, device=P.device)
+    dc[0, 0] = True
+    P = torch.where(dc, torch.zeros_like(P), P)
+
+    r, r_max = _radius(H, W, transform, P.device)
+    idx = torch.floor(r / max(r_max, 1e-12) * bins).long().clamp_max(bins - 1).reshape(-1)
+    onehot = Fn.one_hot(idx, bins).to(P.dtype)  # [H*W, bins]
+    counts = onehot.sum(0)
+    sums = P.flatten(-2) @ onehot  # [..., bins]
+    out = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
+    return out.to(dtype)
+
+
+def _gaussian_kernel1d(size: int, sigma: float, dtype, device) -> torch.Tensor:
+    i = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(i * i) / (2.0 * sigma * sigma))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def _blur(x: torch.Tensor, kernel: torch.Tensor, name: str) -> torch.Tensor:
+    """Separable per-channel blur of x [N, C, H, W] with an odd 1-D kernel, reflect padding."""
+    C = x.shape[1]
+    K = kernel.numel()
+    pad = K // 2
+    if pad >= x.shape[-2] or pad >= x.shape[-1]:
+        raise ValueError(f"{name}'s H and W must exceed the blur radius {pad}, got {tuple(x.shape[-2:])}")
+    kh = kernel.reshape(1, 1, K, 1).expand(C, 1, K, 1)
+    kw = kernel.reshape(1, 1, 1, K).expand(C, 1, 1, K)
+    x = Fn.conv2d(Fn.pad(x, (0, 0, pad, pad), mode="reflect"), kh, groups=C)
+    x = Fn.conv2d(Fn.pad(x, (pad, pad, 0, 0), mode="reflect"), kw, groups=C)
+    return x
+
+
+def _as_4d(x: torch.Tensor):
+    batch = x.shape[:-3]
+    return x.reshape(-1, *x.shape[-3:]), batch
+
+
+def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int = 16,
+             blur: Optional[Sequence] = (7, 1.2)) -> torch.Tensor:
+    """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
+
+    x is blurred (separable normalised Gaussian of blur = (size, sigma), size odd, reflect
+    padding; blur=None: none), resized to (h, w) by bicubic interpolation (align_corners=False;
+    skipped when the size already matches, where it is the identity), and
+    s_x = radial_psd(x) · f^delta, f = 1..bins, is the detached target; s_z = radial_psd(z).
+    Each s ← max(log(1 + s + 1e-8), 0) (computed as log1p(s + 1e-8), which keeps every entry
+    > 0 in float32 too), normalised to sum 1; L = mean over the batch of Σ s_x (log s_x − log s_z).
+    """
+    _check_images(z, "z")
+    _check_images(x, "x")
+    if z.shape[:-3] != x.shape[:-3]:
+        raise ValueError(f"z and x must have the same batch shape, got {tuple(z.shape[:-3])} and {tuple(x.shape[:-3])}")
+    dtype = z.dtype
+    zw, _ = _as_4d(_work(z))
+    with torch.no_grad():
+        xw, _ = _as_4d(_work(x.detach()).to(zw.dtype))
+        if blur is not None:
+            size, sigma = int(blur[0]), float(blur[1])
+            if size < 1 or size % 2 == 0 or sigma <= 0:
+                raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur}")
+            xw = _blur(xw, _gaussian_kernel1d(size, sigma, xw.dtype, xw.device), "x")
+        if xw.shape[-2:] != zw.shape[-2:]:
+            xw = Fn.interpolate(xw, size=tuple(zw.shape[-2:]), mode="bicubic", align_corners=False)
+        f = torch.arange(1, bins + 1, dtype=xw.dtype, device=xw.device)
+        s_x = radial_psd(xw, bins=bins) * f ** delta
+        s_x = torch.log1p(s_x + 1e-8).clamp_min(0)
+        s_x = s_x / s_x.sum(-1, keepdim=True)
+    s_z = radial_psd(zw, bins=bins)
+    s_z = torch.log1p(s_z + 1e-8).clamp_min(0)
+    s_z = s_z / s_z.sum(-1, keepdim=True)
+    kl = (s_x * (torch.log(s_x) - torch.log(s_z))).sum(-1)
+    return kl.mean().to(dtype)
+
+
+def _check_block(H: int, W: int, block: int) -> None:
+    if H % block or W % block:
+        raise ValueError(f"x's H and W must be multiples of block={block}, got H={H}, W={W}")
+
+
+def block_dct_lowpass(x: torch.Tensor, k: int, *, block: int = 8) -> torch.Tensor:
+    """Block-DCT low-pass of x [..., H, W] (SPEC §9).
+
+    Per block×block tile: orthonormal DCT-II, zero the coefficients with u + v ≥ 2·block − 1 − k,
+    inverse DCT. k = 0 is the identity, k = 2·block − 1 zeroes everything. An orthogonal
+    projector (idempotent and self-adjoint), so its backward is itself.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+        raise ValueError("x must be a floating-point tensor of shape [..., H, W]")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2 * block - 1:
+        raise ValueError(f"k must be an int in [0, {2 * block - 1}], got {k!r}")
+    H, W = x.shape[-2:]
+    _check_block(H, W, block)
+    dtype = x.dtype
+    xw = _work(x)
+    if k == 0:
+        return x.clone()
+    tiles = xw.reshape(*xw.shape[:-2], H // block, block, W // block, block).transpose(-3, -2)  # [..., H/b, W/b, b, b]
+    D = dct_matrix(block, xw.dtype, xw.device)
+    c = D @ tiles @ D.mT
+    u = torch.arange(block, device=xw.device)
+    keep = (u.unsqueeze(1) + u.unsqueeze(0)) < (2 * block - 1 - k)
+    c = c * keep.to(c.dtype)
+    y = D.mT @ c @ D
+    y = y.transpose(-3, -2).reshape(xw.shape)
+    return y.to(dtype)
+
+
+def dog(z: torch.Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> torch.Tensor:
+    """Difference of Gaussians of z [..., C, H, W], normalised per sample (SPEC §9).
+
+    d = G_σ1 ∗ z − G_σ2 ∗ z per channel (normalised Gaussians of radius ⌈3σ⌉, reflect
+    padding), returned as d / (population std of d over each sample's C·H·W values + 1e-6).
+    """
+    _check_images(z, "z")
+    if sigma1 <= 0 or sigma2 <= 0:
+        raise ValueError(f"sigma1 and sigma2 must be positive, got {sigma1}, {sigma2}")
+    dtype = z.dtype
+    zw, batch = _as_4d(_work(z))
+    blurred = []
+    for sigma in (sigma1, sigma2):
+        radius = int(math.ceil(3.0 * sigma))
+        blurred.append(_blur(zw, _gaussian_kernel1d(2 * radius + 1, sigma, zw.dtype, zw.device), "z"))
+    d = blurred[0] - blurred[1]
+    std = d.flatten(1).std(dim=1, unbiased=False)
+    out = d / (std + 1e-6).reshape(-1, 1, 1, 1)
+    return out.reshape(*batch, *out.shape[1:]).to(dtype)

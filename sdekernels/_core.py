@@ -1,0 +1,94 @@
+"""Shared plumbing of every op: argument checks, dtype policy, and the choice of kernel path."""
+import contextlib
+import os
+import threading
+
+import torch
+
+FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+DEBUG = os.environ.get("SDEKERNELS_DEBUG") == "1"
+
+try:  # Triton is optional: without it every op runs on its ATen path.
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except Exception:  # pragma: no cover - depends on the install
+    HAS_TRITON = False
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def triton_on_cpu(enabled: bool = True):
+    """Run the Triton kernels on CPU tensors (needs TRITON_INTERPRET=1): how tests reach them."""
+    if enabled and not (HAS_TRITON and INTERPRET):
+        raise RuntimeError("triton_on_cpu needs triton and TRITON_INTERPRET=1 set before import")
+    old = getattr(_state, "cpu", False)
+    _state.cpu = enabled
+    try:
+        yield
+    finally:
+        _state.cpu = old
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Triton on CUDA tensors; on CPU tensors only inside `triton_on_cpu()`."""
+    if not HAS_TRITON:
+        return False
+    return x.is_cuda or (x.device.type == "cpu" and getattr(_state, "cpu", False))
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Low precision is computed in float32 and returned in the input dtype (SPEC §10)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check(x, name: str, *, min_dim: int = 1, ndim: int | None = None, like: torch.Tensor | None = None):
+    """ValueError naming `name` for a non-tensor, a wrong dtype/rank/device or (debug) a non-finite value."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOATS:
+        raise ValueError(f"{name} must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
+    if like is not None:
+        if x.device != like.device:
+            raise ValueError(f"{name} is on {x.device}, expected {like.device}")
+        if x.dtype != like.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype}, expected {like.dtype}")
+    if DEBUG and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return x
+
+
+def check_shape(x: torch.Tensor, name: str, shape, what: str = ""):
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}{what}, got {tuple(x.shape)}")
+
+
+def rows(x: torch.Tensor, inner: int) -> torch.Tensor:
+    """Contiguous view with the batch dims flattened: [..., *inner dims] -> [R, *inner dims]."""
+    return x.reshape((-1,) + tuple(x.shape[x.dim() - inner:])).contiguous()
+
+
+def ref_vjp(fn, tensors, grad, **kwargs):
+    """Backward by autograd through the reference: the path used when the C++ extension is absent."""
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_(True) for t in tensors]
+        out = fn(*leaves, **kwargs)
+        used = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(out, used, grad, allow_unused=True))
+        return tuple(None if t is None else next(grads) for t in leaves)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def grad_like(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A gradient in x's dtype and memory layout (what the fake kernels promise torch.compile)."""
+    if g.dtype == x.dtype and g.stride() == x.stride():
+        return g
+    return torch.empty_like(x).copy_(g)

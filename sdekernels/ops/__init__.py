@@ -1,0 +1,2 @@
+"""Op modules: each holds an op's kernels, host launcher, custom-op registration and registry entry."""
+from . import distances  # noqa: F401

@@ -1,0 +1,335 @@
+"""Spectral distances (SPEC §5): `hellinger` and `subspace_distance`.
+
+Forward: a Triton kernel (CUDA, or CPU under the interpreter) or ATen on CPU.
+Backward: csrc/cpu/distances.cpp and csrc/cuda/distances.cu, through `torch.ops.sdekernels_C`.
+Reference: reference/distances.py. Tests: python_tests/test_ops.py (generic, from the entries below).
+"""
+import torch
+from torch import Tensor
+
+from .. import _ext
+from .. import reference as ref
+from .._core import HAS_TRITON, check, check_shape, grad_like, next_pow2, ref_vjp, rows, use_triton, work_dtype
+from ..registry import F64, OpInfo, Sample, rand, randn, register
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _spow(s, power, POWER_ONE: tl.constexpr):
+        if POWER_ONE:
+            return s
+        return tl.where(s > 0, tl.exp(power * tl.log(tl.where(s > 0, s, 1.0))), tl.where(s == 0, 0.0, float("nan")))
+
+    @triton.jit
+    def _hellinger_kernel(A, B, OUT, r, power, POWER_ONE: tl.constexpr, SQUARED: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK: tl.constexpr):
+        # One program per row: pass 1 sums S^power of both spectra, pass 2 the Bhattacharyya sum.
+        row = tl.program_id(0).to(tl.int64)
+        a_row, b_row = A + row * r, B + row * r
+        za = tl.zeros([BLOCK], ACC)
+        zb = tl.zeros([BLOCK], ACC)
+        for start in range(0, r, BLOCK):
+            idx = start + tl.arange(0, BLOCK)
+            mask = idx < r
+            za += _spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE)
+            zb += _spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE)
+        za_c = tl.maximum(tl.sum(za, 0), 1e-30)
+        zb_c = tl.maximum(tl.sum(zb, 0), 1e-30)
+        bc = tl.zeros([BLOCK], ACC)
+        for start in range(0, r, BLOCK):
+            idx = start + tl.arange(0, BLOCK)
+            mask = idx < r
+            p = tl.maximum(_spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE) / za_c, 1e-12)
+            q = tl.maximum(_spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE) / zb_c, 1e-12)
+            bc += tl.where(mask, tl.sqrt(p * q), 0.0)
+        h2 = 1.0 - tl.sum(bc, 0)
+        if not SQUARED:
+            h2 = tl.sqrt(tl.maximum(h2, 0.0))
+        tl.store(OUT + row, h2.to(OUT.dtype.element_ty))
+
+    @triton.jit
+    def _subspace_kernel(VA, VB, WA, WB, OUT, n, k, WEIGHTED: tl.constexpr, USE_DOT: tl.constexpr,
+                         ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr):
+        # Program (row, ti, tj) forms the (ti, tj) tile of M = V_aᵀ V_b over n, then writes the
+        # (weighted) sum of its squares: only k×k tiles, never an n×n matrix.
+        row = tl.program_id(0).to(tl.int64)
+        ti, tj = tl.program_id(1), tl.program_id(2)
+        i = ti * BI + tl.arange(0, BI)
+        j = tj * BJ + tl.arange(0, BJ)
+        va, vb = VA + row * n * k, VB + row * n * k
+        acc = tl.zeros([BI, BJ], ACC)
+        for start in range(0, n, BN):
+            m = start + tl.arange(0, BN)
+            a = tl.load(va + m[:, None] * k + i[None, :], mask=(m[:, None] < n) & (i[None, :] < k), other=0).to(ACC)
+            b = tl.load(vb + m[:, None] * k + j[None, :], mask=(m[:, None] < n) & (j[None, :] < k), other=0).to(ACC)
+            if USE_DOT:
+                acc += tl.dot(tl.trans(a), b, input_precision="ieee")
+            else:
+                acc += tl.sum(a[:, :, None] * b[:, None, :], axis=0)
+        m2 = acc * acc
+        if WEIGHTED:
+            wa = tl.load(WA + row * k + i, mask=i < k, other=0).to(ACC)
+            wb = tl.load(WB + row * k + j, mask=j < k, other=0).to(ACC)
+            m2 = m2 * wa[:, None] * wb[None, :]
+        tl.store(OUT + (row * tl.num_programs(1) + ti) * tl.num_programs(2) + tj, tl.sum(tl.sum(m2, 1), 0))
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# ---------------------------------------------------------------- hellinger
+
+
+def _hellinger_triton(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
+    a, b = rows(S_a, 1), rows(S_b, 1)
+    out = torch.empty(a.shape[0], device=a.device, dtype=a.dtype)
+    r = a.shape[1]
+    if out.numel():
+        _hellinger_kernel[(a.shape[0],)](a, b, out, r, power, POWER_ONE=power == 1.0, SQUARED=squared,
+                                         ACC=_acc(a.dtype), BLOCK=min(next_pow2(r), 1024))
+    return out.reshape(S_a.shape[:-1])
+
+
+@torch.library.custom_op("sdekernels::hellinger", mutates_args=())
+def _hellinger(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
+    if use_triton(S_a):
+        return _hellinger_triton(S_a, S_b, power, squared)
+    return ref.hellinger(S_a, S_b, power=power, squared=squared)  # already the plain ATen formula
+
+
+@_hellinger.register_fake
+def _(S_a, S_b, power, squared):
+    return S_a.new_empty(S_a.shape[:-1])
+
+
+@torch.library.custom_op("sdekernels::hellinger_backward", mutates_args=())
+def _hellinger_backward(S_a: Tensor, S_b: Tensor, grad: Tensor, power: float, squared: bool) -> tuple[Tensor, Tensor]:
+    w = work_dtype(S_a.dtype)
+    a, b, g = S_a.to(w), S_b.to(w), grad.to(w)
+    if _ext.available():
+        da, db = torch.ops.sdekernels_C.hellinger_bwd(a, b, g, power, squared)
+    else:
+        da, db = ref_vjp(ref.hellinger, (a, b), g, power=power, squared=squared)
+    return grad_like(da, S_a), grad_like(db, S_b)
+
+
+@_hellinger_backward.register_fake
+def _(S_a, S_b, grad, power, squared):
+    return torch.empty_like(S_a), torch.empty_like(S_b)
+
+
+def _hellinger_setup(ctx, inputs, output):
+    S_a, S_b, ctx.power, ctx.squared = inputs
+    ctx.save_for_backward(S_a, S_b)
+
+
+def _hellinger_grad(ctx, grad):
+    S_a, S_b = ctx.saved_tensors
+    return (*_hellinger_backward(S_a, S_b, grad, ctx.power, ctx.squared), None, None)
+
+
+_hellinger.register_autograd(_hellinger_grad, setup_context=_hellinger_setup)
+
+
+def hellinger(S_a: Tensor, S_b: Tensor, *, power: float = 1, squared: bool = True) -> Tensor:
+    """Hellinger distance between the normalised spectra p ∝ S_a^power and q ∝ S_b^power (SPEC §5).
+
+    S_a, S_b: [..., r] non-negative (singular values). Returns H² = 1 − Σ√(p q) of shape [...]
+    (or H when squared=False). The gradient is finite for every finite input and 0 at p = q.
+    """
+    check(S_a, "S_a")
+    check(S_b, "S_b", like=S_a)
+    check_shape(S_b, "S_b", S_a.shape, " (that of S_a)")
+    if S_a.shape[-1] == 0:
+        raise ValueError("S_a must hold at least one singular value in its last dimension")
+    if not (isinstance(power, (int, float)) and power > 0):
+        raise ValueError(f"power must be a positive number, got {power!r}")
+    return _hellinger(S_a, S_b, float(power), bool(squared))
+
+
+# ---------------------------------------------------------------- subspace_distance
+
+
+def _weights(S: Tensor) -> Tensor:
+    s2 = S * S
+    return s2 / s2.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def _subspace_finish(sum_m2: Tensor, w_a: Tensor | None, w_b: Tensor | None, k: int) -> Tensor:
+    """Loss from Σ M² (unweighted: 1 − ΣM²/k) or Σ w_a,i w_b,j M_ij² (weighted)."""
+    if w_a is None:
+        return 1.0 - sum_m2 / k
+    return (w_a * w_a).sum(-1) + (w_b * w_b).sum(-1) - 2.0 * sum_m2
+
+
+def _subspace_triton(V_a: Tensor, V_b: Tensor, w_a: Tensor | None, w_b: Tensor | None) -> Tensor:
+    n, k = V_a.shape[-2:]
+    va, vb = rows(V_a, 2), rows(V_b, 2)
+    R = va.shape[0]
+    use_dot = va.dtype != torch.float64
+    bk = max(16, min(next_pow2(k), 64)) if use_dot else min(next_pow2(k), 16)
+    bn = 32 if use_dot else 8
+    tiles = triton.cdiv(k, bk)
+    acc = torch.float64 if va.dtype == torch.float64 else torch.float32
+    part = torch.empty((R, tiles, tiles), device=va.device, dtype=acc)
+    wa = w_a.reshape(R, k).contiguous() if w_a is not None else part
+    wb = w_b.reshape(R, k).contiguous() if w_b is not None else part
+    if R:
+        _subspace_kernel[(R, tiles, tiles)](va, vb, wa, wb, part, n, k, WEIGHTED=w_a is not None, USE_DOT=use_dot,
+                                            ACC=_acc(va.dtype), BI=bk, BJ=bk, BN=bn)
+    return part.sum((-2, -1)).reshape(V_a.shape[:-2])
+
+
+@torch.library.custom_op("sdekernels::subspace_distance", mutates_args=())
+def _subspace(V_a: Tensor, V_b: Tensor, S_a: Tensor | None, S_b: Tensor | None) -> Tensor:
+    w = work_dtype(V_a.dtype)
+    k = V_a.shape[-1]
+    w_a = _weights(S_a.to(w)) if S_a is not None else None
+    w_b = _weights(S_b.to(w)) if S_b is not None else None
+    if use_triton(V_a):
+        s = _subspace_triton(V_a, V_b, w_a, w_b)
+    else:
+        M = V_a.to(w).mT @ V_b.to(w)
+        m2 = M * M
+        s = (m2 if w_a is None else m2 * w_a.unsqueeze(-1) * w_b.unsqueeze(-2)).sum((-2, -1))
+    return _subspace_finish(s.to(w), w_a, w_b, k).to(V_a.dtype)
+
+
+@_subspace.register_fake
+def _(V_a, V_b, S_a, S_b):
+    return V_a.new_empty(V_a.shape[:-2])
+
+
+def _subspace_ref_m(V_a, V_b, S_a=None, S_b=None):
+    """The M-form of SPEC §5 in autograd (fallback backward; equals the reference for orthonormal V)."""
+    w_a = _weights(S_a) if S_a is not None else None
+    w_b = _weights(S_b) if S_b is not None else None
+    M = V_a.mT @ V_b
+    m2 = M * M
+    s = (m2 if w_a is None else m2 * w_a.unsqueeze(-1) * w_b.unsqueeze(-2)).sum((-2, -1))
+    return _subspace_finish(s, w_a, w_b, V_a.shape[-1])
+
+
+@torch.library.custom_op("sdekernels::subspace_distance_backward", mutates_args=())
+def _subspace_backward(V_a: Tensor, V_b: Tensor, grad: Tensor, S_a: Tensor | None,
+                       S_b: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    w = work_dtype(V_a.dtype)
+    cast = [None if t is None else t.to(w) for t in (V_a, V_b, grad, S_a, S_b)]
+    if _ext.available():
+        dva, dvb, dsa, dsb = torch.ops.sdekernels_C.subspace_bwd(*cast)
+    else:
+        dva, dvb, dsa, dsb = ref_vjp(_subspace_ref_m, cast[:2] + cast[3:], cast[2])
+    return tuple(grad_like(g, t) if t is not None else V_a.new_empty(0) for g, t in ((dva, V_a), (dvb, V_b), (dsa, S_a), (dsb, S_b)))
+
+
+@_subspace_backward.register_fake
+def _(V_a, V_b, grad, S_a, S_b):
+    return tuple(torch.empty_like(t) if t is not None else V_a.new_empty(0) for t in (V_a, V_b, S_a, S_b))
+
+
+def _subspace_setup(ctx, inputs, output):
+    ctx.weighted = inputs[2] is not None
+    ctx.save_for_backward(*inputs)
+
+
+def _subspace_grad(ctx, grad):
+    V_a, V_b, S_a, S_b = ctx.saved_tensors
+    dva, dvb, dsa, dsb = _subspace_backward(V_a, V_b, grad, S_a, S_b)
+    return (dva, dvb, dsa, dsb) if ctx.weighted else (dva, dvb, None, None)
+
+
+_subspace.register_autograd(_subspace_grad, setup_context=_subspace_setup)
+
+
+def subspace_distance(V_a: Tensor, V_b: Tensor, *, S_a: Tensor | None = None, S_b: Tensor | None = None) -> Tensor:
+    """Distance between the subspaces spanned by the orthonormal columns of V_a, V_b [..., n, k] (SPEC §5).
+
+    Unweighted: 1 − ‖V_aᵀV_b‖²_F / k ∈ [0, 1]. With S_a, S_b [..., k] the projectors are weighted
+    by w = S²/ΣS². Computed through the k×k product V_aᵀV_b; never forms an n×n matrix.
+    """
+    check(V_a, "V_a", min_dim=2)
+    check(V_b, "V_b", min_dim=2, like=V_a)
+    check_shape(V_b, "V_b", V_a.shape, " (that of V_a)")
+    if V_a.shape[-1] == 0 or V_a.shape[-1] > V_a.shape[-2]:
+        raise ValueError(f"V_a must be [..., n, k] with 1 <= k <= n, got shape {tuple(V_a.shape)}")
+    if (S_a is None) != (S_b is None):
+        raise ValueError("S_a and S_b must be given together (weighted) or both omitted")
+    if S_a is not None:
+        for S, name in ((S_a, "S_a"), (S_b, "S_b")):
+            check(S, name, like=V_a)
+            check_shape(S, name, V_a.shape[:-2] + V_a.shape[-1:], " (V_a's batch and k)")
+    return _subspace(V_a, V_b, S_a, S_b)
+
+
+# ---------------------------------------------------------------- registry entries
+
+
+def _spectra(shape, device, dtype, gen):
+    size = (*([shape["batch"]] if shape.get("batch") else []), shape["r"])
+    S_a = rand(size, device, dtype, gen, 0.05, 2.0).sort(-1, descending=True).values
+    S_b = rand(size, device, dtype, gen, 0.05, 2.0).sort(-1, descending=True).values
+    return Sample((S_a, S_b), {"power": shape.get("power", 1), "squared": shape.get("squared", True)})
+
+
+def _bad_hellinger(device):
+    S = torch.rand(3, 8, device=device)
+    return [((S.numpy() if device.type == "cpu" else S.tolist(), S), {}, "S_a"),
+            ((S, S[:, :4]), {}, "S_b"),
+            ((S, S.double()), {}, "S_b"),
+            ((S, torch.ones(3, 8, dtype=torch.int64, device=device)), {}, "S_b"),
+            ((S, S), {"power": 0}, "power"),
+            ((S[:, :0], S[:, :0]), {}, "S_a")]
+
+
+register(OpInfo(
+    name="hellinger", op=hellinger, ref=ref.hellinger, make=_spectra,
+    shapes=[{"batch": 0, "r": 1}, {"batch": 5, "r": 7}, {"batch": 3, "r": 300, "squared": False},
+            {"batch": 4, "r": 1500, "power": 2}, {"batch": 2, "r": 33, "power": 0.5}],
+    space={"batch": (0, 6), "r": (1, 2100)},
+    bad=_bad_hellinger,
+    bench=[{"batch": 1024, "r": 512, "quick": True}, {"batch": 8192, "r": 1024}],
+    cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(), 8 * s.args[0].numel()),
+    tol={F64: (1e-12, 1e-10), torch.float32: (2e-6, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (1e-3, 5e-3)},
+))
+
+
+def _orthonormal(args, kwargs):
+    """QR keeps the bases orthonormal (gradients flow to the unconstrained leaves)."""
+    q = lambda x: torch.linalg.qr(x.to(work_dtype(x.dtype)))[0].to(x.dtype)  # noqa: E731
+    return (q(args[0]), q(args[1])), kwargs
+
+
+def _bases(shape, device, dtype, gen):
+    b = [shape["batch"]] if shape.get("batch") else []
+    X_a = randn((*b, shape["n"], shape["k"]), device, dtype, gen)
+    X_b = randn((*b, shape["n"], shape["k"]), device, dtype, gen)
+    kwargs = {}
+    if shape.get("weighted"):
+        kwargs = {name: rand((*b, shape["k"]), device, dtype, gen, 0.1, 2.0) for name in ("S_a", "S_b")}
+    return Sample((X_a, X_b), kwargs, prep=_orthonormal)
+
+
+def _bad_subspace(device):
+    V = torch.linalg.qr(torch.randn(2, 16, 4, device=device))[0]
+    S = torch.rand(2, 4, device=device)
+    return [((V[0, 0], V[0, 0]), {}, "V_a"),
+            ((V, V[:, :8]), {}, "V_b"),
+            ((V, V.half()), {}, "V_b"),
+            ((V.mT, V.mT), {}, "V_a"),
+            ((V, V), {"S_a": S}, "S_a"),
+            ((V, V), {"S_a": S, "S_b": S[:, :2]}, "S_b")]
+
+
+register(OpInfo(
+    name="subspace_distance", op=subspace_distance, ref=ref.subspace_distance, make=_bases,
+    shapes=[{"batch": 0, "n": 1, "k": 1}, {"batch": 3, "n": 40, "k": 5}, {"batch": 2, "n": 70, "k": 20, "weighted": True},
+            {"batch": 0, "n": 100, "k": 100}, {"batch": 2, "n": 300, "k": 17}],
+    space={"batch": (0, 3), "n": (1, 120), "k": (1, 24), "weighted": (0, 1)},
+    bad=_bad_subspace, valid=lambda sh: sh["k"] <= sh["n"],
+    bench=[{"batch": 0, "n": 4096, "k": 64, "quick": True}, {"batch": 64, "n": 1024, "k": 64},
+           {"batch": 16, "n": 4096, "k": 64, "weighted": True}],
+    cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(), 2 * s.args[0].numel() * s.args[0].shape[-1]),
+))

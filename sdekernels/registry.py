@@ -1,0 +1,90 @@
+"""The op registry: one `OpInfo` per op drives the generic tests, `check` and the bench table.
+
+An op module registers its entry beside its kernels (`register(OpInfo(...))`); adding an op is
+writing its kernel, its backward and that one entry.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
+
+
+@dataclass
+class Sample:
+    """Arguments of one call. `prep(args, kwargs) -> (args, kwargs)` maps the leaf tensors to the
+    op's arguments (e.g. QR, so that a basis stays orthonormal); gradients are taken with respect
+    to the leaves: every tensor in args and kwargs."""
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    prep: Callable | None = None
+
+    def prepared(self):
+        return self.prep(self.args, self.kwargs) if self.prep else (self.args, self.kwargs)
+
+    def call(self, fn):
+        args, kwargs = self.prepared()
+        return fn(*args, **kwargs)
+
+    def tensors(self) -> list:
+        return [t for t in (*self.args, *self.kwargs.values()) if isinstance(t, torch.Tensor)]
+
+    def with_tensors(self, tensors) -> "Sample":
+        """The same call with its tensors replaced, in the order of `tensors()`."""
+        it = iter(tensors)
+        f = lambda v: next(it) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return Sample(tuple(f(a) for a in self.args), {k: f(v) for k, v in self.kwargs.items()}, self.prep)
+
+    def map(self, fn) -> "Sample":
+        return self.with_tensors([fn(t) for t in self.tensors()])
+
+    def bare(self) -> "Sample":
+        """The prepared arguments as leaves (no prep)."""
+        return Sample(*self.prepared())
+
+
+@dataclass
+class OpInfo:
+    name: str
+    op: Callable                     # the public sdekernels function
+    ref: Callable                    # its reference in sdekernels.reference
+    make: Callable                   # make(shape: dict, device, dtype, generator) -> Sample
+    shapes: list                     # shapes of the parity tests (dicts understood by make)
+    space: dict                      # hypothesis ranges {key: (lo, hi)} over the same keys
+    bad: Callable                    # bad(device) -> [(args, kwargs, name of the bad argument)]
+    bench: list                      # bench shapes; "quick": True puts one in --quick, "backward": True times fwd+bwd
+    cost: Callable                   # cost(sample) -> (bytes moved, flops) of one forward
+    tol: dict = field(default_factory=lambda: {F64: (1e-10, 1e-9), F32: (1e-5, 1e-4), BF16: (2e-2, 2e-2), F16: (5e-3, 5e-3)})
+    grad_tol: tuple = (1e-8, 1e-7)   # (atol, rtol) of float64 gradients against the reference
+    differentiable: bool = True
+    batch_key: str | None = "batch"  # shape key of the leading batch dim (non-finite isolation test)
+    valid: Callable | None = None    # valid(shape) -> bool, to filter the hypothesis shapes
+    canon: Callable | None = None    # canon(output) -> what is compared (e.g. sign-free SVD factors)
+    baselines: dict = field(default_factory=dict)  # {label: fn called like the op} timed beside the reference
+
+
+OPS: dict[str, OpInfo] = {}
+
+
+def register(info: OpInfo) -> OpInfo:
+    if info.name in OPS:
+        raise ValueError(f"op {info.name!r} registered twice")
+    OPS[info.name] = info
+    return info
+
+
+def all_ops() -> dict[str, OpInfo]:
+    import sdekernels.ops  # noqa: F401  (importing the op modules fills OPS)
+    return OPS
+
+
+def randn(shape, device, dtype, gen, scale=1.0, shift=0.0):
+    """Random test input drawn in float64 on CPU from `gen` (same values for every dtype/device)."""
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * scale + shift
+    return x.to(device=device, dtype=dtype)
+
+
+def rand(shape, device, dtype, gen, lo=0.0, hi=1.0):
+    x = torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+    return x.to(device=device, dtype=dtype)

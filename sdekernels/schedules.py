@@ -1,0 +1,19 @@
+"""Curriculum schedules of SDE (SPEC §3). t is training progress in [0, 1]."""
+import math
+
+
+def _check(t: float) -> float:
+    t = float(t)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must lie in [0, 1], got {t}")
+    return t
+
+
+def alpha(t: float) -> float:
+    """Enhancement strength α(t) = (1 − cos πt) / 2, rising from 0 to 1."""
+    return (1.0 - math.cos(math.pi * _check(t))) / 2.0
+
+
+def lam(t: float, start: float = 0.5, end: float = 0.05) -> float:
+    """Spectral-loss weight λ(t) = end + (start − end)(1 + cos πt) / 2, falling from start to end."""
+    return end + (start - end) * (1.0 + math.cos(math.pi * _check(t))) / 2.0

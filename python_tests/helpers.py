@@ -5,6 +5,7 @@ import os
 import torch
 
 from sdekernels._core import HAS_TRITON, INTERPRET, triton_on_cpu
+from sdekernels.registry import flat
 
 DEVICE = torch.device(os.environ.get("SDEKERNELS_TEST_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -14,13 +15,6 @@ PATHS = ["triton"] if DEVICE.type == "cuda" else ["aten"] + (["triton"] if HAS_T
 
 def on_path(path: str):
     return triton_on_cpu() if path == "triton" and DEVICE.type == "cpu" else contextlib.nullcontext()
-
-
-def flat(out) -> list:
-    """The tensors of an op's output (a tensor, a tuple or a NamedTuple of them), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for o in out for t in flat(o)] if isinstance(out, (tuple, list)) else []
 
 
 def assert_close(actual, expected, atol, rtol, what=""):

@@ -79,6 +79,42 @@ def all_ops() -> dict[str, OpInfo]:
     return OPS
 
 
+def flat(out) -> list:
+    """The tensors of an op's output (a tensor, a tuple or a NamedTuple of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in flat(o)] if isinstance(out, (tuple, list)) else []
+
+
+def parity(info: OpInfo, shape: dict, dtype: torch.dtype, device, seed: int = 0):
+    """Run the op and the float64 reference on the same (rounded) random inputs.
+
+    Returns (max |error|, worst error / allowed error, message); the op passes where that ratio
+    is <= 1, allowed = atol + rtol·|expected| from the entry's tolerances for this dtype."""
+    s = info.make(shape, torch.device(device), dtype, torch.Generator().manual_seed(seed))
+    out = s.call(info.op)
+    expected = s.map(lambda t: t.double()).call(info.ref)
+    if info.canon:
+        out, expected = info.canon(out), info.canon(expected)
+    atol, rtol = info.tol[dtype]
+    worst_err, worst_ratio, msg = 0.0, 0.0, ""
+    got, want = flat(out), flat(expected)
+    if len(got) != len(want):
+        return float("inf"), float("inf"), f"{len(got)} outputs, expected {len(want)}"
+    for i, (a, e) in enumerate(zip(got, want)):
+        if a.shape != e.shape:
+            return float("inf"), float("inf"), f"output {i}: shape {tuple(a.shape)}, expected {tuple(e.shape)}"
+        a, e = a.detach().double().cpu(), e.detach().double().cpu()
+        both_nan = torch.isnan(a) & torch.isnan(e)
+        err = torch.where(both_nan, 0.0, (a - e).abs()).nan_to_num(nan=float("inf"))
+        if err.numel():
+            ratio = float((err / (atol + rtol * e.abs())).max())
+            if ratio > worst_ratio:
+                worst_ratio, msg = ratio, f"output {i}: max error {float(err.max()):.3g} (atol {atol:g}, rtol {rtol:g})"
+            worst_err = max(worst_err, float(err.max()))
+    return worst_err, worst_ratio, msg
+
+
 def randn(shape, device, dtype, gen, scale=1.0, shift=0.0):
     """Random test input drawn in float64 on CPU from `gen` (same values for every dtype/device)."""
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * scale + shift

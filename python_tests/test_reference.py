@@ -90,10 +90,10 @@ def test_svd_topk_and_singular_values_vs_float64_truth():
     U, S, V = ref.svd_topk(F, k)
     assert U.shape == (m, k) and S.shape == (k,) and V.shape == (n, k) and S.dtype == torch.float32
     assert torch.allclose(S.double(), S_true[:k], rtol=1e-5)
-    # sin of the largest principal angle between computed and true subspaces
+    # sin of the largest principal angle between computed and true subspaces: ‖(I − Q0 Q0ᵀ) Q‖₂
     for Q, Q0 in ((U, U0[:, :k]), (V, V0[:, :k])):
-        cos = torch.linalg.svdvals(Q.double().T @ Q0)
-        assert (1 - cos.min() ** 2).clamp_min(0).sqrt() < 1e-3
+        Q = Q.double()
+        assert torch.linalg.matrix_norm(Q - Q0 @ (Q0.T @ Q), ord=2) < 1e-4
     # each pair reconstructs F's top-k part
     assert torch.allclose(((U * S) @ V.T).double(), (U0[:, :k] * S_true[:k]) @ V0[:, :k].T, atol=1e-3)
     sv = ref.singular_values(F)
@@ -119,6 +119,18 @@ def test_svd_topk_rejects_bad_k():
     for k in (0, 5, 2.0):
         with pytest.raises(ValueError, match="k"):
             ref.svd_topk(F, k)
+
+
+def test_non_finite_batch_element_stays_in_its_element():
+    F = torch.randn(3, 6, 5, generator=_gen(6), dtype=torch.float64)
+    F[1, 2, 3] = float("nan")
+    S = ref.singular_values(F)
+    assert S[1].isnan().all() and torch.allclose(S[[0, 2]], torch.linalg.svdvals(F[[0, 2]]))
+    assert ref.svd_topk(F, 2)[1][1].isnan().all()
+    out, part, _ = ref.spectral_enhance(F, 0.5, generator=_gen(0), return_details=True)
+    assert out[1].isnan().all() and torch.isfinite(out[[0, 2]]).all() and part.energy[0][1].isnan()
+    good = ref.spectral_enhance(F[[0, 2]], 0.5, direction=torch.ones(5, dtype=torch.float64))
+    assert torch.allclose(ref.spectral_enhance(F, 0.5, direction=torch.ones(5, dtype=torch.float64))[[0, 2]], good)
 
 
 # --------------------------------------------------------------------------- §2 partition
@@ -641,7 +653,7 @@ def test_radial_psd_of_photos_falls_as_power_law(transform):
     f = np.arange(1, 16) + 0.5  # bin centres (in bin units), bins 1..15
     for p in psd.numpy():
         slope = np.polyfit(np.log(f), np.log(p[1:]), 1)[0]
-        assert slope < -1.0, slope
+        assert -4.5 < slope < -2.0, slope  # natural images: steep power law (white noise: 0)
 
 
 def test_block_dct_lowpass_is_an_orthogonal_projector():
@@ -693,8 +705,10 @@ def test_dog_is_normalised_per_sample():
     out = ref.dog(z)
     std = out.flatten(1).std(dim=1, unbiased=False)
     assert out.shape == z.shape and torch.allclose(std, torch.ones(4), atol=1e-4)
-    # a constant image has no band-pass content (reflect padding keeps it constant)
-    assert torch.allclose(ref.dog(torch.full((1, 1, 16, 16), 3.0)), torch.zeros(1, 1, 16, 16), atol=1e-6)
+    # a constant image has no band-pass content (reflect padding keeps it constant); in float32
+    # the rounding of the blurs (~1e-7) divided by (0 + 1e-6) is O(1), so check it in float64
+    const = torch.full((1, 1, 16, 16), 3.0, dtype=torch.float64)
+    assert torch.allclose(ref.dog(const), torch.zeros_like(const), atol=1e-8)
     # known case: blurs of an impulse are the two normalised Gaussians (radius 3 and 6)
     imp = torch.zeros(1, 1, 31, 31, dtype=torch.float64)
     imp[..., 15, 15] = 1

@@ -222,7 +222,6 @@ class SDELoss(torch.nn.Module):
         else:
             loss_sub = ops.subspace_distance(V_a, V_b)
         loss_spec = (loss_h + loss_sub).mean()
-        loss_inst = loss_inst.to(loss_spec.dtype) if loss_inst.dtype != loss_spec.dtype else loss_inst
 
         # 5. curriculum mix
         loss = (1.0 - lam_t) * loss_inst + lam_t * loss_spec

@@ -30,6 +30,19 @@ def _check_matrix(F: torch.Tensor, name: str = "F") -> None:
 
 
 # --------------------------------------------------------------------------- §1
+def _svd(F: torch.Tensor):
+    """Thin SVD (U, S, Vh) of F [..., m, n] in which a non-finite batch element gives NaN
+    outputs for that element only (SPEC §10; LAPACK would raise for the whole batch)."""
+    finite = torch.isfinite(F).all(dim=-1).all(dim=-1)
+    if bool(finite.all()):
+        return torch.linalg.svd(F, full_matrices=False)
+    keep = finite[..., None, None]
+    U, S, Vh = torch.linalg.svd(torch.where(keep, F, torch.zeros_like(F)), full_matrices=False)
+    nan = float("nan")
+    return (torch.where(keep, U, torch.full_like(U, nan)), torch.where(finite[..., None], S, torch.full_like(S, nan)),
+            torch.where(keep, Vh, torch.full_like(Vh, nan)))
+
+
 def svd_topk(F: torch.Tensor, k: int, *, niter=None, oversample: int = 8, generator=None):
     """Top-k singular triplets of F [..., m, n] (SPEC §1), sorted descending.
 
@@ -41,7 +54,7 @@ def svd_topk(F: torch.Tensor, k: int, *, niter=None, oversample: int = 8, genera
     r = min(F.shape[-2], F.shape[-1])
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= r:
         raise ValueError(f"k must be an int in [1, min(m, n)] = [1, {r}], got {k!r}")
-    U, S, Vh = torch.linalg.svd(_work(F), full_matrices=False)
+    U, S, Vh = _svd(_work(F))
     U, S, V = U[..., :k], S[..., :k], Vh[..., :k, :].mT
     return U.to(F.dtype), S.to(F.dtype), V.to(F.dtype)
 
@@ -49,7 +62,12 @@ def svd_topk(F: torch.Tensor, k: int, *, niter=None, oversample: int = 8, genera
 def singular_values(F: torch.Tensor) -> torch.Tensor:
     """All r = min(m, n) singular values of F [..., m, n], descending (SPEC §1)."""
     _check_matrix(F)
-    return torch.linalg.svdvals(_work(F)).to(F.dtype)
+    Fw = _work(F)
+    finite = torch.isfinite(Fw).all(dim=-1).all(dim=-1)
+    if bool(finite.all()):
+        return torch.linalg.svdvals(Fw).to(F.dtype)
+    S = torch.linalg.svdvals(torch.where(finite[..., None, None], Fw, torch.zeros_like(Fw)))
+    return torch.where(finite[..., None], S, torch.full_like(S, float("nan"))).to(F.dtype)
 
 
 # --------------------------------------------------------------------------- §2
@@ -151,11 +169,11 @@ def spectral_partition(S: torch.Tensor, m: int, n: int, *, iqr_c: float = 1.5) -
     noise = ~(strong | weak)
     s2 = s * s
     total = s2.sum(-1)
-    nonzero = total > 0
-    safe_total = torch.where(nonzero, total, torch.ones_like(total))
-    e_strong = torch.where(nonzero, (s2 * strong).sum(-1) / safe_total, torch.ones_like(total))
-    e_weak = torch.where(nonzero, (s2 * weak).sum(-1) / safe_total, torch.zeros_like(total))
-    e_noise = torch.where(nonzero, (s2 * noise).sum(-1) / safe_total, torch.zeros_like(total))
+    zero = total == 0  # (a NaN spectrum keeps NaN energies)
+    safe_total = torch.where(zero, torch.ones_like(total), total)
+    e_strong = torch.where(zero, torch.ones_like(total), (s2 * strong).sum(-1) / safe_total)
+    e_weak = torch.where(zero, torch.zeros_like(total), (s2 * weak).sum(-1) / safe_total)
+    e_noise = torch.where(zero, torch.zeros_like(total), (s2 * noise).sum(-1) / safe_total)
 
     return SpectralPartition(
         n_strong=n_strong.long(),
@@ -204,7 +222,7 @@ def spectral_enhance(
     batch = Fw.shape[:-2]
 
     with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "full"):
-        U, S, Vh = torch.linalg.svd(Fw, full_matrices=False)
+        U, S, Vh = _svd(Fw)
         part = spectral_partition(S, m, n)
 
         if direction is not None:

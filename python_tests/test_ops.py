@@ -186,3 +186,19 @@ def test_property_shapes(name, path):
         _check_parity(info, shape, dtype, path, seed)
 
     check()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_without_extension_agrees(name, monkeypatch):
+    """Without the C++ extension the backward runs autograd through the reference: same gradients."""
+    import sdekernels._ext as ext
+
+    info = OPS[name]
+    if not info.differentiable or not ext.available():
+        pytest.skip("needs a differentiable op and the extension to compare with")
+    grads = []
+    for available in (True, False):
+        monkeypatch.setattr(ext, "available", lambda: available)
+        s = _sample(info, info.shapes[1]).map(lambda t: t.detach().requires_grad_())
+        grads.append(torch.autograd.grad(weighted_sum(s.call(info.op), torch.Generator().manual_seed(1)), s.tensors()))
+    assert_close(grads[0], grads[1], *info.grad_tol, f"{name}: extension vs fallback")

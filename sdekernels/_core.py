@@ -73,9 +73,20 @@ def rows(x: torch.Tensor, inner: int) -> torch.Tensor:
     return x.reshape((-1,) + tuple(x.shape[x.dim() - inner:])).contiguous()
 
 
+@contextlib.contextmanager
+def _autograd_on():
+    """Record autograd again inside a custom op's body (the dispatcher excludes autograd there)."""
+    K = torch._C.DispatchKey
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (K.AutogradCPU, K.AutogradCUDA, K.AutogradOther, K.ADInplaceOrView):
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        yield
+
+
 def ref_vjp(fn, tensors, grad, **kwargs):
     """Backward by autograd through the reference: the path used when the C++ extension is absent."""
-    with torch.enable_grad():
+    with _autograd_on():
         leaves = [None if t is None else t.detach().requires_grad_(True) for t in tensors]
         out = fn(*leaves, **kwargs)
         used = [t for t in leaves if t is not None]

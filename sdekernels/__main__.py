@@ -1,0 +1,98 @@
+"""Command line: python -m sdekernels info | check | bench."""
+import argparse
+import os
+import sys
+
+import torch
+
+
+def _info(args) -> int:
+    from . import _core, _ext
+    from .registry import all_ops
+
+    cuda = torch.cuda.is_available()
+    print(f"sdekernels  {__import__('sdekernels').__version__}")
+    print(f"python      {sys.version.split()[0]}")
+    print(f"torch       {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    print(f"device      {torch.cuda.get_device_name() if cuda else 'cpu'} ({torch.get_num_threads()} CPU threads)")
+    if _core.HAS_TRITON:
+        import triton
+        mode = "compiled (CUDA)" if cuda else ("interpreter (TRITON_INTERPRET=1)" if _core.INTERPRET else "not used (no GPU): CPU ops run on ATen")
+        print(f"triton      {triton.__version__}: {mode}")
+    else:
+        print("triton      not installed: CPU ops run on ATen")
+    print(f"extension   {_ext.status()}; CUDA kernels {'built' if _ext.has_cuda_kernels() else 'not built'}")
+    print(f"debug       {'on' if _core.DEBUG else 'off'} (SDEKERNELS_DEBUG=1 checks inputs for NaN/Inf)")
+    print(f"ops         {', '.join(sorted(all_ops()))}")
+    return 0
+
+
+def _check(args) -> int:
+    from .registry import F64, all_ops, parity
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ops = all_ops()
+    failed = 0
+    print(f"{'op':22} {'dtype':9} {'max error':>10} {'error/allowed':>14}  result   ({device})")
+    for name in sorted(ops):
+        if args.op and name not in args.op:
+            continue
+        info = ops[name]
+        for dtype in (torch.float32, F64, torch.bfloat16, torch.float16):
+            err, ratio = 0.0, 0.0
+            try:
+                for shape in info.shapes:
+                    e, r, _ = parity(info, shape, dtype, device)
+                    err, ratio = max(err, e), max(ratio, r)
+                ok = ratio <= 1.0
+            except Exception as exc:  # an op that raises is a failure, and the table goes on
+                ok, err, ratio = False, float("nan"), float("nan")
+                print(f"  {name} {dtype}: {type(exc).__name__}: {exc}")
+            failed += not ok
+            print(f"{name:22} {str(dtype).replace('torch.', ''):9} {err:10.2e} {ratio:14.3f}  {'ok' if ok else 'FAIL'}")
+    print(f"{'all ops agree with the reference' if not failed else f'{failed} failure(s)'}")
+    return 1 if failed else 0
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    dtype = getattr(torch, args.dtype)
+    rows, limits = bench.run(args.op, quick=args.quick, device=args.device, dtype=dtype, compile_ref=args.compile_ref,
+                             progress=not args.no_progress)
+    print(f"device: {limits['device']}; limits: {limits['bandwidth_GBs']:.1f} GB/s, {limits['tflops_fp32']:.3g} TFLOP/s fp32 "
+          f"({limits['source']})")
+    print(bench.table(rows))
+    if args.json:
+        bench.write_json(args.json, rows, limits)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot(rows, args.plot, f"sdekernels on {limits['device']}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sdekernels", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, device, and which kernel paths are live")
+    c = sub.add_parser("check", help="every registered op against the reference on this device (exit 1 on failure)")
+    c.add_argument("--op", action="append", help="only this op (repeatable)")
+    c.add_argument("--device")
+    b = sub.add_parser("bench", help="the bench table: reference, ours and baselines per op and shape")
+    b.add_argument("--op", action="append", help="only this op (repeatable)")
+    b.add_argument("--quick", action="store_true", help="only the small shapes")
+    b.add_argument("--json", help="write the rows and the environment to this file")
+    b.add_argument("--plot", help="write a speedup bar chart (PNG) to this file")
+    b.add_argument("--device")
+    b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    b.add_argument("--compile-ref", action="store_true", help="also time torch.compile of the reference")
+    b.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.cmd != "info" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "0")
+    return {"info": _info, "check": _check, "bench": _bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

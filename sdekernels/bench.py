@@ -1,0 +1,226 @@
+"""The bench table: for every registered op and bench shape, the reference, our op and any
+baselines timed in the same run, with peak memory, achieved GB/s and FLOP/s, and the fraction
+of the device's limit (bytes over bandwidth, flops over peak)."""
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from .registry import Sample, all_ops, flat
+
+# Published dense peaks: (memory GB/s, fp32 non-tensor TFLOP/s, tf32/bf16 tensor TFLOP/s).
+GPU_LIMITS = {
+    "H100 SXM": (3350.0, 67.0, 989.0), "H100 PCIe": (2000.0, 51.0, 756.0), "H100": (3350.0, 67.0, 989.0),
+    "H200": (4800.0, 67.0, 989.0), "A100": (2039.0, 19.5, 312.0), "L4": (300.0, 30.3, 121.0),
+}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn, device, reps: int = 5, warmup: int = 1, budget_s: float = 2.0) -> float:
+    """Median seconds of `fn()` over `reps` runs (fewer if one run exceeds the budget)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if sum(times) > budget_s and len(times) >= 2:
+            break
+    return statistics.median(times)
+
+
+def peak_memory(fn, device) -> int:
+    """Peak bytes allocated while `fn()` runs, above what was allocated before."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.time_range.start, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage)
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The CPU profiler's native layer prints start/stop lines on fd 2; keep the table clean."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_CPU_LIMITS = None
+
+
+def device_limits(device) -> dict:
+    """Memory bandwidth (GB/s) and fp32 FLOP/s limit: published for known GPUs, measured on CPU."""
+    global _CPU_LIMITS
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, (bw, f32, tc) in GPU_LIMITS.items():
+            if key in name:
+                return {"device": name, "bandwidth_GBs": bw, "tflops_fp32": f32, "tflops_tensor": tc, "source": "datasheet"}
+        return {"device": name, "bandwidth_GBs": float("nan"), "tflops_fp32": float("nan"), "source": "unknown"}
+    if _CPU_LIMITS is None:
+        x = torch.empty(32 * 2**20, dtype=torch.float32).uniform_()
+        y = torch.empty_like(x)
+        t = timeit(lambda: y.copy_(x), device, reps=7)
+        a = torch.randn(1024, 1024)
+        tm = timeit(lambda: a @ a, device, reps=7)
+        _CPU_LIMITS = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                       "bandwidth_GBs": 2 * x.numel() * 4 / t / 1e9, "tflops_fp32": 2 * 1024**3 / tm / 1e12,
+                       "source": "measured (copy, 1024² matmul)"}
+    return dict(_CPU_LIMITS)
+
+
+def _runner(fn, sample: Sample, backward: bool):
+    """A closure that runs one call (forward, or forward + backward of a random-weighted sum)."""
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return sample.call(fn)
+        return run
+    leaves = sample.map(lambda t: t.detach().requires_grad_(t.is_floating_point()))
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype) for t in flat(leaves.call(fn)) if t.is_floating_point()]
+
+    def run():
+        outs = [t for t in flat(leaves.call(fn)) if t.is_floating_point()]
+        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+    return run
+
+
+def _label(shape: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in shape.items() if k not in ("quick", "backward"))
+
+
+def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_ref=False, progress=True):
+    """Rows of the bench table (one per op, shape and implementation)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ops = all_ops()
+    unknown = set(names or ()) - set(ops)
+    if unknown:
+        raise ValueError(f"unknown op(s) {sorted(unknown)}; registered: {sorted(ops)}")
+    limits = device_limits(device)
+    cases = [(info, shape) for name, info in sorted(ops.items()) if not names or name in names
+             for shape in info.bench if not quick or shape.get("quick")]
+    rows = []
+    try:
+        from tqdm import tqdm
+        cases_iter = tqdm(cases, desc="bench", disable=not progress)
+    except ImportError:  # pragma: no cover
+        cases_iter = cases
+    for info, shape in cases_iter:
+        sample = Sample(*info.make(shape, device, dtype, torch.Generator().manual_seed(0)).prepared())
+        backward = bool(shape.get("backward")) and info.differentiable
+        nbytes, flops = info.cost(sample)
+        if backward:  # a backward pass reads and writes about twice what the forward does
+            nbytes, flops = 3 * nbytes, 3 * flops
+        impls = {"reference": info.ref, "sdekernels": info.op, **info.baselines}
+        if compile_ref:
+            impls["reference (compiled)"] = torch.compile(info.ref)
+        ref_time = None
+        for impl, fn in impls.items():
+            row = {"op": info.name, "shape": _label(shape), "dtype": str(dtype).replace("torch.", ""),
+                   "pass": "fwd+bwd" if backward else "fwd", "impl": impl}
+            try:
+                call = _runner(fn, sample, backward)
+                t = timeit(call, device)
+                mem = peak_memory(call, device)
+            except Exception as e:  # a baseline that cannot run this case (e.g. out of memory)
+                row.update(error=f"{type(e).__name__}: {str(e)[:120]}")
+                rows.append(row)
+                continue
+            if impl == "reference":
+                ref_time = t
+            row.update(ms=t * 1e3, peak_MB=mem / 2**20, speedup=(ref_time / t) if ref_time else float("nan"),
+                       GBs=nbytes / t / 1e9, TFLOPs=flops / t / 1e12)
+            row["bw_frac"] = row["GBs"] / limits["bandwidth_GBs"]
+            row["flop_frac"] = row["TFLOPs"] / limits["tflops_fp32"]
+            rows.append(row)
+    return rows, limits
+
+
+def environment(limits: dict) -> dict:
+    import subprocess
+
+    from . import _core, _ext
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                                cwd=__file__.rsplit("/", 2)[0]).stdout.strip()
+    except OSError:
+        commit = ""
+    tri = None
+    if _core.HAS_TRITON:
+        import triton
+        tri = triton.__version__
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": tri, "python": platform.python_version(),
+            "extension": _ext.status(), "commit": commit or None, "limits": limits,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def table(rows) -> str:
+    cols = ["op", "shape", "pass", "impl", "ms", "speedup", "peak_MB", "GBs", "bw_frac", "TFLOPs", "flop_frac"]
+    fmt = lambda v: (f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else ("-" if isinstance(v, float) else str(v)))  # noqa: E731
+    cells = [cols] + [[r["error"] if c == "ms" and "error" in r else fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
+
+
+def write_json(path: str, rows, limits) -> None:
+    with open(path, "w") as f:
+        json.dump({"environment": environment(limits), "rows": rows}, f, indent=1, default=str)
+
+
+def plot(rows, path: str, title: str = "") -> None:
+    """Bar chart of the speedup over the reference of every implementation, per op and shape."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys((r["op"], r["shape"], r["pass"]) for r in rows))
+    impls = [i for i in dict.fromkeys(r["impl"] for r in rows) if i != "reference"]
+    speed = {(r["op"], r["shape"], r["pass"], r["impl"]): r.get("speedup", float("nan")) for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cases) + 2), 4.5))
+    width = 0.8 / max(1, len(impls))
+    for j, impl in enumerate(impls):
+        ax.bar([i + j * width for i in range(len(cases))], [speed.get((*c, impl), float("nan")) for c in cases],
+               width, label=impl)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("speedup over the reference (log)")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+    ax.set_xticklabels([f"{o}\n{s}\n{p}" for o, s, p in cases], fontsize=6, rotation=30, ha="right")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,2 +1,4 @@
 """Op modules: each holds an op's kernels, host launcher, custom-op registration and registry entry."""
 from . import distances  # noqa: F401
+from . import contrastive  # noqa: F401
+from . import svd  # noqa: F401

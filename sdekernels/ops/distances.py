@@ -97,7 +97,10 @@ def _hellinger_triton(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> 
 def _hellinger(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
     if use_triton(S_a):
         return _hellinger_triton(S_a, S_b, power, squared)
-    return ref.hellinger(S_a, S_b, power=power, squared=squared)  # already the plain ATen formula
+    if S_a.device.type == "cpu" and _ext.available():
+        w = work_dtype(S_a.dtype)
+        return torch.ops.sdekernels_C.hellinger_fwd(S_a.to(w), S_b.to(w), power, squared).to(S_a.dtype)
+    return ref.hellinger(S_a, S_b, power=power, squared=squared)  # the plain ATen formula
 
 
 @_hellinger.register_fake

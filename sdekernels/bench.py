@@ -183,7 +183,7 @@ def environment(limits: dict) -> dict:
         import triton
         tri = triton.__version__
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": tri, "python": platform.python_version(),
-            "extension": _ext.status(), "commit": commit or None, "limits": limits,
+            "extension": _ext.status(), "commit": commit or os.environ.get("SDEKERNELS_COMMIT"), "limits": limits,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

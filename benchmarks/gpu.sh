@@ -13,13 +13,11 @@ $py -m pip install -q --no-build-isolation --no-deps -e . || exit 1
 dev=$($py -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))") || exit 1
 tag="$dev-${SDEKERNELS_COMMIT:0:8}"
 log="$out/gpu-$tag.log"
+exec > >(tee -a "$log") 2>&1
 status=0
-{
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  $py -m sdekernels info
-  $py -m sdekernels check || status=1
-  timeout 420 $py -m pytest python_tests -q -p no:cacheprovider -x --durations=15 || status=1
-} 2>&1 | tee "$log"
-timeout 600 $py -m sdekernels bench --no-progress --compile-ref --json "$out/bench-$tag.json" --plot "$out/speedup-$tag.png" \
-  2>&1 | tee "$out/bench-$tag.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+$py -m sdekernels info
+$py -m sdekernels check || status=1
+timeout 420 $py -m pytest python_tests -q -p no:cacheprovider --durations=15 || status=1
+timeout 600 $py -m sdekernels bench --no-progress --compile-ref --json "$out/bench-$tag.json" --plot "$out/speedup-$tag.png" || status=1
 exit $status

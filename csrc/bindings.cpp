@@ -40,17 +40,27 @@ static bool cuda_built() {
 TORCH_LIBRARY(sdekernels_C, m) {
   m.def("hellinger_bwd(Tensor S_a, Tensor S_b, Tensor grad, float power, bool squared) -> (Tensor, Tensor)");
   m.def("subspace_bwd(Tensor V_a, Tensor V_b, Tensor grad, Tensor? S_a, Tensor? S_b) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("fourier_split_fwd(Tensor Xh, int W, bool onesided, bool centered, bool log_amplitude) -> (Tensor, Tensor)");
+  m.def("fourier_merge_fwd(Tensor A, Tensor P, int W, bool onesided, bool centered) -> Tensor");
+  m.def("fourier_split_bwd(Tensor x, Tensor gA, Tensor gP, bool onesided, str norm, bool centered, bool log_amplitude) -> Tensor");
+  m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");
   m.def("cuda_built() -> bool", &sdekernels::cuda_built);
 }
 
 TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cpu);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
+  m.impl("fourier_split_fwd", &sdekernels::fourier_split_fwd_cpu);
+  m.impl("fourier_merge_fwd", &sdekernels::fourier_merge_fwd_cpu);
+  m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
+  m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
 }
 
 #ifdef SDEKERNELS_CUDA
 TORCH_LIBRARY_IMPL(sdekernels_C, CUDA, m) {
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cuda);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
+  m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
+  m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
 }
 #endif

@@ -13,10 +13,14 @@ template <typename T> struct Launch;
 template <> struct Launch<float> {
   static constexpr auto hellinger = sdk_hellinger_bwd_f32;
   static constexpr auto subspace = sdk_subspace_coef_f32;
+  static constexpr auto fourier_split_grad = sdk_fourier_split_grad_f32;
+  static constexpr auto fourier_merge_grad = sdk_fourier_merge_grad_f32;
 };
 template <> struct Launch<double> {
   static constexpr auto hellinger = sdk_hellinger_bwd_f64;
   static constexpr auto subspace = sdk_subspace_coef_f64;
+  static constexpr auto fourier_split_grad = sdk_fourier_split_grad_f64;
+  static constexpr auto fourier_merge_grad = sdk_fourier_merge_grad_f64;
 };
 
 static void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -52,6 +56,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cuda(const at::Tens
        "subspace_coef");
   });
   return {G, dSa, dSb};
+}
+
+at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
+                                   bool onesided, bool centered, bool log_amplitude) {
+  auto Z = at::empty_like(Xh);
+  const int64_t rows = Xh.size(0), H = Xh.size(1);
+  AT_DISPATCH_FLOATING_TYPES(Xh.scalar_type(), "fourier_split_grad_cuda", [&] {
+    ok(Launch<scalar_t>::fourier_split_grad(Xh.const_data_ptr<scalar_t>(), gA.const_data_ptr<scalar_t>(),
+                                            gP.const_data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), rows, H, W,
+                                            onesided, centered, log_amplitude, stream()),
+       "fourier_split_grad");
+  });
+  return Z;
+}
+
+std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cuda(const at::Tensor& G, const at::Tensor& A,
+                                                           const at::Tensor& P, int64_t W, bool onesided,
+                                                           bool centered) {
+  auto gA = at::empty_like(A), gP = at::empty_like(P);
+  const int64_t rows = A.size(0), H = A.size(1);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "fourier_merge_grad_cuda", [&] {
+    ok(Launch<scalar_t>::fourier_merge_grad(G.const_data_ptr<scalar_t>(), A.const_data_ptr<scalar_t>(),
+                                            P.const_data_ptr<scalar_t>(), gA.data_ptr<scalar_t>(),
+                                            gP.data_ptr<scalar_t>(), rows, H, W, onesided, centered, stream()),
+       "fourier_merge_grad");
+  });
+  return {gA, gP};
 }
 
 }  // namespace sdekernels

@@ -13,7 +13,23 @@ std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cpu(const at::Tensor& M, const at::Tensor& grad,
                                                                  const std::optional<at::Tensor>& S_a,
                                                                  const std::optional<at::Tensor>& S_b);
+// Fourier split/merge (SPEC §8) on [R, H, ·] rows; Xh, Z, G are real views [R, H, W/2+1, 2] of half spectra.
+std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, int64_t W, bool onesided,
+                                                         bool centered, bool log_amplitude);
+at::Tensor fourier_split_grad_cpu(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
+                                  bool onesided, bool centered, bool log_amplitude);
+at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered);
+std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cpu(const at::Tensor& G, const at::Tensor& A,
+                                                          const at::Tensor& P, int64_t W, bool onesided, bool centered);
+at::Tensor fourier_split_bwd(const at::Tensor& x, const at::Tensor& gA, const at::Tensor& gP, bool onesided,
+                             c10::string_view norm, bool centered, bool log_amplitude);
+std::tuple<at::Tensor, at::Tensor> fourier_merge_bwd(const at::Tensor& A, const at::Tensor& P, const at::Tensor& gx,
+                                                     bool onesided, c10::string_view norm, bool centered);
 #ifdef SDEKERNELS_CUDA
+at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
+                                   bool onesided, bool centered, bool log_amplitude);
+std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cuda(const at::Tensor& G, const at::Tensor& A,
+                                                           const at::Tensor& P, int64_t W, bool onesided, bool centered);
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cuda(const at::Tensor& S_a, const at::Tensor& S_b,
                                                       const at::Tensor& grad, double power, bool squared);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cuda(const at::Tensor& M, const at::Tensor& grad,

@@ -32,4 +32,49 @@ SDK_HD T dh2_dp(T pt, T qt) {
 template <typename T>
 SDK_HD T hellinger_entry_grad(T g, T c, T Zc, T S, T power) { return (g - c) / Zc * dspow(S, power); }
 
+// ---- Fourier split/merge (SPEC §8). Index helpers of the fftshifted layout and the pointwise
+// gradients of the polar form; the FFT steps themselves are ATen's.
+constexpr double kFourierTiny = 1e-30;  // |X|² below this: amplitude and phase gradients are 0
+
+// Position of frequency k on an fftshifted axis of length n, and the frequency at position s.
+SDK_HD long long fft_shift(long long k, long long n) { return (k + n / 2) % n; }
+SDK_HD long long fft_unshift(long long s, long long n) { return (s + n - n / 2) % n; }
+// Im X = 0 exactly at these bins of a real image's spectrum (k = 0 or n/2 on both axes).
+SDK_HD bool fft_real_bin(long long k, long long n) { return k == 0 || 2 * k == n; }
+
+// Where the spectrum of a real [H, W] image is stored: the half k2 < Wh = W/2 + 1 when onesided
+// (Wo = Wh, rows shifted when centered), else all Wo = W columns (both axes shifted when centered).
+struct SpectrumLayout {
+  long long H, W, Wh, Wo;
+  bool onesided, centered;
+  SDK_HD long long pos(long long k1, long long k2) const {
+    const long long s1 = centered ? fft_shift(k1, H) : k1;
+    return s1 * Wo + ((centered && !onesided) ? fft_shift(k2, W) : k2);
+  }
+  // Frequencies (k1, k2) held at stored position (s1, s2).
+  SDK_HD long long freq_row(long long s1) const { return centered ? fft_unshift(s1, H) : s1; }
+  SDK_HD long long freq_col(long long s2) const { return (centered && !onesided) ? fft_unshift(s2, W) : s2; }
+  // Is the mirror frequency (−k1, −k2) of a half-spectrum column k2 stored as well?
+  SDK_HD bool mirror_stored(long long k2) const { return !onesided || (W - k2) % W < Wh; }
+};
+
+// dL/dRe X + i dL/dIm X for L(A, P), A = |X| (log1p|X| when log_amp), P = arg X; 0 where |X|² < tiny.
+template <typename T>
+SDK_HD void split_point_grad(T re, T im, T gA, T gP, bool log_amp, T& gr, T& gi) {
+  const T p = re * re + im * im;
+  if (!(p >= T(kFourierTiny))) { gr = T(0); gi = T(0); return; }
+  const T a = sqrt(p);
+  if (log_amp) gA = gA / (T(1) + a);
+  gr = gA * re / a - gP * im / p;
+  gi = gA * im / a + gP * re / p;
+}
+
+// dL/dA, dL/dP through X = A e^{iP} given g = dL/dRe X + i dL/dIm X.
+template <typename T>
+SDK_HD void polar_grad(T a, T ph, T gr, T gi, T& gA, T& gP) {
+  const T c = cos(ph), s = sin(ph);
+  gA = gr * c + gi * s;
+  gP = a * (gi * c - gr * s);
+}
+
 }  // namespace sdekernels

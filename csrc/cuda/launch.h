@@ -9,6 +9,18 @@
   extern "C" int sdk_subspace_coef_##SUF(const T* M, const T* g, const T* Sa, const T* Sb, T* G, T* dSa,     \
                                          T* dSb, int64_t rows, int64_t k, void* stream);
 
+#define SDK_FOURIER_DECLARE(T, SUF)                                                                         \
+  extern "C" int sdk_fourier_split_grad_##SUF(const T* X, const T* gA, const T* gP, T* Z, int64_t rows,     \
+                                              int64_t H, int64_t W, bool onesided, bool centered,           \
+                                              bool log_amp, void* stream);                                  \
+  extern "C" int sdk_fourier_merge_grad_##SUF(const T* G, const T* A, const T* P, T* gA, T* gP,             \
+                                              int64_t rows, int64_t H, int64_t W, bool onesided,            \
+                                              bool centered, void* stream);
+
+SDK_FOURIER_DECLARE(float, f32)
+SDK_FOURIER_DECLARE(double, f64)
+#undef SDK_FOURIER_DECLARE
+
 SDK_DECLARE(float, f32)
 SDK_DECLARE(double, f64)
 #undef SDK_DECLARE

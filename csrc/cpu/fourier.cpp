@@ -1,0 +1,264 @@
+// Fourier amplitude/phase split and merge (SPEC §8).
+// CPU forward: ATen's rfft2 of the real image, then one fused pass that writes amplitude and phase
+// of the half spectrum and mirrors them (Hermitian symmetry) into the full, optionally shifted,
+// layout. Backward (CPU and CUDA): a pointwise kernel maps (gA, gP) to the Hermitian part of the
+// complex gradient on the half spectrum, then one irfft2 (merge: one rfft2, then pointwise).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../ops.h"
+#include "../spectral_math.h"
+
+namespace sdekernels {
+
+namespace {
+
+template <typename T>
+constexpr T kPi = T(3.14159265358979323846);
+
+// atan2 in float without branches, so the row loop vectorises: reduction to |u| ≤ tan(π/8) and
+// Cephes' atanf polynomial (absolute error ~2e-7). atan2(±0, x < 0) = π.
+inline float atan2_fast(float y, float x) {
+  const float ax = x < 0.f ? -x : x, ay = y < 0.f ? -y : y;
+  const float mx = ax > ay ? ax : ay, mn = ax > ay ? ay : ax;
+  const float t = mn / (mx > 0.f ? mx : 1.f);
+  const bool big = t > 0.41421356f;
+  const float u = big ? (t - 1.f) / (t + 1.f) : t;
+  const float z = u * u;
+  float r = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z - 3.33329491539e-1f) * z * u + u;
+  r = big ? r + 0.78539816339f : r;
+  r = ay > ax ? 1.57079632679f - r : r;
+  r = x < 0.f ? 3.14159265359f - r : r;
+  r = y < 0.f ? -r : r;
+  return r != r ? x + y : r;  // NaN in, NaN out
+}
+inline double atan2_fast(double y, double x) { return std::atan2(y, x); }
+
+SpectrumLayout layout(int64_t H, int64_t W, bool onesided, bool centered) {
+  const int64_t Wh = W / 2 + 1;
+  return SpectrumLayout{H, W, Wh, onesided ? Wh : W, onesided, centered};
+}
+
+std::string flipped(c10::string_view norm) {
+  // The adjoint of the forward transform with `norm` is the inverse transform with this one.
+  if (norm == "backward") return "forward";
+  if (norm == "forward") return "backward";
+  return "ortho";
+}
+
+template <typename T>
+void split_rows(const T* X, T* A, T* P, int64_t R, const SpectrumLayout& L, bool log_amp) {
+  const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
+  at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
+    std::vector<T> a(Wh), p(Wh);
+    for (int64_t row = lo; row < hi; ++row) {
+      const int64_t r = row / H, k1 = row % H;
+      const T* x = X + row * Wh * 2;
+      for (int64_t k2 = 0; k2 < Wh; ++k2) {
+        const T re = x[2 * k2], im = x[2 * k2 + 1];
+        a[k2] = std::sqrt(re * re + im * im);
+        const T ph = atan2_fast(im, re);
+        p[k2] = ph == -kPi<T> ? kPi<T> : ph;
+      }
+      if (fft_real_bin(k1, H)) {  // exactly real: no round-off decides between +π and −π
+        for (int64_t k2 : {int64_t(0), W / 2}) {
+          if (!fft_real_bin(k2, W)) continue;
+          const T re = x[2 * k2];
+          a[k2] = std::abs(re);
+          p[k2] = re < T(0) ? kPi<T> : (re == re ? T(0) : re);
+        }
+      }
+      if (log_amp)
+        for (int64_t k2 = 0; k2 < Wh; ++k2) a[k2] = std::log1p(a[k2]);
+      T* Ao = A + r * H * Wo;
+      T* Po = P + r * H * Wo;
+      if (!L.centered || L.onesided) {  // the half spectrum is one contiguous run
+        std::copy(a.begin(), a.end(), Ao + L.pos(k1, 0));
+        std::copy(p.begin(), p.end(), Po + L.pos(k1, 0));
+      } else {
+        for (int64_t k2 = 0; k2 < Wh; ++k2) {
+          const int64_t o = L.pos(k1, k2);
+          Ao[o] = a[k2];
+          Po[o] = p[k2];
+        }
+      }
+      if (!L.onesided) {  // X[−k1, −k2] = conj X[k1, k2] fills the columns beyond W/2
+        const int64_t m1 = (H - k1) % H;
+        for (int64_t k2 = 1; k2 <= (W - 1) / 2; ++k2) {
+          const int64_t o = L.pos(m1, W - k2);
+          Ao[o] = a[k2];
+          Po[o] = p[k2] == kPi<T> ? kPi<T> : -p[k2];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void split_grad_rows(const T* X, const T* GA, const T* GP, T* Z, int64_t R, const SpectrumLayout& L, bool log_amp) {
+  const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
+  at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t row = lo; row < hi; ++row) {
+      const int64_t r = row / H, k1 = row % H, m1 = (H - k1) % H;
+      const T *x = X + row * Wh * 2, *gA = GA + r * H * Wo, *gP = GP + r * H * Wo;
+      T* z = Z + row * Wh * 2;
+      for (int64_t k2 = 0; k2 < Wh; ++k2) {
+        const T re = x[2 * k2];
+        const T im = fft_real_bin(k1, H) && fft_real_bin(k2, W) ? T(0) : x[2 * k2 + 1];
+        T gr, gi, mr = 0, mi = 0;
+        const int64_t o = L.pos(k1, k2);
+        split_point_grad(re, im, gA[o], gP[o], log_amp, gr, gi);
+        if (L.mirror_stored(k2)) {
+          const int64_t om = L.pos(m1, (W - k2) % W);
+          split_point_grad(re, -im, gA[om], gP[om], log_amp, mr, mi);
+        }
+        z[2 * k2] = T(0.5) * (gr + mr);  // Hermitian part of the gradient: Re F^H g = F^H Herm(g)
+        z[2 * k2 + 1] = T(0.5) * (gi - mi);
+      }
+    }
+  });
+}
+
+template <typename T>
+void merge_rows(const T* A, const T* P, T* Z, int64_t R, const SpectrumLayout& L) {
+  const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
+  at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t row = lo; row < hi; ++row) {
+      const int64_t r = row / H, k1 = row % H, m1 = (H - k1) % H;
+      const T *a = A + r * H * Wo, *p = P + r * H * Wo;
+      T* z = Z + row * Wh * 2;
+      for (int64_t k2 = 0; k2 < Wh; ++k2) {
+        const int64_t o = L.pos(k1, k2);
+        T re = a[o] * std::cos(p[o]), im = a[o] * std::sin(p[o]);
+        if (L.mirror_stored(k2)) {  // Re IFFT2(X) = IFFT2(Herm X): irfft2 of its half
+          const int64_t om = L.pos(m1, (W - k2) % W);
+          re = T(0.5) * (re + a[om] * std::cos(p[om]));
+          im = T(0.5) * (im - a[om] * std::sin(p[om]));
+        }
+        z[2 * k2] = re;
+        z[2 * k2 + 1] = im;
+      }
+    }
+  });
+}
+
+template <typename T>
+void merge_grad_rows(const T* G, const T* A, const T* P, T* GA, T* GP, int64_t R, const SpectrumLayout& L) {
+  const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
+  at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t row = lo; row < hi; ++row) {
+      const int64_t r = row / H, s1 = row % H, k1 = L.freq_row(s1);
+      const int64_t o0 = row * Wo;
+      for (int64_t s2 = 0; s2 < Wo; ++s2) {
+        const int64_t k2 = L.freq_col(s2);
+        T gr, gi;
+        if (k2 < Wh) {  // onesided: irfft2 counts the unmirrored columns twice
+          const T* g = G + ((r * H + k1) * Wh + k2) * 2;
+          const T m = L.mirror_stored(k2) ? T(1) : T(2);
+          gr = m * g[0];
+          gi = m * g[1];
+        } else {  // the gradient spectrum of a real gx is Hermitian
+          const T* g = G + ((r * H + (H - k1) % H) * Wh + (W - k2)) * 2;
+          gr = g[0];
+          gi = -g[1];
+        }
+        polar_grad(A[o0 + s2], P[o0 + s2], gr, gi, GA[o0 + s2], GP[o0 + s2]);
+      }
+    }
+  });
+}
+
+void check_rows(const at::Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.dim() == dim && t.is_contiguous(), name, " must be a contiguous ", dim, "-d tensor");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, int64_t W, bool onesided,
+                                                         bool centered, bool log_amplitude) {
+  check_rows(Xh, 4, "Xh");
+  const int64_t R = Xh.size(0), H = Xh.size(1);
+  const auto L = layout(H, W, onesided, centered);
+  TORCH_CHECK(Xh.size(2) == L.Wh && Xh.size(3) == 2, "Xh must be the real view of a half spectrum");
+  auto A = at::empty({R, H, L.Wo}, Xh.options()), P = at::empty_like(A);
+  AT_DISPATCH_FLOATING_TYPES(Xh.scalar_type(), "fourier_split_fwd_cpu", [&] {
+    split_rows<scalar_t>(Xh.const_data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), P.data_ptr<scalar_t>(), R, L,
+                         log_amplitude);
+  });
+  return {A, P};
+}
+
+at::Tensor fourier_split_grad_cpu(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
+                                  bool onesided, bool centered, bool log_amplitude) {
+  const int64_t R = Xh.size(0), H = Xh.size(1);
+  const auto L = layout(H, W, onesided, centered);
+  auto Z = at::empty_like(Xh);
+  AT_DISPATCH_FLOATING_TYPES(Xh.scalar_type(), "fourier_split_grad_cpu", [&] {
+    split_grad_rows<scalar_t>(Xh.const_data_ptr<scalar_t>(), gA.const_data_ptr<scalar_t>(),
+                              gP.const_data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), R, L, log_amplitude);
+  });
+  return Z;
+}
+
+at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered) {
+  check_rows(A, 3, "A");
+  check_rows(P, 3, "P");
+  const int64_t R = A.size(0), H = A.size(1);
+  const auto L = layout(H, W, onesided, centered);
+  TORCH_CHECK(A.size(2) == L.Wo && P.sizes() == A.sizes(), "A and P must hold the stored spectrum");
+  auto Z = at::empty({R, H, L.Wh, 2}, A.options());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "fourier_merge_fwd_cpu", [&] {
+    merge_rows<scalar_t>(A.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), R, L);
+  });
+  return Z;
+}
+
+std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cpu(const at::Tensor& G, const at::Tensor& A,
+                                                          const at::Tensor& P, int64_t W, bool onesided,
+                                                          bool centered) {
+  const int64_t R = A.size(0), H = A.size(1);
+  const auto L = layout(H, W, onesided, centered);
+  auto gA = at::empty_like(A), gP = at::empty_like(P);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "fourier_merge_grad_cpu", [&] {
+    merge_grad_rows<scalar_t>(G.const_data_ptr<scalar_t>(), A.const_data_ptr<scalar_t>(), P.const_data_ptr<scalar_t>(),
+                              gA.data_ptr<scalar_t>(), gP.data_ptr<scalar_t>(), R, L);
+  });
+  return {gA, gP};
+}
+
+// Backward of fourier_split for x [R, H, W]: X = rfft2(x) is recomputed (cheaper than saving it),
+// the pointwise kernel gives the half-spectrum gradient Z, and gx = irfft2(Z) with the adjoint norm.
+at::Tensor fourier_split_bwd(const at::Tensor& x, const at::Tensor& gA, const at::Tensor& gP, bool onesided,
+                             c10::string_view norm, bool centered, bool log_amplitude) {
+  check_rows(x, 3, "x");
+  const int64_t H = x.size(1), W = x.size(2);
+  auto Xh = at::view_as_real(at::fft_rfft2(x, c10::nullopt, {-2, -1}, norm)).contiguous();
+  auto ga = gA.contiguous(), gp = gP.contiguous();
+#ifdef SDEKERNELS_CUDA
+  auto Z = x.is_cuda() ? fourier_split_grad_cuda(Xh, ga, gp, W, onesided, centered, log_amplitude)
+                       : fourier_split_grad_cpu(Xh, ga, gp, W, onesided, centered, log_amplitude);
+#else
+  auto Z = fourier_split_grad_cpu(Xh, ga, gp, W, onesided, centered, log_amplitude);
+#endif
+  return at::fft_irfft2(at::view_as_complex(Z), c10::IntArrayRef{H, W}, {-2, -1}, flipped(norm));
+}
+
+// Backward of fourier_merge for A, P [R, H, Wo] and gx [R, H, W]: G = rfft2(gx) with the adjoint
+// norm, then the pointwise chain rule through A e^{iP}.
+std::tuple<at::Tensor, at::Tensor> fourier_merge_bwd(const at::Tensor& A, const at::Tensor& P, const at::Tensor& gx,
+                                                     bool onesided, c10::string_view norm, bool centered) {
+  check_rows(A, 3, "A");
+  check_rows(P, 3, "P");
+  const int64_t W = gx.size(-1);
+  auto G = at::view_as_real(at::fft_rfft2(gx.contiguous(), c10::nullopt, {-2, -1}, flipped(norm))).contiguous();
+#ifdef SDEKERNELS_CUDA
+  if (A.is_cuda()) return fourier_merge_grad_cuda(G, A, P, W, onesided, centered);
+#endif
+  return fourier_merge_grad_cpu(G, A, P, W, onesided, centered);
+}
+
+}  // namespace sdekernels

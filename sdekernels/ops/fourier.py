@@ -1,0 +1,583 @@
+"""Fourier amplitude/phase split, merge and amplitude mix (SPEC §8).
+
+`fourier_split` forward, Triton (CUDA, or CPU under the interpreter): the 2-D DFT as two GEMM
+stages with real cos/sin DFT matrices — rows (only the W/2 + 1 non-redundant columns of a real
+image's spectrum), then columns — with amplitude, phase, log1p, the exact-real bins, the fftshift
+remap and the Hermitian mirror into the full spectrum fused into the epilogue of the second stage:
+no complex spectrum is ever stored. Forward on CPU: ATen's rfft2, then one fused C++ pass
+(csrc/cpu/fourier.cpp) that writes A and P of the half spectrum and mirrors them.
+`fourier_merge`: a fused prologue (Triton or C++) builds the Hermitian half spectrum of A·e^{iP}
+straight from the (shifted) maps, then one irfft2.
+Backward (csrc/cpu/fourier.cpp, csrc/cuda/fourier.cu): pointwise kernels around one ATen FFT.
+Reference: reference/fourier.py. Tests: python_tests/test_ops.py (generic), python_tests/test_fourier.py.
+"""
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from .. import reference as ref
+from .._core import HAS_TRITON, INTERPRET, check, grad_like, ref_vjp, use_triton, work_dtype
+from ..registry import F64, OpInfo, Sample, rand, randn, register
+
+NORMS = ("backward", "ortho", "forward")
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _mm(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+        if USE_DOT:
+            return tl.dot(a, b, input_precision=PRECISION)
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+
+    @triton.jit
+    def _pos(k1, k2, H, W, Wo, ONESIDED: tl.constexpr, CENTERED: tl.constexpr):
+        """Offset of frequency (k1, k2) in the stored [H, Wo] map (fftshifted when CENTERED)."""
+        if CENTERED:
+            if ONESIDED:
+                return ((k1 + H // 2) % H) * Wo + k2
+            return ((k1 + H // 2) % H) * Wo + (k2 + W // 2) % W
+        return k1 * Wo + k2
+
+    @triton.jit
+    def _atan2(y, x, pi, REFINE: tl.constexpr):
+        # Reduction to |u| <= tan(π/8) and Cephes' atanf polynomial (~2e-7); one Newton step on
+        # x·sin θ − y·cos θ = 0 brings float64 to full accuracy. atan2(±0, x < 0) = π.
+        ax, ay = tl.abs(x), tl.abs(y)
+        mx, mn = tl.maximum(ax, ay), tl.minimum(ax, ay)
+        t = mn / tl.where(mx > 0, mx, 1.0)
+        big = t > 0.41421356237309503
+        u = tl.where(big, (t - 1.0) / (t + 1.0), t)
+        z = u * u
+        r = (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z * u + u
+        r = tl.where(big, r + 0.25 * pi, r)
+        r = tl.where(ay > ax, 0.5 * pi - r, r)
+        r = tl.where(x < 0, pi - r, r)
+        r = tl.where(y < 0, -r, r)
+        if REFINE:
+            c, s = tl.cos(r), tl.sin(r)
+            d = x * c + y * s
+            r = r - tl.where(mx > 0, (x * s - y * c) / tl.where(mx > 0, d, 1.0), 0.0)
+            r = tl.where(y < 0, tl.minimum(tl.maximum(r, -pi), 0.0), tl.minimum(tl.maximum(r, 0.0), pi))
+        return tl.where(r == -pi, pi, r)
+
+    @triton.jit
+    def _dft_rows_kernel(X, CW, SW, YR, YI, M, W, Wh, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                         ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # Stage 1: Y = x · (C − iS) over the rows of every image at once ([R·H, W] · [W, W/2+1]).
+        pm, pn = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        m = pm * BM + tl.arange(0, BM)
+        n = pn * BN + tl.arange(0, BN)
+        yr = tl.zeros([BM, BN], ACC)
+        yi = tl.zeros([BM, BN], ACC)
+        for k0 in range(0, W, BK):
+            k = k0 + tl.arange(0, BK)
+            x = tl.load(X + m[:, None] * W + k[None, :], mask=(m[:, None] < M) & (k[None, :] < W), other=0).to(ACC)
+            bmask = (k[:, None] < W) & (n[None, :] < Wh)
+            c = tl.load(CW + k[:, None] * Wh + n[None, :], mask=bmask, other=0)
+            s = tl.load(SW + k[:, None] * Wh + n[None, :], mask=bmask, other=0)
+            yr += _mm(x, c, USE_DOT, PRECISION)
+            yi -= _mm(x, s, USE_DOT, PRECISION)
+        out = m[:, None] * Wh + n[None, :]
+        omask = (m[:, None] < M) & (n[None, :] < Wh)
+        tl.store(YR + out, yr, mask=omask)
+        tl.store(YI + out, yi, mask=omask)
+
+    @triton.jit
+    def _split_kernel(YR, YI, CH, SH, A, P, PI, H, W, Wh, Wo, scale, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
+                      LOG: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, REFINE: tl.constexpr,
+                      ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # Stage 2: X = (C − iS) · Y over the columns of one image, then the polar epilogue.
+        img = tl.program_id(0).to(tl.int64)
+        k1 = tl.program_id(1) * BM + tl.arange(0, BM)
+        k2 = tl.program_id(2) * BN + tl.arange(0, BN)
+        yr_img, yi_img = YR + img * H * Wh, YI + img * H * Wh
+        re = tl.zeros([BM, BN], ACC)
+        im = tl.zeros([BM, BN], ACC)
+        for h0 in range(0, H, BK):
+            h = h0 + tl.arange(0, BK)
+            amask = (k1[:, None] < H) & (h[None, :] < H)
+            c = tl.load(CH + k1[:, None] * H + h[None, :], mask=amask, other=0)
+            s = tl.load(SH + k1[:, None] * H + h[None, :], mask=amask, other=0)
+            bmask = (h[:, None] < H) & (k2[None, :] < Wh)
+            yr = tl.load(yr_img + h[:, None] * Wh + k2[None, :], mask=bmask, other=0)
+            yi = tl.load(yi_img + h[:, None] * Wh + k2[None, :], mask=bmask, other=0)
+            re += _mm(c, yr, USE_DOT, PRECISION) + _mm(s, yi, USE_DOT, PRECISION)
+            im += _mm(c, yi, USE_DOT, PRECISION) - _mm(s, yr, USE_DOT, PRECISION)
+        re = re * scale
+        im = im * scale
+        # Im X is exactly 0 at k ∈ {0, n/2} on both axes: round-off must not pick −π over π there.
+        real_bin = ((k1[:, None] == 0) | (2 * k1[:, None] == H)) & ((k2[None, :] == 0) | (2 * k2[None, :] == W))
+        im = tl.where(real_bin, 0.0, im)
+        pi = tl.load(PI)
+        amp = tl.sqrt(re * re + im * im)
+        ph = _atan2(im, re, pi, REFINE)
+        if LOG:  # log1p without cancellation: log(u)·a/(u − 1), u = 1 + a
+            u = 1.0 + amp
+            amp = tl.where(u == 1.0, amp, tl.log(u) * (amp / tl.where(u == 1.0, 1.0, u - 1.0)))
+        mask = (k1[:, None] < H) & (k2[None, :] < Wh)
+        a_img, p_img = A + img * H * Wo, P + img * H * Wo
+        o = _pos(k1[:, None], k2[None, :], H, W, Wo, ONESIDED, CENTERED)
+        tl.store(a_img + o, amp.to(A.dtype.element_ty), mask=mask)
+        tl.store(p_img + o, ph.to(P.dtype.element_ty), mask=mask)
+        if not ONESIDED:  # X[−k1, −k2] = conj X[k1, k2] fills the columns beyond W/2
+            mirror = mask & (k2[None, :] >= 1) & (2 * k2[None, :] < W)
+            om = _pos((H - k1[:, None]) % H, W - k2[None, :], H, W, Wo, ONESIDED, CENTERED)
+            tl.store(a_img + om, amp.to(A.dtype.element_ty), mask=mirror)
+            tl.store(p_img + om, tl.where(ph == pi, pi, -ph).to(P.dtype.element_ty), mask=mirror)
+
+    @triton.jit
+    def _merge_kernel(A, P, Z, total, H, W, Wh, Wo, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
+                      ACC: tl.constexpr, BLOCK: tl.constexpr):
+        # Half spectrum Z (interleaved re, im) of the Hermitian part of A·e^{iP}: Re IFFT2 = irfft2(Z).
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = i < total
+        k2 = i % Wh
+        row = i // Wh
+        k1 = row % H
+        img = row // H
+        base = img * H * Wo
+        o = base + _pos(k1, k2, H, W, Wo, ONESIDED, CENTERED)
+        a = tl.load(A + o, mask=mask, other=0).to(ACC)
+        p = tl.load(P + o, mask=mask, other=0).to(ACC)
+        re = a * tl.cos(p)
+        im = a * tl.sin(p)
+        m2 = (W - k2) % W
+        if ONESIDED:  # only the columns 0 and W/2 have their mirror in the half
+            has_mirror = mask & (m2 < Wh)
+        else:
+            has_mirror = mask
+        om = base + _pos((H - k1) % H, m2, H, W, Wo, ONESIDED, CENTERED)
+        am = tl.load(A + om, mask=has_mirror, other=0).to(ACC)
+        pm = tl.load(P + om, mask=has_mirror, other=0).to(ACC)
+        re = tl.where(has_mirror, 0.5 * (re + am * tl.cos(pm)), re)
+        im = tl.where(has_mirror, 0.5 * (im - am * tl.sin(pm)), im)
+        tl.store(Z + 2 * i, re, mask=mask)
+        tl.store(Z + 2 * i + 1, im, mask=mask)
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+@functools.lru_cache(maxsize=64)
+def _dft_tables(n: int, cols: int, device: torch.device, dtype: torch.dtype):
+    """cos and sin of 2π·j·k/n for j < n, k < cols, from exact integer phases (sin is exactly 0 at k = 0, n/2)."""
+    j = torch.arange(n, dtype=torch.int64)
+    jk = (j[:, None] * torch.arange(cols, dtype=torch.int64)[None, :]) % n
+    theta = jk.to(torch.float64) * (2.0 * math.pi / n)
+    c, s = torch.cos(theta), torch.sin(theta)
+    s[(2 * jk) % n == 0] = 0.0
+    c[jk == 0] = 1.0
+    c[2 * jk == n] = -1.0
+    return c.to(device=device, dtype=dtype).contiguous(), s.to(device=device, dtype=dtype).contiguous()
+
+
+def _scale(norm: str, H: int, W: int) -> float:
+    return {"backward": 1.0, "ortho": 1.0 / math.sqrt(H * W), "forward": 1.0 / (H * W)}[norm]
+
+
+def _blocks(acc: torch.dtype):
+    # tl.dot in float32 (IEEE in the interpreter; 3×TF32 on tensor cores keeps float32 accuracy on
+    # GPUs); float64 takes the broadcast product, with small tiles.
+    if acc == torch.float64:
+        return dict(USE_DOT=False, PRECISION="ieee", BM=16, BN=16, BK=8)
+    return dict(USE_DOT=True, PRECISION="ieee" if INTERPRET else "tf32x3", BM=64, BN=64, BK=32)
+
+
+def _split_triton(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: bool):
+    R, H, W = x.shape
+    Wh, Wo = W // 2 + 1, (W // 2 + 1 if onesided else W)
+    acc = work_dtype(x.dtype)
+    A = torch.empty((R, H, Wo), device=x.device, dtype=x.dtype)
+    P = torch.empty_like(A)
+    if R == 0:
+        return A, P
+    cw, sw = _dft_tables(W, Wh, x.device, acc)
+    ch, sh = _dft_tables(H, H, x.device, acc)
+    yr = torch.empty((R * H, Wh), device=x.device, dtype=acc)
+    yi = torch.empty_like(yr)
+    cfg = _blocks(acc)
+    tacc = _acc(acc)
+    grid1 = (triton.cdiv(R * H, cfg["BM"]), triton.cdiv(Wh, cfg["BN"]))
+    _dft_rows_kernel[grid1](x, cw, sw, yr, yi, R * H, W, Wh, ACC=tacc, **cfg)
+    pi = torch.full((1,), math.pi, device=x.device, dtype=acc)
+    grid2 = (R, triton.cdiv(H, cfg["BM"]), triton.cdiv(Wh, cfg["BN"]))
+    _split_kernel[grid2](yr, yi, ch, sh, A, P, pi, H, W, Wh, Wo, _scale(norm, H, W), ONESIDED=onesided,
+                         CENTERED=centered, LOG=log_amplitude, REFINE=acc == torch.float64, ACC=tacc, **cfg)
+    return A, P
+
+
+def _merge_half_triton(A: Tensor, P: Tensor, W: int, onesided: bool, centered: bool) -> Tensor:
+    R, H, Wo = A.shape
+    Wh = W // 2 + 1
+    acc = work_dtype(A.dtype)
+    Z = torch.empty((R, H, Wh, 2), device=A.device, dtype=acc)
+    total = R * H * Wh
+    if total:
+        BLOCK = 1024
+        _merge_kernel[(triton.cdiv(total, BLOCK),)](A, P, Z, total, H, W, Wh, Wo, ONESIDED=onesided,
+                                                    CENTERED=centered, ACC=_acc(acc), BLOCK=BLOCK)
+    return Z
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape((-1,) + tuple(t.shape[-2:])).contiguous()
+
+
+# ---------------------------------------------------------------- fourier_split
+
+
+@torch.library.custom_op("sdekernels::fourier_split", mutates_args=())
+def _split(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: bool) -> tuple[Tensor, Tensor]:
+    H, W = x.shape[-2:]
+    Wo = W // 2 + 1 if onesided else W
+    shape = x.shape[:-2] + (H, Wo)
+    if use_triton(x):
+        A, P = _split_triton(_flat(x), onesided, norm, centered, log_amplitude)
+    elif _ext.available():
+        Xh = torch.fft.rfft2(_flat(x).to(work_dtype(x.dtype)), norm=norm)
+        A, P = torch.ops.sdekernels_C.fourier_split_fwd(torch.view_as_real(Xh), W, onesided, centered, log_amplitude)
+    else:
+        A, P = ref.fourier_split(x, onesided=onesided, norm=norm, centered=centered, log_amplitude=log_amplitude)
+    return A.reshape(shape).to(x.dtype), P.reshape(shape).to(x.dtype)
+
+
+@_split.register_fake
+def _(x, onesided, norm, centered, log_amplitude):
+    W = x.shape[-1]
+    out = x.new_empty(x.shape[:-1] + (W // 2 + 1 if onesided else W,))
+    return out, torch.empty_like(out)
+
+
+def _split_ref(x, gA, gP, onesided, norm, centered, log_amplitude):
+    return ref_vjp(ref.fourier_split, (x,), (gA, gP), onesided=onesided, norm=norm, centered=centered,
+                   log_amplitude=log_amplitude)[0]
+
+
+@torch.library.custom_op("sdekernels::fourier_split_backward", mutates_args=())
+def _split_backward(x: Tensor, gA: Tensor, gP: Tensor, onesided: bool, norm: str, centered: bool,
+                    log_amplitude: bool) -> Tensor:
+    w = work_dtype(x.dtype)
+    xw, ga, gp = _flat(x.to(w)), _flat(gA.to(w)), _flat(gP.to(w))
+    if _ext.available():
+        gx = torch.ops.sdekernels_C.fourier_split_bwd(xw, ga, gp, onesided, norm, centered, log_amplitude)
+    else:
+        gx = _split_ref(xw, ga, gp, onesided, norm, centered, log_amplitude)
+    return grad_like(gx.reshape(x.shape), x)
+
+
+@_split_backward.register_fake
+def _(x, gA, gP, onesided, norm, centered, log_amplitude):
+    return torch.empty_like(x)
+
+
+def _split_setup(ctx, inputs, output):
+    x, ctx.onesided, ctx.norm, ctx.centered, ctx.log_amplitude = inputs
+    ctx.save_for_backward(x)
+
+
+def _split_grad(ctx, gA, gP):
+    (x,) = ctx.saved_tensors
+    shape = x.shape[:-1] + (x.shape[-1] // 2 + 1 if ctx.onesided else x.shape[-1],)
+    gA = gA if gA is not None else x.new_zeros(shape)
+    gP = gP if gP is not None else x.new_zeros(shape)
+    return _split_backward(x, gA, gP, ctx.onesided, ctx.norm, ctx.centered, ctx.log_amplitude), None, None, None, None
+
+
+_split.register_autograd(_split_grad, setup_context=_split_setup)
+
+
+def _check_image(x, name: str):
+    check(x, name, min_dim=2)
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"{name} must have non-empty spatial dims [..., H, W], got shape {tuple(x.shape)}")
+
+
+def _check_norm(norm):
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def fourier_split(x: Tensor, *, onesided: bool = False, norm: str = "backward", centered: bool = False,
+                  log_amplitude: bool = False) -> tuple[Tensor, Tensor]:
+    """Amplitude and phase of the 2-D FFT of real x [..., H, W] (SPEC §8).
+
+    A = |X| (log1p|X| when log_amplitude), P = arg X ∈ (−π, π], X = fft2(x, norm) — the half
+    spectrum [..., H, W//2 + 1] of rfft2 when onesided; centered applies fftshift (rows only when
+    onesided). Where |X|² < 1e-30 the gradients of A and P are 0. No complex tensor is returned
+    or kept: the fused kernels write A and P directly.
+    """
+    _check_image(x, "x")
+    _check_norm(norm)
+    return _split(x, bool(onesided), norm, bool(centered), bool(log_amplitude))
+
+
+# ---------------------------------------------------------------- fourier_merge
+
+
+@torch.library.custom_op("sdekernels::fourier_merge", mutates_args=())
+def _merge(A: Tensor, P: Tensor, onesided: bool, norm: str, centered: bool, H: int, W: int) -> Tensor:
+    w = work_dtype(A.dtype)
+    a, p = _flat(A), _flat(P)
+    if use_triton(A):
+        Z = _merge_half_triton(a, p, W, onesided, centered)
+    elif _ext.available():
+        Z = torch.ops.sdekernels_C.fourier_merge_fwd(a.to(w), p.to(w), W, onesided, centered)
+    else:
+        size = (H, W) if onesided else None
+        return ref.fourier_merge(A, P, onesided=onesided, norm=norm, centered=centered, size=size)
+    x = torch.fft.irfft2(torch.view_as_complex(Z), s=(H, W), norm=norm)
+    return x.reshape(A.shape[:-2] + (H, W)).to(A.dtype)
+
+
+@_merge.register_fake
+def _(A, P, onesided, norm, centered, H, W):
+    return A.new_empty(A.shape[:-2] + (H, W))
+
+
+def _merge_ref(A, P, gx, onesided, norm, centered, H, W):
+    size = (H, W) if onesided else None
+    return ref_vjp(ref.fourier_merge, (A, P), gx, onesided=onesided, norm=norm, centered=centered, size=size)
+
+
+@torch.library.custom_op("sdekernels::fourier_merge_backward", mutates_args=())
+def _merge_backward(A: Tensor, P: Tensor, gx: Tensor, onesided: bool, norm: str, centered: bool) -> tuple[Tensor, Tensor]:
+    w = work_dtype(A.dtype)
+    a, p, g = _flat(A.to(w)), _flat(P.to(w)), _flat(gx.to(w))
+    if _ext.available():
+        gA, gP = torch.ops.sdekernels_C.fourier_merge_bwd(a, p, g, onesided, norm, centered)
+    else:
+        gA, gP = _merge_ref(a, p, g, onesided, norm, centered, *gx.shape[-2:])
+    return grad_like(gA.reshape(A.shape), A), grad_like(gP.reshape(P.shape), P)
+
+
+@_merge_backward.register_fake
+def _(A, P, gx, onesided, norm, centered):
+    return torch.empty_like(A), torch.empty_like(P)
+
+
+def _merge_setup(ctx, inputs, output):
+    A, P, ctx.onesided, ctx.norm, ctx.centered, _, _ = inputs
+    ctx.save_for_backward(A, P)
+
+
+def _merge_grad(ctx, gx):
+    A, P = ctx.saved_tensors
+    return (*_merge_backward(A, P, gx, ctx.onesided, ctx.norm, ctx.centered), None, None, None, None, None)
+
+
+_merge.register_autograd(_merge_grad, setup_context=_merge_setup)
+
+
+def fourier_merge(A: Tensor, P: Tensor, *, onesided: bool = False, norm: str = "backward", centered: bool = False,
+                  size=None) -> Tensor:
+    """Re IFFT2(A·e^{iP}) — the inverse of `fourier_split` without log_amplitude (SPEC §8).
+
+    onesided: A, P are the half spectrum and the result is irfft2 with output ``size`` = (H, W)
+    (default (H, 2·(W_r − 1)); give it for odd W). Two-sided: ``size``, if given, must equal A's
+    last two dims.
+    """
+    _check_image(A, "A")
+    check(P, "P", min_dim=2, like=A)
+    if P.shape != A.shape:
+        raise ValueError(f"P must have the shape of A {tuple(A.shape)}, got {tuple(P.shape)}")
+    _check_norm(norm)
+    H, Wo = A.shape[-2:]
+    if size is not None:
+        try:
+            size = tuple(int(s) for s in size)
+        except TypeError:
+            raise ValueError(f"size must be (H, W), got {size!r}") from None
+        if len(size) != 2:
+            raise ValueError(f"size must be (H, W), got {size}")
+        if not onesided and size != (H, Wo):
+            raise ValueError(f"size must equal A's spatial shape {(H, Wo)} when not onesided, got {size}")
+        if onesided and (size[0] != H or size[1] // 2 + 1 != Wo or size[1] < 1):
+            raise ValueError(f"size {size} does not match the one-sided spectrum shape {(H, Wo)}")
+    W = size[1] if size is not None else (2 * (Wo - 1) if onesided else Wo)
+    if W < 1:
+        raise ValueError(f"size must be given for a one-sided spectrum with one column, got shape {tuple(A.shape)}")
+    return _merge(A, P, bool(onesided), norm, bool(centered), H, W)
+
+
+# ---------------------------------------------------------------- amplitude_mix
+
+
+def _window(H: int, W: int, ratio: float, device) -> Tensor:
+    h, w = int(math.floor(H * math.sqrt(ratio))), int(math.floor(W * math.sqrt(ratio)))
+    h0, w0 = H // 2 - h // 2, W // 2 - w // 2
+    mask = torch.zeros(H, W, dtype=torch.bool, device=device)
+    mask[h0:h0 + h, w0:w0 + w] = True
+    return mask
+
+
+def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
+    """Fourier amplitude mix (FACT) of real x1, x2 [..., H, W] (SPEC §8).
+
+    In the centred spectrum A = (1 − lam)·A1 + lam·A2 inside the window of ⌊H√ratio⌋ × ⌊W√ratio⌋
+    frequencies around DC, A1 elsewhere; the phase of x1 is kept. ``lam``: a float, or a tensor
+    whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]). Built from the fused
+    split and merge (one split per image, one merge).
+    """
+    _check_image(x1, "x1")
+    check(x2, "x2", min_dim=2, like=x1)
+    if x2.shape != x1.shape:
+        raise ValueError(f"x2 must have the shape of x1 {tuple(x1.shape)}, got {tuple(x2.shape)}")
+    if not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must lie in (0, 1], got {ratio!r}")
+    if isinstance(lam, Tensor):
+        check(lam, "lam", min_dim=0)
+        if lam.device != x1.device:
+            raise ValueError(f"lam is on {lam.device}, expected {x1.device}")
+        nb = x1.dim() - 2
+        if lam.dim() > nb or tuple(lam.shape) != tuple(x1.shape[:lam.dim()]):
+            raise ValueError(f"lam must be a float or have a prefix of the batch shape {tuple(x1.shape[:-2])}, "
+                             f"got {tuple(lam.shape)}")
+        lam = lam.to(work_dtype(x1.dtype)).reshape(*lam.shape, *([1] * (x1.dim() - lam.dim())))
+    elif not isinstance(lam, (int, float)):
+        raise ValueError(f"lam must be a float or a tensor, got {type(lam).__name__}")
+    A1, P1 = fourier_split(x1, centered=True)
+    A2, _ = fourier_split(x2, centered=True)
+    w = work_dtype(x1.dtype)
+    A1w = A1.to(w)
+    mixed = A1w + lam * (A2.to(w) - A1w)
+    A = torch.where(_window(*x1.shape[-2:], float(ratio), x1.device), mixed, A1w)
+    return fourier_merge(A, P1.to(w), centered=True).to(x1.dtype)
+
+
+# ---------------------------------------------------------------- registry entries
+
+_NORM_KEYS = {0: "backward", 1: "ortho", 2: "forward"}
+
+
+def _images(shape, device, dtype, gen):
+    b = [shape["batch"]] if shape.get("batch") else []
+    return randn((*b, *([shape["c"]] if shape.get("c") else []), shape["H"], shape["W"]), device, dtype, gen)
+
+
+def _split_sample(shape, device, dtype, gen):
+    return Sample((_images(shape, device, dtype, gen),),
+                  {"onesided": bool(shape.get("onesided")), "norm": _NORM_KEYS[shape.get("norm", 0)],
+                   "centered": bool(shape.get("centered")), "log_amplitude": bool(shape.get("log"))})
+
+
+def _bad_split(device):
+    x = torch.randn(2, 6, 7, device=device)
+    return [((x[0, 0],), {}, "x"),
+            ((x.numpy() if device.type == "cpu" else x.tolist(),), {}, "x"),
+            ((x.to(torch.int64),), {}, "x"),
+            ((x[:, :0],), {}, "x"),
+            ((x,), {"norm": "none"}, "norm")]
+
+
+def _image_bytes(s):
+    return sum(t.numel() * t.element_size() for t in s.tensors())
+
+
+def _fft_flops(s, t):
+    H, W = t.shape[-2:]
+    return 5.0 * t.numel() * math.log2(max(H * W, 2))
+
+
+def _fft2_abs_angle(x, **kw):
+    X = torch.fft.fft2(x)
+    return X.abs(), X.angle()
+
+
+def _rfft2(x, **kw):
+    return torch.fft.rfft2(x)
+
+
+register(OpInfo(
+    name="fourier_split", op=fourier_split, ref=ref.fourier_split, make=_split_sample,
+    shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 8, "W": 9, "centered": 1},
+            {"batch": 2, "H": 7, "W": 6, "onesided": 1, "centered": 1, "log": 1},
+            {"batch": 2, "H": 5, "W": 5, "norm": 1, "log": 1}, {"batch": 0, "H": 1, "W": 12, "norm": 2, "onesided": 1},
+            {"batch": 1, "H": 16, "W": 20, "centered": 1}, {"batch": 2, "c": 2, "H": 10, "W": 4}],
+    space={"batch": (0, 3), "H": (1, 24), "W": (1, 24), "onesided": (0, 1), "centered": (0, 1), "norm": (0, 2),
+           "log": (0, 1)},
+    bad=_bad_split,
+    bench=[{"batch": 16, "c": 3, "H": 64, "W": 64, "quick": True},
+           {"batch": 8, "c": 3, "H": 224, "W": 224, "quick": True, "backward": True},
+           {"batch": 256, "c": 3, "H": 224, "W": 224}, {"batch": 64, "c": 3, "H": 512, "W": 512},
+           {"batch": 64, "c": 3, "H": 224, "W": 224, "backward": True}],
+    cost=lambda s: (3 * _image_bytes(s), _fft_flops(s, s.args[0]) + 30 * s.args[0].numel()),
+    tol={F64: (1e-10, 1e-9), torch.float32: (5e-5, 1e-4), torch.bfloat16: (3e-2, 2e-2),
+         torch.float16: (1e-2, 5e-3)},
+    baselines={"fft2+abs+angle": _fft2_abs_angle, "rfft2": _rfft2},
+))
+
+
+def _merge_sample(shape, device, dtype, gen):
+    b = [shape["batch"]] if shape.get("batch") else []
+    H, W, onesided = shape["H"], shape["W"], bool(shape.get("onesided"))
+    Wo = W // 2 + 1 if onesided else W
+    A = rand((*b, H, Wo), device, dtype, gen, 0.1, 2.0)
+    P = rand((*b, H, Wo), device, dtype, gen, -math.pi, math.pi)
+    kwargs = {"onesided": onesided, "norm": _NORM_KEYS[shape.get("norm", 0)], "centered": bool(shape.get("centered"))}
+    if onesided:
+        kwargs["size"] = (H, W)
+    return Sample((A, P), kwargs)
+
+
+def _bad_merge(device):
+    A = torch.rand(2, 6, 7, device=device)
+    return [((A[0, 0], A[0, 0]), {}, "A"),
+            ((A, A[:, :, :4]), {}, "P"),
+            ((A, A.double()), {}, "P"),
+            ((A, A), {"norm": "bad"}, "norm"),
+            ((A, A), {"size": (6, 8)}, "size"),
+            ((A, A), {"onesided": True, "size": (6, 20)}, "size"),
+            ((A, A), {"size": (6,)}, "size")]
+
+
+register(OpInfo(
+    name="fourier_merge", op=fourier_merge, ref=ref.fourier_merge, make=_merge_sample,
+    shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 8, "W": 9, "centered": 1},
+            {"batch": 2, "H": 7, "W": 6, "onesided": 1, "centered": 1}, {"batch": 2, "H": 5, "W": 5, "norm": 1},
+            {"batch": 1, "H": 6, "W": 11, "onesided": 1, "norm": 2}, {"batch": 2, "H": 16, "W": 20, "centered": 1}],
+    space={"batch": (0, 3), "H": (1, 24), "W": (1, 24), "onesided": (0, 1), "centered": (0, 1), "norm": (0, 2)},
+    bad=_bad_merge,
+    bench=[{"batch": 48, "H": 64, "W": 64, "quick": True}, {"batch": 768, "H": 224, "W": 224},
+           {"batch": 192, "H": 224, "W": 224, "backward": True}],
+    cost=lambda s: (3 * _image_bytes(s) // 2, _fft_flops(s, s.args[0]) + 20 * s.args[0].numel()),
+    tol={F64: (1e-10, 1e-9), torch.float32: (2e-5, 1e-4), torch.bfloat16: (3e-2, 2e-2), torch.float16: (1e-2, 5e-3)},
+))
+
+
+def _mix_sample(shape, device, dtype, gen):
+    b = [shape["batch"]] if shape.get("batch") else []
+    size = (*b, *([shape["c"]] if shape.get("c") else []), shape["H"], shape["W"])
+    x1, x2 = randn(size, device, dtype, gen), randn(size, device, dtype, gen)
+    lam = rand(b, device, dtype, gen, 0.0, 1.0) if shape.get("per_sample") and b else 0.35
+    return Sample((x1, x2, lam), {"ratio": shape.get("ratio", 1.0)})
+
+
+def _bad_mix(device):
+    x = torch.randn(2, 6, 7, device=device)
+    return [((x[0, 0, :1].squeeze(0), x[0, 0, :1].squeeze(0), 0.5), {}, "x1"),
+            ((x, x[:1], 0.5), {}, "x2"),
+            ((x, x.double(), 0.5), {}, "x2"),
+            ((x, x, 0.5), {"ratio": 0.0}, "ratio"),
+            ((x, x, 0.5), {"ratio": 1.5}, "ratio"),
+            ((x, x, torch.rand(3, device=device)), {}, "lam"),
+            ((x, x, "half"), {}, "lam")]
+
+
+register(OpInfo(
+    name="amplitude_mix", op=amplitude_mix, ref=ref.amplitude_mix, make=_mix_sample,
+    shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 8, "W": 9, "per_sample": 1},
+            {"batch": 2, "c": 2, "H": 7, "W": 6, "ratio": 0.5}, {"batch": 2, "H": 10, "W": 10, "ratio": 0.3, "per_sample": 1},
+            {"batch": 1, "H": 16, "W": 13, "ratio": 0.7}],
+    space={"batch": (0, 3), "H": (1, 20), "W": (1, 20), "per_sample": (0, 1)},
+    bad=_bad_mix,
+    bench=[{"batch": 16, "c": 3, "H": 64, "W": 64, "quick": True, "per_sample": 1},
+           {"batch": 256, "c": 3, "H": 224, "W": 224, "per_sample": 1, "ratio": 0.5}],
+    cost=lambda s: (4 * s.args[0].numel() * s.args[0].element_size(), 3 * _fft_flops(s, s.args[0])),
+    tol={F64: (1e-10, 1e-9), torch.float32: (5e-5, 1e-4), torch.bfloat16: (3e-2, 3e-2), torch.float16: (1e-2, 1e-2)},
+))

@@ -50,30 +50,29 @@ if HAS_TRITON:
         tl.store(OUT + row, h2.to(OUT.dtype.element_ty))
 
     @triton.jit
-    def _subspace_kernel(VA, VB, WA, WB, OUT, n, k, WEIGHTED: tl.constexpr, USE_DOT: tl.constexpr,
-                         ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr):
-        # Program (row, ti, tj) forms the (ti, tj) tile of M = V_aᵀ V_b over n, then writes the
-        # (weighted) sum of its squares: only k×k tiles, never an n×n matrix.
+    def _cross_gram_kernel(VA, VB, OUT, n, k, n_per_split, tiles_j, USE_DOT: tl.constexpr, ACC: tl.constexpr,
+                           BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr):
+        # Program (row, tile, split) forms one BI×BJ tile of M = V_aᵀ V_b over its slice of the n
+        # rows and stores it in OUT[row, split]: only k×k tiles, never an n×n matrix. Splitting n
+        # keeps a GPU busy when there are few matrices; partials are summed in a fixed order.
         row = tl.program_id(0).to(tl.int64)
-        ti, tj = tl.program_id(1), tl.program_id(2)
-        i = ti * BI + tl.arange(0, BI)
-        j = tj * BJ + tl.arange(0, BJ)
+        tile, split = tl.program_id(1), tl.program_id(2)
+        i = (tile // tiles_j) * BI + tl.arange(0, BI)
+        j = (tile % tiles_j) * BJ + tl.arange(0, BJ)
         va, vb = VA + row * n * k, VB + row * n * k
+        lo = split * n_per_split
+        hi = tl.minimum(lo + n_per_split, n)
         acc = tl.zeros([BI, BJ], ACC)
-        for start in range(0, n, BN):
+        for start in range(lo, hi, BN):
             m = start + tl.arange(0, BN)
-            a = tl.load(va + m[:, None] * k + i[None, :], mask=(m[:, None] < n) & (i[None, :] < k), other=0).to(ACC)
-            b = tl.load(vb + m[:, None] * k + j[None, :], mask=(m[:, None] < n) & (j[None, :] < k), other=0).to(ACC)
+            a = tl.load(va + m[:, None] * k + i[None, :], mask=(m[:, None] < hi) & (i[None, :] < k), other=0).to(ACC)
+            b = tl.load(vb + m[:, None] * k + j[None, :], mask=(m[:, None] < hi) & (j[None, :] < k), other=0).to(ACC)
             if USE_DOT:
                 acc += tl.dot(tl.trans(a), b, input_precision="ieee")
             else:
                 acc += tl.sum(a[:, :, None] * b[:, None, :], axis=0)
-        m2 = acc * acc
-        if WEIGHTED:
-            wa = tl.load(WA + row * k + i, mask=i < k, other=0).to(ACC)
-            wb = tl.load(WB + row * k + j, mask=j < k, other=0).to(ACC)
-            m2 = m2 * wa[:, None] * wb[None, :]
-        tl.store(OUT + (row * tl.num_programs(1) + ti) * tl.num_programs(2) + tj, tl.sum(tl.sum(m2, 1), 0))
+        out = OUT + (row * tl.num_programs(2) + split) * k * k
+        tl.store(out + i[:, None] * k + j[None, :], acc, mask=(i[:, None] < k) & (j[None, :] < k))
 
 
 def _acc(dtype):
@@ -161,14 +160,22 @@ def _weights(S: Tensor) -> Tensor:
     return s2 / s2.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
-def _subspace_finish(sum_m2: Tensor, w_a: Tensor | None, w_b: Tensor | None, k: int) -> Tensor:
-    """Loss from Σ M² (unweighted: 1 − ΣM²/k) or Σ w_a,i w_b,j M_ij² (weighted)."""
+def _subspace_from_m(M: Tensor, w_a: Tensor | None, w_b: Tensor | None) -> Tensor:
+    """SPEC §5 from M = V_aᵀV_b: 1 − ‖M‖²/k, or ‖w_a‖² + ‖w_b‖² − 2 Σ w_a,i w_b,j M_ij²."""
+    m2 = M * M
     if w_a is None:
-        return 1.0 - sum_m2 / k
-    return (w_a * w_a).sum(-1) + (w_b * w_b).sum(-1) - 2.0 * sum_m2
+        return 1.0 - m2.sum((-2, -1)) / M.shape[-1]
+    cross = (m2 * w_a.unsqueeze(-1) * w_b.unsqueeze(-2)).sum((-2, -1))
+    return (w_a * w_a).sum(-1) + (w_b * w_b).sum(-1) - 2.0 * cross
 
 
-def _subspace_triton(V_a: Tensor, V_b: Tensor, w_a: Tensor | None, w_b: Tensor | None) -> Tensor:
+def _target_programs(device, programs: int) -> int:
+    """Enough programs to fill the GPU (4 per SM); the interpreter gains nothing from more."""
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else programs
+
+
+def _cross_gram_triton(V_a: Tensor, V_b: Tensor) -> Tensor:
+    """M = V_aᵀ V_b [..., k, k] accumulated in float32 (float64 for float64 input)."""
     n, k = V_a.shape[-2:]
     va, vb = rows(V_a, 2), rows(V_b, 2)
     R = va.shape[0]
@@ -176,29 +183,26 @@ def _subspace_triton(V_a: Tensor, V_b: Tensor, w_a: Tensor | None, w_b: Tensor |
     bk = max(16, min(next_pow2(k), 64)) if use_dot else min(next_pow2(k), 16)
     bn = 32 if use_dot else 8
     tiles = triton.cdiv(k, bk)
+    programs = max(R * tiles * tiles, 1)
+    target = _target_programs(va.device, programs)
+    splits = max(1, min(triton.cdiv(target, programs), triton.cdiv(n, 256)))
+    n_per = triton.cdiv(triton.cdiv(n, splits), bn) * bn
+    splits = triton.cdiv(n, n_per)
     acc = torch.float64 if va.dtype == torch.float64 else torch.float32
-    part = torch.empty((R, tiles, tiles), device=va.device, dtype=acc)
-    wa = w_a.reshape(R, k).contiguous() if w_a is not None else part
-    wb = w_b.reshape(R, k).contiguous() if w_b is not None else part
+    part = torch.empty((R, splits, k, k), device=va.device, dtype=acc)
     if R:
-        _subspace_kernel[(R, tiles, tiles)](va, vb, wa, wb, part, n, k, WEIGHTED=w_a is not None, USE_DOT=use_dot,
-                                            ACC=_acc(va.dtype), BI=bk, BJ=bk, BN=bn)
-    return part.sum((-2, -1)).reshape(V_a.shape[:-2])
+        _cross_gram_kernel[(R, tiles * tiles, splits)](va, vb, part, n, k, n_per, tiles, USE_DOT=use_dot,
+                                                       ACC=_acc(va.dtype), BI=bk, BJ=bk, BN=bn)
+    return part.sum(1).reshape(V_a.shape[:-2] + (k, k))
 
 
 @torch.library.custom_op("sdekernels::subspace_distance", mutates_args=())
 def _subspace(V_a: Tensor, V_b: Tensor, S_a: Tensor | None, S_b: Tensor | None) -> Tensor:
     w = work_dtype(V_a.dtype)
-    k = V_a.shape[-1]
     w_a = _weights(S_a.to(w)) if S_a is not None else None
     w_b = _weights(S_b.to(w)) if S_b is not None else None
-    if use_triton(V_a):
-        s = _subspace_triton(V_a, V_b, w_a, w_b)
-    else:
-        M = V_a.to(w).mT @ V_b.to(w)
-        m2 = M * M
-        s = (m2 if w_a is None else m2 * w_a.unsqueeze(-1) * w_b.unsqueeze(-2)).sum((-2, -1))
-    return _subspace_finish(s.to(w), w_a, w_b, k).to(V_a.dtype)
+    M = _cross_gram_triton(V_a, V_b) if use_triton(V_a) else V_a.to(w).mT @ V_b.to(w)
+    return _subspace_from_m(M.to(w), w_a, w_b).to(V_a.dtype)
 
 
 @_subspace.register_fake
@@ -210,10 +214,7 @@ def _subspace_ref_m(V_a, V_b, S_a=None, S_b=None):
     """The M-form of SPEC §5 in autograd (fallback backward; equals the reference for orthonormal V)."""
     w_a = _weights(S_a) if S_a is not None else None
     w_b = _weights(S_b) if S_b is not None else None
-    M = V_a.mT @ V_b
-    m2 = M * M
-    s = (m2 if w_a is None else m2 * w_a.unsqueeze(-1) * w_b.unsqueeze(-2)).sum((-2, -1))
-    return _subspace_finish(s, w_a, w_b, V_a.shape[-1])
+    return _subspace_from_m(V_a.mT @ V_b, w_a, w_b)
 
 
 @torch.library.custom_op("sdekernels::subspace_distance_backward", mutates_args=())

@@ -1,5 +1,8 @@
 """Functional API, in the style of torch.nn.functional."""
+from .ops.contrastive import info_nce
 from .ops.distances import hellinger, subspace_distance
 from .ops.fourier import amplitude_mix, fourier_merge, fourier_split
+from .ops.spectrum import block_dct_lowpass, dog, esm_loss, radial_psd
 
-__all__ = ["hellinger", "subspace_distance", "fourier_split", "fourier_merge", "amplitude_mix"]
+__all__ = ["hellinger", "subspace_distance", "fourier_split", "fourier_merge", "amplitude_mix", "info_nce",
+           "radial_psd", "esm_loss", "block_dct_lowpass", "dog"]

@@ -1,4 +1,6 @@
 """Modules (in the style of torch.nn) built on the fused ops."""
 import torch  # noqa: F401
 
-__all__: list[str] = []
+from .loss import SDELoss
+
+__all__: list[str] = ["SDELoss"]

@@ -1,0 +1,141 @@
+"""info_nce beyond the generic registry tests: the Triton backward (the generic gradient tests run
+the backward outside the Triton context), chunk boundaries of the CPU path, its memory bound,
+a learnable logit_scale, large logits and torch.compile."""
+import pytest
+import torch
+
+import sdekernels
+import sdekernels.ops.contrastive as C
+import sdekernels.reference as ref
+
+from helpers import PATHS, on_path
+
+
+def _pairs(R, B, d, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z_a = torch.randn(R, B, d, generator=g, dtype=torch.float64)
+    z_b = 0.7 * z_a + torch.randn(R, B, d, generator=g, dtype=torch.float64)
+    return z_a.to(dtype), z_b.to(dtype)
+
+
+def _loss_and_grads(fn, z_a, z_b, path="aten", scale=None, **kw):
+    leaves = [z_a.detach().clone().requires_grad_(), z_b.detach().clone().requires_grad_()]
+    if scale is not None:
+        leaves.append(torch.tensor(scale, dtype=z_a.dtype).requires_grad_())
+        kw["logit_scale"] = leaves[-1]
+    with on_path(path):  # forward and backward on the same path
+        loss = fn(leaves[0], leaves[1], **kw)
+        grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_backward_on_each_path(path, symmetric, normalize):
+    z_a, z_b = _pairs(2, 50, 19)  # 50 rows: a partial last tile
+    for scale in (None, 9.0):
+        kw = dict(temperature=0.2, symmetric=symmetric, normalize=normalize, scale=scale)
+        got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, path, **kw)
+        want = _loss_and_grads(ref.info_nce, z_a, z_b, **kw)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_float32_backward(path):
+    z_a, z_b = _pairs(1, 70, 40, torch.float32)
+    got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, path, scale=14.0)
+    want = _loss_and_grads(ref.info_nce, z_a.double(), z_b.double(), scale=14.0)
+    torch.testing.assert_close([got[0], *got[1]], [want[0].float(), *(g.float() for g in want[1])], atol=2e-6, rtol=1e-4)
+
+
+def test_chunk_boundaries(monkeypatch):
+    """Row chunks of the CPU path that do not divide B (the diagonal crosses chunk edges)."""
+    monkeypatch.setattr(C, "CHUNK_ELEMS", 7 * 45)  # 7 rows per chunk
+    z_a, z_b = _pairs(3, 45, 6)
+    for symmetric in (True, False):
+        got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, scale=5.0, symmetric=symmetric)
+        want = _loss_and_grads(ref.info_nce, z_a, z_b, scale=5.0, symmetric=symmetric)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def _peak_bytes(fn) -> int:
+    """Peak CPU bytes allocated during fn(), from the profiler's raw allocation events (the per-op
+    FunctionEvent totals include their children's and would count nested allocations twice)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    level = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        level += nbytes
+        peak = max(peak, level)
+    return peak
+
+
+def test_cpu_memory_is_bounded_by_the_chunk(monkeypatch):
+    """Forward + backward hold O(chunk·B + B·d), never the B×B logits."""
+    B, d = 2048, 8
+    monkeypatch.setattr(C, "CHUNK_ELEMS", 1 << 16)
+    z_a, z_b = (t.requires_grad_() for t in _pairs(1, B, d, torch.float32))
+
+    def ours():
+        sdekernels.info_nce(z_a, z_b).backward()
+
+    def explicit():
+        ref.info_nce(z_a, z_b).backward()
+
+    logits_bytes = B * B * 4
+    assert _peak_bytes(ours) < logits_bytes / 8
+    assert _peak_bytes(explicit) > logits_bytes  # the profiler sees the explicit logits
+
+
+def test_learnable_logit_scale_like_open_clip():
+    """open_clip passes exp(log_scale): the gradient reaches the parameter through it."""
+    z_a, z_b = _pairs(1, 33, 12)
+    grads = []
+    for fn in (sdekernels.info_nce, ref.info_nce):
+        p = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+        fn(z_a, z_b, logit_scale=p.exp()).backward()
+        grads.append(p.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-10)
+    # a float logit_scale is the same as the equivalent temperature
+    torch.testing.assert_close(sdekernels.info_nce(z_a, z_b, logit_scale=4.0), sdekernels.info_nce(z_a, z_b, 0.25))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_large_logits_stay_finite(path):
+    """s = 100 (open_clip's clamp) on nearly identical pairs: the online log-sum-exp does not overflow."""
+    z_a, _ = _pairs(1, 40, 16, torch.float32)
+    z_b = z_a + 1e-3
+    got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, path, scale=100.0)
+    want = _loss_and_grads(ref.info_nce, z_a.double(), z_b.double(), scale=100.0)
+    assert all(torch.isfinite(t).all() for t in (got[0], *got[1]))
+    torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-4)
+
+
+def test_degenerate_inputs():
+    """Zero rows (normalised to 0) and a single pair give finite losses and gradients."""
+    z = torch.zeros(5, 4, requires_grad=True)
+    loss = sdekernels.info_nce(z, z)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    torch.testing.assert_close(loss, torch.log(torch.tensor(5.0)))
+    one = torch.randn(1, 3)
+    assert float(sdekernels.info_nce(one, one)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_compile_with_learnable_scale():
+    z_a, z_b = _pairs(2, 24, 10, torch.float32)
+    compiled = torch.compile(sdekernels.info_nce, fullgraph=True)
+    out = []
+    for fn in (sdekernels.info_nce, compiled):
+        out.append(_loss_and_grads(fn, z_a, z_b, scale=10.0, symmetric=True))
+    torch._dynamo.reset()
+    torch.testing.assert_close(out[1], out[0], atol=1e-6, rtol=1e-5)
+
+
+def test_gather_without_process_group_is_local():
+    z_a, z_b = _pairs(1, 16, 8)
+    torch.testing.assert_close(sdekernels.info_nce(z_a, z_b, gather=True), sdekernels.info_nce(z_a, z_b))

@@ -1,0 +1,207 @@
+"""fourier_split / fourier_merge / amplitude_mix (SPEC §8) beyond the generic registry tests:
+parity with torch.fft at vision sizes, the inverse and invariance properties, amplitude- and
+phase-only reconstructions, the phase convention, the |X| = 0 gradient rule."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import sdekernels
+from sdekernels import reference as ref
+
+from helpers import DEVICE, PATHS, on_path
+
+OPTIONS = [dict(onesided=o, centered=c, norm=n, log_amplitude=lg)
+           for o, c, n, lg in itertools.product((False, True), (False, True), ("backward", "ortho", "forward"), (False, True))]
+
+
+def _x(*shape, dtype=torch.float32, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE, dtype)
+
+
+def _phase_close(P, Q, atol):
+    d = torch.remainder(P.double() - Q.double() + math.pi, 2 * math.pi) - math.pi
+    assert d.abs().max() <= atol, f"phase differs by {d.abs().max():.3g}"
+
+
+def _fft_truth(x, onesided=False):
+    X = (torch.fft.rfft2 if onesided else torch.fft.fft2)(x.double())
+    return X.abs(), X.angle()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("size", [(1, 1), (1, 17), (9, 1), (5, 8), (7, 9), (16, 16), (31, 12)])
+def test_split_matches_torch_fft_small(size, path):
+    x = _x(2, 3, *size)
+    for onesided in (False, True):
+        with on_path(path):
+            A, P = sdekernels.fourier_split(x, onesided=onesided)
+        A0, P0 = _fft_truth(x, onesided)
+        torch.testing.assert_close(A.double(), A0, atol=2e-5, rtol=1e-5)
+        _phase_close(P, P0, 1e-4)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (256, 256), (100, 90), (512, 64)])
+def test_split_vision_sizes_aten(size):
+    x = _x(2, *size)
+    A, P = sdekernels.fourier_split(x)
+    A0, P0 = _fft_truth(x)
+    torch.testing.assert_close(A.double(), A0, atol=5e-4 * math.sqrt(x[0].numel()) / 100, rtol=1e-5)
+    ok = A0 > 1e-2 * A0.mean()  # the phase of a near-zero coefficient is ill-conditioned in float32
+    _phase_close(P[ok], P0[ok], 1e-3)
+
+
+@pytest.mark.skipif("triton" not in PATHS, reason="no Triton path here")
+@pytest.mark.parametrize("size", [(224, 224), (256, 256)])
+def test_split_vision_sizes_triton_batch_of_one(size):
+    x = _x(1, *size)
+    with on_path("triton"):
+        A, P = sdekernels.fourier_split(x, centered=True, log_amplitude=True)
+    A0, P0 = ref.fourier_split(x.double(), centered=True, log_amplitude=True)
+    torch.testing.assert_close(A.double(), A0, atol=1e-4, rtol=1e-5)
+    ok = A0 > 1e-2 * A0.mean()
+    _phase_close(P[ok], P0[ok], 1e-3)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_split_dtypes_and_batch_shapes(dtype, path):
+    for shape in [(6, 5), (2, 6, 5), (2, 1, 3, 4, 7)]:
+        x = _x(*shape, dtype=dtype)
+        with on_path(path):
+            A, P = sdekernels.fourier_split(x, centered=True)
+        assert A.dtype == P.dtype == dtype and A.shape == P.shape == x.shape
+        A0, P0 = ref.fourier_split(x.double(), centered=True)
+        tol = 1e-10 if dtype == torch.float64 else (1e-4 if dtype == torch.float32 else 3e-2)
+        torch.testing.assert_close(A.double(), A0, atol=tol * 10, rtol=tol)
+        _phase_close(P, P0, 10 * tol)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_merge_inverts_split_every_option(path):
+    for kw, (H, W) in itertools.product(OPTIONS, [(6, 8), (5, 7)]):
+        if kw["log_amplitude"]:
+            continue
+        x = _x(2, H, W, dtype=torch.float64)
+        with on_path(path):
+            A, P = sdekernels.fourier_split(x, **kw)
+            kw_m = dict(kw)
+            del kw_m["log_amplitude"]
+            y = sdekernels.fourier_merge(A, P, size=(H, W) if kw["onesided"] else None, **kw_m)
+        torch.testing.assert_close(y, x, atol=1e-10, rtol=1e-10, msg=lambda m: f"{kw} {(H, W)}: {m}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_split_every_option_matches_reference(path):
+    x = _x(2, 6, 7, dtype=torch.float64)
+    for kw in OPTIONS:
+        with on_path(path):
+            A, P = sdekernels.fourier_split(x, **kw)
+        A0, P0 = ref.fourier_split(x, **kw)
+        torch.testing.assert_close(A, A0, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(P, P0, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_amplitude_invariant_to_circular_shifts(path):
+    x = _x(3, 12, 10)
+    with on_path(path):
+        A = sdekernels.fourier_split(x)[0]
+        for shift in [(1, 0), (0, 3), (5, 7), (-4, 2)]:
+            As = sdekernels.fourier_split(torch.roll(x, shift, dims=(-2, -1)))[0]
+            torch.testing.assert_close(As, A, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_amplitude_only_and_phase_only_reconstructions(path):
+    x = _x(2, 9, 12, dtype=torch.float64)
+    with on_path(path):
+        A, P = sdekernels.fourier_split(x)
+        amp_only = sdekernels.fourier_merge(A, torch.zeros_like(P))
+        phase_only = sdekernels.fourier_merge(torch.ones_like(A), P)
+        A_amp, P_amp = sdekernels.fourier_split(amp_only)
+        A_ph, P_ph = sdekernels.fourier_split(phase_only)
+    # Amplitude only: the spectrum is A itself (real, >= 0), an even image; phase only: |X| = 1.
+    torch.testing.assert_close(A_amp, A, atol=1e-9, rtol=1e-9)
+    assert P_amp.abs().max() < 1e-8
+    torch.testing.assert_close(amp_only, torch.roll(amp_only.flip(-2, -1), (1, 1), dims=(-2, -1)))
+    torch.testing.assert_close(A_ph, torch.ones_like(A), atol=1e-9, rtol=0)
+    _phase_close(P_ph, P, 1e-8)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_phase_range_and_negative_real_bins(path):
+    x = -torch.ones(2, 4, 6, device=DEVICE)  # DC = −24: exactly real and negative
+    x[1, ::2] = -3.0  # row frequency H/2 real and negative as well
+    with on_path(path):
+        for onesided, centered in itertools.product((False, True), repeat=2):
+            A, P = sdekernels.fourier_split(x, onesided=onesided, centered=centered)
+            assert (P > -math.pi).all() and (P <= math.pi).all()
+            A0, P0 = ref.fourier_split(x.double(), onesided=onesided, centered=centered)
+            torch.testing.assert_close(A.double(), A0, atol=1e-5, rtol=1e-6)
+            strong = A0 > 1e-3
+            torch.testing.assert_close(P.double()[strong], P0[strong], atol=1e-6, rtol=0)
+    A, P = sdekernels.fourier_split(x)
+    assert P[0, 0, 0].item() == torch.tensor(math.pi).item()  # exactly π, never −π
+
+
+@pytest.mark.parametrize("kw", OPTIONS[::3], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_split_gradcheck_options(kw):
+    x = _x(2, 4, 5, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: sdekernels.fourier_split(t, **kw), (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("onesided,centered,norm", [(False, True, "ortho"), (True, True, "backward"), (True, False, "forward")])
+def test_merge_gradcheck_options(onesided, centered, norm):
+    H, W = 4, 5
+    Wo = W // 2 + 1 if onesided else W
+    A = _x(2, H, Wo, dtype=torch.float64).abs().add(0.1).requires_grad_()
+    P = _x(2, H, Wo, dtype=torch.float64, seed=1).requires_grad_()
+    fn = lambda a, p: sdekernels.fourier_merge(a, p, onesided=onesided, centered=centered, norm=norm,  # noqa: E731
+                                               size=(H, W) if onesided else None)
+    assert torch.autograd.gradcheck(fn, (A, P), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_finite_gradients_on_constant_images(value, path):
+    """All but the DC coefficient are 0 (up to round-off): the |X| = 0 rule keeps the gradients finite."""
+    for kw in OPTIONS[::2]:
+        leaves = [torch.full((2, 6, 5), value, dtype=torch.float64, device=DEVICE, requires_grad=True) for _ in range(2)]
+        w = torch.randn(2, 6, 5 // 2 + 1 if kw["onesided"] else 5, generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64).to(DEVICE)
+        with on_path(path):
+            A, P = sdekernels.fourier_split(leaves[0], **kw)
+        A0, P0 = ref.fourier_split(leaves[1], **kw)
+        g, = torch.autograd.grad(((A + P) * w).sum(), leaves[0])
+        g0, = torch.autograd.grad(((A0 + P0) * w).sum(), leaves[1])
+        assert torch.isfinite(g).all()
+        if value == 0.0:  # exact zeros (a non-zero constant leaves FFT round-off, ill-conditioned phases)
+            torch.testing.assert_close(g, g0, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_amplitude_mix_properties(path):
+    x1, x2 = _x(3, 2, 8, 9, dtype=torch.float64), _x(3, 2, 8, 9, dtype=torch.float64, seed=1)
+    with on_path(path):
+        torch.testing.assert_close(sdekernels.amplitude_mix(x1, x2, 0.0), x1)
+        full = sdekernels.amplitude_mix(x1, x2, 1.0)
+        A, P = sdekernels.fourier_split(full)
+        torch.testing.assert_close(A, sdekernels.fourier_split(x2)[0])
+        _phase_close(P, sdekernels.fourier_split(x1)[1], 1e-8)
+        lam = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64, device=DEVICE)
+        mixed = sdekernels.amplitude_mix(x1, x2, lam, ratio=0.4)
+    torch.testing.assert_close(mixed, ref.amplitude_mix(x1, x2, lam, ratio=0.4))
+    torch.testing.assert_close(mixed[0], x1[0])
+
+
+def test_backward_uses_the_extension_when_built():
+    from sdekernels import _ext
+    if not _ext.available():
+        pytest.skip("C++ extension not built")
+    x = _x(1, 6, 7, dtype=torch.float64)
+    gA, gP = torch.ones(1, 6, 7, dtype=torch.float64), torch.zeros(1, 6, 7, dtype=torch.float64)
+    gx = torch.ops.sdekernels_C.fourier_split_bwd(x, gA, gP, False, "backward", False, False)
+    gx0, = torch.autograd.grad(ref.fourier_split(x.requires_grad_())[0].sum(), x)
+    torch.testing.assert_close(gx, gx0)

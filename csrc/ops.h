@@ -25,7 +25,18 @@ at::Tensor fourier_split_bwd(const at::Tensor& x, const at::Tensor& gA, const at
                              c10::string_view norm, bool centered, bool log_amplitude);
 std::tuple<at::Tensor, at::Tensor> fourier_merge_bwd(const at::Tensor& A, const at::Tensor& P, const at::Tensor& gx,
                                                      bool onesided, c10::string_view norm, bool centered);
+// Radial power spectrum (SPEC §9): fused power/channel/bin reduction of a spectrum Y [B, C, H·W·comp]
+// and its adjoint; the full backward (transform recomputed and adjoined around the adjoint kernel).
+at::Tensor radial_bin_fwd_cpu(const at::Tensor& Y, const at::Tensor& index, const at::Tensor& inv_count,
+                              int64_t comp, double scale, bool channel_mean);
+at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                              const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
+at::Tensor radial_psd_bwd(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& index,
+                          const at::Tensor& inv_count, const std::optional<at::Tensor>& DH,
+                          const std::optional<at::Tensor>& DW, bool channel_mean);
 #ifdef SDEKERNELS_CUDA
+at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                               const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
 at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                    bool onesided, bool centered, bool log_amplitude);
 std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cuda(const at::Tensor& G, const at::Tensor& A,

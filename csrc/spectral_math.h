@@ -77,4 +77,12 @@ SDK_HD void polar_grad(T a, T ph, T gr, T gi, T& gA, T& gP) {
   gP = a * (gi * c - gr * s);
 }
 
+// Radial PSD (SPEC §9): an entry's power is clamped to >= 1e-12 and the DC entry (hw = 0) is 0.
+constexpr double kPowerFloor = 1e-12;
+template <typename T>
+SDK_HD T psd_value(T p, long long hw) { return hw == 0 ? T(0) : (p < T(kPowerFloor) ? T(kPowerFloor) : p); }
+// d psd_value / dp: 0 at DC and below the floor (like torch's clamp_min, it passes at equality).
+template <typename T>
+SDK_HD T psd_pass(T p, long long hw) { return (hw == 0 || p < T(kPowerFloor)) ? T(0) : T(1); }
+
 }  // namespace sdekernels

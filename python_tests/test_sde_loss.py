@@ -19,7 +19,7 @@ def _features(m=48, n=20, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     # a few strong directions over noise, so that the partition has strong, weak and noise parts
     basis = torch.randn(4, n, generator=g, dtype=torch.float64)
-    F_a = torch.randn(m, 4, generator=g, dtype=torch.float64) * torch.tensor([9.0, 6.0, 3.0, 2.0]) @ basis
+    F_a = torch.randn(m, 4, generator=g, dtype=torch.float64) * torch.tensor([2.0, 0.6, 0.4, 0.3]) @ basis
     F_b = F_a + 0.5 * torch.randn(m, 4, generator=g, dtype=torch.float64) @ basis
     F_a = F_a + torch.randn(m, n, generator=g, dtype=torch.float64)
     F_b = F_b + torch.randn(m, n, generator=g, dtype=torch.float64)

@@ -24,3 +24,13 @@ SDK_FOURIER_DECLARE(double, f64)
 SDK_DECLARE(float, f32)
 SDK_DECLARE(double, f64)
 #undef SDK_DECLARE
+
+// Radial power spectrum backward (SPEC §9): bin gradients scattered onto the spectrum (spectrum.cu).
+#define SDK_SPECTRUM_DECLARE(T, SUF)                                                                         \
+  extern "C" int sdk_radial_bin_bwd_##SUF(const T* Y, const T* g, const int64_t* index, const T* inv_count,  \
+                                          T* dY, int64_t groups, int64_t nc, int64_t HW, int comp,           \
+                                          int64_t bins, double scale, void* stream);
+
+SDK_SPECTRUM_DECLARE(float, f32)
+SDK_SPECTRUM_DECLARE(double, f64)
+#undef SDK_SPECTRUM_DECLARE

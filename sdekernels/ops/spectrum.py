@@ -1,0 +1,576 @@
+"""Spectrum matching (SPEC §9): `radial_psd`, `esm_loss`, `block_dct_lowpass` and `dog`.
+
+radial_psd — forward: one fused Triton kernel (transform as products with DCT / DFT matrices,
+power, channel reduction and radial binning in one pass over x), or on CPU the transform by
+GEMMs / FFT followed by the fused power-and-bin kernel of csrc/cpu/spectrum.cpp. Backward:
+csrc (cpu/spectrum.cpp, cuda/spectrum.cu): the transform recomputed by ATen, the bin gradients
+scattered onto it by an elementwise kernel, the adjoint transform back to x.
+block_dct_lowpass — one block²×block² projector applied to every block by a single matmul
+kernel; the projector is symmetric and idempotent, so the op is its own backward.
+esm_loss — ATen around the fused radial_psd. dog — separable blurs (ATen), analytic backward.
+Reference: reference/spectrum.py. Tests: python_tests/test_ops.py (generic) and test_spectrum.py.
+"""
+import functools
+import math
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor
+
+from .. import _ext
+from .. import reference as ref
+from .._core import HAS_TRITON, check, grad_like, next_pow2, ref_vjp, use_triton, work_dtype
+from ..reference import spectrum as ref_spec
+from ..registry import F64, OpInfo, Sample, randn, register
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _mm(a, b, USE_DOT: tl.constexpr):
+        # fp64 has no tensor-core dot: a broadcast product reduced over the shared dim instead.
+        if USE_DOT:
+            return tl.dot(a, b, input_precision="ieee")
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+
+    @triton.jit
+    def _bin_store(p, u, v, H, W, IDX, OUT, bins):
+        # Clamp, zero the DC entry, and write the per-bin sums of this tile (NaN survives the clamp).
+        p = tl.where(p < 1e-12, 1e-12, p)
+        p = tl.where((u[:, None] == 0) & (v[None, :] == 0), 0.0, p)
+        idx = tl.load(IDX + u[:, None] * W + v[None, :], mask=(u[:, None] < H) & (v[None, :] < W), other=-1)
+        for j in range(bins):
+            tl.store(OUT + j, tl.sum(tl.sum(tl.where(idx == j, p, 0.0), 1), 0))
+
+    @triton.jit
+    def _radial_psd_kernel(X, AH, AW, IDX, PART, C, H, W, bins, n_tv,
+                           FFT: tl.constexpr, MEAN: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr,
+                           BU: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
+        # Program (b, tile) forms the (u, v) tile of Y = A_H x A_Wᵀ of every channel of sample b
+        # (FFT: Re = C_H x C_Wᵀ − S_H x S_Wᵀ, Im = S_H x C_Wᵀ + C_H x S_Wᵀ), squares it, reduces the
+        # channels and writes the tile's per-bin sums to PART. The spatial mean is subtracted first:
+        # it only moves the (0, 0) coefficient, but the products then round like the centred input.
+        b = tl.program_id(0).to(tl.int64)
+        tile = tl.program_id(1)
+        u = (tile // n_tv) * BU + tl.arange(0, BU)
+        v = (tile % n_tv) * BV + tl.arange(0, BV)
+        kk = tl.arange(0, BK)
+        n_tiles = tl.num_programs(1)
+        acc_p = tl.zeros([BU, BV], ACC)
+        for c in range(C):
+            xp = X + (b * C + c) * H * W
+            msum = tl.zeros([BK, BK], ACC)
+            for h0 in range(0, H, BK):
+                for w0 in range(0, W, BK):
+                    h, w = h0 + kk, w0 + kk
+                    msum += tl.load(xp + h[:, None] * W + w[None, :], mask=(h[:, None] < H) & (w[None, :] < W),
+                                    other=0).to(ACC)
+            mean = tl.sum(tl.sum(msum, 1), 0) / (H * W)
+            re = tl.zeros([BU, BV], ACC)
+            im = tl.zeros([BU, BV], ACC)
+            for h0 in range(0, H, BK):
+                h = h0 + kk
+                tc = tl.zeros([BK, BV], ACC)
+                ts = tl.zeros([BK, BV], ACC)
+                for w0 in range(0, W, BK):
+                    w = w0 + kk
+                    xmask = (h[:, None] < H) & (w[None, :] < W)
+                    xb = tl.where(xmask, tl.load(xp + h[:, None] * W + w[None, :], mask=xmask, other=0).to(ACC) - mean, 0)
+                    wmask = (w[:, None] < W) & (v[None, :] < W)
+                    tc += _mm(xb, tl.load(AW + v[None, :] * W + w[:, None], mask=wmask, other=0), USE_DOT)
+                    if FFT:
+                        ts += _mm(xb, tl.load(AW + W * W + v[None, :] * W + w[:, None], mask=wmask, other=0), USE_DOT)
+                hmask = (u[:, None] < H) & (h[None, :] < H)
+                ah = tl.load(AH + u[:, None] * H + h[None, :], mask=hmask, other=0)
+                if FFT:
+                    sh = tl.load(AH + H * H + u[:, None] * H + h[None, :], mask=hmask, other=0)
+                    re += _mm(ah, tc, USE_DOT) - _mm(sh, ts, USE_DOT)
+                    im += _mm(sh, tc, USE_DOT) + _mm(ah, ts, USE_DOT)
+                else:
+                    re += _mm(ah, tc, USE_DOT)
+            p = re * re
+            if FFT:
+                p = (p + im * im) / (H * W)
+            if MEAN:
+                acc_p += p
+            else:
+                _bin_store(p, u, v, H, W, IDX, PART + ((b * C + c) * n_tiles + tile) * bins, bins)
+        if MEAN:
+            _bin_store(acc_p / C, u, v, H, W, IDX, PART + (b * n_tiles + tile) * bins, bins)
+
+    @triton.jit
+    def _block_proj_kernel(X, P, Y, n_blocks, nbh, nbw, H, W, E, BLOCK: tl.constexpr, USE_DOT: tl.constexpr,
+                           ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # Rows = BM blocks gathered as block²-vectors straight from the image; y = x_blocks @ P.
+        m = tl.program_id(0) * BM + tl.arange(0, BM)
+        n = tl.program_id(1) * BN + tl.arange(0, BN)
+        per_plane = nbh * nbw
+        plane, rem = (m // per_plane).to(tl.int64), m % per_plane
+        base = plane * H * W + (rem // nbw) * BLOCK * W + (rem % nbw) * BLOCK
+        mm = m < n_blocks
+        acc = tl.zeros([BM, BN], ACC)
+        for k0 in range(0, E, BK):
+            e = k0 + tl.arange(0, BK)
+            xb = tl.load(X + base[:, None] + (e // BLOCK)[None, :] * W + (e % BLOCK)[None, :],
+                         mask=mm[:, None] & (e[None, :] < E), other=0).to(ACC)
+            pb = tl.load(P + e[:, None] * E + n[None, :], mask=(e[:, None] < E) & (n[None, :] < E), other=0)
+            acc += _mm(xb, pb, USE_DOT)
+        tl.store(Y + base[:, None] + (n // BLOCK)[None, :] * W + (n % BLOCK)[None, :], acc.to(Y.dtype.element_ty),
+                 mask=mm[:, None] & (n[None, :] < E))
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# ---------------------------------------------------------------- cached matrices and bin maps
+
+
+@functools.lru_cache(maxsize=64)
+def _dct(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return ref.dct_matrix(n, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _dft(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[2, n, n]: cos and sin of 2π k i / n (k·i reduced mod n first, for accuracy at large n)."""
+    k = torch.arange(n, dtype=torch.int64)
+    ang = (k[:, None] * k[None, :] % n).double() * (2 * math.pi / n)
+    return torch.stack([ang.cos(), ang.sin()]).to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _bin_map(H: int, W: int, bins: int, transform: str, dtype: torch.dtype, device: torch.device):
+    """Bin index of every (u, v) (row-major, int64) and 1 / count per bin (0 for an empty bin)."""
+    r, r_max = ref_spec._radius(H, W, transform, "cpu")
+    idx = torch.floor(r / max(r_max, 1e-12) * bins).long().clamp_max(bins - 1).reshape(-1)
+    count = torch.bincount(idx, minlength=bins).double()
+    inv = torch.where(count > 0, 1.0 / count.clamp_min(1), torch.zeros_like(count))
+    return idx.to(device), inv.to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _projector(block: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """P = Kᵀ diag(keep) K with K = D ⊗ D: the block-DCT low-pass on row-major block²-vectors (symmetric)."""
+    D = ref.dct_matrix(block, torch.float64)
+    K = torch.kron(D, D)
+    u = torch.arange(block)
+    keep = ((u[:, None] + u[None, :]) < (2 * block - 1 - k)).reshape(-1).double()
+    return (K.mT @ (keep[:, None] * K)).to(dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------- radial_psd
+
+
+def _psd_triton(x4: Tensor, bins: int, fft: bool, mean: bool) -> Tensor:
+    B, C, H, W = x4.shape
+    w = work_dtype(x4.dtype)
+    mats = _dft if fft else _dct
+    AH, AW = mats(H, w, x4.device), mats(W, w, x4.device)
+    idx, inv = _bin_map(H, W, bins, "fft" if fft else "dct", w, x4.device)
+    use_dot = w != torch.float64
+    blk = 32 if use_dot and max(H, W) > 16 else 16
+    n_tu, n_tv = triton.cdiv(H, blk), triton.cdiv(W, blk)
+    part = torch.empty((B, 1 if mean else C, n_tu * n_tv, bins), device=x4.device, dtype=w)
+    if part.numel():
+        _radial_psd_kernel[(B, n_tu * n_tv)](x4, AH, AW, idx, part, C, H, W, bins, n_tv, FFT=fft, MEAN=mean, USE_DOT=use_dot, ACC=_acc(w),
+                                             BU=blk, BV=blk, BK=blk)
+    return part.sum(2) * inv
+
+
+def _spectrum(x4: Tensor, fft: bool):
+    """(Y as [B, C, H·W·comp], comp, scale) of the centred x4 by GEMMs with the DCT matrices or by the FFT."""
+    B, C, H, W = x4.shape
+    x4 = x4 - x4.mean((-2, -1), keepdim=True)
+    if fft:
+        return torch.view_as_real(torch.fft.fft2(x4)).reshape(B, C, -1), 2, 1.0 / (H * W)
+    Y = _dct(H, x4.dtype, x4.device) @ x4 @ _dct(W, x4.dtype, x4.device).mT
+    return Y.reshape(B, C, -1), 1, 1.0
+
+
+@torch.library.custom_op("sdekernels::radial_psd", mutates_args=())
+def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool) -> Tensor:
+    C, H, W = x.shape[-3:]
+    x4 = x.reshape(-1, C, H, W)
+    fft = transform == "fft"
+    if use_triton(x):
+        out = _psd_triton(x4.contiguous(), bins, fft, channel_mean)
+    elif _ext.available():
+        w = work_dtype(x.dtype)
+        Y, comp, scale = _spectrum(x4.to(w), fft)
+        idx, inv = _bin_map(H, W, bins, transform, w, x.device)
+        out = torch.ops.sdekernels_C.radial_bin_fwd(Y, idx, inv, comp, scale, channel_mean)
+    else:
+        out = ref.radial_psd(x4, bins=bins, transform=transform, channel_reduce="mean" if channel_mean else "none")
+    return out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins))).to(x.dtype)
+
+
+@_radial_psd.register_fake
+def _(x, bins, transform, channel_mean):
+    return x.new_empty(x.shape[:-3] + ((bins,) if channel_mean else (x.shape[-3], bins)))
+
+
+@torch.library.custom_op("sdekernels::radial_psd_backward", mutates_args=())
+def _radial_psd_backward(x: Tensor, grad: Tensor, bins: int, transform: str, channel_mean: bool) -> Tensor:
+    w = work_dtype(x.dtype)
+    C, H, W = x.shape[-3:]
+    x4, g = x.to(w).reshape(-1, C, H, W), grad.to(w)
+    if _ext.available():
+        idx, inv = _bin_map(H, W, bins, transform, w, x.device)
+        D = (None, None) if transform == "fft" else (_dct(H, w, x.device), _dct(W, w, x.device))
+        dx = torch.ops.sdekernels_C.radial_psd_bwd(x4, g.reshape(x4.shape[0], -1).contiguous(), idx, inv, *D,
+                                                    channel_mean)
+    else:
+        (dx,) = ref_vjp(ref.radial_psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
+                        transform=transform, channel_reduce="mean" if channel_mean else "none")
+    return grad_like(dx.reshape(x.shape), x)
+
+
+@_radial_psd_backward.register_fake
+def _(x, grad, bins, transform, channel_mean):
+    return torch.empty_like(x)
+
+
+def _radial_psd_setup(ctx, inputs, output):
+    x, ctx.bins, ctx.transform, ctx.channel_mean = inputs
+    ctx.save_for_backward(x)
+
+
+def _radial_psd_grad(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return _radial_psd_backward(x, grad, ctx.bins, ctx.transform, ctx.channel_mean), None, None, None
+
+
+_radial_psd.register_autograd(_radial_psd_grad, setup_context=_radial_psd_setup)
+
+
+def _check_bins(bins):
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}")
+
+
+def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str | None = "mean",
+               channel_reduce: str = "mean") -> Tensor:
+    """Radially binned power spectrum of x [..., C, H, W] (SPEC §9): [..., bins] (or [..., C, bins]).
+
+    transform="dct": orthonormal 2-D DCT-II; "fft": |FFT2|² / (HW) with wrapped frequencies.
+    P[0, 0] = 0 by definition, and removing each channel's spatial mean changes only the (0, 0)
+    coefficient of either transform (every other basis function sums to zero), so center="mean"
+    and center=None give the same spectrum (and gradient); the fused paths always centre, which
+    keeps fp32 accurate for inputs with a large mean.
+    """
+    check(x, "x", min_dim=3)
+    _check_bins(bins)
+    if transform not in ("dct", "fft"):
+        raise ValueError(f"transform must be 'dct' or 'fft', got {transform!r}")
+    if center not in ("mean", None, "none"):
+        raise ValueError(f"center must be 'mean' or None, got {center!r}")
+    if channel_reduce not in ("mean", "none"):
+        raise ValueError(f"channel_reduce must be 'mean' or 'none', got {channel_reduce!r}")
+    return _radial_psd(x, bins, transform, channel_reduce == "mean")
+
+
+# ---------------------------------------------------------------- esm_loss
+
+
+def _as_4d(x: Tensor) -> Tensor:
+    return x.reshape(-1, *x.shape[-3:])
+
+
+def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(7, 1.2)) -> Tensor:
+    """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
+
+    The target s_x (x blurred, resized to h×w, radial_psd · f^delta) is detached; both spectra go
+    through log1p, are normalised to sum 1, and L = mean over the batch of KL(s_x ‖ s_z).
+    """
+    check(z, "z", min_dim=3)
+    check(x, "x", min_dim=3, like=z)
+    _check_bins(bins)
+    if z.shape[:-3] != x.shape[:-3]:
+        raise ValueError(f"x must have z's batch shape {tuple(z.shape[:-3])}, got {tuple(x.shape[:-3])}")
+    if blur is not None:
+        if len(blur) != 2 or int(blur[0]) < 1 or int(blur[0]) % 2 == 0 or float(blur[1]) <= 0:
+            raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur!r}")
+        if int(blur[0]) // 2 >= min(x.shape[-2:]):
+            raise ValueError(f"x's H and W must exceed the blur radius {int(blur[0]) // 2}, got {tuple(x.shape[-2:])}")
+    w = work_dtype(z.dtype)
+    zw = _as_4d(z.to(w))
+    with torch.no_grad():
+        xw = _as_4d(x.detach().to(w))
+        if blur is not None:
+            xw = ref_spec._blur(xw, ref_spec._gaussian_kernel1d(int(blur[0]), float(blur[1]), w, xw.device), "x")
+        if xw.shape[-2:] != zw.shape[-2:]:
+            xw = Fn.interpolate(xw, size=tuple(zw.shape[-2:]), mode="bicubic", align_corners=False)
+        f = torch.arange(1, bins + 1, dtype=w, device=xw.device)
+        s_x = torch.log1p(radial_psd(xw, bins=bins) * f ** delta + 1e-8).clamp_min(0)
+        s_x = s_x / s_x.sum(-1, keepdim=True)
+    s_z = torch.log1p(radial_psd(zw, bins=bins) + 1e-8).clamp_min(0)
+    s_z = s_z / s_z.sum(-1, keepdim=True)
+    return (s_x * (torch.log(s_x) - torch.log(s_z))).sum(-1).mean().to(z.dtype)
+
+
+# ---------------------------------------------------------------- block_dct_lowpass
+
+
+def _lowpass_triton(x: Tensor, P: Tensor, block: int) -> Tensor:
+    H, W = x.shape[-2:]
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    E = block * block
+    n_blocks = xc.numel() // E
+    use_dot = P.dtype != torch.float64
+    bm, bn = (64, max(16, min(next_pow2(E), 64))) if use_dot else (16, min(next_pow2(E), 16))
+    if n_blocks:
+        _block_proj_kernel[(triton.cdiv(n_blocks, bm), triton.cdiv(E, bn))](
+            xc, P, y, n_blocks, H // block, W // block, H, W, E, BLOCK=block, USE_DOT=use_dot, ACC=_acc(P.dtype),
+            BM=bm, BN=bn, BK=bn)
+    return y
+
+
+@torch.library.custom_op("sdekernels::block_dct_lowpass", mutates_args=())
+def _block_lowpass(x: Tensor, k: int, block: int) -> Tensor:
+    if k == 0:
+        return x.clone(memory_format=torch.contiguous_format)
+    w = work_dtype(x.dtype)
+    P = _projector(block, k, w, x.device)
+    if use_triton(x):
+        return _lowpass_triton(x, P, block)
+    H, W = x.shape[-2:]
+    t = x.to(w).reshape(-1, H // block, block, W // block, block).transpose(-3, -2).reshape(-1, block * block) @ P
+    y = t.reshape(-1, H // block, W // block, block, block).transpose(-3, -2).reshape(x.shape)
+    return y.to(x.dtype)
+
+
+@_block_lowpass.register_fake
+def _(x, k, block):
+    return x.new_empty(x.shape)
+
+
+def _block_lowpass_setup(ctx, inputs, output):
+    _, ctx.k, ctx.block = inputs
+
+
+def _block_lowpass_grad(ctx, grad):
+    return _block_lowpass(grad, ctx.k, ctx.block), None, None  # a symmetric projector is its own adjoint
+
+
+_block_lowpass.register_autograd(_block_lowpass_grad, setup_context=_block_lowpass_setup)
+
+
+def block_dct_lowpass(x: Tensor, k: int, *, block: int = 8) -> Tensor:
+    """Block-DCT low-pass of x [..., H, W] (SPEC §9): per block×block tile, the DCT coefficients with
+    u + v ≥ 2·block − 1 − k are zeroed. One block²×block² projector per tile, applied by one matmul."""
+    check(x, "x", min_dim=2)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2 * block - 1:
+        raise ValueError(f"k must be an int in [0, {2 * block - 1}], got {k!r}")
+    H, W = x.shape[-2:]
+    if H % block or W % block:
+        raise ValueError(f"x's H and W must be multiples of block={block}, got H={H}, W={W}")
+    return _block_lowpass(x, k, block)
+
+
+# ---------------------------------------------------------------- dog
+
+
+def _radius(sigma: float) -> int:
+    return int(math.ceil(3.0 * sigma))
+
+
+def _blur_diff(z4: Tensor, sigma1: float, sigma2: float) -> Tensor:
+    """G_σ1 ∗ z − G_σ2 ∗ z per channel (separable normalised Gaussians, reflect padding); linear in z."""
+    out = []
+    for s in (sigma1, sigma2):
+        kernel = ref_spec._gaussian_kernel1d(2 * _radius(s) + 1, s, z4.dtype, z4.device)
+        out.append(ref_spec._blur(z4, kernel, "z"))
+    return out[0] - out[1]
+
+
+def _dog_stats(z: Tensor, sigma1: float, sigma2: float):
+    z4 = _as_4d(z.to(work_dtype(z.dtype)))
+    d = _blur_diff(z4, sigma1, sigma2)
+    std = d.flatten(1).std(dim=1, unbiased=False).reshape(-1, 1, 1, 1)
+    return z4, d, std
+
+
+@torch.library.custom_op("sdekernels::dog", mutates_args=())
+def _dog(z: Tensor, sigma1: float, sigma2: float) -> Tensor:
+    _, d, std = _dog_stats(z, sigma1, sigma2)
+    return (d / (std + 1e-6)).reshape(z.shape).to(z.dtype)
+
+
+@_dog.register_fake
+def _(z, sigma1, sigma2):
+    return z.new_empty(z.shape)
+
+
+@torch.library.custom_op("sdekernels::dog_backward", mutates_args=())
+def _dog_backward(z: Tensor, grad: Tensor, sigma1: float, sigma2: float) -> Tensor:
+    # o = d / (s + ε), s = population std of d:  dL/dd = g/(s+ε) − Σ(g·d)/(s+ε)² · (d − mean d)/(N·s),
+    # the second term taken as 0 where s = 0 (a constant d) so that no input gives NaN.
+    z4, d, s = _dog_stats(z, sigma1, sigma2)
+    g = grad.to(d.dtype).reshape(d.shape)
+    n = d[0].numel()
+    gd = (g * d).flatten(1).sum(1).reshape(-1, 1, 1, 1)
+    centred = d - d.mean((1, 2, 3), keepdim=True)
+    coef = torch.where(s > 0, gd / ((s + 1e-6) ** 2 * n * s.clamp_min(torch.finfo(s.dtype).tiny)), torch.zeros_like(s))
+    dd = g / (s + 1e-6) - coef * centred
+    (dz,) = ref_vjp(_blur_diff, (z4,), dd, sigma1=sigma1, sigma2=sigma2)  # the adjoint of a linear map
+    return grad_like(dz.reshape(z.shape), z)
+
+
+@_dog_backward.register_fake
+def _(z, grad, sigma1, sigma2):
+    return torch.empty_like(z)
+
+
+def _dog_setup(ctx, inputs, output):
+    z, ctx.sigma1, ctx.sigma2 = inputs
+    ctx.save_for_backward(z)
+
+
+def _dog_grad(ctx, grad):
+    (z,) = ctx.saved_tensors
+    return _dog_backward(z, grad, ctx.sigma1, ctx.sigma2), None, None
+
+
+_dog.register_autograd(_dog_grad, setup_context=_dog_setup)
+
+
+def dog(z: Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> Tensor:
+    """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by (its population
+    standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9)."""
+    check(z, "z", min_dim=3)
+    for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")):
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 or not math.isfinite(s):
+            raise ValueError(f"{name} must be a positive number, got {s!r}")
+    r = max(_radius(sigma1), _radius(sigma2))
+    if r >= min(z.shape[-2:]):
+        raise ValueError(f"z's H and W must exceed the blur radius {r}, got {tuple(z.shape[-2:])}")
+    return _dog(z, float(sigma1), float(sigma2))
+
+
+# ---------------------------------------------------------------- registry entries
+
+
+def _images(shape, device, dtype, gen, shift=0.0):
+    size = (*([shape["batch"]] if shape.get("batch") else []), shape["C"], shape["H"], shape["W"])
+    return randn(size, device, dtype, gen, 1.0, shift)
+
+
+def _psd_sample(shape, device, dtype, gen):
+    kwargs = {k: shape[k] for k in ("bins", "transform", "channel_reduce") if k in shape}
+    return Sample((_images(shape, device, dtype, gen, shift=shape.get("shift", 0.0)),), kwargs)
+
+
+def _bad_psd(device):
+    x = torch.randn(2, 3, 8, 8, device=device)
+    return [((x[0, 0],), {}, "x"), ((x.long(),), {}, "x"), ((x,), {"bins": 0}, "bins"),
+            ((x,), {"transform": "dst"}, "transform"), ((x,), {"center": "median"}, "center"),
+            ((x,), {"channel_reduce": "sum"}, "channel_reduce")]
+
+
+def _psd_cost(s):
+    x = s.args[0]
+    H, W = x.shape[-2:]
+    return x.numel() * x.element_size(), 2 * x.numel() * (H + W) * (4 if s.kwargs.get("transform") == "fft" else 1)
+
+
+register(OpInfo(
+    name="radial_psd", op=radial_psd, ref=ref.radial_psd, make=_psd_sample,
+    shapes=[{"batch": 0, "C": 1, "H": 1, "W": 1}, {"batch": 2, "C": 4, "H": 32, "W": 32, "shift": 3.0},
+            {"batch": 3, "C": 3, "H": 16, "W": 24, "transform": "fft"},
+            {"batch": 2, "C": 2, "H": 8, "W": 8, "bins": 5, "channel_reduce": "none"},
+            {"batch": 2, "C": 1, "H": 5, "W": 7, "transform": "fft", "channel_reduce": "none", "bins": 40},
+            {"batch": 2, "C": 3, "H": 6, "W": 9, "bins": 7}],
+    space={"batch": (0, 3), "C": (1, 4), "H": (1, 40), "W": (1, 40), "bins": (1, 24)},
+    bad=_bad_psd,
+    bench=[{"batch": 256, "C": 4, "H": 32, "W": 32, "backward": True, "quick": True},
+           {"batch": 64, "C": 3, "H": 256, "W": 256, "backward": True}],
+    cost=_psd_cost,
+    tol={F64: (1e-11, 1e-9), torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)},
+))
+
+
+def _esm_sample(shape, device, dtype, gen):
+    z = _images({**shape, "C": shape["Cz"], "H": shape["h"], "W": shape["w"]}, device, dtype, gen)
+    x = _images(shape, device, dtype, gen, shift=0.5)
+    kwargs = {k: shape[k] for k in ("delta", "bins", "blur") if k in shape}
+    return Sample((z, x), kwargs)
+
+
+def _bad_esm(device):
+    z, x = torch.randn(2, 4, 8, 8, device=device), torch.randn(2, 3, 32, 32, device=device)
+    return [((z[0, 0], x), {}, "z"), ((z, x[:1]), {}, "x"), ((z, x.double()), {}, "x"),
+            ((z, x), {"blur": (4, 1.0)}, "blur"), ((z, x), {"bins": 0}, "bins"),
+            ((z, x[..., :3, :3]), {}, "x")]
+
+
+register(OpInfo(
+    name="esm_loss", op=esm_loss, ref=ref.esm_loss, make=_esm_sample,
+    shapes=[{"batch": 0, "Cz": 1, "h": 4, "w": 4, "C": 1, "H": 8, "W": 8},
+            {"batch": 2, "Cz": 4, "h": 8, "w": 8, "C": 3, "H": 32, "W": 32},
+            {"batch": 3, "Cz": 2, "h": 16, "w": 12, "C": 3, "H": 16, "W": 12, "blur": None, "delta": 0.5},
+            {"batch": 2, "Cz": 4, "h": 16, "w": 16, "C": 3, "H": 40, "W": 24, "bins": 8, "blur": (5, 0.8)}],
+    space={"batch": (0, 3), "Cz": (1, 4), "h": (2, 16), "w": (2, 16), "C": (1, 3), "H": (8, 40), "W": (8, 40)},
+    bad=_bad_esm,
+    # The target side is detached: the generic gradient tests would need a gradient for x; the
+    # gradient with respect to z is tested in python_tests/test_spectrum.py.
+    differentiable=False, batch_key=None,
+    bench=[{"batch": 64, "Cz": 4, "h": 32, "w": 32, "C": 3, "H": 256, "W": 256, "quick": True}],
+    cost=lambda s: (sum(t.numel() * t.element_size() for t in s.args), 4 * sum(t.numel() * (t.shape[-1] + t.shape[-2]) for t in s.args)),
+    tol={F64: (1e-10, 1e-8), torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)},
+))
+
+
+def _lowpass_sample(shape, device, dtype, gen):
+    b = shape.get("block", 8)
+    x = _images({**shape, "H": shape.get("H", shape.get("nbh", 1) * b), "W": shape.get("W", shape.get("nbw", 1) * b)},
+                device, dtype, gen)
+    return Sample((x, shape["k"]), {"block": b})
+
+
+def _bad_lowpass(device):
+    x = torch.randn(2, 3, 16, 16, device=device)
+    return [((x[0, 0, 0], 4), {}, "x"), ((x[..., :12], 4), {}, "x"), ((x, 16), {}, "k"), ((x, -1), {}, "k"),
+            ((x, 2.0), {}, "k"), ((x, 4), {"block": 0}, "block"), ((x.int(), 4), {}, "x")]
+
+
+register(OpInfo(
+    name="block_dct_lowpass", op=block_dct_lowpass, ref=ref.block_dct_lowpass, make=_lowpass_sample,
+    shapes=[{"batch": 0, "C": 1, "H": 8, "W": 8, "k": 0}, {"batch": 2, "C": 3, "H": 16, "W": 16, "k": 8},
+            {"batch": 3, "C": 2, "H": 8, "W": 24, "k": 3}, {"batch": 2, "C": 1, "H": 8, "W": 16, "k": 15},
+            {"batch": 2, "C": 2, "H": 12, "W": 12, "k": 2, "block": 4}, {"batch": 1, "C": 2, "H": 8, "W": 16, "k": 10},
+            {"batch": 2, "C": 1, "H": 6, "W": 9, "k": 4, "block": 3}],
+    space={"batch": (0, 3), "C": (1, 3), "nbh": (1, 4), "nbw": (1, 4), "block": (1, 9), "k": (0, 17)},
+    valid=lambda sh: sh["k"] <= 2 * sh["block"] - 1,
+    bad=_bad_lowpass,
+    bench=[{"batch": 256, "C": 16, "H": 16, "W": 16, "k": 8, "quick": True, "backward": True},
+           {"batch": 64, "C": 3, "H": 256, "W": 256, "k": 8, "backward": True}],
+    cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(), 2 * s.args[0].numel() * s.kwargs["block"] ** 2),
+))
+
+
+def _dog_sample(shape, device, dtype, gen):
+    kwargs = {k: shape[k] for k in ("sigma1", "sigma2") if k in shape}
+    return Sample((_images(shape, device, dtype, gen),), kwargs)
+
+
+def _bad_dog(device):
+    z = torch.randn(2, 3, 16, 16, device=device)
+    return [((z[0, 0],), {}, "z"), ((z.long(),), {}, "z"), ((z,), {"sigma1": 0.0}, "sigma1"),
+            ((z,), {"sigma2": -1.0}, "sigma2"), ((z[..., :6],), {}, "z")]
+
+
+register(OpInfo(
+    name="dog", op=dog, ref=ref.dog, make=_dog_sample,
+    shapes=[{"batch": 0, "C": 1, "H": 7, "W": 8}, {"batch": 2, "C": 3, "H": 16, "W": 16},
+            {"batch": 3, "C": 2, "H": 12, "W": 20, "sigma1": 0.7, "sigma2": 1.5},
+            {"batch": 2, "C": 1, "H": 9, "W": 10, "sigma1": 0.5, "sigma2": 1.0}],
+    space={"batch": (0, 3), "C": (1, 3), "H": (7, 24), "W": (7, 24)},
+    bad=_bad_dog,
+    bench=[{"batch": 256, "C": 4, "H": 32, "W": 32, "quick": True, "backward": True}],
+    cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(), 4 * s.args[0].numel() * 20),
+))

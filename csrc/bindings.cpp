@@ -27,6 +27,21 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subspace_bwd(
   return {at::matmul(V_b, G.mT()), at::matmul(V_a, G), dSa, dSb};
 }
 
+// Truncated-SVD backward (SPEC §1): gF = (U·Kt + gU·diag(inv))·Vᵀ + U·diag(inv)·gVᵀ as one GEMM of
+// inner size 2k; only k×k intermediates besides the inputs' shapes.
+static at::Tensor svd_topk_bwd(const at::Tensor& U, const at::Tensor& S, const at::Tensor& V, const at::Tensor& gU,
+                               const at::Tensor& gS, const at::Tensor& gV) {
+  auto A = at::matmul(U.mT(), gU), B = at::matmul(V.mT(), gV);
+#ifdef SDEKERNELS_CUDA
+  auto [Kt, inv] = U.is_cuda() ? svd_core_cuda(A, B, S, gS) : svd_core_cpu(A, B, S, gS);
+#else
+  auto [Kt, inv] = svd_core_cpu(A, B, S, gS);
+#endif
+  auto iv = inv.unsqueeze(-2);
+  auto left = at::cat({at::matmul(U, Kt) + gU * iv, U * iv}, -1);
+  return at::matmul(left, at::cat({V, gV}, -1).mT());
+}
+
 static bool cuda_built() {
 #ifdef SDEKERNELS_CUDA
   return true;
@@ -46,6 +61,7 @@ TORCH_LIBRARY(sdekernels_C, m) {
   m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");
   m.def("radial_bin_fwd(Tensor Y, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
   m.def("radial_psd_bwd(Tensor x, Tensor grad, Tensor index, Tensor inv_count, Tensor? DH, Tensor? DW, bool channel_mean) -> Tensor");
+  m.def("svd_topk_bwd(Tensor U, Tensor S, Tensor V, Tensor gU, Tensor gS, Tensor gV) -> Tensor");
   m.def("cuda_built() -> bool", &sdekernels::cuda_built);
 }
 
@@ -54,6 +70,7 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cpu);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
+  m.impl("svd_topk_bwd", &sdekernels::svd_topk_bwd);
   m.impl("fourier_split_fwd", &sdekernels::fourier_split_fwd_cpu);
   m.impl("fourier_merge_fwd", &sdekernels::fourier_merge_fwd_cpu);
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
@@ -65,6 +82,7 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CUDA, m) {
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cuda);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
+  m.impl("svd_topk_bwd", &sdekernels::svd_topk_bwd);
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
   m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
 }

@@ -111,5 +111,22 @@ at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y_, const at::Tensor& grad_, co
   return dY;
 }
 
+std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A_, const at::Tensor& B_, const at::Tensor& S_,
+                                                 const at::Tensor& gS_) {
+  auto A = A_.contiguous(), B = B_.contiguous(), S = S_.contiguous(), gS = gS_.contiguous();
+  auto Kt = at::empty_like(A), inv = at::empty_like(S);
+  const int64_t k = S.size(-1), rows = k ? S.numel() / k : 0;
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "svd_core_cuda", [&] {
+    auto launch = std::is_same_v<scalar_t, float> ? (void*)&sdk_svd_core_f32 : (void*)&sdk_svd_core_f64;
+    using Fn = int (*)(const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int64_t,
+                       int64_t, void*);
+    ok(reinterpret_cast<Fn>(launch)(A.const_data_ptr<scalar_t>(), B.const_data_ptr<scalar_t>(), S.const_data_ptr<scalar_t>(),
+                                    gS.const_data_ptr<scalar_t>(), Kt.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(), rows, k,
+                                    stream()),
+       "svd_core");
+  });
+  return {Kt, inv};
+}
+
 }  // namespace sdekernels
 #endif

@@ -34,7 +34,13 @@ at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const
 at::Tensor radial_psd_bwd(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& index,
                           const at::Tensor& inv_count, const std::optional<at::Tensor>& DH,
                           const std::optional<at::Tensor>& DW, bool channel_mean);
+// Truncated-SVD backward core (SPEC §1): from A = UᵀgU, B = VᵀgV [.., k, k], S, gS [.., k] the k×k
+// matrix Kt and the stabilised 1/σ (see spectral_math.h).
+std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
+                                                const at::Tensor& gS);
 #ifdef SDEKERNELS_CUDA
+std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
+                                                 const at::Tensor& gS);
 at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
                                const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
 at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,

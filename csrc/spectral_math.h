@@ -85,4 +85,19 @@ SDK_HD T psd_value(T p, long long hw) { return hw == 0 ? T(0) : (p < T(kPowerFlo
 template <typename T>
 SDK_HD T psd_pass(T p, long long hw) { return (hw == 0 || p < T(kPowerFloor)) ? T(0) : T(1); }
 
+// Truncated-SVD backward (SPEC §1): 1/(σ_l² − σ_j²) -> x/(x² + ε), ε = (kLorRel·σ_1²)² + kSvdFloor,
+// and 1/σ -> σ/(σ² + ε'), ε' = kInvRel·σ_1² + kSvdFloor (evaluated in double). Same constants as
+// sdekernels/ops/svd.py.
+constexpr double kLorRel = 1e-7, kInvRel = 1e-20, kSvdFloor = 1e-60;
+SDK_HD double svd_lorentz(double x, double s1) { const double e = kLorRel * s1 * s1; return x / (x * x + e * e + kSvdFloor); }
+SDK_HD double svd_inv(double s, double s1) { return s / (s * s + kInvRel * s1 * s1 + kSvdFloor); }
+// One entry (j, l) of the k×k core Kt of the backward, gF = (U·Kt + gU·diag(inv))·Vᵀ + U·diag(inv)·gVᵀ:
+// Kt_jl = L_jl[(A_jl − A_lj)σ_l + σ_j(B_jl − B_lj)] + δ_jl gS_j − A_jl inv_l − inv_j B_lj,
+// A = UᵀgU, B = VᵀgV.
+SDK_HD double svd_core(double Ajl, double Alj, double Bjl, double Blj, double sj, double sl, double gSj,
+                       double invj, double invl, double s1, bool diag) {
+  const double k = diag ? gSj : svd_lorentz(sl * sl - sj * sj, s1) * ((Ajl - Alj) * sl + sj * (Bjl - Blj));
+  return k - Ajl * invl - invj * Blj;
+}
+
 }  // namespace sdekernels

@@ -21,6 +21,14 @@ SDK_FOURIER_DECLARE(float, f32)
 SDK_FOURIER_DECLARE(double, f64)
 #undef SDK_FOURIER_DECLARE
 
+#define SDK_SVD_DECLARE(T, SUF)                                                                              \
+  extern "C" int sdk_svd_core_##SUF(const T* A, const T* B, const T* S, const T* gS, T* Kt, T* inv, int64_t rows, \
+                                    int64_t k, void* stream);
+
+SDK_SVD_DECLARE(float, f32)
+SDK_SVD_DECLARE(double, f64)
+#undef SDK_SVD_DECLARE
+
 SDK_DECLARE(float, f32)
 SDK_DECLARE(double, f64)
 #undef SDK_DECLARE

@@ -1,0 +1,52 @@
+// CUDA kernel of the truncated-SVD backward core (SPEC §1): one thread block per batch row, threads
+// over the k×k entries; the GEMMs around it run in cuBLAS (bindings.cpp). Evaluated in double.
+#include <cuda_runtime.h>
+
+#include "../spectral_math.h"
+#include "launch.h"
+
+namespace sdekernels {
+
+constexpr int kSvdThreads = 256;
+
+template <typename T>
+__global__ void svd_core_kernel(const T* __restrict__ As, const T* __restrict__ Bs, const T* __restrict__ Ss,
+                                const T* __restrict__ gSs, T* __restrict__ Kts, T* __restrict__ invs, int64_t k) {
+  __shared__ double red[kSvdThreads];
+  const int64_t row = blockIdx.x, kk = k * k;
+  const T *A = As + row * kk, *B = Bs + row * kk, *S = Ss + row * k, *gS = gSs + row * k;
+  double m = 0;
+  for (int64_t j = threadIdx.x; j < k; j += kSvdThreads) m = fmax(m, fabs(double(S[j])));
+  red[threadIdx.x] = m;
+  __syncthreads();
+  for (int o = kSvdThreads / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + o]);
+    __syncthreads();
+  }
+  const double s1 = red[0];
+  for (int64_t j = threadIdx.x; j < k; j += kSvdThreads) invs[row * k + j] = T(svd_inv(S[j], s1));
+  for (int64_t e = threadIdx.x; e < kk; e += kSvdThreads) {
+    const int64_t j = e / k, l = e % k;
+    Kts[row * kk + e] = T(svd_core(A[e], A[l * k + j], B[e], B[l * k + j], S[j], S[l], gS[j], svd_inv(S[j], s1),
+                                   svd_inv(S[l], s1), s1, j == l));
+  }
+}
+
+template <typename T>
+static int launch_svd_core(const T* A, const T* B, const T* S, const T* gS, T* Kt, T* inv, int64_t rows, int64_t k,
+                           void* stream) {
+  if (rows == 0 || k == 0) return 0;
+  svd_core_kernel<T><<<rows, kSvdThreads, 0, static_cast<cudaStream_t>(stream)>>>(A, B, S, gS, Kt, inv, k);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace sdekernels
+
+extern "C" int sdk_svd_core_f32(const float* A, const float* B, const float* S, const float* gS, float* Kt, float* inv,
+                                int64_t rows, int64_t k, void* stream) {
+  return sdekernels::launch_svd_core(A, B, S, gS, Kt, inv, rows, k, stream);
+}
+extern "C" int sdk_svd_core_f64(const double* A, const double* B, const double* S, const double* gS, double* Kt,
+                                double* inv, int64_t rows, int64_t k, void* stream) {
+  return sdekernels::launch_svd_core(A, B, S, gS, Kt, inv, rows, k, stream);
+}

@@ -1,0 +1,588 @@
+"""Decomposition and spectral partition (SPEC §1, §2): `svd_topk`, `singular_values`, `spectral_partition`.
+
+svd_topk: a Gram eigen-solver where r = min(m, n) is small next to k + oversample (Gram FᵀF or
+FFᵀ accumulated in float64, `eigh` in float64, the other factor as F V / σ), else randomized
+subspace iteration (re-orthonormalised by QR each half step) with a Rayleigh–Ritz step whose
+small l×l Gram is solved in float64. The big products run in a Triton batched GEMM (strided
+operands, so no transposed or up-cast copy of F; fp32/fp64 accumulation) on CUDA, and in ATen
+(MKL) on CPU. The random test matrix comes from a seeded generator (a fixed seed when none is
+given), so results are reproducible and a batch element never depends on its neighbours.
+Backward: csrc/cpu/svd.cpp and csrc/cuda/svd.cu (stabilised truncated-SVD gradient, SPEC §1).
+Reference: reference/svd.py. Tests: python_tests/test_svd.py and the generic test_ops.py.
+"""
+import math
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from .. import reference as ref
+from .._core import HAS_TRITON, check, next_pow2, use_triton, work_dtype
+from ..reference.svd import SpectralPartition, mp_median
+from ..registry import F64, OpInfo, Sample, randn, register
+
+__all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition", "svd_topk_backward_math"]
+
+DEFAULT_NITER = 8   # randomized subspace iterations (each: one F·X and one Fᵀ·Y product)
+GRAM_MAX_R = 2048   # up to this r = min(m, n) the Gram eigen-solver (exact, measured faster here) is used
+DEFAULT_SEED = 0x5DE
+
+# Stabilisers of the backward (SPEC §1), relative to σ_1: 1/(σ_j² − σ_i²) -> x/(x² + ε) with
+# ε = (LOR_REL·σ_1²)² + floor, and 1/σ -> σ/(σ² + ε') with ε' = INV_REL·σ_1² + floor.
+# The same constants are in csrc/spectral_math.h.
+LOR_REL, INV_REL, FLOOR = 1e-7, 1e-20, 1e-60
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _bmm_kernel(A, B, C, M, N, K, sa0, sa1, sa2, sb0, sb1, sb2, sc0, sc1, sc2,
+                    ACC: tl.constexpr, USE_DOT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # C[b] = A[b] @ B[b] for strided operands (a transpose is a stride swap, a shared operand a
+        # zero batch stride); inputs of any float dtype are up-cast on load, accumulation in ACC.
+        b = tl.program_id(0).to(tl.int64)
+        rm = tl.program_id(1) * BM + tl.arange(0, BM)
+        rn = tl.program_id(2) * BN + tl.arange(0, BN)
+        a_ptr = A + b * sa0 + rm[:, None] * sa1
+        b_ptr = B + b * sb0 + rn[None, :] * sb2
+        acc = tl.zeros([BM, BN], ACC)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            a = tl.load(a_ptr + rk[None, :] * sa2, mask=(rm[:, None] < M) & (rk[None, :] < K), other=0).to(ACC)
+            x = tl.load(b_ptr + rk[:, None] * sb1, mask=(rk[:, None] < K) & (rn[None, :] < N), other=0).to(ACC)
+            if USE_DOT:
+                acc += tl.dot(a, x, input_precision="ieee")
+            else:
+                acc += tl.sum(a[:, :, None] * x[None, :, :], axis=1)
+        tl.store(C + b * sc0 + rm[:, None] * sc1 + rn[None, :] * sc2, acc.to(C.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def _bstride(x: Tensor, i: int) -> int:
+    return x.stride(i) if x.shape[i] != 1 else 0
+
+
+def triton_bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """a [R|1, M, K] @ b [R|1, K, N] -> [R, M, N] in out_dtype (fp64 accumulation for fp64 output)."""
+    R = max(a.shape[0], b.shape[0])
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    c = torch.empty((R, M, N), device=a.device, dtype=out_dtype)
+    if c.numel() == 0:
+        return c
+    if K == 0:
+        return c.zero_()
+    use_dot = out_dtype != torch.float64
+    if use_dot:
+        BM, BN, BK = (max(16, min(64, next_pow2(M))), max(16, min(64, next_pow2(N))), max(16, min(32, next_pow2(K))))
+    else:
+        BM, BN, BK = min(32, next_pow2(M)), min(32, next_pow2(N)), min(8, next_pow2(K))
+    grid = (R, triton.cdiv(M, BM), triton.cdiv(N, BN))
+    _bmm_kernel[grid](a, b, c, M, N, K, _bstride(a, 0), a.stride(1), a.stride(2), _bstride(b, 0), b.stride(1),
+                      b.stride(2), c.stride(0), c.stride(1), c.stride(2),
+                      ACC=tl.float64 if out_dtype == torch.float64 else tl.float32, USE_DOT=use_dot, BM=BM, BN=BN, BK=BK)
+    return c
+
+
+def _aten_bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
+    return torch.matmul(a.to(out_dtype), b.to(out_dtype))
+
+
+def _mm_for(x: Tensor):
+    return triton_bmm if use_triton(x) else _aten_bmm
+
+
+def safe_inv(s: Tensor, s1: Tensor) -> Tensor:
+    """σ/(σ² + ε'): 1/σ where σ is not negligible, 0 at σ = 0, never Inf."""
+    sd, s1 = s.double(), s1.double()
+    return (sd / (sd * sd + (INV_REL * s1 * s1 + FLOOR))).to(s.dtype)
+
+
+def _finite_rows(F3: Tensor):
+    """Per batch row: is every entry finite, and F with non-finite rows zeroed (LAPACK raises on NaN)."""
+    finite = torch.isfinite(F3).all(-1).all(-1)
+    return finite, torch.where(finite[:, None, None], F3, torch.zeros((), dtype=F3.dtype, device=F3.device))
+
+
+def _fix_signs(U: Tensor, V: Tensor):
+    """Sign convention: the largest-magnitude entry of each column of U is positive."""
+    idx = U.abs().argmax(-2, keepdim=True)
+    s = torch.sign(torch.gather(U, -2, idx))
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    return U * s, V * s
+
+
+def _eigh_desc(G: Tensor):
+    """Eigenpairs of symmetric G (float64), eigenvalues descending and clamped at 0."""
+    lam, W = torch.linalg.eigh(G)
+    return lam.flip(-1).clamp_min(0), W.flip(-1)
+
+
+def _use_gram(r: int) -> bool:
+    return r <= GRAM_MAX_R
+
+
+def _omega(F3: Tensor, rows: int, cols: int, seed: int, dtype) -> Tensor:
+    gen = torch.Generator(device=F3.device).manual_seed(seed)
+    return torch.randn((1, rows, cols), generator=gen, device=F3.device, dtype=dtype)
+
+
+def _topk_rows(F3: Tensor, k: int, niter: int, oversample: int, seed: int):
+    """U [R, m, k], S [R, k], V [R, n, k] in the work dtype for F3 [R, m, n] (non-finite rows zeroed).
+
+    Works on the short side: A = F (m <= n) or Fᵀ, so the basis Q [R, r, l] is the small one.
+    """
+    mm = _mm_for(F3)
+    w = work_dtype(F3.dtype)
+    R, m, n = F3.shape
+    r = min(m, n)
+    A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
+    l = min(k + oversample, r)
+    if _use_gram(r):
+        # Top-l eigenvectors of the short-side Gram AAᵀ (fp64 accumulation when cheap, fp32 for
+        # large r: the Rayleigh–Ritz step below restores full accuracy of σ and of the subspace).
+        acc = torch.float64 if (r <= 256 or w == torch.float64) else w
+        _, W = _eigh_desc(mm(A, At, acc).double())
+        Q = W[:, :, :l].to(w)
+    else:
+        # Randomized subspace iteration, re-orthonormalised by QR at every half step.
+        Q = torch.linalg.qr(mm(A, _omega(F3, A.shape[-1], l, seed, w), w))[0]
+        for _ in range(niter):
+            Z = torch.linalg.qr(mm(At, Q, w))[0]
+            Q = torch.linalg.qr(mm(A, Z, w))[0]
+    # Rayleigh–Ritz: SVD of QᵀA through its l×l Gram in float64.
+    Bd = mm(At, Q, w).double()             # (QᵀA)ᵀ, [R, long, l]
+    lam, W = _eigh_desc(Bd.mT @ Bd)
+    S = lam[:, :k].sqrt()
+    W = W[:, :, :k]
+    short = (Q.double() @ W).to(w)
+    long_ = (Bd @ W * safe_inv(S, S[:, :1]).unsqueeze(-2)).to(w)
+    U, V = (short, long_) if m <= n else (long_, short)
+    return U, S.to(w), V
+
+
+def _svd_topk_impl(F: Tensor, k: int, niter: int, oversample: int, seed: int):
+    m, n = F.shape[-2:]
+    batch = F.shape[:-2]
+    F3 = F.reshape(-1, m, n)
+    finite, F3 = _finite_rows(F3)
+    if F3.shape[0] == 0:
+        e = F.new_empty
+        return e((*batch, m, k)), e((*batch, k)), e((*batch, n, k))
+    U, S, V = _topk_rows(F3, k, niter, oversample, seed)
+    U, V = _fix_signs(U, V)
+    nan = torch.tensor(float("nan"), dtype=U.dtype, device=U.device)
+    U = torch.where(finite[:, None, None], U, nan)
+    S = torch.where(finite[:, None], S, nan)
+    V = torch.where(finite[:, None, None], V, nan)
+    return (U.reshape(*batch, m, k).to(F.dtype), S.reshape(*batch, k).to(F.dtype), V.reshape(*batch, n, k).to(F.dtype))
+
+
+@torch.library.custom_op("sdekernels::svd_topk", mutates_args=())
+def _svd_topk(F: Tensor, k: int, niter: int, oversample: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _svd_topk_impl(F, k, niter, oversample, seed)
+
+
+@_svd_topk.register_fake
+def _(F, k, niter, oversample, seed):
+    b, (m, n) = F.shape[:-2], F.shape[-2:]
+    return F.new_empty((*b, m, k)), F.new_empty((*b, k)), F.new_empty((*b, n, k))
+
+
+def svd_topk_backward_math(U: Tensor, S: Tensor, V: Tensor, gU: Tensor, gS: Tensor, gV: Tensor) -> Tensor:
+    """The stabilised truncated-SVD gradient (SPEC §1) in ATen; csrc/ has the same formula, this is
+    the fallback when the extension is unavailable.
+
+    gF = U [L∘skew(UᵀgU)·S + S·L∘skew(VᵀgV) + diag(gS)] Vᵀ + (I − UUᵀ)gU S⁻¹Vᵀ + U S⁻¹ gVᵀ(I − VVᵀ),
+    L_jl = lorentz(σ_l² − σ_j²); the complement terms are formed through UᵀgU, VᵀgV (k×k) only,
+    and the k×k core is evaluated in float64.
+    """
+    A, B = (U.mT @ gU).double(), (V.mT @ gV).double()
+    Sd, gSd = S.double(), gS.double()
+    s1 = Sd.abs().amax(-1, keepdim=True)
+    s2 = Sd * Sd
+    E = s2.unsqueeze(-2) - s2.unsqueeze(-1)            # E_jl = σ_l² − σ_j²
+    eps = (LOR_REL * s1 * s1).square().unsqueeze(-1) + FLOOR
+    L = E / (E * E + eps)
+    K = L * ((A - A.mT) * Sd.unsqueeze(-2) + Sd.unsqueeze(-1) * (B - B.mT))
+    K = K * (1 - torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)) + torch.diag_embed(gSd)
+    inv = safe_inv(Sd, s1)
+    Kt = (K - A * inv.unsqueeze(-2) - inv.unsqueeze(-1) * B.mT).to(U.dtype)
+    inv = inv.to(U.dtype).unsqueeze(-2)
+    left = torch.cat([U @ Kt + gU * inv, U * inv], -1)
+    return left @ torch.cat([V, gV], -1).mT
+
+
+@torch.library.custom_op("sdekernels::svd_topk_backward", mutates_args=())
+def _svd_topk_backward(U: Tensor, S: Tensor, V: Tensor, gU: Tensor, gS: Tensor, gV: Tensor) -> Tensor:
+    w = work_dtype(U.dtype)
+    args = [t.to(w).contiguous() for t in (U, S, V, gU, gS, gV)]
+    if _ext.available():
+        return torch.ops.sdekernels_C.svd_topk_bwd(*args)
+    return svd_topk_backward_math(*args)
+
+
+@_svd_topk_backward.register_fake
+def _(U, S, V, gU, gS, gV):
+    b = U.shape[:-2]
+    return U.new_empty((*b, U.shape[-2], V.shape[-2]), dtype=work_dtype(U.dtype))
+
+
+def svd_topk_grad(U, S, V, gU, gS, gV, dtype) -> Tensor:
+    """dL/dF from the gradients of (U, S, V) (None = 0), in `dtype`."""
+    z = torch.zeros_like
+    return _svd_topk_backward(U, S, V, z(U) if gU is None else gU, z(S) if gS is None else gS,
+                              z(V) if gV is None else gV).to(dtype)
+
+
+def _svd_topk_setup(ctx, inputs, output):
+    ctx.dtype = inputs[0].dtype
+    ctx.save_for_backward(*output)
+
+
+def _svd_topk_grad(ctx, gU, gS, gV):
+    U, S, V = ctx.saved_tensors
+    return svd_topk_grad(U, S, V, gU, gS, gV, ctx.dtype), None, None, None, None
+
+
+_svd_topk.register_autograd(_svd_topk_grad, setup_context=_svd_topk_setup)
+
+
+def _check_matrix(F, name="F"):
+    check(F, name, min_dim=2)
+
+
+def _seed(generator) -> int:
+    if generator is None:
+        return DEFAULT_SEED
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8,
+             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k singular triplets of F [..., m, n] (SPEC §1): (U [..., m, k], S [..., k], V [..., n, k]),
+    S descending, the largest-magnitude entry of each column of U positive.
+
+    niter: subspace iterations of the randomized solver (default 6); oversample: extra columns
+    of the sketch; generator seeds the sketch (default: a fixed seed, so results are
+    reproducible). Small r = min(m, n) uses the exact Gram eigen-solver instead.
+    Differentiable (stabilised truncated-SVD gradient with complement terms, finite for every
+    finite F).
+    """
+    _check_matrix(F)
+    r = min(F.shape[-2:])
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= r:
+        raise ValueError(f"k must be an int in [1, min(m, n)] = [1, {r}], got {k!r}")
+    if niter is None:
+        niter = DEFAULT_NITER
+    if isinstance(niter, bool) or not isinstance(niter, int) or niter < 0:
+        raise ValueError(f"niter must be a non-negative int or None, got {niter!r}")
+    if isinstance(oversample, bool) or not isinstance(oversample, int) or oversample < 0:
+        raise ValueError(f"oversample must be a non-negative int, got {oversample!r}")
+    return _svd_topk(F, k, niter, oversample, _seed(generator))
+
+
+# ---------------------------------------------------------------- singular_values
+
+
+def _gram_rows(F: Tensor):
+    """(finite mask, float64 Gram of the short side, tall?) of F [..., m, n] flattened to rows."""
+    m, n = F.shape[-2:]
+    finite, F3 = _finite_rows(F.reshape(-1, m, n))
+    mm = _mm_for(F3)
+    tall = m >= n
+    G = mm(F3.mT, F3, torch.float64) if tall else mm(F3, F3.mT, torch.float64)
+    return finite, F3, G, tall
+
+
+@torch.library.custom_op("sdekernels::singular_values", mutates_args=())
+def _singular_values(F: Tensor) -> Tensor:
+    batch, r = F.shape[:-2], min(F.shape[-2:])
+    if F.numel() == 0:
+        return F.new_zeros((*batch, r))
+    finite, _, G, _ = _gram_rows(F)
+    S = torch.linalg.eigvalsh(G).flip(-1).clamp_min(0).sqrt()
+    S = torch.where(finite[:, None], S, float("nan"))
+    return S.reshape(*batch, r).to(F.dtype)
+
+
+@_singular_values.register_fake
+def _(F):
+    return F.new_empty((*F.shape[:-2], min(F.shape[-2:])))
+
+
+@torch.library.custom_op("sdekernels::singular_values_backward", mutates_args=())
+def _singular_values_backward(F: Tensor, grad: Tensor) -> Tensor:
+    # dσ_i/dF = u_i v_iᵀ, with the short-side vectors W from the Gram and u_i v_iᵀ = F w_i w_iᵀ/σ_i
+    # (or w_i w_iᵀ F/σ_i): the stabilised 1/σ keeps zero singular values finite.
+    w = work_dtype(F.dtype)
+    m, n = F.shape[-2:]
+    finite, F3, G, tall = _gram_rows(F)
+    lam, W = _eigh_desc(G)
+    S = lam.sqrt()
+    coef = (grad.reshape(S.shape).double() * safe_inv(S, S[:, :1])).to(w)
+    W = W.to(w)
+    Wc = W * coef.unsqueeze(-2)
+    mm = _mm_for(F3)
+    F3w = F3.to(w)
+    gF = mm(mm(F3w, W, w), Wc.mT, w) if tall else mm(Wc, mm(W.mT, F3w, w), w)
+    gF = torch.where(finite[:, None, None], gF, float("nan"))
+    return gF.reshape(F.shape).to(F.dtype)
+
+
+@_singular_values_backward.register_fake
+def _(F, grad):
+    return torch.empty_like(F)
+
+
+def _sv_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _sv_grad(ctx, grad):
+    (F,) = ctx.saved_tensors
+    return _singular_values_backward(F, grad)
+
+
+_singular_values.register_autograd(_sv_grad, setup_context=_sv_setup)
+
+
+def singular_values(F: Tensor) -> Tensor:
+    """All r = min(m, n) singular values of F [..., m, n], descending (SPEC §1).
+
+    From the float64 Gram of the short side (eigvalsh); differentiable (dσ_i/dF = u_i v_iᵀ).
+    """
+    _check_matrix(F)
+    return _singular_values(F)
+
+
+# ---------------------------------------------------------------- spectral_partition
+
+
+def _quantile_sorted(asc: Tensor, q: float) -> Tensor:
+    """torch.quantile (linear interpolation) of rows already sorted ascending."""
+    r = asc.shape[-1]
+    pos = q * (r - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, r - 1)
+    frac = pos - lo
+    return asc[..., lo] + frac * (asc[..., hi] - asc[..., lo])
+
+
+def partition_counts(S: Tensor, m: int, n: int, iqr_c: float):
+    """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, sorted-descending σ) in the work dtype."""
+    r = min(m, n)
+    s = S.detach().to(work_dtype(S.dtype)).sort(-1, descending=True).values
+    asc = s.flip(-1)
+    q1, med, q3 = (_quantile_sorted(asc, q) for q in (0.25, 0.5, 0.75))
+    sigma_hat = med / math.sqrt(max(m, n) * mp_median(r / max(m, n)))
+    tau_noise = sigma_hat * (math.sqrt(m) + math.sqrt(n))
+    tau_strong = torch.maximum(tau_noise, q3 + iqr_c * (q3 - q1))
+    n_above = (s > tau_noise.unsqueeze(-1)).sum(-1)
+    n_strong = (s > tau_strong.unsqueeze(-1)).sum(-1).clamp_min(1)
+    n_weak = (n_above - n_strong).clamp_min(0)
+    return n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s
+
+
+def energies(s: Tensor, n_strong: Tensor, n_weak: Tensor):
+    """Energy fractions (strong, weak, noise) of descending σ; (1, 0, 0) for σ = 0, NaN for a NaN row."""
+    s2 = s * s
+    c = s2.cumsum(-1)
+    total = c[..., -1]
+    zero = total == 0
+    safe = torch.where(zero, torch.ones_like(total), total)
+    at = lambda j: torch.gather(c, -1, (j - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1) * (j > 0)  # noqa: E731
+    c_s, c_sw = at(n_strong), at(n_strong + n_weak)
+    e_s = torch.where(zero, torch.ones_like(total), c_s / safe)
+    e_w = torch.where(zero, torch.zeros_like(total), (c_sw - c_s) / safe)
+    e_n = torch.where(zero, torch.zeros_like(total), (total - c_sw) / safe)
+    return e_s, e_w, e_n
+
+
+@torch.library.custom_op("sdekernels::spectral_partition", mutates_args=())
+def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                            Tensor, Tensor, Tensor]:
+    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c)
+    e = energies(s, n_strong, n_weak)
+    return (n_strong.long(), n_weak.long(), *(x.to(S.dtype) for x in (tau_noise, tau_strong, sigma_hat, *e)))
+
+
+@_spectral_partition.register_fake
+def _(S, m, n, iqr_c):
+    b = S.shape[:-1]
+    return (S.new_empty(b, dtype=torch.long), S.new_empty(b, dtype=torch.long), *(S.new_empty(b) for _ in range(6)))
+
+
+def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> SpectralPartition:
+    """Strong / weak / noise partition of the r = min(m, n) singular values S [..., r] (SPEC §2).
+
+    σ̂ = median(σ)/√(max(m, n)·μ_β) (μ_β the Marchenko–Pastur median, computed numerically and
+    cached), τ_noise = σ̂(√m + √n), τ_strong = max(τ_noise, q3 + iqr_c(q3 − q1)); one sort per row.
+    Returns a SpectralPartition of detached tensors of the batch shape (counts int64).
+    """
+    check(S, "S")
+    for v, name in ((m, "m"), (n, "n")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if S.shape[-1] != min(m, n):
+        raise ValueError(f"S must hold all min(m, n) = {min(m, n)} singular values in its last dimension, "
+                         f"got shape {tuple(S.shape)}")
+    if not isinstance(iqr_c, (int, float)) or isinstance(iqr_c, bool) or not math.isfinite(iqr_c) or iqr_c < 0:
+        raise ValueError(f"iqr_c must be a non-negative number, got {iqr_c!r}")
+    ns, nw, tn, ts, sh, es, ew, en = _spectral_partition(S.detach(), m, n, float(iqr_c))
+    return SpectralPartition(ns, nw, tn, ts, sh, (es, ew, en))
+
+
+# ---------------------------------------------------------------- registry entries
+
+
+def _orth(rows, cols, gen):
+    return torch.linalg.qr(torch.randn((rows, cols), generator=gen, dtype=torch.float64))[0]
+
+
+def planted(batch, m, n, k, gen, *, ratio=0.8, tail=1e-10, rank=None):
+    """float64 [batch..., m, n] = U diag(σ) Vᵀ with σ_i = 3·ratio^i for i < rank (default k) and a
+    geometric tail from `tail`·σ_1: a clear gap after k, exact triplets known."""
+    r = min(m, n)
+    rank = k if rank is None else rank
+    out = []
+    for _ in range(max(batch, 1)):
+        s = torch.cat([3.0 * ratio ** torch.arange(rank, dtype=torch.float64),
+                       3.0 * tail * 0.9 ** torch.arange(r - rank, dtype=torch.float64)])
+        U, V = _orth(m, r, gen), _orth(n, r, gen)
+        out.append((U * s) @ V.T)
+    F = torch.stack(out)
+    return F if batch else F[0]
+
+
+def _make_topk(shape, device, dtype, gen):
+    F = planted(shape.get("batch", 0), shape["m"], shape["n"], shape["k"], gen)
+    return Sample((F.to(device=device, dtype=dtype), shape["k"]), {"niter": shape.get("niter")})
+
+
+def _ref_topk(F, k, **kw):
+    """The reference with svd_topk's sign convention (a constant ±1 per column: gradients unchanged)."""
+    U, S, V = ref.svd_topk(F, k, **kw)
+    U, V = _fix_signs(U, V)
+    return U, S, V
+
+
+def canon_triplets(out):
+    """Sign-free view of (U, S, V): S and the rank-one terms u_i v_iᵀ."""
+    U, S, V = out
+    return S, U.unsqueeze(-3).mT.unsqueeze(-1) * V.unsqueeze(-3).mT.unsqueeze(-2)
+
+
+def _bad_topk(device):
+    F = torch.randn(3, 10, 6, device=device)
+    return [((F[0, 0], 2), {}, "F"), ((F.long(), 2), {}, "F"), ((F.numpy() if device.type == "cpu" else 1, 2), {}, "F"),
+            ((F, 0), {}, "k"), ((F, 7), {}, "k"), ((F, 2.0), {}, "k"), ((F, 2), {"niter": -1}, "niter"),
+            ((F, 2), {"oversample": -2}, "oversample"), ((F, 2), {"generator": 3}, "generator")]
+
+
+_SVD_TOL = {F64: (1e-9, 1e-8), torch.float32: (2e-5, 2e-4), torch.bfloat16: (3e-2, 3e-2), torch.float16: (5e-3, 5e-3)}
+
+
+def _lowrank(F, k, **kw):
+    U, S, Vh = torch.svd_lowrank(F.float() if F.dtype in (torch.float16, torch.bfloat16) else F, q=k + 8, niter=4)
+    return U[..., :k], S[..., :k], Vh[..., :k]
+
+
+def _full_svd(F, k, **kw):
+    U, S, Vh = torch.linalg.svd(F.float() if F.dtype in (torch.float16, torch.bfloat16) else F, full_matrices=False)
+    return U[..., :k], S[..., :k], Vh[..., :k, :].mT
+
+
+def _topk_cost(s):
+    F, k = s.args[0], s.args[1]
+    m, n = F.shape[-2:]
+    R = F.numel() // max(m * n, 1)
+    return F.numel() * F.element_size() * (2 * DEFAULT_NITER + 2), R * 2 * m * n * (k + 8) * (2 * DEFAULT_NITER + 2)
+
+
+_FIELD = [{"batch": 0, "m": B, "n": D, "k": k} for B in (256, 1024, 4096) for D in (512, 768, 1024, 4096) for k in (16, 64)]
+
+register(OpInfo(
+    name="svd_topk", op=svd_topk, ref=_ref_topk, make=_make_topk,
+    shapes=[{"batch": 0, "m": 1, "n": 1, "k": 1}, {"batch": 3, "m": 12, "n": 9, "k": 3},
+            {"batch": 2, "m": 7, "n": 30, "k": 4}, {"batch": 0, "m": 80, "n": 72, "k": 5},
+            {"batch": 2, "m": 40, "n": 100, "k": 6, "niter": 3}],
+    space={"batch": (0, 3), "m": (1, 40), "n": (1, 40), "k": (1, 6)},
+    valid=lambda sh: sh["k"] <= min(sh["m"], sh["n"]),
+    bad=_bad_topk, canon=canon_triplets, tol=_SVD_TOL, grad_tol=(1e-8, 1e-6),
+    bench=[{"batch": 0, "m": 1024, "n": 768, "k": 16, "quick": True}, *_FIELD,
+           {"batch": 64, "m": 256, "n": 256, "k": 16}, {"batch": 64, "m": 256, "n": 256, "k": 16, "backward": True},
+           {"batch": 0, "m": 1024, "n": 4096, "k": 32}],
+    cost=_topk_cost,
+    baselines={"torch.linalg.svd": _full_svd, "torch.svd_lowrank": _lowrank},
+))
+
+
+def _make_sv(shape, device, dtype, gen):
+    F = planted(shape.get("batch", 0), shape["m"], shape["n"], min(shape["m"], shape["n"]), gen, ratio=0.95)
+    return Sample((F.to(device=device, dtype=dtype),))
+
+
+def _bad_sv(device):
+    F = torch.randn(3, 10, 6, device=device)
+    return [((F[0, 0],), {}, "F"), ((F.int(),), {}, "F"), ((F.tolist(),), {}, "F")]
+
+
+def _sv_cost(s):
+    F = s.args[0]
+    m, n = F.shape[-2:]
+    R = F.numel() // max(m * n, 1)
+    return F.numel() * F.element_size(), R * (2 * m * n * min(m, n) + 4 * min(m, n) ** 3)
+
+
+register(OpInfo(
+    name="singular_values", op=singular_values, ref=ref.singular_values, make=_make_sv,
+    shapes=[{"batch": 0, "m": 1, "n": 1}, {"batch": 3, "m": 12, "n": 9}, {"batch": 2, "m": 5, "n": 17},
+            {"batch": 0, "m": 70, "n": 70}],
+    space={"batch": (0, 3), "m": (1, 40), "n": (1, 40)},
+    bad=_bad_sv, tol=_SVD_TOL, grad_tol=(1e-8, 1e-6),
+    bench=[{"batch": 0, "m": 1024, "n": 768, "quick": True}, {"batch": 0, "m": 4096, "n": 1024},
+           {"batch": 64, "m": 256, "n": 256}],
+    cost=_sv_cost,
+    baselines={"torch.linalg.svdvals": lambda F: torch.linalg.svdvals(F.float() if F.dtype in (torch.float16, torch.bfloat16) else F)},
+))
+
+
+def spiked(batch, m, n, s, strength, gen):
+    """Gaussian noise (unit entries) plus a planted rank-s spike of singular values
+    strength·(√m + √n)·(1 + i/s): well above the MP edge for strength > 1."""
+    out = []
+    for _ in range(max(batch, 1)):
+        X = torch.randn((m, n), generator=gen, dtype=torch.float64)
+        sig = strength * (math.sqrt(m) + math.sqrt(n)) * (1 + torch.arange(s, 0, -1, dtype=torch.float64) / s)
+        out.append(X + (_orth(m, s, gen) * sig) @ _orth(n, s, gen).T)
+    F = torch.stack(out)
+    return F if batch else F[0]
+
+
+def _make_partition(shape, device, dtype, gen):
+    m, n = shape["m"], shape["n"]
+    F = spiked(shape.get("batch", 0), m, n, shape.get("s", 2), 2.0, gen)
+    S = torch.linalg.svdvals(F)
+    return Sample((S.to(device=device, dtype=dtype), m, n), {"iqr_c": shape.get("iqr_c", 1.5)})
+
+
+def _bad_partition(device):
+    S = torch.rand(3, 8, device=device)
+    return [((S.tolist(), 8, 20), {}, "S"), ((S, 8, 7), {}, "S"), ((S.long(), 8, 20), {}, "S"),
+            ((S, 0, 20), {}, "m"), ((S, 8, 2.5), {}, "n"), ((S, 8, 20), {"iqr_c": -1.0}, "iqr_c")]
+
+
+register(OpInfo(
+    name="spectral_partition", op=spectral_partition, ref=ref.spectral_partition, make=_make_partition,
+    shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 30, "n": 50}, {"batch": 2, "m": 64, "n": 64, "s": 3},
+            {"batch": 0, "m": 90, "n": 40, "s": 4, "iqr_c": 3.0}],
+    space={"batch": (0, 3), "m": (4, 60), "n": (4, 60), "s": (1, 3)},
+    bad=_bad_partition, differentiable=False,
+    tol={F64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (2e-3, 2e-3)},
+    bench=[{"batch": 1, "m": 1024, "n": 768, "quick": True}, {"batch": 256, "m": 1024, "n": 1024}],
+    cost=lambda s: (s.args[0].numel() * s.args[0].element_size(), 10 * s.args[0].numel()),
+))

@@ -212,20 +212,24 @@ def _grad_triton(a, b, s, lse_r, lse_c, c_r, c_c):
 
 
 def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c):
-    """The same recomputation over row chunks with ATen matmuls: O(chunk·B) memory."""
+    """The same recomputation over row chunks with ATen matmuls: two chunk×B buffers at a time."""
     R, B, _ = a.shape
     da, db = torch.empty_like(a), torch.zeros_like(b)
     ds = a.new_zeros(())
     step = _chunk(B)
     for i in range(0, B, step):
-        qk = torch.matmul(a[:, i:i + step], b.mT)
-        D = (qk * s).sub_(lse_r[:, i:i + step, None]).exp_().mul_(c_r)
-        if c_c:
-            D += (qk * s).sub_(lse_c[:, None, :]).exp_().mul_(c_c)
+        a_i = a[:, i:i + step]
+        D = torch.matmul(a_i, b.mT).mul_(s)  # the logits, turned into dL/dlogits in place
+        col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
+        D.sub_(lse_r[:, i:i + step, None]).exp_().mul_(c_r)
+        if col is not None:
+            D += col
+            del col
         torch.diagonal(D, offset=i, dim1=-2, dim2=-1).sub_(c_r + c_c)
-        ds += (D * qk).sum()
-        da[:, i:i + step] = torch.matmul(D, b).mul_(s)
-        db.baddbmm_(D.mT, a[:, i:i + step])
+        Db = torch.matmul(D, b)
+        ds += (a_i * Db).sum()  # Σ_ij D_ij a_i·b_j without a second chunk×B product
+        da[:, i:i + step] = Db.mul_(s)
+        db.baddbmm_(D.mT, a_i)
     return da, db.mul_(s), ds
 
 

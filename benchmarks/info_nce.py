@@ -1,0 +1,70 @@
+"""CPU time and peak memory of info_nce forward + backward against explicit B×B logits (SPEC §6).
+
+The baseline is the reference (open_clip's formulation: s·ẑ_a ẑ_bᵀ, then F.cross_entropy both
+ways). Peak memory is read from the profiler's raw allocation events (every CPU allocation and
+free, in order; not the per-op totals, which count nested ops twice). Target at B = 16384:
+sdekernels' peak <= 1/10 of the explicit logits'. Times are medians of interleaved runs.
+
+    python benchmarks/info_nce.py [--B 4096 16384] [--d 256] [--runs 3] [--threads N]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import sdekernels
+import sdekernels.reference as ref
+
+
+def peak_cpu_bytes(fn) -> int:
+    """Peak bytes allocated on the CPU while fn() runs, above the level before it."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    level = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        level += nbytes
+        peak = max(peak, level)
+    return peak
+
+
+def step(loss_fn, z_a, z_b):
+    def run():
+        a, b = z_a.detach().requires_grad_(), z_b.detach().requires_grad_()
+        loss_fn(a, b).backward()
+    return run
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--B", type=int, nargs="+", default=[4096, 16384])
+    p.add_argument("--d", type=int, nargs="+", default=[256])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"info_nce forward+backward, float32, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'B':>6} {'d':>5} | {'explicit ms':>11} {'ours ms':>9} {'speed':>6} | {'explicit MB':>11} {'ours MB':>8} {'mem ratio':>9}")
+    for B in args.B:
+        for d in args.d:
+            g = torch.Generator().manual_seed(0)
+            z_a = torch.randn(B, d, generator=g)
+            z_b = 0.5 * z_a + torch.randn(B, d, generator=g)
+            fns = {"explicit": step(ref.info_nce, z_a, z_b), "ours": step(sdekernels.info_nce, z_a, z_b)}
+            mem = {k: peak_cpu_bytes(f) for k, f in fns.items()}  # also the warm-up run
+            times = {k: [] for k in fns}
+            for _ in range(args.runs):
+                for k, f in fns.items():
+                    t0 = time.perf_counter()
+                    f()
+                    times[k].append(time.perf_counter() - t0)
+            ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            print(f"{B:>6} {d:>5} | {ms['explicit']:>11.1f} {ms['ours']:>9.1f} {ms['explicit'] / ms['ours']:>5.2f}x | "
+                  f"{mem['explicit'] / 2**20:>11.1f} {mem['ours'] / 2**20:>8.1f} {mem['explicit'] / mem['ours']:>8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

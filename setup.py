@@ -9,7 +9,7 @@ import os
 from setuptools import setup
 
 package_dir = {"sdekernels.reference": "reference", "sdekernels.csrc": "csrc"}
-packages = ["sdekernels", "sdekernels.ops", "sdekernels.reference", "sdekernels.csrc"]
+packages = ["sdekernels", "sdekernels.ops", "sdekernels.train", "sdekernels.reference", "sdekernels.csrc"]
 package_data = {"sdekernels.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cuda/*.cu", "cuda/*.h"]}
 kwargs = {}
 

@@ -1,4 +1,4 @@
-"""Command line: python -m sdekernels info | check | bench."""
+"""Command line: python -m sdekernels info | check | bench | train sde|farl|esm."""
 import argparse
 import os
 import sys
@@ -88,7 +88,14 @@ def main(argv=None) -> int:
     b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     b.add_argument("--compile-ref", action="store_true", help="also time torch.compile of the reference")
     b.add_argument("--no-progress", action="store_true")
+    t = sub.add_parser("train", help="training drivers: train sde|farl|esm --help", add_help=False)
+    t.add_argument("which", choices=("sde", "farl", "esm"))
+    t.add_argument("rest", nargs=argparse.REMAINDER, help="the driver's own arguments")
     args = p.parse_args(argv)
+    if args.cmd == "train":
+        from .train import main as train_main
+
+        return train_main(args.which, args.rest)
     if args.cmd != "info" and not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "0")
     return {"info": _info, "check": _check, "bench": _bench}[args.cmd](args)

@@ -1,0 +1,233 @@
+"""What the three training drivers share: the backend namespace, CLI options, the resumable loop
+(checkpoints with model, optimizer, RNG states and data position), metrics.jsonl, plots.
+
+Data order is a pure function of (seed, step) (``epoch_batch``), so the data position saved in
+a checkpoint is the step itself and a resumed run sees exactly the batches of an uninterrupted one.
+"""
+import argparse
+import json
+import os
+import random
+import types
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+# Every op or module a driver may use, by its public name (the same in both namespaces).
+NAMES = ("info_nce", "SDELoss", "singular_values", "spectral_partition", "svd_topk", "spectral_enhance",
+         "FourierAttentiveTokens", "fourier_split", "amplitude_mix", "esm_loss", "radial_psd",
+         "block_dct_lowpass", "dog")
+
+
+def backend(name: str, needed=NAMES) -> types.SimpleNamespace:
+    """The ops for ``--backend``: ``sdekernels`` (functional) + ``sdekernels.nn`` (modules), or ``sdekernels.reference``.
+
+    A name the fused library does not provide yet falls back to the reference with a warning;
+    the namespace's ``fallbacks`` lists those names (it is recorded in summary.json).
+    """
+    from .. import reference as ref
+
+    if name not in ("fused", "reference"):
+        raise ValueError(f"backend must be 'fused' or 'reference', got {name!r}")
+    ops, fallbacks = {}, []
+    if name == "reference":
+        ops = {n: getattr(ref, n) for n in needed}
+    else:
+        import sdekernels
+        import sdekernels.nn as fnn
+
+        for n in needed:
+            obj = getattr(fnn if n[0].isupper() else sdekernels, n, None)
+            if obj is None:
+                fallbacks.append(n)
+                obj = getattr(ref, n)
+            ops[n] = obj
+        if fallbacks:
+            warnings.warn(f"--backend fused: no fused {', '.join(fallbacks)} in sdekernels yet; "
+                          "using sdekernels.reference for them", stacklevel=2)
+    return types.SimpleNamespace(name=name, fallbacks=fallbacks, **ops)
+
+
+def parser(prog: str, description: str, *, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m sdekernels train {prog}", description=description)
+    p.add_argument("--steps", type=int, default=steps, help="total optimisation steps")
+    p.add_argument("--out", required=True, help="output directory (metrics.jsonl, checkpoint.pt, summary.json, plots)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("fused", "reference"), default="fused")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--limit", type=int, default=None, help="use only this many training samples (tests, quick runs)")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on only this many test samples")
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop (with a checkpoint) after this many steps, as an interrupted run would")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def device_of(args) -> torch.device:
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_batch(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+    """Indices of batch ``step``: consecutive slices of one shuffled permutation of range(n) per epoch."""
+    idx, pos = [], step * batch_size
+    while len(idx) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = perm[offset:offset + batch_size - len(idx)]
+        idx.extend(take.tolist())
+        pos += len(take)
+    return np.asarray(idx, dtype=np.int64)
+
+
+def rng_states(generators: dict) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "generators": {k: g.get_state() for k, g in generators.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict, generators: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for k, g in generators.items():
+        g.set_state(state["generators"][k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_json(path, obj) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(out) -> list:
+    path = Path(out) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Run:
+    """Output directory, checkpoints and the step loop of one training run.
+
+    ``state`` maps names to objects with state_dict/load_state_dict (model, optimizer, …),
+    ``generators`` to torch.Generators whose states are checkpointed with the global RNGs,
+    ``extra`` is a dict saved with every checkpoint (e.g. the evaluation before training).
+    """
+
+    def __init__(self, args, state: dict, generators: Optional[dict] = None):
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = state
+        self.generators = generators or {}
+        self.ckpt = self.out / "checkpoint.pt"
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.extra: dict = {}
+        self.start = 0
+
+    def restore(self) -> int:
+        """Load DIR/checkpoint.pt under --resume (returns its step), else start a fresh metrics file at step 0."""
+        if self.args.resume and self.ckpt.exists():
+            ck = torch.load(self.ckpt, weights_only=False)
+            for k, obj in self.state.items():
+                obj.load_state_dict(ck["state"][k])
+            set_rng_states(ck["rng"], self.generators)
+            self.extra = ck["extra"]
+            self.start = int(ck["step"])
+            # metrics logged after the checkpoint belong to the lost part of the interrupted run
+            kept = [m for m in read_metrics(self.out) if m["step"] < self.start]
+            self.metrics_path.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
+        else:
+            if self.args.resume:
+                warnings.warn(f"--resume: no checkpoint in {self.out}; starting from step 0", stacklevel=2)
+            self.metrics_path.write_text("")
+            self.start = 0
+        return self.start
+
+    def save(self, step: int) -> None:
+        ck = {"step": step, "data_position": step * self.args.batch_size, "args": vars(self.args),
+              "state": {k: obj.state_dict() for k, obj in self.state.items()},
+              "rng": rng_states(self.generators), "extra": self.extra}
+        tmp = self.out / "checkpoint.pt.tmp"
+        torch.save(ck, tmp)
+        os.replace(tmp, self.ckpt)
+
+    def loop(self, step_fn: Callable[[int], dict]) -> bool:
+        """Run steps start..steps-1; returns False when --stop-after interrupted the run."""
+        from tqdm.auto import tqdm
+
+        a = self.args
+        end = a.steps if a.stop_after is None else min(a.steps, a.stop_after)
+        bar = tqdm(range(self.start, end), initial=self.start, total=a.steps, disable=a.no_progress,
+                   desc=f"train {Path(a.out).name}", dynamic_ncols=True)
+        with open(self.metrics_path, "a") as log:
+            for step in bar:
+                m = step_fn(step)
+                if step % a.log_every == 0 or step == a.steps - 1:
+                    log.write(json.dumps({"step": step, **m}, sort_keys=True) + "\n")
+                    log.flush()
+                bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+                if (step + 1) % a.ckpt_every == 0 or step + 1 == end:
+                    self.save(step + 1)
+        return end == a.steps
+
+
+def plot_curves(metrics: list, keys, path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in m for m in metrics)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(m["step"], m[k]) for m in metrics if k in m]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
+        ax.set_xlabel("step")
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_bars(groups: dict, path, title: str = "", ylabel: str = "") -> None:
+    """groups: {series name: {category: value}} as grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = list(next(iter(groups.values())).keys())
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cats) * max(1, len(groups) / 2), 3.4))
+    for i, (name, vals) in enumerate(groups.items()):
+        ax.bar([j + i * width for j in range(len(cats))], [vals[c] for c in cats], width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

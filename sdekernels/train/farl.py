@@ -3,9 +3,10 @@
 The CLIP-style model of ``train sde`` (``--init DIR``) is frozen: its CNN image encoder, its
 text projection of the MiniLM caption embeddings and its logit scale. Its text side has no
 token sequence to prompt, so "deep prompts into the text encoder" are realised as prompt
-tokens entering a small trainable transformer head over the caption feature:
+tokens entering every layer of a small trainable 2-layer transformer head over the caption
+feature (``sdekernels.nn.DeepPromptEncoder``; the same head in both backends, it holds no op):
     c_k = text_proj(mean MiniLM embedding of class k's captions)
-    t_k = normalize(c_k + W_t · Transformer([c_k; prompts])[0])        (W_t zero-initialised)
+    t_k = normalize(c_k + W_t · DeepPrompted([c_k], prompts)[0])       (W_t zero-initialised)
 - coop: prompts = n_ctx learnable context tokens, shared by all classes and images.
 - farl: prompts = [context tokens; fused tokens of FourierAttentiveTokens(image)] (image-specific
   deep prompts from its amplitude/phase spectrum), and, the asymmetric half of the injection,
@@ -28,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as Fn
 
 from .. import data
+from ..farl import DeepPromptEncoder
 from . import common
 from .sde import ClipModel
 
@@ -35,19 +37,25 @@ BASE, NOVEL = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
 
 class PromptHead(nn.Module):
-    """Caption feature + prompt tokens → one pre-norm transformer layer → residual on the caption feature."""
+    """Caption feature + deep prompts → small pre-norm transformer → residual on the caption feature.
 
-    def __init__(self, dim: int, heads: int = 4):
+    The prompts enter after the caption token at every layer (``sdekernels.nn.DeepPromptEncoder``,
+    depth = all layers); the layers are trained here, unlike a frozen text encoder's.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, layers: int = 2):
         super().__init__()
-        self.layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
-                                                norm_first=True)
+        self.encoder = DeepPromptEncoder(
+            [nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
+                                        norm_first=True) for _ in range(layers)],
+            depth=layers, position=1, mode="prepend", freeze_encoder=False)
         self.out = nn.Linear(dim, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, c: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         """c [N, d], prompts [N, P, d] → normalised text features [N, d]."""
-        h = self.layer(torch.cat([c.unsqueeze(1), prompts], dim=1))[:, 0]
+        h = self.encoder(c.unsqueeze(1), prompts)[:, 0]
         return Fn.normalize(c + self.out(h), dim=-1)
 
 

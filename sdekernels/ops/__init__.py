@@ -4,3 +4,4 @@ from . import contrastive  # noqa: F401
 from . import svd  # noqa: F401
 from . import fourier  # noqa: F401
 from . import spectrum  # noqa: F401
+from . import enhance  # noqa: F401

@@ -89,17 +89,17 @@ def _aten_bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
     return torch.matmul(a.to(out_dtype), b.to(out_dtype))
 
 
-def _mm_for(x: Tensor):
+def mm_for(x: Tensor):
     return triton_bmm if use_triton(x) else _aten_bmm
 
 
 def safe_inv(s: Tensor, s1: Tensor) -> Tensor:
-    """σ/(σ² + ε'): 1/σ where σ is not negligible, 0 at σ = 0, never Inf."""
+    """σ/(σ² + ε'): 1/σ where σ is not negligible, 0 at σ = 0, never Inf (s1: σ_1 per row)."""
     sd, s1 = s.double(), s1.double()
     return (sd / (sd * sd + (INV_REL * s1 * s1 + FLOOR))).to(s.dtype)
 
 
-def _finite_rows(F3: Tensor):
+def finite_rows(F3: Tensor):
     """Per batch row: is every entry finite, and F with non-finite rows zeroed (LAPACK raises on NaN)."""
     finite = torch.isfinite(F3).all(-1).all(-1)
     return finite, torch.where(finite[:, None, None], F3, torch.zeros((), dtype=F3.dtype, device=F3.device))
@@ -113,13 +113,19 @@ def _fix_signs(U: Tensor, V: Tensor):
     return U * s, V * s
 
 
+def lorentz(x: Tensor, s1: Tensor) -> Tensor:
+    """x/(x² + ε), ε = (LOR_REL·σ_1²)² + floor: 1/x for gaps x of squared singular values, bounded at 0."""
+    x, s1 = x.double(), s1.double()
+    return x / (x * x + ((LOR_REL * s1 * s1) ** 2 + FLOOR))
+
+
 def _eigh_desc(G: Tensor):
     """Eigenpairs of symmetric G (float64), eigenvalues descending and clamped at 0."""
     lam, W = torch.linalg.eigh(G)
     return lam.flip(-1).clamp_min(0), W.flip(-1)
 
 
-def _use_gram(r: int) -> bool:
+def use_gram(r: int) -> bool:
     return r <= GRAM_MAX_R
 
 
@@ -128,18 +134,25 @@ def _omega(F3: Tensor, rows: int, cols: int, seed: int, dtype) -> Tensor:
     return torch.randn((1, rows, cols), generator=gen, device=F3.device, dtype=dtype)
 
 
-def _topk_rows(F3: Tensor, k: int, niter: int, oversample: int, seed: int):
+def gram_eigh(F3: Tensor):
+    """Eigenpairs (descending, float64) of the float64 Gram of the short side of F3 [R, m, n]."""
+    m, n = F3.shape[-2:]
+    A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
+    return _eigh_desc(mm_for(F3)(A, At, torch.float64))
+
+
+def topk_rows(F3: Tensor, k: int, niter: int, oversample: int, seed: int):
     """U [R, m, k], S [R, k], V [R, n, k] in the work dtype for F3 [R, m, n] (non-finite rows zeroed).
 
     Works on the short side: A = F (m <= n) or Fᵀ, so the basis Q [R, r, l] is the small one.
     """
-    mm = _mm_for(F3)
+    mm = mm_for(F3)
     w = work_dtype(F3.dtype)
     R, m, n = F3.shape
     r = min(m, n)
     A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
     l = min(k + oversample, r)
-    if _use_gram(r):
+    if use_gram(r):
         # Top-l eigenvectors of the short-side Gram AAᵀ (fp64 accumulation when cheap, fp32 for
         # large r: the Rayleigh–Ritz step below restores full accuracy of σ and of the subspace).
         acc = torch.float64 if (r <= 256 or w == torch.float64) else w
@@ -166,11 +179,11 @@ def _svd_topk_impl(F: Tensor, k: int, niter: int, oversample: int, seed: int):
     m, n = F.shape[-2:]
     batch = F.shape[:-2]
     F3 = F.reshape(-1, m, n)
-    finite, F3 = _finite_rows(F3)
+    finite, F3 = finite_rows(F3)
     if F3.shape[0] == 0:
         e = F.new_empty
         return e((*batch, m, k)), e((*batch, k)), e((*batch, n, k))
-    U, S, V = _topk_rows(F3, k, niter, oversample, seed)
+    U, S, V = topk_rows(F3, k, niter, oversample, seed)
     U, V = _fix_signs(U, V)
     nan = torch.tensor(float("nan"), dtype=U.dtype, device=U.device)
     U = torch.where(finite[:, None, None], U, nan)
@@ -202,9 +215,7 @@ def svd_topk_backward_math(U: Tensor, S: Tensor, V: Tensor, gU: Tensor, gS: Tens
     Sd, gSd = S.double(), gS.double()
     s1 = Sd.abs().amax(-1, keepdim=True)
     s2 = Sd * Sd
-    E = s2.unsqueeze(-2) - s2.unsqueeze(-1)            # E_jl = σ_l² − σ_j²
-    eps = (LOR_REL * s1 * s1).square().unsqueeze(-1) + FLOOR
-    L = E / (E * E + eps)
+    L = lorentz(s2.unsqueeze(-2) - s2.unsqueeze(-1), s1.unsqueeze(-1))  # of E_jl = σ_l² − σ_j²
     K = L * ((A - A.mT) * Sd.unsqueeze(-2) + Sd.unsqueeze(-1) * (B - B.mT))
     K = K * (1 - torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)) + torch.diag_embed(gSd)
     inv = safe_inv(Sd, s1)
@@ -291,8 +302,8 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
 def _gram_rows(F: Tensor):
     """(finite mask, float64 Gram of the short side, tall?) of F [..., m, n] flattened to rows."""
     m, n = F.shape[-2:]
-    finite, F3 = _finite_rows(F.reshape(-1, m, n))
-    mm = _mm_for(F3)
+    finite, F3 = finite_rows(F.reshape(-1, m, n))
+    mm = mm_for(F3)
     tall = m >= n
     G = mm(F3.mT, F3, torch.float64) if tall else mm(F3, F3.mT, torch.float64)
     return finite, F3, G, tall
@@ -326,7 +337,7 @@ def _singular_values_backward(F: Tensor, grad: Tensor) -> Tensor:
     coef = (grad.reshape(S.shape).double() * safe_inv(S, S[:, :1])).to(w)
     W = W.to(w)
     Wc = W * coef.unsqueeze(-2)
-    mm = _mm_for(F3)
+    mm = mm_for(F3)
     F3w = F3.to(w)
     gF = mm(mm(F3w, W, w), Wc.mT, w) if tall else mm(Wc, mm(W.mT, F3w, w), w)
     gF = torch.where(finite[:, None, None], gF, float("nan"))

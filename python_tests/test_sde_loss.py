@@ -117,3 +117,36 @@ def test_training_trajectory_matches_reference():
     assert losses[-1] < losses[0]  # it trains
     torch.testing.assert_close(losses, r_losses, atol=1e-8, rtol=1e-7)
     torch.testing.assert_close(params, r_params, atol=1e-8, rtol=1e-7)
+
+
+@pytest.mark.parametrize("m,n", [(12, 7), (7, 12), (9, 9)])
+def test_shared_decomposition_gradient(m, n):
+    """The one-eigh thin SVD shared by the ops during a call has the exact SVD gradient (sign-free
+    functions of its factors: σ, the rank-3 part, the top-2 projectors) in float64."""
+    from sdekernels.loss import _Spectra
+
+    F = torch.randn(2, m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+
+    def outputs(U, S, V, k=3):
+        return S, (U[..., :k] * S[..., None, :k]) @ V[..., :k].mT, U[..., :2] @ U[..., :2].mT, V[..., :2] @ V[..., :2].mT
+
+    U, S, Vh = torch.linalg.svd(F, full_matrices=False)
+    want = outputs(U, S, Vh.mT)
+    got = outputs(*_Spectra().get(F, 3))
+    w = [torch.randn(t.shape, dtype=t.dtype, generator=torch.Generator().manual_seed(1)) for t in want]
+    g_want = torch.autograd.grad(sum((t * x).sum() for t, x in zip(want, w)), F)[0]
+    g_got = torch.autograd.grad(sum((t * x).sum() for t, x in zip(got, w)), F)[0]
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(g_got, g_want, atol=1e-9, rtol=1e-8)
+
+
+def test_batched_and_wide_features_match_reference():
+    """Leading batch dims (one k for the whole call) and features wider than the batch (m < n)."""
+    pairs = [_features(seed=s) for s in (0, 1)]
+    F_a, F_b = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    for a, b in ((F_a, F_b), (F_a[0, :16].clone(), F_b[0, :16].clone())):
+        for (loss, grads, stats), (r_loss, r_grads, r_stats) in zip(_steps(SDELoss, {}, a, b, (5,)),
+                                                                    _steps(ref.SDELoss, {}, a, b, (5,))):
+            torch.testing.assert_close(loss, r_loss, atol=1e-10, rtol=1e-9)
+            torch.testing.assert_close(grads, r_grads, atol=1e-9, rtol=1e-7)
+            assert stats == pytest.approx(r_stats, rel=1e-9, abs=1e-12)

@@ -1,29 +1,202 @@
 """The SDE loss (SPEC §7) on the fused ops: a drop-in replacement for open_clip's ``ClipLoss``.
 
 The logic (curriculum, enhancement, the two loss terms, statistics, adversarial direction,
-gathering) is the reference's (reference/contrastive.py); this module swaps the ops it calls
-for the fused ones. Tests: python_tests/test_sde_loss.py, python_tests/test_distributed.py.
+gathering) is the reference's (reference/contrastive.py); this module swaps the ops it calls.
+One structural change: the reference decomposes each feature matrix three times per call (in
+spectral_enhance, singular_values and svd_topk, each a full SVD with its own backward). Here,
+during a call, those three ops read ONE decomposition per feature matrix (`_ThinSVD`: the float64
+Gram of the short side and one eigh) and the enhancement is s_n·F + U_k diag(c) V_kᵀ from its
+top-k triplets (SPEC §4). Its backward is the exact thin-SVD gradient (all r triplets known, so
+no truncation error), stabilised as in SPEC §1. Outside a call the ops are the fused public ones.
+Tests: python_tests/test_sde_loss.py, python_tests/test_distributed.py.
 
     # open_clip: loss = ClipLoss(...)  ->
     loss = sdekernels.nn.SDELoss(total_steps=len(loader) * epochs)
     total = loss(image_features, text_features, logit_scale.exp(), step=step)
 """
+import contextlib
+import threading
 import types
 
+import torch
+from torch import Tensor
+
 from . import reference as ref
+from ._core import work_dtype
 from .ops.contrastive import info_nce
 from .ops.distances import hellinger, subspace_distance
+from .ops.enhance import enhance_coefs, spectral_enhance
+from .ops.svd import FLOOR, LOR_REL, safe_inv, singular_values, spectral_partition, svd_topk
+from .schedules import alpha as _alpha
+
+_state = threading.local()
+
+
+class _ThinSVD(torch.autograd.Function):
+    """(U [R, m, r], S [R, r], V [R, n, r]) of F3 [R, m, n] from the eigh of the float64 Gram of
+    the short side; the long-side factor is F·W/σ (stabilised 1/σ). Rows with a non-finite entry
+    give NaN factors (LAPACK would raise for the whole batch). `used.k`: how many leading columns
+    of U and V the caller differentiates through (set before backward; the rest get no gradient)."""
+
+    @staticmethod
+    def forward(ctx, F3, used):
+        m, n = F3.shape[-2:]
+        tall = m >= n
+        finite = torch.isfinite(F3).all(-1).all(-1)[:, None, None]
+        Fz = torch.where(finite, F3, torch.zeros((), dtype=F3.dtype, device=F3.device))
+        Fd = Fz.double()
+        lam, W = torch.linalg.eigh(Fd.mT @ Fd if tall else Fd @ Fd.mT)
+        S = lam.flip(-1).clamp_min(0).sqrt()
+        W = W.flip(-1).to(F3.dtype)
+        inv = safe_inv(S, S[:, :1]).to(F3.dtype).unsqueeze(-2)
+        other = (Fz @ W if tall else Fz.mT @ W) * inv
+        U, V = (other, W) if tall else (W, other)
+        nan = torch.tensor(float("nan"), dtype=F3.dtype, device=F3.device)
+        U, V = torch.where(finite, U, nan), torch.where(finite, V, nan)
+        S = torch.where(finite[:, :, 0], S.to(F3.dtype), nan)
+        ctx.used = used
+        ctx.save_for_backward(U, S, V)
+        return U, S, V
+
+    @staticmethod
+    def backward(ctx, gU, gS, gV):
+        # gF = U [skew(UᵀgU)/E·S + S·skew(VᵀgV)/E + diag(gS)] Vᵀ
+        #      + (I − UUᵀ) gU S⁻¹ Vᵀ + U S⁻¹ gVᵀ (I − VVᵀ),
+        # E_ij = σ_j² − σ_i², with 1/E and 1/σ stabilised as in SPEC §1 (x/(x² + ε)). gU and gV vanish
+        # past column k, so the bracket vanishes outside its first k rows and columns: apart from
+        # U diag(gS) Vᵀ every product has an inner or outer dimension k.
+        U, S, V = ctx.saved_tensors
+        R, m, r = U.shape
+        n, k = V.shape[-2], ctx.used.k
+        gF = (U * gS.unsqueeze(-2)) @ V.mT if gS is not None else U.new_zeros(R, m, n)
+        if k == 0 or (gU is None and gV is None):
+            return gF, None
+        Sd = S.double()
+        E = Sd[:, None, :] ** 2 - Sd[:, :, None] ** 2
+        Einv = (E / (E * E + (LOR_REL * Sd[:, :1, None] ** 2) ** 2 + FLOOR)).to(S.dtype)
+        inv = safe_inv(S, S[:, :1])
+        Uk, Vk, inv_k = U[..., :k], V[..., :k], inv[:, :k]
+        M = U.new_zeros(R, r, r)
+        if gU is not None:
+            gUk = gU[..., :k]
+            X = U.new_zeros(R, r, r)
+            X[..., :k] = U.mT @ gUk
+            M += (X - X.mT) * Einv * S.unsqueeze(-2)
+            if m > r:  # (I − UUᵀ) gU S⁻¹ Vᵀ = gU S⁻¹ Vᵀ − U (UᵀgU S⁻¹) Vᵀ
+                M -= X * inv.unsqueeze(-2)
+                gF += (gUk * inv_k.unsqueeze(-2)) @ Vk.mT
+        if gV is not None:
+            gVk = gV[..., :k]
+            Y = U.new_zeros(R, r, r)
+            Y[..., :k] = V.mT @ gVk
+            M += S.unsqueeze(-1) * ((Y - Y.mT) * Einv)
+            if n > r:  # U S⁻¹ gVᵀ (I − VVᵀ) = U S⁻¹ gVᵀ − U (S⁻¹ gVᵀV) Vᵀ
+                M -= inv.unsqueeze(-1) * Y.mT
+                gF += Uk @ (inv_k.unsqueeze(-1) * gVk.mT)
+        gF += Uk @ (M[:, :k, :] @ V.mT) + (U[..., k:] @ M[:, k:, :k]) @ Vk.mT
+        return gF, None
+
+
+class _Spectra:
+    """One decomposition per feature tensor during a call, keyed by storage, layout and version
+    (so F.detach() finds F's)."""
+
+    def __init__(self):
+        self.items = {}
+
+    def get(self, F: Tensor, k: int = 0):
+        """(U, S, V) of F; k: the leading columns of U and V the caller will differentiate through."""
+        key = (F.data_ptr(), F.dtype, tuple(F.shape), tuple(F.stride()), F._version)
+        if key not in self.items:
+            m, n = F.shape[-2:]
+            used = types.SimpleNamespace(k=0)
+            U, S, V = _ThinSVD.apply(F.reshape(-1, m, n).to(work_dtype(F.dtype)), used)
+            batch, r = F.shape[:-2], S.shape[-1]
+            self.items[key] = (F, used, U.reshape(*batch, m, r), S.reshape(*batch, r), V.reshape(*batch, n, r))
+        _, used, U, S, V = self.items[key]
+        if torch.is_grad_enabled():
+            used.k = max(used.k, k)
+        return U, S, V
+
+
+@contextlib.contextmanager
+def _shared_spectra():
+    old = getattr(_state, "spectra", None)
+    _state.spectra = _Spectra()
+    try:
+        yield
+    finally:
+        _state.spectra = old
+
+
+def _svd(F: Tensor, k: int, **kwargs):
+    sp = getattr(_state, "spectra", None)
+    if sp is None:
+        return svd_topk(F, k, **kwargs)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(F.shape[-2:]):
+        return svd_topk(F, k, **kwargs)  # raises the op's ValueError
+    U, S, V = sp.get(F, k)
+    return U[..., :k].to(F.dtype), S[..., :k].to(F.dtype), V[..., :k].to(F.dtype)
+
+
+def _singular_values(F: Tensor) -> Tensor:
+    sp = getattr(_state, "spectra", None)
+    return singular_values(F) if sp is None else sp.get(F)[1].to(F.dtype)
+
+
+def _spectral_enhance(F: Tensor, t: float, *, eps_strong=0.1, gamma_weak=0.3, gamma_noise=0.9, rho=0.5,
+                      direction=None, generator=None, mode="full", return_details=False):
+    """spectral_enhance (SPEC §4) from the shared decomposition: F' = s_n·F + U_k diag(c) V_kᵀ."""
+    sp = getattr(_state, "spectra", None)
+    if sp is None:
+        return spectral_enhance(F, t, eps_strong=eps_strong, gamma_weak=gamma_weak, gamma_noise=gamma_noise, rho=rho,
+                                direction=direction, generator=generator, mode=mode, return_details=return_details)
+    batch, (m, n) = F.shape[:-2], F.shape[-2:]
+    U, S, V = sp.get(F)
+    r = S.shape[-1]
+    w = S.dtype
+    part = spectral_partition(S.detach(), m, n)
+    if direction is not None:  # ξ exactly as the reference draws it
+        xi = torch.sign(direction.detach()).to(device=F.device, dtype=w).expand(*batch, r)
+    else:
+        xi = (2.0 * torch.rand((*batch, r), generator=generator, dtype=torch.float32, device=F.device) - 1.0).to(w)
+    n_strong, n_signal = part.n_strong.reshape(-1), (part.n_strong + part.n_weak).reshape(-1)
+    k = int(n_signal.max())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "full"):
+        sp.get(F, k)  # records that the top-k triplets carry a gradient
+        Fw = F.reshape(-1, m, n).to(w)
+        U3, S3, V3 = U.reshape(-1, m, r)[..., :k], S.reshape(-1, r)[:, :k], V.reshape(-1, n, r)[..., :k]
+        nf2 = (Fw * Fw).sum((-2, -1))
+        c, s_n, delta_k, _ = enhance_coefs(S3, nf2, n_strong, n_signal, xi.reshape(-1, r)[:, :k], _alpha(float(t)),
+                                           eps_strong, gamma_weak, gamma_noise, rho)
+        out = torch.baddbmm(Fw * s_n[:, None, None], U3 * c.unsqueeze(-2), V3.mT)
+    if mode == "augment":  # dF = dF' (Fw above was taken without gradient)
+        out = F.reshape(-1, m, n).to(w) + (out - Fw).detach()
+    out = out.reshape(F.shape).to(F.dtype)
+    if not return_details:
+        return out
+    with torch.no_grad():  # δ over all r values: the top-k part, then −(1 − s_n)·σ for the noise
+        delta = -(1.0 - s_n).unsqueeze(-1) * S.reshape(-1, r)
+        signal = torch.arange(k, device=F.device) < n_signal.unsqueeze(-1)
+        delta[:, :k] = torch.where(signal, delta_k, delta[:, :k])
+    return out, part, delta.reshape(*batch, r).to(F.dtype)
+
 
 FUSED_OPS = types.SimpleNamespace(**{
     **vars(ref.SDELoss.ops),
     "info_nce": info_nce,
     "hellinger": hellinger,
     "subspace_distance": subspace_distance,
+    "svd": _svd,
+    "singular_values": _singular_values,
+    "spectral_partition": spectral_partition,
+    "spectral_enhance": _spectral_enhance,
 })
 
 
 class SDELoss(ref.SDELoss):
-    """SDE loss (SPEC §7): L = (1 − λ(t))·info_nce(F'_a, F'_b) + λ(t)·[hellinger(σ_a, σ_b) + subspace_distance(V_a,k, V_b,k)].
+    """SDE loss (SPEC §7) on the fused ops: L = (1 − λ(t))·info_nce(F'_a, F'_b)
+    + λ(t)·[hellinger(σ_a, σ_b) + subspace_distance(V_a,k, V_b,k)].
 
     Called as ``loss(image_features, text_features, logit_scale=None, output_dict=False, step=None)``
     (open_clip's ``ClipLoss`` call plus ``step``; without ``step`` it counts calls), with
@@ -43,3 +216,7 @@ class SDELoss(ref.SDELoss):
     """
 
     ops = FUSED_OPS
+
+    def forward(self, image_features, text_features, logit_scale=None, output_dict=False, step=None):
+        with _shared_spectra():  # one decomposition per feature matrix for the whole call
+            return super().forward(image_features, text_features, logit_scale, output_dict, step)

@@ -1,6 +1,6 @@
 """The training results of benchmarks/training.md: runs the drivers, then tabulates and plots them.
 
-    python benchmarks/training_report.py --run            # all runs (CPU: ~25 min on 2 busy cores)
+    python benchmarks/training_report.py --run            # all runs (CPU, one thread each: ~20 min)
     python benchmarks/training_report.py                  # tables + combined plots from runs/ only
 
 Each run is one `python -m sdekernels train …` command (listed in RUNS, printed by --list); its
@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SDE = ["--steps", "300", "--batch-size", "128", "--width", "16", "--test-limit", "2000", "--ckpt-every", "100"]
-FARL = ["--steps", "150", "--test-limit", "2000"]
-ESM = ["--steps", "300", "--batch-size", "16", "--width", "16", "--probe-steps", "300"]
+SDE = ["--steps", "2000", "--batch-size", "128", "--width", "16", "--test-limit", "2000", "--ckpt-every", "500"]
+FARL = ["--steps", "100", "--test-limit", "2000"]
+ESM = ["--steps", "1000", "--batch-size", "16", "--width", "16", "--probe-steps", "300", "--ckpt-every", "500"]
 RUNS = {
     "sde_sde": ["sde", "--loss", "sde", *SDE],
     "sde_infonce": ["sde", "--loss", "infonce", *SDE],
@@ -31,7 +31,8 @@ PLOTS = ("curves.png", "accuracy.png", "energy.png", "spectra.png")
 
 
 def command(name: str, runs: str) -> list:
-    return ["python", "-m", "sdekernels", "train", *[a.format(runs=runs) for a in RUNS[name]], "--out", f"{runs}/{name}"]
+    return ["python", "-m", "sdekernels", "train", *[a.format(runs=runs) for a in RUNS[name]], "--threads", "1",
+            "--out", f"{runs}/{name}"]
 
 
 def load(runs: Path) -> dict:
@@ -53,6 +54,15 @@ def tables(s: dict) -> str:
             out.append(f"| {s[n]['loss']} | {pct(a['acc_clean'])} | {pct(a['acc_noise'])} | {pct(a['acc_blur'])} | "
                        f"{pct(a['acc_contrast'])} | {pct(b['energy_strong'])} → {pct(a['energy_strong'])} | "
                        f"{pct(b['energy_weak'])} → {pct(a['energy_weak'])} | {pct(b['energy_noise'])} → {pct(a['energy_noise'])} |")
+        out += ["", "| loss | centred: strong energy % (before → after) | weak % | noise % | n_strong | n_weak |",
+                "|---|---|---|---|---|---|"]
+        for n in sde:
+            b, a = s[n]["before"], s[n]["after"]
+            c = "centered_"
+            out.append(f"| {s[n]['loss']} | {pct(b[c + 'energy_strong'])} → {pct(a[c + 'energy_strong'])} | "
+                       f"{pct(b[c + 'energy_weak'])} → {pct(a[c + 'energy_weak'])} | "
+                       f"{pct(b[c + 'energy_noise'])} → {pct(a[c + 'energy_noise'])} | "
+                       f"{b[c + 'n_strong']} → {a[c + 'n_strong']} | {b[c + 'n_weak']} → {a[c + 'n_weak']} |")
         out.append("")
     farl = [n for n in ("farl_coop", "farl_farl") if n in s]
     if farl:

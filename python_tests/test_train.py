@@ -41,9 +41,14 @@ def fashion():
 def _run(which, out, *args):
     from sdekernels.train import main
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fused backend warns about ops that fall back to the reference
-        assert main(which, [*map(str, args), "--out", str(out), "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fused backend warns about ops that fall back to the reference
+            # one thread: these models are tiny, and on a busy 2-core machine two threads mostly wait for each other
+            assert main(which, [*map(str, args), "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _losses(out):

@@ -13,7 +13,8 @@ feature (``sdekernels.nn.DeepPromptEncoder``; the same head in both backends, it
   the image feature is conditioned on the unfused learnable tokens T:
     f = normalize(enc(x) + W_i · Attention(q = enc(x), k = v = T))      (W_i zero-initialised)
 Both heads start as the identity, so step 0 is the zero-shot model. Training: 16 shots of each
-of the 5 base classes, cross-entropy over the base classes. Evaluation: base test images among
+of the 5 base classes, cross-entropy over the base classes, on flipped shots whose Fourier amplitude is mixed with another shot's with
+probability --amp-mix (FACT-style style augmentation through ``amplitude_mix``). Evaluation: base test images among
 base classes, novel among novel classes, their harmonic mean, and the same on a style-shifted
 test set (inverted images).
 
@@ -150,12 +151,14 @@ def load_clip(init: Path, device):
 
 
 def main(argv=None) -> int:
-    p = common.parser("farl", __doc__.split("\n")[0], steps=200, batch_size=32, lr=2e-3)
+    p = common.parser("farl", __doc__.split("\n")[0], steps=100, batch_size=32, lr=5e-4)
     p.add_argument("--init", required=True, help="output directory of `train sde` (reads DIR/model.pt)")
     p.add_argument("--method", choices=("farl", "coop"), default="farl")
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--n-ctx", type=int, default=4)
     p.add_argument("--n-tokens", type=int, default=4)
+    p.add_argument("--amp-mix", type=float, default=0.5,
+                   help="probability that a shot's Fourier amplitude is mixed with another shot's (FACT augmentation)")
     args = p.parse_args(argv)
     if not data.have_fashion_mnist():
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
         p.error(f"--init {args.init}: no model.pt (run `python -m sdekernels train sde --out {args.init}` first)")
     device = common.device_of(args)
     common.seed_everything(args.seed)
-    ops = common.backend(args.backend, needed=("FourierAttentiveTokens",))
+    ops = common.backend(args.backend, needed=("FourierAttentiveTokens", "amplitude_mix"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -197,13 +200,23 @@ def main(argv=None) -> int:
 
     def step_fn(step):
         idx = torch.from_numpy(common.epoch_batch(args.seed, step, args.batch_size, len(train_x)))
-        logits = model.logits(train_x[idx].to(device), BASE)
+        logits = model.logits(augment(train_x[idx], np.random.default_rng([args.seed, 3, step])).to(device), BASE)
         loss = Fn.cross_entropy(logits, targets[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         return {"loss": float(loss.detach()), "train_acc": float((logits.argmax(-1).cpu() == targets[idx]).double().mean())}
+
+    def augment(x, rng):
+        """Horizontal flips and, with probability --amp-mix, the amplitude spectrum of another shot mixed in."""
+        B = len(x)
+        flip = torch.from_numpy(rng.random(B) < 0.5)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        if args.amp_mix > 0:
+            lam = torch.from_numpy(rng.uniform(0, 1, B) * (rng.random(B) < args.amp_mix)).float()
+            x = ops.amplitude_mix(x, x[torch.from_numpy(rng.permutation(B))], lam)
+        return x
 
     t0 = time.perf_counter()
     if not run.loop(step_fn):

@@ -7,7 +7,8 @@ are L2-normalised (as in open_clip) before the loss, with a learnable logit scal
 Evaluation (before and after training): zero-shot retrieval accuracy (a test image is assigned
 the class whose caption embedding, averaged over templates, is nearest) on the clean test set
 and on corrupted copies (Gaussian noise, blur, low contrast), and the strong/weak/noise energy
-fractions of ``spectral_partition`` of the image feature matrix of a test batch.
+fractions of ``spectral_partition`` of the image feature matrix of a test batch (as the loss sees
+it, and centred: without the batch-mean direction).
 
     python -m sdekernels train sde --loss sde --steps 600 --out runs/sde
 """
@@ -118,7 +119,10 @@ def evaluate(model, ops, test_x, test_y, cap_emb, n_templates, device, seed, par
     for name, x in corrupted_sets(test_x, seed).items():
         pred = (image_features(model, x, device) @ classes.T).argmax(-1)
         out[f"acc_{name}"] = float((pred == test_y).double().mean())
-    out.update(spectral_energy(ops, image_features(model, test_x[:partition_batch], device)))
+    F = image_features(model, test_x[:partition_batch], device)
+    out.update(spectral_energy(ops, F))
+    # the same without the batch-mean direction, which holds almost all the energy of normalised features
+    out.update({f"centered_{k}": v for k, v in spectral_energy(ops, F - F.mean(0)).items()})
     model.train(was)
     return out
 

@@ -1,0 +1,243 @@
+"""svd_topk, singular_values, spectral_partition (SPEC §1, §2) beyond the generic registry tests:
+accuracy at the default settings on both solvers, seeding, the stabilised backward on degenerate
+spectra, agreement with autograd through torch.linalg.svd, and the partition on spiked matrices."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sdekernels
+import sdekernels.ops.svd as svd_mod
+from sdekernels import reference as ref
+from sdekernels.ops.svd import planted, spiked, svd_topk_backward_math
+
+from helpers import on_path, PATHS
+
+
+def _gap_matrix(m, n, k, gen, gap=1.1, batch=()):
+    """float64 U diag(σ) Vᵀ with σ_k/σ_{k+1} = gap and a slowly decaying tail; exact factors returned."""
+    r = min(m, n)
+    s = torch.cat([10 * 0.97 ** torch.arange(k, dtype=torch.float64),
+                   10 * 0.97 ** (k - 1) / gap * torch.linspace(1, 0.05, r - k, dtype=torch.float64)])
+    U = torch.linalg.qr(torch.randn(*batch, m, r, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(*batch, n, r, generator=gen, dtype=torch.float64))[0]
+    return (U * s) @ V.mT, U[..., :k], s[:k], V[..., :k]
+
+
+def _sin(Q, Q_true):
+    """sin of the largest principal angle between span(Q) and span(Q_true) (orthonormal columns)."""
+    Q = torch.linalg.qr(Q.double())[0]
+    return torch.linalg.matrix_norm(Q - Q_true @ (Q_true.mT @ Q), ord=2).max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(300, 200, 10), (60, 500, 16), (256, 256, 8)])
+def test_accuracy_gram_solver(m, n, k, dtype):
+    """SPEC §1 at the defaults: σ within 1e-4 of float64 truth, sin∠ ≤ 1e-3 at σ_k/σ_{k+1} = 1.1."""
+    F, U0, _, V0 = _gap_matrix(m, n, k, torch.Generator().manual_seed(m + n))
+    Fl = F.to(dtype)
+    U, S, V = sdekernels.svd_topk(Fl, k)
+    assert U.dtype == S.dtype == V.dtype == dtype
+    truth = torch.linalg.svdvals(Fl.double())[..., :k]  # truth of the rounded input
+    tol = 1e-4 if dtype == torch.float32 else 1e-2   # bf16 outputs are rounded to 8 bits
+    assert ((S.double() - truth).abs() / truth).max() <= tol
+    U1, _, Vh1 = torch.linalg.svd(Fl.double(), full_matrices=False)
+    assert _sin(U, U1[..., :k]) <= (1e-3 if dtype == torch.float32 else 2e-2)
+    assert _sin(V, Vh1[..., :k, :].mT) <= (1e-3 if dtype == torch.float32 else 2e-2)
+
+
+def test_accuracy_randomized_solver(monkeypatch):
+    """The randomized subspace iteration (used beyond GRAM_MAX_R) on a decaying spectrum."""
+    monkeypatch.setattr(svd_mod, "GRAM_MAX_R", 0)
+    g = torch.Generator().manual_seed(0)
+    m, n, k = 200, 300, 12
+    s = 10 * 0.8 ** torch.arange(200, dtype=torch.float64)
+    U0 = torch.linalg.qr(torch.randn(m, 200, generator=g, dtype=torch.float64))[0]
+    V0 = torch.linalg.qr(torch.randn(n, 200, generator=g, dtype=torch.float64))[0]
+    F = ((U0 * s) @ V0.T).float()
+    U, S, V = sdekernels.svd_topk(F, k)
+    assert ((S.double() - s[:k]).abs() / s[:k]).max() <= 1e-4
+    assert _sin(U, U0[:, :k]) <= 1e-3 and _sin(V, V0[:, :k]) <= 1e-3
+    with on_path(PATHS[-1]):
+        Ut, St, Vt = sdekernels.svd_topk(F[:40, :60], 5, niter=4)
+    Ua, Sa, Va = sdekernels.svd_topk(F[:40, :60], 5, niter=4)
+    torch.testing.assert_close(St, Sa, atol=1e-5, rtol=1e-5)
+
+
+def test_randomized_solver_parity_and_gradient(monkeypatch):
+    monkeypatch.setattr(svd_mod, "GRAM_MAX_R", 0)
+    g = torch.Generator().manual_seed(1)
+    F = planted(2, 30, 20, 4, g, tail=1e-12).requires_grad_()
+    U, S, V = sdekernels.svd_topk(F, 4)
+    Ur, Sr, Vr = ref.svd_topk(F, 4)
+    torch.testing.assert_close(S, Sr, atol=1e-9, rtol=1e-9)
+    W = torch.randn(2, 30, 20, generator=g, dtype=torch.float64)
+    loss = lambda U, S, V: ((U * S.unsqueeze(-2)) @ V.mT * W).sum() + (S ** 2).sum()  # noqa: E731
+    g1, = torch.autograd.grad(loss(U, S, V), F)
+    g2, = torch.autograd.grad(loss(Ur, Sr, Vr), F)
+    torch.testing.assert_close(g1, g2, atol=1e-8, rtol=1e-6)
+
+
+def test_generator_seeding():
+    F = torch.randn(3, 40, 900)  # r = 40 > 2(k + oversample): Gram solver; force randomized below
+    a = sdekernels.svd_topk(F, 4, generator=torch.Generator().manual_seed(5))
+    b = sdekernels.svd_topk(F, 4, generator=torch.Generator().manual_seed(5))
+    c = sdekernels.svd_topk(F, 4)
+    d = sdekernels.svd_topk(F, 4)
+    for x, y in zip(a + c, b + d):
+        assert torch.equal(x, y)
+
+
+def test_batch_element_independent_of_batch():
+    F = torch.randn(4, 3, 20, 30, dtype=torch.float64)
+    U, S, V = sdekernels.svd_topk(F, 5)
+    U1, S1, V1 = sdekernels.svd_topk(F[2, 1], 5)
+    torch.testing.assert_close(S[2, 1], S1)
+    torch.testing.assert_close(U[2, 1], U1)
+
+
+def _degenerate(gen):
+    base = torch.linalg.qr(torch.randn(12, 8, generator=gen, dtype=torch.float64))[0]
+    Vb = torch.linalg.qr(torch.randn(9, 8, generator=gen, dtype=torch.float64))[0]
+    mk = lambda s: (base * torch.tensor(s, dtype=torch.float64)) @ Vb.T  # noqa: E731
+    return {
+        "repeated": mk([3, 2, 2, 2, 1, 0.5, 0.5, 0.1]),
+        "near_equal": mk([3, 2 + 1e-13, 2, 1, 1 - 1e-12, 0.5, 0.2, 0.1]),
+        "zero_values": mk([3, 2, 0, 0, 0, 0, 0, 0]),
+        "rank_one": mk([1, 0, 0, 0, 0, 0, 0, 0]),
+        "zero": torch.zeros(12, 9, dtype=torch.float64),
+        "tiny": mk([3, 2, 1, 1, 0.5, 0.2, 0.1, 0.1]) * 1e-30,
+        "huge": mk([3, 2, 1, 1, 0.5, 0.2, 0.1, 0.1]) * 1e30,
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", list(_degenerate(torch.Generator())))
+def test_backward_finite_on_degenerate_spectra(case, dtype):
+    F = _degenerate(torch.Generator().manual_seed(0))[case].to(dtype)
+    if dtype == torch.float32 and case == "huge":
+        F = F * 1e-22  # keep the float32 entries finite
+    g = torch.Generator().manual_seed(3)
+    for k in (1, 4, 8):
+        X = F.clone().requires_grad_()
+        U, S, V = sdekernels.svd_topk(X, k)
+        assert torch.isfinite(U).all() and torch.isfinite(S).all() and torch.isfinite(V).all()
+        w = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype) for t in (U, S, V)]
+        loss = (U * w[0]).sum() + (S * w[1]).sum() + (V * w[2]).sum()
+        gF, = torch.autograd.grad(loss, X)
+        assert torch.isfinite(gF).all(), f"{case} k={k}"
+    X = F.clone().requires_grad_()
+    gS, = torch.autograd.grad((sdekernels.singular_values(X) * torch.arange(9.0, dtype=dtype)).sum(), X)
+    assert torch.isfinite(gS).all()
+
+
+def _exact_backward(U, S, V, gU, gS, gV):
+    """The unstabilised formula (plain 1/(σ_l² − σ_j²) and 1/σ)."""
+    A, B = U.mT @ gU, V.mT @ gV
+    E = S.unsqueeze(-2) ** 2 - S.unsqueeze(-1) ** 2
+    E = E + torch.eye(S.shape[-1], dtype=S.dtype)
+    K = ((A - A.mT) * S.unsqueeze(-2) + S.unsqueeze(-1) * (B - B.mT)) / E * (1 - torch.eye(S.shape[-1])) + torch.diag_embed(gS)
+    m, n = U.shape[-2], V.shape[-2]
+    return (U @ K @ V.mT + (torch.eye(m, dtype=U.dtype) - U @ U.mT) @ gU / S.unsqueeze(-2) @ V.mT
+            + U / S.unsqueeze(-2) @ gV.mT @ (torch.eye(n, dtype=U.dtype) - V @ V.mT))
+
+
+def test_backward_matches_exact_formula_where_gaps_are_large():
+    """1e-6 relative in float64 where all gaps exceed 1e-3·σ_1² (SPEC §1), C++ and ATen fallback alike."""
+    g = torch.Generator().manual_seed(2)
+    s = torch.tensor([3.0, 2.9994, 1.5, 1.0, 0.2, 0.03], dtype=torch.float64)  # smallest gap 3.6e-3·σ_1² > 1e-3·σ_1²
+    U = torch.linalg.qr(torch.randn(3, 20, 6, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(3, 15, 6, generator=g, dtype=torch.float64))[0]
+    S = s.expand(3, 6).contiguous()
+    gU, gS, gV = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (U, S, V))
+    exact = _exact_backward(U, S, V, gU, gS, gV)
+    py = svd_topk_backward_math(U, S, V, gU, gS, gV)
+    scale = exact.abs().amax((-2, -1), keepdim=True)  # relative to the gradient's size (entries cancel)
+    assert ((py - exact).abs() / scale).max() <= 1e-6
+    if sdekernels._ext.available():
+        cpp = torch.ops.sdekernels_C.svd_topk_bwd(U, S, V, gU, gS, gV)
+        torch.testing.assert_close(cpp, py, atol=1e-13, rtol=1e-12)
+        cpp32 = torch.ops.sdekernels_C.svd_topk_bwd(*(t.float() for t in (U, S, V, gU, gS, gV)))
+        assert ((cpp32.double() - exact).abs() / scale).max() <= 1e-3  # float32 rounding of a 3.6e-3 gap
+
+
+def test_gradient_matches_linalg_svd_for_sign_invariant_losses():
+    """Well-separated spectrum of rank k (plus a negligible tail): equal to autograd through torch.linalg.svd."""
+    g = torch.Generator().manual_seed(4)
+    F = planted(2, 24, 18, 5, g, ratio=0.7, tail=1e-12)
+    Wm = torch.randn(2, 24, 18, generator=g, dtype=torch.float64)
+    Pw = torch.randn(2, 18, 18, generator=g, dtype=torch.float64)
+
+    def loss(U, S, V):  # invariant to the sign of each pair
+        rec = (U * S.unsqueeze(-2)) @ V.mT
+        return (rec * Wm).sum() + (S.log() * torch.arange(1.0, 6.0)).sum() + ((V @ V.mT) * Pw).sum() + \
+            ((U * U).sum(-2) * S).sum()
+
+    X1, X2 = F.clone().requires_grad_(), F.clone().requires_grad_()
+    g1, = torch.autograd.grad(loss(*sdekernels.svd_topk(X1, 5)), X1)
+    U, S, Vh = torch.linalg.svd(X2, full_matrices=False)
+    g2, = torch.autograd.grad(loss(U[..., :5], S[..., :5], Vh[..., :5, :].mT), X2)
+    torch.testing.assert_close(g1, g2, atol=1e-8, rtol=1e-6)
+
+
+def test_gradient_sign_invariant():
+    """Flipping the sign of a pair flips gU, gV: the gradient of F is the same."""
+    g = torch.Generator().manual_seed(6)
+    F = planted(0, 10, 8, 3, g)
+    U, S, V = (t.detach() for t in sdekernels.svd_topk(F, 3))
+    gU, gS, gV = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (U, S, V))
+    flip = torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
+    a = svd_topk_backward_math(U, S, V, gU, gS, gV)
+    b = svd_topk_backward_math(U * flip, S, V * flip, gU * flip, gS, gV * flip)
+    torch.testing.assert_close(a, b, atol=1e-13, rtol=1e-12)
+
+
+def test_singular_values_match_reference_aspect_ratios():
+    g = torch.Generator().manual_seed(7)
+    for m, n in ((5, 40), (30, 30), (70, 9)):
+        F = torch.randn(2, m, n, generator=g)
+        torch.testing.assert_close(sdekernels.singular_values(F), ref.singular_values(F), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- spectral_partition
+
+
+def test_mp_median_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    for m, n in ((200, 800), (400, 400), (300, 600)):
+        beta = m / n
+        eig = np.concatenate([np.linalg.eigvalsh(X @ X.T / n) for X in rng.standard_normal((8, m, n))])
+        assert abs(np.median(eig) - ref.mp_median(beta)) / ref.mp_median(beta) < 0.02, (m, n)
+    assert abs(ref.mp_median(1.0) - 0.6527759416) < 1e-8
+
+
+@pytest.mark.parametrize("m,n", [(60, 200), (120, 120), (300, 80)])
+@pytest.mark.parametrize("s", [1, 3, 6])
+def test_partition_finds_planted_spike(m, n, s):
+    g = torch.Generator().manual_seed(m * n + s)
+    F = spiked(4, m, n, s, 2.5, g)
+    S = sdekernels.singular_values(F)
+    p = sdekernels.spectral_partition(S, m, n)
+    found = p.n_strong + p.n_weak
+    # Every spike is found; the top noise value crosses the MP edge now and then at finite size
+    # (Tracy–Widom fluctuations), so one extra in four draws is tolerated.
+    assert (found >= s).all() and (found == s).sum() >= 3, (p.n_strong, p.n_weak)
+    r = ref.spectral_partition(S, m, n)
+    for a, b in zip((p.n_strong, p.n_weak, p.tau_noise, p.tau_strong, p.sigma_hat, *p.energy),
+                    (r.n_strong, r.n_weak, r.tau_noise, r.tau_strong, r.sigma_hat, *r.energy)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(sum(p.energy), torch.ones(4, dtype=torch.float64))
+
+
+def test_partition_edge_cases():
+    z = sdekernels.spectral_partition(torch.zeros(3, 5), 5, 9)
+    assert (z.n_strong == 1).all() and (z.n_weak == 0).all()
+    assert torch.equal(z.energy[0], torch.ones(3))
+    one = sdekernels.spectral_partition(torch.tensor([[2.0]]), 1, 1)
+    assert one.n_strong.item() == 1 and one.energy[0].item() == 1.0
+    unsorted = torch.tensor([0.5, 9.0, 1.0, 0.7, 0.6, 0.65])
+    a = sdekernels.spectral_partition(unsorted, 6, 10)
+    b = sdekernels.spectral_partition(unsorted.sort(descending=True).values, 6, 10)
+    assert a.n_strong == b.n_strong and a.n_weak == b.n_weak
+    assert math.isclose(float(a.tau_noise), float(b.tau_noise))

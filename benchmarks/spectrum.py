@@ -2,7 +2,7 @@
 reference, torch.compile of the reference and sdekernels, timed in the same process
 (median of several runs), with the speed-up ratios.
 
-    python benchmarks/spectrum.py [--reps 15] [--shape 256 4 32 32] [--no-compile]
+    python benchmarks/spectrum.py [--reps 15] [--shape 256 4 32 32] [--threads 2] [--cpu-time] [--no-compile]
 """
 import argparse
 import statistics
@@ -15,14 +15,14 @@ from sdekernels import _ext
 from sdekernels import reference as ref
 
 
-def median_ms(fn, reps: int, warmup: int = 3) -> float:
+def median_ms(fn, reps: int, warmup: int = 3, clock=time.perf_counter) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return 1e3 * statistics.median(times)
 
 
@@ -40,6 +40,8 @@ def main():
     p.add_argument("--transform", default="dct", choices=["dct", "fft"])
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time by process CPU time instead of wall time (robust on a shared machine; use with --threads 1)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(0)
@@ -51,7 +53,9 @@ def main():
         impls["reference (torch.compile)"] = torch.compile(impls["reference"])
     print(f"radial_psd fwd+bwd {tuple(a.shape)} float32 transform={a.transform}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, extension: {_ext.status()}")
-    times = {name: median_ms(fwd_bwd(fn, x, g), a.reps) for name, fn in impls.items()}
+    clock = time.process_time if a.cpu_time else time.perf_counter
+    print(f"  median of {a.reps} runs, {'process CPU' if a.cpu_time else 'wall'} time")
+    times = {name: median_ms(fwd_bwd(fn, x, g), a.reps, clock=clock) for name, fn in impls.items()}
     for name, ms in times.items():
         print(f"  {name:28s} {ms:9.3f} ms")
     ours = times["sdekernels"]

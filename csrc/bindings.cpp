@@ -59,14 +59,16 @@ TORCH_LIBRARY(sdekernels_C, m) {
   m.def("fourier_merge_fwd(Tensor A, Tensor P, int W, bool onesided, bool centered) -> Tensor");
   m.def("fourier_split_bwd(Tensor x, Tensor gA, Tensor gP, bool onesided, str norm, bool centered, bool log_amplitude) -> Tensor");
   m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");
-  m.def("radial_bin_fwd(Tensor Y, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
-  m.def("radial_psd_bwd(Tensor x, Tensor grad, Tensor index, Tensor inv_count, Tensor? DH, Tensor? DW, bool channel_mean) -> Tensor");
   m.def("svd_topk_bwd(Tensor U, Tensor S, Tensor V, Tensor gU, Tensor gS, Tensor gV) -> Tensor");
+  m.def("radial_bin_fwd(Tensor Y, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
+  m.def("radial_psd_fwd(Tensor x, Tensor index, Tensor inv_count, Tensor DH, Tensor DW, bool channel_mean, bool save_spectrum) -> (Tensor, Tensor)");
+  m.def("radial_psd_bwd(Tensor Y, Tensor grad, Tensor index, Tensor inv_count, Tensor? DH, Tensor? DW, bool channel_mean) -> Tensor");
   m.def("cuda_built() -> bool", &sdekernels::cuda_built);
 }
 
 TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
   m.impl("radial_bin_fwd", &sdekernels::radial_bin_fwd_cpu);
+  m.impl("radial_psd_fwd", &sdekernels::radial_psd_fwd_cpu);
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cpu);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);

@@ -25,19 +25,22 @@ at::Tensor fourier_split_bwd(const at::Tensor& x, const at::Tensor& gA, const at
                              c10::string_view norm, bool centered, bool log_amplitude);
 std::tuple<at::Tensor, at::Tensor> fourier_merge_bwd(const at::Tensor& A, const at::Tensor& P, const at::Tensor& gx,
                                                      bool onesided, c10::string_view norm, bool centered);
-// Radial power spectrum (SPEC §9): fused power/channel/bin reduction of a spectrum Y [B, C, H·W·comp]
-// and its adjoint; the full backward (transform recomputed and adjoined around the adjoint kernel).
-at::Tensor radial_bin_fwd_cpu(const at::Tensor& Y, const at::Tensor& index, const at::Tensor& inv_count,
-                              int64_t comp, double scale, bool channel_mean);
-at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
-                              const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
-at::Tensor radial_psd_bwd(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& index,
-                          const at::Tensor& inv_count, const std::optional<at::Tensor>& DH,
-                          const std::optional<at::Tensor>& DW, bool channel_mean);
 // Truncated-SVD backward core (SPEC §1): from A = UᵀgU, B = VᵀgV [.., k, k], S, gS [.., k] the k×k
 // matrix Kt and the stabilised 1/σ (see spectral_math.h).
 std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
                                                 const at::Tensor& gS);
+// Radial power spectrum (SPEC §9): fused power/channel/bin reduction of a spectrum Y [B, C, H·W·comp]
+// and its adjoint; the fused CPU DCT forward (x to bins, saving Y); the backward from the saved Y.
+at::Tensor radial_bin_fwd_cpu(const at::Tensor& Y, const at::Tensor& index, const at::Tensor& inv_count,
+                              int64_t comp, double scale, bool channel_mean);
+at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                              const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
+std::tuple<at::Tensor, at::Tensor> radial_psd_fwd_cpu(const at::Tensor& x, const at::Tensor& index,
+                                                      const at::Tensor& inv_count, const at::Tensor& DH,
+                                                      const at::Tensor& DW, bool channel_mean, bool save_spectrum);
+at::Tensor radial_psd_bwd(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                          const at::Tensor& inv_count, const std::optional<at::Tensor>& DH,
+                          const std::optional<at::Tensor>& DW, bool channel_mean);
 #ifdef SDEKERNELS_CUDA
 std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
                                                  const at::Tensor& gS);

@@ -157,6 +157,48 @@ SDK_INLINE void combo(T* __restrict out, const T* __restrict coef, int64_t cs, c
   }
 }
 
+// Four outputs at once, out + r·os = Σ_i coef[r·cr + i·cs] · in[i·is + …] for r < 4: each loaded
+// chunk of `in` feeds four independent accumulators, so the sums are not bound by FMA latency.
+template <typename T, int B>
+SDK_INLINE void combo4_chunk(T* __restrict out, int64_t os, const T* __restrict coef, int64_t cs, int64_t cr,
+                             const T* __restrict in, int64_t is, int64_t cnt, int64_t w0) {
+  typename Vec<T, B>::type a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (int64_t i = 0; i < cnt; ++i) {
+    const auto v = vload<T, B>(in + i * is + w0);
+    const T* c = coef + i * cs;
+    a0 += c[0] * v;
+    a1 += c[cr] * v;
+    a2 += c[2 * cr] * v;
+    a3 += c[3 * cr] * v;
+  }
+  vstore<T, B>(out + w0, a0);
+  vstore<T, B>(out + os + w0, a1);
+  vstore<T, B>(out + 2 * os + w0, a2);
+  vstore<T, B>(out + 3 * os + w0, a3);
+}
+
+// R rows of combo sharing `in`: row r has coefficients coef + r·cr and output out + r·os.
+template <typename T>
+SDK_INLINE void combo_rows(T* __restrict out, int64_t os, const T* __restrict coef, int64_t cs, int64_t cr,
+                           const T* __restrict in, int64_t is, int64_t cnt, int64_t len, int64_t R) {
+  constexpr int64_t V = 64 / sizeof(T);
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) {
+    T* o = out + r * os;
+    const T* c = coef + r * cr;
+    int64_t w0 = 0;
+    for (; w0 + V <= len; w0 += V) combo4_chunk<T, 64>(o, os, c, cs, cr, in, is, cnt, w0);
+    if (w0 + V / 2 <= len) { combo4_chunk<T, 32>(o, os, c, cs, cr, in, is, cnt, w0); w0 += V / 2; }
+    for (; w0 < len; ++w0)
+      for (int64_t q = 0; q < 4; ++q) {
+        T acc = 0;
+        for (int64_t i = 0; i < cnt; ++i) acc += c[q * cr + i * cs] * in[i * is + w0];
+        o[q * os + w0] = acc;
+      }
+  }
+  for (; r < R; ++r) combo(out + r * os, coef + r * cr, cs, in, is, cnt, len);
+}
+
 template <typename T>
 SDK_INLINE T plane_sum(const T* __restrict x, int64_t n) {
   constexpr int64_t V = 64 / sizeof(T);
@@ -182,19 +224,27 @@ SDK_INLINE void dct2_plane(const T* __restrict x, T* __restrict Y, const Axis<T>
   }
   if (H % 2)
     for (int64_t w = 0; w < W; ++w) S[ah.h * W + w] = x[ah.h * W + w] - mean;
-  for (int64_t k = 0; k < H; ++k)  // even rows of D_H act on S, odd rows on A
-    combo(Tm + k * W, ah.D + k * H, 1, k % 2 ? A : S, W, k % 2 ? ah.h : ah.m, W);
-  T *ts = row, *ta = row + aw.m, *ye = row + W, *yo = ye + aw.m;
-  for (int64_t k = 0; k < H; ++k) {  // along W: fold each row of Tm, two half-size products, interleave
+  // Even rows of D_H act on S, odd rows on A (rows 2r and 2r + 1 of Tm, four at a time).
+  combo_rows(Tm, 2 * W, ah.D, 1, 2 * H, S, W, ah.m, W, ah.m);
+  combo_rows(Tm + W, 2 * W, ah.D + H, 1, 2 * H, A, W, ah.h, W, ah.h);
+  // Along W: fold every row of Tm (into S: sums, A: differences), then the two half-size products
+  // for all rows (into Tm's storage, reused), then interleave even and odd columns into Y.
+  T *ts = S, *ta = A, *ye = Tm, *yo = Tm + H * aw.m;
+  for (int64_t k = 0; k < H; ++k) {
     const T* __restrict t = Tm + k * W;
-    for (int64_t j = 0; j < aw.h; ++j) ts[j] = t[j] + t[W - 1 - j];
-    for (int64_t j = 0; j < aw.h; ++j) ta[j] = t[j] - t[W - 1 - j];
-    if (W % 2) ts[aw.h] = t[aw.h];
-    combo(ye, ts, 1, aw.ET.data(), aw.m, aw.m, aw.m);
-    combo(yo, ta, 1, aw.OT.data(), aw.h, aw.h, aw.h);
+    T *s = ts + k * aw.m, *a = ta + k * aw.h;
+    for (int64_t j = 0; j < aw.h; ++j) s[j] = t[j] + t[W - 1 - j];
+    for (int64_t j = 0; j < aw.h; ++j) a[j] = t[j] - t[W - 1 - j];
+    if (W % 2) s[aw.h] = t[aw.h];
+  }
+  (void)row;
+  combo_rows(ye, aw.m, ts, 1, aw.m, aw.ET.data(), aw.m, aw.m, aw.m, H);
+  combo_rows(yo, aw.h, ta, 1, aw.h, aw.OT.data(), aw.h, aw.h, aw.h, H);
+  for (int64_t k = 0; k < H; ++k) {
     T* __restrict y = Y + k * W;
-    for (int64_t l = 0; l < aw.h; ++l) { y[2 * l] = ye[l]; y[2 * l + 1] = yo[l]; }
-    if (W % 2) y[W - 1] = ye[aw.h];
+    const T *e = ye + k * aw.m, *o = yo + k * aw.h;
+    for (int64_t l = 0; l < aw.h; ++l) { y[2 * l] = e[l]; y[2 * l + 1] = o[l]; }
+    if (W % 2) y[W - 1] = e[aw.h];
   }
 }
 
@@ -204,18 +254,21 @@ template <typename T>
 SDK_INLINE void idct2_plane(const T* __restrict dY, T* __restrict dx, const Axis<T>& ah, const Axis<T>& aw,
                             T* __restrict U, T* __restrict Ve, T* __restrict Vo, T* __restrict row) {
   const int64_t H = ah.n, W = aw.n;
-  T *ue = row, *uo = row + aw.m;
-  for (int64_t k = 0; k < H; ++k) {  // along W: U[k] = dY[k] D_W from the even and odd rows of D_W, unfolded
-    const T* g = dY + k * W;
-    combo(ue, g, 2, aw.D, 2 * W, aw.m, aw.m);
-    combo(uo, g + 1, 2, aw.D + W, 2 * W, aw.h, aw.h);
+  // Along W: U[k] = dY[k] D_W from the even and odd rows of D_W (Ve, Vo hold the halves), unfolded.
+  T *ue = Ve, *uo = Vo;
+  (void)row;
+  combo_rows(ue, aw.m, dY, 2, W, aw.D, 2 * W, aw.m, aw.m, H);
+  combo_rows(uo, aw.h, dY + 1, 2, W, aw.D + W, 2 * W, aw.h, aw.h, H);
+  for (int64_t k = 0; k < H; ++k) {
     T* __restrict u = U + k * W;
-    for (int64_t j = 0; j < aw.h; ++j) u[j] = ue[j] + uo[j];
-    for (int64_t j = 0; j < aw.h; ++j) u[W - 1 - j] = ue[j] - uo[j];
-    if (W % 2) u[aw.h] = ue[aw.h];
+    const T *e = ue + k * aw.m, *o = uo + k * aw.h;
+    for (int64_t j = 0; j < aw.h; ++j) u[j] = e[j] + o[j];
+    for (int64_t j = 0; j < aw.h; ++j) u[W - 1 - j] = e[j] - o[j];
+    if (W % 2) u[aw.h] = e[aw.h];
   }
-  for (int64_t i = 0; i < ah.m; ++i) combo(Ve + i * W, ah.D + i, 2 * H, U, 2 * W, ah.m, W);
-  for (int64_t i = 0; i < ah.h; ++i) combo(Vo + i * W, ah.D + H + i, 2 * H, U + W, 2 * W, ah.h, W);
+  // Along H: Ve[i] = Σ_{k even} D_H[k, i] U[k], Vo[i] = Σ_{k odd} D_H[k, i] U[k].
+  combo_rows(Ve, W, ah.D, 2 * H, 1, U, 2 * W, ah.m, W, ah.m);
+  combo_rows(Vo, W, ah.D + H, 2 * H, 1, U + W, 2 * W, ah.h, W, ah.h);
   for (int64_t i = 0; i < ah.h; ++i) {  // unfold along H
     const T *e = Ve + i * W, *o = Vo + i * W;
     T *top = dx + i * W, *bot = dx + (H - 1 - i) * W;

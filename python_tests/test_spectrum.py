@@ -203,3 +203,13 @@ def test_fused_kernel_saves_the_spectrum_for_the_backward():
             got = torch.autograd.grad((sdekernels.radial_psd(x, transform=transform) * g).sum(), x)[0]
         want = torch.autograd.grad((ref.radial_psd(x, transform=transform) * g).sum(), x)[0]
         assert_close(got, want, 1e-10, 1e-8, transform)
+
+
+def test_modules():
+    from sdekernels.nn import BlockDCTLowpass, DoG, ESMLoss
+
+    z, x = _randn(2, 4, 16, 16), _randn(2, 3, 32, 32, seed=1)
+    assert torch.equal(ESMLoss(bins=8)(z, x), sdekernels.esm_loss(z, x, bins=8))
+    assert torch.equal(BlockDCTLowpass(8)(z), sdekernels.block_dct_lowpass(z, 8))
+    assert torch.equal(BlockDCTLowpass(8)(z, k=10), sdekernels.block_dct_lowpass(z, 10))
+    assert torch.equal(DoG(0.5, 1.5)(z), sdekernels.dog(z, 0.5, 1.5))

@@ -4,20 +4,24 @@ Only the top-k triplets are needed, k = n_strong + n_weak: every noise value is 
 same s_n, so F' = s_n·F + U_k diag(c) V_kᵀ with c = σ_k + δ_k − s_n·σ_k, and the Frobenius bound
 uses ‖σ‖² = ‖F‖_F² and ‖δ‖² = Σ_{i≤k} δ_i² + (1 − s_n)²(‖F‖_F² − Σ_{i≤k} σ_i²).
 
-Forward, per call: the float64 Gram of the short side and its eigendecomposition give all σ (for
-the partition) and the starting basis of the top-k triplets (svd.topk_rows, with a Rayleigh–Ritz
-step); for r beyond svd.GRAM_MAX_R, eigvalsh for σ and the randomized solver for the triplets.
-k varies per batch element: the triplets are computed for k_max = max over the batch and the
-coefficients c of the extra triplets are exactly 0 (a mask). The reconstruction is one Triton
-kernel that reads F once and writes F' once (CUDA), or one baddbmm on CPU.
+Forward (r = min(m, n) <= svd.GRAM_MAX_R): one float64 eigendecomposition of the short-side Gram
+gives every σ (for the partition) and the top-k basis W_k, and F' = s_n·F + W_k diag(c/σ) W_kᵀ·F
+in the short-side frame. k varies per batch element: the factors are formed for k_max = max over
+the batch and the coefficients of the extra triplets are exactly 0 (a mask). The reconstruction is
+one Triton kernel that reads F once and writes F' once (CUDA), or one baddbmm on CPU. Beyond
+GRAM_MAX_R: eigvalsh for σ and the randomized top-k_max triplets of svd.topk_rows.
 
-torch.compile: the whole forward is one custom op whose top-k factors have a data-dependent
-width (an unbacked size in the fake kernel), so fullgraph tracing works without a graph break;
-the partition and k_max stay inside the op.
+Backward, mode="full": on the Gram path the exact gradient (Daleckii–Krein on the eigenbasis of
+the short-side Gram, Lorentzian-stabilised; the divided differences vanish between two noise
+values, so it costs O(k·r·(long + r)) and never divides by a noise σ): equal to autograd through
+the full SVD of the reference. Beyond GRAM_MAX_R the truncated-SVD backward of SPEC §1 (csrc/),
+exact as the noise values go to 0. The coefficients' dependence on σ_k and ‖F‖² is a torch.func
+vjp on k-vectors. mode="augment": dF = dF'.
 
-Backward (mode="full"): the coefficients' dependence on σ_k and ‖F‖² by autograd on k-vectors,
-then the truncated-SVD backward of §1 (csrc/) for (gU, gS, gV), plus s_n·G + 2(∂L/∂‖F‖²)·F.
-mode="augment": dF = dF'.
+torch.compile: the forward and the backward are custom ops, so the partition and k_max (a host
+sync) stay inside them. On the Gram path every output has a static shape; on the randomized path
+the top-k factors have a data-dependent width (an unbacked size in the fake kernel). Both trace
+with fullgraph=True.
 Reference: reference/svd.py. Tests: python_tests/test_enhance.py and the generic test_ops.py.
 """
 import math

@@ -1,12 +1,14 @@
 """Decomposition and spectral partition (SPEC §1, §2): `svd_topk`, `singular_values`, `spectral_partition`.
 
-svd_topk: a Gram eigen-solver where r = min(m, n) is small next to k + oversample (Gram FᵀF or
-FFᵀ accumulated in float64, `eigh` in float64, the other factor as F V / σ), else randomized
-subspace iteration (re-orthonormalised by QR each half step) with a Rayleigh–Ritz step whose
-small l×l Gram is solved in float64. The big products run in a Triton batched GEMM (strided
-operands, so no transposed or up-cast copy of F; fp32/fp64 accumulation) on CUDA, and in ATen
-(MKL) on CPU. The random test matrix comes from a seeded generator (a fixed seed when none is
-given), so results are reproducible and a batch element never depends on its neighbours.
+svd_topk: up to r = min(m, n) = GRAM_MAX_R, a Gram eigen-solver (the short-side Gram FFᵀ or FᵀF,
+accumulated in float64 for r <= 256 and in fp32 above, `eigh` in float64, its top k + oversample
+eigenvectors as the basis of a Rayleigh–Ritz step whose small Gram is solved in float64): exact
+whatever the tail of the spectrum, and measured faster than the alternatives at the field's sizes.
+Beyond, randomized subspace iteration (QR re-orthonormalisation at every half step) with the same
+Rayleigh–Ritz step. The big products run in a Triton batched GEMM (strided operands, so no
+transposed or up-cast copy of F; fp32/fp64 accumulation) on CUDA, and in ATen (MKL) on CPU. The
+random test matrix comes from a seeded generator (a fixed seed when none is given), shared by the
+batch, so results are reproducible and a batch element never depends on its neighbours.
 Backward: csrc/cpu/svd.cpp and csrc/cuda/svd.cu (stabilised truncated-SVD gradient, SPEC §1).
 Reference: reference/svd.py. Tests: python_tests/test_svd.py and the generic test_ops.py.
 """
@@ -277,9 +279,9 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
     """Top-k singular triplets of F [..., m, n] (SPEC §1): (U [..., m, k], S [..., k], V [..., n, k]),
     S descending, the largest-magnitude entry of each column of U positive.
 
-    niter: subspace iterations of the randomized solver (default 6); oversample: extra columns
+    niter: subspace iterations of the randomized solver (default 8); oversample: extra columns
     of the sketch; generator seeds the sketch (default: a fixed seed, so results are
-    reproducible). Small r = min(m, n) uses the exact Gram eigen-solver instead.
+    reproducible). r = min(m, n) <= GRAM_MAX_R uses the Gram eigen-solver instead (exact, ignores both).
     Differentiable (stabilised truncated-SVD gradient with complement terms, finite for every
     finite F).
     """
@@ -510,8 +512,10 @@ def _full_svd(F, k, **kw):
 def _topk_cost(s):
     F, k = s.args[0], s.args[1]
     m, n = F.shape[-2:]
-    R = F.numel() // max(m * n, 1)
-    return F.numel() * F.element_size() * (2 * DEFAULT_NITER + 2), R * 2 * m * n * (k + 8) * (2 * DEFAULT_NITER + 2)
+    R, r, l = F.numel() // max(m * n, 1), min(m, n), k + 8
+    passes = 3 if use_gram(r) else 2 * DEFAULT_NITER + 2
+    flops = R * (2 * m * n * (r + l) + 9 * r ** 3) if use_gram(r) else R * 2 * m * n * l * passes
+    return F.numel() * F.element_size() * passes, flops
 
 
 _FIELD = [{"batch": 0, "m": B, "n": D, "k": k} for B in (256, 1024, 4096) for D in (512, 768, 1024, 4096) for k in (16, 64)]

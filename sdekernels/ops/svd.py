@@ -522,8 +522,8 @@ _FIELD = [{"batch": 0, "m": B, "n": D, "k": k} for B in (256, 1024, 4096) for D 
 
 register(OpInfo(
     name="svd_topk", op=svd_topk, ref=_ref_topk, make=_make_topk,
-    shapes=[{"batch": 0, "m": 1, "n": 1, "k": 1}, {"batch": 3, "m": 12, "n": 9, "k": 3},
-            {"batch": 2, "m": 7, "n": 30, "k": 4}, {"batch": 0, "m": 80, "n": 72, "k": 5},
+    shapes=[{"batch": 0, "m": 1, "n": 1, "k": 1}, {"batch": 3, "m": 8, "n": 6, "k": 3},
+            {"batch": 2, "m": 5, "n": 12, "k": 4}, {"batch": 0, "m": 80, "n": 72, "k": 5},
             {"batch": 2, "m": 40, "n": 100, "k": 6, "niter": 3}],
     space={"batch": (0, 3), "m": (1, 40), "n": (1, 40), "k": (1, 6)},
     valid=lambda sh: sh["k"] <= min(sh["m"], sh["n"]),

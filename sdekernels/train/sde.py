@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     device = common.device_of(args)
     common.seed_everything(args.seed)
-    ops = common.backend(args.backend)
+    ops = common.backend(args.backend, needed=("SDELoss", "info_nce", "singular_values", "spectral_partition"))
 
     train_x, train_y = data.fashion_mnist("train", args.limit)
     test_x, test_y = data.fashion_mnist("test", args.test_limit)

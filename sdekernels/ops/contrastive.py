@@ -142,6 +142,12 @@ def _chunk(B: int) -> int:
     return max(1, min(B, CHUNK_ELEMS // max(B, 1)))
 
 
+def _keeps_logits(z: Tensor) -> bool:
+    """CPU path with every logit in one chunk: the forward keeps them for the backward (no recomputation)."""
+    R, B = math.prod(z.shape[:-2]), z.shape[-2]
+    return not use_triton(z) and R * B * B <= CHUNK_ELEMS
+
+
 # ---------------------------------------------------------------- forward
 
 
@@ -154,8 +160,9 @@ def _lse_triton(x: Tensor, y: Tensor, s: Tensor) -> Tensor:
     return lse
 
 
-def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool) -> tuple[Tensor, Tensor]:
-    """Row (and column) log-sum-exps over row chunks: O(chunk·B) memory."""
+def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Row (and column) log-sum-exps over row chunks: O(chunk·B) memory; and the logits of the
+    last chunk (all of them when one chunk holds every row)."""
     R, B, _ = a.shape
     lse_r = a.new_empty((R, B))
     lse_c = a.new_full((R, B), float("-inf")) if symmetric else a.new_empty(0)
@@ -165,25 +172,29 @@ def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool) -> tuple[Tensor, 
         lse_r[:, i:i + step] = torch.logsumexp(logits, -1)
         if symmetric:
             lse_c = torch.logaddexp(lse_c, torch.logsumexp(logits, -2))
-    return lse_r, lse_c
+    return lse_r, lse_c, logits
 
 
-@torch.library.custom_op("sdekernels::info_nce", mutates_args=())
-def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+@torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())
+def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, normalize: bool,
+              symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
     s = scale.reshape(1).to(a.dtype)
+    logits = a.new_empty(0)
     if use_triton(a):
         lse_r = _lse_triton(a, b, s)
         lse_c = _lse_triton(b, a, s) if symmetric else a.new_empty(0)
     else:
-        lse_r, lse_c = _lse_cpu(a, b, s, symmetric)
+        lse_r, lse_c, last = _lse_cpu(a, b, s, symmetric)
+        if _keeps_logits(a):
+            logits = last
     R, B, _ = a.shape
     c_r, c_c = _coefs(R, B, symmetric)
     diag = s * (a * b).sum(-1)
     loss = c_r * (lse_r - diag).sum()
     if symmetric:
         loss = loss + c_c * (lse_c - diag).sum()
-    return loss.to(z_a.dtype), lse_r, lse_c
+    return loss.to(z_a.dtype), lse_r, lse_c, logits
 
 
 @_info_nce.register_fake
@@ -191,13 +202,14 @@ def _(z_a, z_b, scale, normalize, symmetric):
     R, B = math.prod(z_a.shape[:-2]), z_a.shape[-2]
     w = work_dtype(z_a.dtype)
     lse_c = z_a.new_empty((R, B), dtype=w) if symmetric else z_a.new_empty(0, dtype=w)
-    return z_a.new_empty(()), z_a.new_empty((R, B), dtype=w), lse_c
+    logits = z_a.new_empty((R, B, B) if _keeps_logits(z_a) else (0,), dtype=w)
+    return z_a.new_empty(()), z_a.new_empty((R, B), dtype=w), lse_c, logits
 
 
 # ---------------------------------------------------------------- backward
 
 
-def _grad_triton(a, b, s, lse_r, lse_c, c_r, c_c):
+def _grad_triton(a, b, s, lse_r, lse_c, c_r, c_c, logits):
     R, B, d = a.shape
     BM, BN, BK, use_dot, warps = _blocks(a)
     grid = (R, triton.cdiv(B, BM))
@@ -211,15 +223,17 @@ def _grad_triton(a, b, s, lse_r, lse_c, c_r, c_c):
     return da, db, ds.sum()
 
 
-def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c):
-    """The same recomputation over row chunks with ATen matmuls: two chunk×B buffers at a time."""
+def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits):
+    """The same recomputation over row chunks with ATen matmuls: two chunk×B buffers at a time
+    (the forward's logits instead of a recomputation when it kept them)."""
     R, B, _ = a.shape
     da, db = torch.empty_like(a), torch.zeros_like(b)
     ds = a.new_zeros(())
     step = _chunk(B)
     for i in range(0, B, step):
         a_i = a[:, i:i + step]
-        D = torch.matmul(a_i, b.mT).mul_(s)  # the logits, turned into dL/dlogits in place
+        # the logits, turned into dL/dlogits in place
+        D = logits.clone() if logits.numel() else torch.matmul(a_i, b.mT).mul_(s)
         col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
         D.sub_(lse_r[:, i:i + step, None]).exp_().mul_(c_r)
         if col is not None:
@@ -233,15 +247,15 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c):
     return da, db.mul_(s), ds
 
 
-@torch.library.custom_op("sdekernels::info_nce_backward", mutates_args=())
-def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, grad: Tensor,
-                       normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+@torch.library.custom_op("sdekernels::info_nce_loss_backward", mutates_args=())
+def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
+                       grad: Tensor, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
     a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
     s = scale.reshape(1).to(a.dtype)
     R, B, _ = a.shape
     c_r, c_c = _coefs(R, B, symmetric)
     grad_fn = _grad_triton if use_triton(a) else _grad_cpu
-    da, db, ds = grad_fn(a, b, s, lse_r, lse_c, c_r, c_c)
+    da, db, ds = grad_fn(a, b, s, lse_r, lse_c, c_r, c_c, logits)
     g = grad.to(a.dtype)
     da = _normalize_backward(z_a, a, da * g, normalize).reshape(z_a.shape)
     db = _normalize_backward(z_b, b, db * g, normalize).reshape(z_b.shape)
@@ -250,20 +264,20 @@ def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, l
 
 
 @_info_nce_backward.register_fake
-def _(z_a, z_b, scale, lse_r, lse_c, grad, normalize, symmetric):
+def _(z_a, z_b, scale, lse_r, lse_c, logits, grad, normalize, symmetric):
     return torch.empty_like(z_a), torch.empty_like(z_b), torch.empty_like(scale)
 
 
 def _info_nce_setup(ctx, inputs, output):
     z_a, z_b, scale, ctx.normalize, ctx.symmetric = inputs
-    _, lse_r, lse_c = output
-    ctx.mark_non_differentiable(lse_r, lse_c)
-    ctx.save_for_backward(z_a, z_b, scale, lse_r, lse_c)
+    _, lse_r, lse_c, logits = output
+    ctx.mark_non_differentiable(lse_r, lse_c, logits)
+    ctx.save_for_backward(z_a, z_b, scale, lse_r, lse_c, logits)
 
 
-def _info_nce_grad(ctx, grad, _grad_lse_r, _grad_lse_c):
-    z_a, z_b, scale, lse_r, lse_c = ctx.saved_tensors
-    return (*_info_nce_backward(z_a, z_b, scale, lse_r, lse_c, grad, ctx.normalize, ctx.symmetric), None, None)
+def _info_nce_grad(ctx, grad, *_):
+    z_a, z_b, scale, lse_r, lse_c, logits = ctx.saved_tensors
+    return (*_info_nce_backward(z_a, z_b, scale, lse_r, lse_c, logits, grad, ctx.normalize, ctx.symmetric), None, None)
 
 
 _info_nce.register_autograd(_info_nce_grad, setup_context=_info_nce_setup)

@@ -165,6 +165,21 @@ def test_esm(tmp_path):
     _assert_same_trajectory(full, tmp_path / "ref")
 
 
+def test_cli_dispatch(tmp_path):
+    from sdekernels.__main__ import main
+
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(["train", "esm", *map(str, ESM_ARGS), "--steps", "2", "--threads", "1", "--no-progress",
+                         "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert [m["step"] for m in common.read_metrics(tmp_path)] == [0, 1]
+    assert json.loads((tmp_path / "summary.json").read_text())["variant"] == "plain"
+
+
 def test_epoch_batch_covers_every_sample_once_per_epoch():
     n, b = 10, 4
     seen = [i for s in range(5) for i in common.epoch_batch(0, s, b, n)]

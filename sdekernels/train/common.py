@@ -201,8 +201,12 @@ def plot_curves(metrics: list, keys, path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     keys = [k for k in keys if any(k in m for m in metrics)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], keys):
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, keys):
         pts = [(m["step"], m[k]) for m in metrics if k in m]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
         ax.set_xlabel("step")

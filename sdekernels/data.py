@@ -51,7 +51,8 @@ def read_idx(path) -> np.ndarray:
 
 
 def have_fashion_mnist() -> bool:
-    return all((FASHION_DIR / f"{s}-{k}-ubyte.gz").exists() for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
+    return all((FASHION_DIR / f"{s}-{k}-ubyte.gz").exists()
+               for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
 
 
 @functools.lru_cache(maxsize=2)

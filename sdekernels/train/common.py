@@ -6,6 +6,7 @@ a checkpoint is the step itself and a resumed run sees exactly the batches of an
 """
 import argparse
 import json
+import math
 import os
 import random
 import types
@@ -77,6 +78,14 @@ def device_of(args) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def warmup_cosine(opt, steps: int, warmup: int = 0):
+    """LR schedule: linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
+    def factor(s):
+        return min(1.0, (s + 1) / warmup if warmup else 1.0) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def seed_everything(seed: int) -> None:

@@ -14,7 +14,6 @@ level (lower: the latent is easier to model by diffusion).
     python -m sdekernels train esm --steps 600 --out runs/esm_plain
     python -m sdekernels train esm --steps 600 --esm-weight 0.1 --dsm --out runs/esm_dsm
 """
-import math
 import time
 from pathlib import Path
 
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
 
     model = AutoEncoder(args.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
+    sched = common.warmup_cosine(opt, args.steps, warmup=20)
     run = common.Run(args, {"model": model, "opt": opt, "sched": sched})
     if run.restore() == 0:
         run.extra["before"] = evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device)

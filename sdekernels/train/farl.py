@@ -13,14 +13,13 @@ feature (``sdekernels.nn.DeepPromptEncoder``; the same head in both backends, it
   the image feature is conditioned on the unfused learnable tokens T:
     f = normalize(enc(x) + W_i · Attention(q = enc(x), k = v = T))      (W_i zero-initialised)
 Both heads start as the identity, so step 0 is the zero-shot model. Training: 16 shots of each
-of the 5 base classes, cross-entropy over the base classes, on flipped shots whose Fourier amplitude is mixed with another shot's with
-probability --amp-mix (FACT-style style augmentation through ``amplitude_mix``). Evaluation: base test images among
-base classes, novel among novel classes, their harmonic mean, and the same on a style-shifted
+of the 5 base classes, cross-entropy over the base classes, on flipped shots whose Fourier
+amplitude is mixed with another shot's with probability --amp-mix (FACT-style augmentation
+through ``amplitude_mix``). Evaluation: base test images among base classes, novel among novel classes, their harmonic mean, and the same on a style-shifted
 test set (inverted images).
 
     python -m sdekernels train farl --init runs/sde --method farl --steps 200 --out runs/farl
 """
-import math
 import time
 from pathlib import Path
 
@@ -182,7 +181,7 @@ def main(argv=None) -> int:
                     args.n_tokens).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
+    sched = common.warmup_cosine(opt, args.steps)
     trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
 
     class TrainableState:  # checkpoint only what trains (the frozen model is re-read from --init)

@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--templates", type=int, default=len(data.TEMPLATES),
-                   help=f"use the first N of the {len(data.TEMPLATES)} caption templates (a class keeps at most N images per batch)")
+                   help=f"use the first N of the {len(data.TEMPLATES)} caption templates "
+                        "(a class keeps at most N images per batch)")
     args = p.parse_args(argv)
     if not data.have_fashion_mnist():
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
 
     model = ClipModel(args.dim, args.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
+    sched = common.warmup_cosine(opt, args.steps, warmup=50)
     gen = torch.Generator().manual_seed(args.seed + 1)  # SDELoss's random enhancement directions
     sde_loss = ops.SDELoss(args.steps, generator=gen) if args.loss == "sde" else None
     run = common.Run(args, {"model": model, "opt": opt, "sched": sched}, {"sde": gen})

@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     model = ClipModel(args.dim, args.width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     sched = common.warmup_cosine(opt, args.steps, warmup=50)
-    gen = torch.Generator().manual_seed(args.seed + 1)  # SDELoss's random enhancement directions
+    # SDELoss's random enhancement directions, drawn on the features' device
+    gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     sde_loss = ops.SDELoss(args.steps, generator=gen) if args.loss == "sde" else None
     run = common.Run(args, {"model": model, "opt": opt, "sched": sched}, {"sde": gen})
     if run.restore() == 0:

@@ -33,7 +33,7 @@ from .. import reference as ref
 from ..schedules import alpha as _alpha
 from .._core import HAS_TRITON, check, next_pow2, use_triton, work_dtype
 from ..registry import F64, OpInfo, Sample, register
-from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, finite_rows, gram_eigh, lorentz, mm_for,
+from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, finite_mask, gram_eigh, lorentz, mm_for,
                   partition_counts, planted, safe_inv, svd_topk_grad, topk_rows, use_gram)
 
 __all__ = ["spectral_enhance"]
@@ -140,23 +140,25 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     w = work_dtype(F.dtype)
     batch, (m, n) = F.shape[:-2], F.shape[-2:]
     r = min(m, n)
-    finite, F3 = finite_rows(F.reshape(-1, m, n))
+    # A non-finite row is not zeroed (a full copy): its Gram is, and s_n = NaN makes its F' NaN.
+    F3 = F.reshape(-1, m, n)
+    finite = finite_mask(F3)
     R = F3.shape[0]
     mm = mm_for(F3)
     xi = (torch.sign(direction) if direction is not None else xi).to(w).expand(*batch, r).reshape(R, r).clone()
     A = _short(F3)
     if use_gram(r):
         # One eigendecomposition of the short-side Gram gives every σ (partition) and the basis.
-        lam, W = gram_eigh(F3)
+        lam, W = gram_eigh(F3, finite)
         S_all = lam.sqrt()
     else:
-        S_all = torch.linalg.eigvalsh(mm(A, A.mT, torch.float64)).flip(-1).clamp_min(0).sqrt()
+        S_all = gram_eigh(F3, finite, vectors=False).sqrt()
     S_all = torch.where(finite[:, None], S_all.to(w), float("nan"))
     n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s_sorted = partition_counts(S_all, m, n, 1.5)
     e = energies(s_sorted, n_strong, n_weak)
     n_signal = n_strong + n_weak
     k = int(n_signal.max()) if R else 1
-    nf2 = (F3.to(w) * F3.to(w)).sum((-2, -1))
+    nf2 = torch.linalg.vector_norm(F3, dim=(-2, -1), dtype=w) ** 2
     if use_gram(r):
         S = torch.where(finite[:, None], lam[:, :k].sqrt(), 0.0).to(w)
         c, s_n, delta_k, _ = enhance_coefs(S, nf2, n_strong, n_signal, xi[:, :k], alpha, eps_strong, gamma_weak,
@@ -165,15 +167,14 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
         Wk = W[:, :, :k].to(w)
         L = mm(A.mT, Wk, w)
         U, V = (Wk, L) if m <= n else (L, Wk)
-        out = _reconstruct(F3, U, V, c * safe_inv(S, S[:, :1]), s_n)
+        out = _reconstruct(F3, U, V, c * safe_inv(S, S[:, :1]), torch.where(finite, s_n, float("nan")))
         saved = (W.to(w).contiguous(), S_all.clone(), F.new_empty(0, dtype=w))
     else:
-        U, S, V = topk_rows(F3, k, DEFAULT_NITER, 8, DEFAULT_SEED)
+        U, S, V = topk_rows(torch.where(finite[:, None, None], F3, 0.0), k, DEFAULT_NITER, 8, DEFAULT_SEED)
         c, s_n, delta_k, _ = enhance_coefs(S, nf2, n_strong, n_signal, xi[:, :k], alpha, eps_strong, gamma_weak,
                                            gamma_noise, rho)
-        out = _reconstruct(F3, U, V, c, s_n)
+        out = _reconstruct(F3, U, V, c, torch.where(finite, s_n, float("nan")))
         saved = tuple(t.contiguous() for t in (U, S, V))
-    out = torch.where(finite[:, None, None], out, float("nan"))
     # δ over all r values (details): the top-k part, then −(1 − s_n)·σ for the noise.
     idx = torch.arange(r, device=F.device)
     delta = -(1.0 - s_n).unsqueeze(-1) * S_all
@@ -236,7 +237,7 @@ def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tenso
                       rho: float) -> Tensor:
     w = work_dtype(F.dtype)
     m, n = F.shape[-2:]
-    finite, F3 = finite_rows(F.reshape(-1, m, n).to(w))
+    F3 = F.reshape(-1, m, n).to(w)  # a non-finite row gives non-finite gradients in that row only
     G = grad.reshape(-1, m, n).to(w)
     ns, nsig = n_strong.reshape(-1), (n_strong + n_weak).reshape(-1)
     params = (alpha, eps_strong, gamma_weak, gamma_noise, rho)
@@ -253,7 +254,6 @@ def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tenso
         gS, g_nf2 = vjp(((GV * U).sum(-2), (G * F3).sum((-2, -1))))
         gF = svd_topk_grad(U, S, V, GV * c.unsqueeze(-2), gS, (G.mT @ U) * c.unsqueeze(-2), w)
         gF = gF + s_n[:, None, None] * G + (2 * g_nf2)[:, None, None] * F3
-    gF = torch.where(finite[:, None, None], gF, float("nan"))
     return gF.reshape(F.shape).to(F.dtype)
 
 

@@ -101,9 +101,15 @@ def safe_inv(s: Tensor, s1: Tensor) -> Tensor:
     return (sd / (sd * sd + (INV_REL * s1 * s1 + FLOOR))).to(s.dtype)
 
 
+def finite_mask(F3: Tensor) -> Tensor:
+    """Per batch row of F3 [R, m, n]: is every entry finite (one float64 sum: cheaper than isfinite,
+    and no overflow of finite values)."""
+    return torch.isfinite(F3.sum((-2, -1), dtype=torch.float64))
+
+
 def finite_rows(F3: Tensor):
     """Per batch row: is every entry finite, and F with non-finite rows zeroed (LAPACK raises on NaN)."""
-    finite = torch.isfinite(F3).all(-1).all(-1)
+    finite = finite_mask(F3)
     return finite, torch.where(finite[:, None, None], F3, torch.zeros((), dtype=F3.dtype, device=F3.device))
 
 
@@ -136,11 +142,20 @@ def _omega(F3: Tensor, rows: int, cols: int, seed: int, dtype) -> Tensor:
     return torch.randn((1, rows, cols), generator=gen, device=F3.device, dtype=dtype)
 
 
-def gram_eigh(F3: Tensor):
-    """Eigenpairs (descending, float64) of the float64 Gram of the short side of F3 [R, m, n]."""
+def gram_eigh(F3: Tensor, finite: Tensor, vectors: bool = True):
+    """Eigenpairs (descending, float64) of the float64 Gram of the short side of F3 [R, m, n]
+    (or the eigenvalues alone); rows not `finite` get the eigenpairs of 0 (LAPACK raises on NaN)."""
     m, n = F3.shape[-2:]
     A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
-    return _eigh_desc(mm_for(F3)(A, At, torch.float64))
+    if use_triton(F3):
+        G = triton_bmm(A, At, torch.float64)
+    else:
+        Ad = A.to(torch.float64)  # one up-cast copy for both operands
+        G = Ad @ Ad.mT
+    G = torch.where(finite[:, None, None], G, 0.0)
+    if vectors:
+        return _eigh_desc(G)
+    return torch.linalg.eigvalsh(G).flip(-1).clamp_min(0)
 
 
 def topk_rows(F3: Tensor, k: int, niter: int, oversample: int, seed: int):
@@ -301,24 +316,14 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
 # ---------------------------------------------------------------- singular_values
 
 
-def _gram_rows(F: Tensor):
-    """(finite mask, float64 Gram of the short side, tall?) of F [..., m, n] flattened to rows."""
-    m, n = F.shape[-2:]
-    finite, F3 = finite_rows(F.reshape(-1, m, n))
-    mm = mm_for(F3)
-    tall = m >= n
-    G = mm(F3.mT, F3, torch.float64) if tall else mm(F3, F3.mT, torch.float64)
-    return finite, F3, G, tall
-
-
 @torch.library.custom_op("sdekernels::singular_values", mutates_args=())
 def _singular_values(F: Tensor) -> Tensor:
     batch, r = F.shape[:-2], min(F.shape[-2:])
     if F.numel() == 0:
         return F.new_zeros((*batch, r))
-    finite, _, G, _ = _gram_rows(F)
-    S = torch.linalg.eigvalsh(G).flip(-1).clamp_min(0).sqrt()
-    S = torch.where(finite[:, None], S, float("nan"))
+    F3 = F.reshape(-1, *F.shape[-2:])
+    finite = finite_mask(F3)
+    S = torch.where(finite[:, None], gram_eigh(F3, finite, vectors=False).sqrt(), float("nan"))
     return S.reshape(*batch, r).to(F.dtype)
 
 
@@ -333,8 +338,10 @@ def _singular_values_backward(F: Tensor, grad: Tensor) -> Tensor:
     # (or w_i w_iᵀ F/σ_i): the stabilised 1/σ keeps zero singular values finite.
     w = work_dtype(F.dtype)
     m, n = F.shape[-2:]
-    finite, F3, G, tall = _gram_rows(F)
-    lam, W = _eigh_desc(G)
+    F3 = F.reshape(-1, m, n)
+    finite = finite_mask(F3)
+    tall = m > n  # gram_eigh works on the short side: FᵀF (W = V) when m > n, else FFᵀ (W = U)
+    lam, W = gram_eigh(F3, finite)
     S = lam.sqrt()
     coef = (grad.reshape(S.shape).double() * safe_inv(S, S[:, :1])).to(w)
     W = W.to(w)

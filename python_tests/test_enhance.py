@@ -133,3 +133,14 @@ def test_randomized_path_compiles_with_data_dependent_k(randomized):
     torch._dynamo.reset()
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_float32_gram_range_matches_reference():
+    """r > 256 with float32 input: float32 Gram and eigh (the fast path), checked against float64 truth."""
+    F = _features(1, 300, 420, 5, 11).float()
+    d = torch.randn(1, 300, generator=torch.Generator().manual_seed(1))
+    a = sdekernels.spectral_enhance(F, 0.5, direction=d, return_details=True)
+    b = ref.spectral_enhance(F.double(), 0.5, direction=d.double(), return_details=True)
+    assert torch.equal(a[1].n_strong, b[1].n_strong) and torch.equal(a[1].n_weak, b[1].n_weak)
+    torch.testing.assert_close(a[0].double(), b[0], atol=2e-4 * b[0].abs().max(), rtol=1e-3)
+    torch.testing.assert_close(a[2].double(), b[2], atol=1e-4 * b[2].abs().max(), rtol=1e-3)

@@ -33,7 +33,7 @@ from .. import reference as ref
 from ..schedules import alpha as _alpha
 from .._core import HAS_TRITON, check, next_pow2, use_triton, work_dtype
 from ..registry import F64, OpInfo, Sample, register
-from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, finite_mask, gram_eigh, lorentz, mm_for,
+from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, fast_gram, finite_mask, gram_eigh, lorentz, mm_for,
                   partition_counts, planted, safe_inv, svd_topk_grad, topk_rows, use_gram)
 
 __all__ = ["spectral_enhance"]
@@ -149,10 +149,10 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     A = _short(F3)
     if use_gram(r):
         # One eigendecomposition of the short-side Gram gives every σ (partition) and the basis.
-        lam, W = gram_eigh(F3, finite)
+        lam, W = gram_eigh(F3, finite, fast=fast_gram(r, F.dtype))
         S_all = lam.sqrt()
     else:
-        S_all = gram_eigh(F3, finite, vectors=False).sqrt()
+        S_all = gram_eigh(F3, finite, vectors=False, fast=fast_gram(r, F.dtype)).sqrt()
     S_all = torch.where(finite[:, None], S_all.to(w), float("nan"))
     n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s_sorted = partition_counts(S_all, m, n, 1.5)
     e = energies(s_sorted, n_strong, n_weak)

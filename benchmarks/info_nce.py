@@ -12,22 +12,10 @@ import statistics
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import sdekernels
 import sdekernels.reference as ref
-
-
-def peak_cpu_bytes(fn) -> int:
-    """Peak bytes allocated on the CPU while fn() runs, above the level before it."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    level = peak = 0
-    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                            if e.name() == "[memory]"):
-        level += nbytes
-        peak = max(peak, level)
-    return peak
+from sdekernels.bench import peak_memory
 
 
 def step(loss_fn, z_a, z_b):
@@ -57,7 +45,7 @@ def main():
             z_a = torch.randn(B, d, generator=g)
             z_b = 0.5 * z_a + torch.randn(B, d, generator=g)
             fns = {"explicit": step(ref.info_nce, z_a, z_b), "ours": step(sdekernels.info_nce, z_a, z_b)}
-            mem = {k: peak_cpu_bytes(f) for k, f in fns.items()}  # also the warm-up run
+            mem = {k: peak_memory(f, torch.device("cpu")) for k, f in fns.items()}  # also the warm-up run
             times = {k: [] for k in fns}
             for _ in range(args.runs):
                 for k, f in fns.items():

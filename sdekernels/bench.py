@@ -55,10 +55,11 @@ def peak_memory(fn, device) -> int:
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.time_range.start, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage)
+    # The raw allocation events, in order (per-op totals would count nested ops twice).
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     level = peak = 0
-    for _, delta in events:
-        level += delta
+    for _, nbytes in events:
+        level += nbytes
         peak = max(peak, level)
     return peak
 

@@ -53,23 +53,22 @@ static bool cuda_built() {
 }  // namespace sdekernels
 
 TORCH_LIBRARY(sdekernels_C, m) {
+  m.def("hellinger_fwd(Tensor S_a, Tensor S_b, float power, bool squared) -> Tensor");
   m.def("hellinger_bwd(Tensor S_a, Tensor S_b, Tensor grad, float power, bool squared) -> (Tensor, Tensor)");
   m.def("subspace_bwd(Tensor V_a, Tensor V_b, Tensor grad, Tensor? S_a, Tensor? S_b) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("radial_bin_fwd(Tensor Y, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
+  m.def("radial_psd_fwd(Tensor x, Tensor index, Tensor inv_count, Tensor DH, Tensor DW, bool channel_mean, bool save_spectrum) -> (Tensor, Tensor)");
+  m.def("radial_psd_bwd(Tensor Y, Tensor grad, Tensor index, Tensor inv_count, Tensor? DH, Tensor? DW, bool channel_mean) -> Tensor");
   m.def("fourier_split_fwd(Tensor Xh, int W, bool onesided, bool centered, bool log_amplitude) -> (Tensor, Tensor)");
   m.def("fourier_merge_fwd(Tensor A, Tensor P, int W, bool onesided, bool centered) -> Tensor");
   m.def("fourier_split_bwd(Tensor x, Tensor gA, Tensor gP, bool onesided, str norm, bool centered, bool log_amplitude) -> Tensor");
   m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");
   m.def("svd_topk_bwd(Tensor U, Tensor S, Tensor V, Tensor gU, Tensor gS, Tensor gV) -> Tensor");
-  m.def("radial_bin_fwd(Tensor Y, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
-  m.def("radial_psd_fwd(Tensor x, Tensor index, Tensor inv_count, Tensor DH, Tensor DW, bool channel_mean, bool save_spectrum) -> (Tensor, Tensor)");
-  m.def("radial_psd_bwd(Tensor Y, Tensor grad, Tensor index, Tensor inv_count, Tensor? DH, Tensor? DW, bool channel_mean) -> Tensor");
   m.def("cuda_built() -> bool", &sdekernels::cuda_built);
 }
 
 TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
-  m.impl("radial_bin_fwd", &sdekernels::radial_bin_fwd_cpu);
-  m.impl("radial_psd_fwd", &sdekernels::radial_psd_fwd_cpu);
-  m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
+  m.impl("hellinger_fwd", &sdekernels::hellinger_fwd_cpu);
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cpu);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
   m.impl("svd_topk_bwd", &sdekernels::svd_topk_bwd);
@@ -77,15 +76,18 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
   m.impl("fourier_merge_fwd", &sdekernels::fourier_merge_fwd_cpu);
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
   m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
+  m.impl("radial_bin_fwd", &sdekernels::radial_bin_fwd_cpu);
+  m.impl("radial_psd_fwd", &sdekernels::radial_psd_fwd_cpu);
+  m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
 }
 
 #ifdef SDEKERNELS_CUDA
 TORCH_LIBRARY_IMPL(sdekernels_C, CUDA, m) {
-  m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cuda);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
   m.impl("svd_topk_bwd", &sdekernels::svd_topk_bwd);
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
   m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
+  m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
 }
 #endif

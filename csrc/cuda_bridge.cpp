@@ -58,6 +58,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cuda(const at::Tens
   return {G, dSa, dSb};
 }
 
+static int radial_bin_bwd_launch(const float* Y, const float* g, const int64_t* index, const float* ic, float* dY,
+                                 int64_t groups, int64_t nc, int64_t HW, int comp, int64_t bins, double scale, void* s) {
+  return sdk_radial_bin_bwd_f32(Y, g, index, ic, dY, groups, nc, HW, comp, bins, scale, s);
+}
+static int radial_bin_bwd_launch(const double* Y, const double* g, const int64_t* index, const double* ic, double* dY,
+                                 int64_t groups, int64_t nc, int64_t HW, int comp, int64_t bins, double scale, void* s) {
+  return sdk_radial_bin_bwd_f64(Y, g, index, ic, dY, groups, nc, HW, comp, bins, scale, s);
+}
+
+at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y_, const at::Tensor& grad_, const at::Tensor& index_,
+                               const at::Tensor& inv_count_, int64_t comp, double scale, bool channel_mean) {
+  auto Y = Y_.contiguous(), g = grad_.contiguous(), index = index_.contiguous(), ic = inv_count_.contiguous();
+  const int64_t B = Y.size(0), C = Y.size(1), HW = Y.size(2) / comp, bins = ic.numel();
+  const int64_t groups = channel_mean ? B : B * C, nc = channel_mean ? C : 1;
+  TORCH_CHECK(index.scalar_type() == at::kLong && index.numel() == HW, "radial_bin_bwd: bad bin index map");
+  TORCH_CHECK(g.numel() == groups * bins, "radial_bin_bwd: grad must be [B, bins] or [B, C, bins]");
+  auto dY = at::empty_like(Y);
+  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "radial_bin_bwd_cuda", [&] {
+    ok(radial_bin_bwd_launch(Y.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), index.const_data_ptr<int64_t>(),
+                             ic.const_data_ptr<scalar_t>(), dY.data_ptr<scalar_t>(), groups, nc, HW, int(comp), bins,
+                             scale, stream()),
+       "radial_bin_bwd");
+  });
+  return dY;
+}
+
 at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                    bool onesided, bool centered, bool log_amplitude) {
   auto Z = at::empty_like(Xh);
@@ -83,32 +109,6 @@ std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cuda(const at::Tensor& G, 
        "fourier_merge_grad");
   });
   return {gA, gP};
-}
-
-static int radial_bin_bwd_launch(const float* Y, const float* g, const int64_t* index, const float* ic, float* dY,
-                                 int64_t groups, int64_t nc, int64_t HW, int comp, int64_t bins, double scale, void* s) {
-  return sdk_radial_bin_bwd_f32(Y, g, index, ic, dY, groups, nc, HW, comp, bins, scale, s);
-}
-static int radial_bin_bwd_launch(const double* Y, const double* g, const int64_t* index, const double* ic, double* dY,
-                                 int64_t groups, int64_t nc, int64_t HW, int comp, int64_t bins, double scale, void* s) {
-  return sdk_radial_bin_bwd_f64(Y, g, index, ic, dY, groups, nc, HW, comp, bins, scale, s);
-}
-
-at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y_, const at::Tensor& grad_, const at::Tensor& index_,
-                               const at::Tensor& inv_count_, int64_t comp, double scale, bool channel_mean) {
-  auto Y = Y_.contiguous(), g = grad_.contiguous(), index = index_.contiguous(), ic = inv_count_.contiguous();
-  const int64_t B = Y.size(0), C = Y.size(1), HW = Y.size(2) / comp, bins = ic.numel();
-  const int64_t groups = channel_mean ? B : B * C, nc = channel_mean ? C : 1;
-  TORCH_CHECK(index.scalar_type() == at::kLong && index.numel() == HW, "radial_bin_bwd: bad bin index map");
-  TORCH_CHECK(g.numel() == groups * bins, "radial_bin_bwd: grad must be [B, bins] or [B, C, bins]");
-  auto dY = at::empty_like(Y);
-  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "radial_bin_bwd_cuda", [&] {
-    ok(radial_bin_bwd_launch(Y.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), index.const_data_ptr<int64_t>(),
-                             ic.const_data_ptr<scalar_t>(), dY.data_ptr<scalar_t>(), groups, nc, HW, int(comp), bins,
-                             scale, stream()),
-       "radial_bin_bwd");
-  });
-  return dY;
 }
 
 std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A_, const at::Tensor& B_, const at::Tensor& S_,

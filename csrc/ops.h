@@ -6,13 +6,26 @@
 
 namespace sdekernels {
 
-// Hellinger distance of normalised spectra (SPEC §5): gradients wrt S_a and S_b.
+// Hellinger distance of normalised spectra (SPEC §5): fused CPU forward; gradients wrt S_a and S_b.
+at::Tensor hellinger_fwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b, double power, bool squared);
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b,
                                                      const at::Tensor& grad, double power, bool squared);
 // Subspace distance (SPEC §5) from M = V_aᵀV_b: gradients wrt M and the weights' spectra (if given).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cpu(const at::Tensor& M, const at::Tensor& grad,
                                                                  const std::optional<at::Tensor>& S_a,
                                                                  const std::optional<at::Tensor>& S_b);
+// Radial power spectrum (SPEC §9): fused power/channel/bin reduction of a spectrum Y [B, C, H·W·comp]
+// and its adjoint; the fused CPU DCT forward (x to bins, saving Y); the backward from the saved Y.
+at::Tensor radial_bin_fwd_cpu(const at::Tensor& Y, const at::Tensor& index, const at::Tensor& inv_count,
+                              int64_t comp, double scale, bool channel_mean);
+at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                              const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
+std::tuple<at::Tensor, at::Tensor> radial_psd_fwd_cpu(const at::Tensor& x, const at::Tensor& index,
+                                                      const at::Tensor& inv_count, const at::Tensor& DH,
+                                                      const at::Tensor& DW, bool channel_mean, bool save_spectrum);
+at::Tensor radial_psd_bwd(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                          const at::Tensor& inv_count, const std::optional<at::Tensor>& DH,
+                          const std::optional<at::Tensor>& DW, bool channel_mean);
 // Fourier split/merge (SPEC §8) on [R, H, ·] rows; Xh, Z, G are real views [R, H, W/2+1, 2] of half spectra.
 std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, int64_t W, bool onesided,
                                                          bool centered, bool log_amplitude);
@@ -29,27 +42,15 @@ std::tuple<at::Tensor, at::Tensor> fourier_merge_bwd(const at::Tensor& A, const 
 // matrix Kt and the stabilised 1/σ (see spectral_math.h).
 std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
                                                 const at::Tensor& gS);
-// Radial power spectrum (SPEC §9): fused power/channel/bin reduction of a spectrum Y [B, C, H·W·comp]
-// and its adjoint; the fused CPU DCT forward (x to bins, saving Y); the backward from the saved Y.
-at::Tensor radial_bin_fwd_cpu(const at::Tensor& Y, const at::Tensor& index, const at::Tensor& inv_count,
-                              int64_t comp, double scale, bool channel_mean);
-at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
-                              const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
-std::tuple<at::Tensor, at::Tensor> radial_psd_fwd_cpu(const at::Tensor& x, const at::Tensor& index,
-                                                      const at::Tensor& inv_count, const at::Tensor& DH,
-                                                      const at::Tensor& DW, bool channel_mean, bool save_spectrum);
-at::Tensor radial_psd_bwd(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
-                          const at::Tensor& inv_count, const std::optional<at::Tensor>& DH,
-                          const std::optional<at::Tensor>& DW, bool channel_mean);
 #ifdef SDEKERNELS_CUDA
 std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
                                                  const at::Tensor& gS);
-at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
-                               const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
 at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                    bool onesided, bool centered, bool log_amplitude);
 std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cuda(const at::Tensor& G, const at::Tensor& A,
                                                            const at::Tensor& P, int64_t W, bool onesided, bool centered);
+at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                               const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean);
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cuda(const at::Tensor& S_a, const at::Tensor& S_b,
                                                       const at::Tensor& grad, double power, bool squared);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cuda(const at::Tensor& M, const at::Tensor& grad,

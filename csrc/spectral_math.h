@@ -32,6 +32,14 @@ SDK_HD T dh2_dp(T pt, T qt) {
 template <typename T>
 SDK_HD T hellinger_entry_grad(T g, T c, T Zc, T S, T power) { return (g - c) / Zc * dspow(S, power); }
 
+// Radial PSD (SPEC §9): an entry's power is clamped to >= 1e-12 and the DC entry (hw = 0) is 0.
+constexpr double kPowerFloor = 1e-12;
+template <typename T>
+SDK_HD T psd_value(T p, long long hw) { return hw == 0 ? T(0) : (p < T(kPowerFloor) ? T(kPowerFloor) : p); }
+// d psd_value / dp: 0 at DC and below the floor (like torch's clamp_min, it passes at equality).
+template <typename T>
+SDK_HD T psd_pass(T p, long long hw) { return (hw == 0 || p < T(kPowerFloor)) ? T(0) : T(1); }
+
 // ---- Fourier split/merge (SPEC §8). Index helpers of the fftshifted layout and the pointwise
 // gradients of the polar form; the FFT steps themselves are ATen's.
 constexpr double kFourierTiny = 1e-30;  // |X|² below this: amplitude and phase gradients are 0
@@ -76,14 +84,6 @@ SDK_HD void polar_grad(T a, T ph, T gr, T gi, T& gA, T& gP) {
   gA = gr * c + gi * s;
   gP = a * (gi * c - gr * s);
 }
-
-// Radial PSD (SPEC §9): an entry's power is clamped to >= 1e-12 and the DC entry (hw = 0) is 0.
-constexpr double kPowerFloor = 1e-12;
-template <typename T>
-SDK_HD T psd_value(T p, long long hw) { return hw == 0 ? T(0) : (p < T(kPowerFloor) ? T(kPowerFloor) : p); }
-// d psd_value / dp: 0 at DC and below the floor (like torch's clamp_min, it passes at equality).
-template <typename T>
-SDK_HD T psd_pass(T p, long long hw) { return (hw == 0 || p < T(kPowerFloor)) ? T(0) : T(1); }
 
 // Truncated-SVD backward (SPEC §1): 1/(σ_l² − σ_j²) -> x/(x² + ε), ε = (kLorRel·σ_1²)² + kSvdFloor,
 // and 1/σ -> σ/(σ² + ε'), ε' = kInvRel·σ_1² + kSvdFloor (evaluated in double). Same constants as

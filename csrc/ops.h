@@ -6,6 +6,37 @@
 
 namespace sdekernels {
 
+// Contiguous inputs and fresh outputs of the distance backward kernels: one layout shared by the
+// CPU and CUDA kernels. Optional tensors absent -> undefined inputs and empty outputs.
+struct HellingerBufs {
+  at::Tensor a, b, g, da, db;
+  int64_t r, rows;
+};
+inline HellingerBufs hellinger_bufs(const at::Tensor& S_a, const at::Tensor& S_b, const at::Tensor& grad) {
+  auto a = S_a.contiguous(), b = S_b.contiguous();
+  const int64_t r = a.size(-1);
+  return {a, b, grad.contiguous(), at::empty_like(a), at::empty_like(b), r, r ? a.numel() / r : 0};
+}
+struct SubspaceBufs {
+  at::Tensor M, g, Sa, Sb, G, dSa, dSb;
+  int64_t k, rows;
+  bool weighted;
+};
+inline SubspaceBufs subspace_bufs(const at::Tensor& M_, const at::Tensor& grad, const std::optional<at::Tensor>& S_a,
+                                  const std::optional<at::Tensor>& S_b) {
+  SubspaceBufs o;
+  o.M = M_.contiguous();
+  o.g = grad.contiguous();
+  o.weighted = S_a.has_value();
+  if (o.weighted) o.Sa = S_a->contiguous(), o.Sb = S_b->contiguous();
+  o.G = at::empty_like(o.M);
+  o.dSa = o.weighted ? at::empty_like(o.Sa) : at::empty({0}, o.M.options());
+  o.dSb = o.weighted ? at::empty_like(o.Sb) : at::empty({0}, o.M.options());
+  o.k = o.M.size(-1);
+  o.rows = o.k ? o.M.numel() / (o.k * o.k) : 0;
+  return o;
+}
+
 // Hellinger distance of normalised spectra (SPEC §5): fused CPU forward; gradients wrt S_a and S_b.
 at::Tensor hellinger_fwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b, double power, bool squared);
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b,

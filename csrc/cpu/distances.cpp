@@ -69,18 +69,17 @@ at::Tensor hellinger_fwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b, doubl
 
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b,
                                                      const at::Tensor& grad, double power, bool squared) {
-  auto a = S_a.contiguous(), b = S_b.contiguous(), g = grad.contiguous();
-  auto da = at::empty_like(a), db = at::empty_like(b);
-  const int64_t r = a.size(-1), rows = r ? a.numel() / r : 0;
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "hellinger_bwd_cpu", [&] {
-    const scalar_t *pa = a.const_data_ptr<scalar_t>(), *pb = b.const_data_ptr<scalar_t>(), *pg = g.const_data_ptr<scalar_t>();
-    scalar_t *qa = da.data_ptr<scalar_t>(), *qb = db.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
+  auto t = hellinger_bufs(S_a, S_b, grad);
+  const int64_t r = t.r;
+  AT_DISPATCH_FLOATING_TYPES(t.a.scalar_type(), "hellinger_bwd_cpu", [&] {
+    const scalar_t *pa = t.a.const_data_ptr<scalar_t>(), *pb = t.b.const_data_ptr<scalar_t>(), *pg = t.g.const_data_ptr<scalar_t>();
+    scalar_t *qa = t.da.data_ptr<scalar_t>(), *qb = t.db.data_ptr<scalar_t>();
+    at::parallel_for(0, t.rows, 64, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i)
         hellinger_row<scalar_t>(pa + i * r, pb + i * r, pg[i], scalar_t(power), squared, r, qa + i * r, qb + i * r);
     });
   });
-  return {da, db};
+  return {t.da, t.db};
 }
 
 // Normalised weights w = S² / max(ΣS², floor) of one row; returns Z = ΣS².
@@ -129,24 +128,20 @@ static void subspace_row(const T* M, T g, const T* Sa, const T* Sb, int64_t k, T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cpu(const at::Tensor& M_, const at::Tensor& grad,
                                                                  const std::optional<at::Tensor>& S_a,
                                                                  const std::optional<at::Tensor>& S_b) {
-  auto M = M_.contiguous(), g = grad.contiguous();
-  const bool weighted = S_a.has_value();
-  auto Sa = weighted ? S_a->contiguous() : at::Tensor(), Sb = weighted ? S_b->contiguous() : at::Tensor();
-  auto G = at::empty_like(M);
-  auto dSa = weighted ? at::empty_like(Sa) : at::empty({0}, M.options());
-  auto dSb = weighted ? at::empty_like(Sb) : at::empty({0}, M.options());
-  const int64_t k = M.size(-1), rows = k ? M.numel() / (k * k) : 0;
-  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "subspace_coef_cpu", [&] {
-    const scalar_t *pm = M.const_data_ptr<scalar_t>(), *pg = g.const_data_ptr<scalar_t>();
-    const scalar_t *pa = weighted ? Sa.const_data_ptr<scalar_t>() : nullptr, *pb = weighted ? Sb.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t *pG = G.data_ptr<scalar_t>(), *qa = weighted ? dSa.data_ptr<scalar_t>() : nullptr, *qb = weighted ? dSb.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+  auto t = subspace_bufs(M_, grad, S_a, S_b);
+  const bool weighted = t.weighted;
+  const int64_t k = t.k;
+  AT_DISPATCH_FLOATING_TYPES(t.M.scalar_type(), "subspace_coef_cpu", [&] {
+    const scalar_t *pm = t.M.const_data_ptr<scalar_t>(), *pg = t.g.const_data_ptr<scalar_t>();
+    const scalar_t *pa = weighted ? t.Sa.const_data_ptr<scalar_t>() : nullptr, *pb = weighted ? t.Sb.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t *pG = t.G.data_ptr<scalar_t>(), *qa = weighted ? t.dSa.data_ptr<scalar_t>() : nullptr, *qb = weighted ? t.dSb.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, t.rows, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i)
         subspace_row<scalar_t>(pm + i * k * k, pg[i], weighted ? pa + i * k : nullptr, weighted ? pb + i * k : nullptr, k,
                                pG + i * k * k, weighted ? qa + i * k : nullptr, weighted ? qb + i * k : nullptr);
     });
   });
-  return {G, dSa, dSb};
+  return {t.G, t.dSa, t.dSb};
 }
 
 }  // namespace sdekernels

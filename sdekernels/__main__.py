@@ -58,7 +58,12 @@ def _bench(args) -> int:
     from . import bench
 
     dtype = getattr(torch, args.dtype)
-    rows, limits = bench.run(args.op, quick=args.quick, device=args.device, dtype=dtype, compile_ref=args.compile_ref,
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    quick = args.quick or (device.type == "cpu" and not args.full)
+    if quick and not args.quick:
+        print("on CPU the quick shapes are the default (the field's full sizes take hours and up to ~40 GB here); "
+              "--full runs every shape")
+    rows, limits = bench.run(args.op, quick=quick, device=device, dtype=dtype, compile_ref=args.compile_ref,
                              progress=not args.no_progress)
     print(f"device: {limits['device']}; limits: {limits['bandwidth_GBs']:.1f} GB/s, {limits['tflops_fp32']:.3g} TFLOP/s fp32 "
           f"({limits['source']})")
@@ -81,7 +86,8 @@ def main(argv=None) -> int:
     c.add_argument("--device")
     b = sub.add_parser("bench", help="the bench table: reference, ours and baselines per op and shape")
     b.add_argument("--op", action="append", help="only this op (repeatable)")
-    b.add_argument("--quick", action="store_true", help="only the small shapes")
+    b.add_argument("--quick", action="store_true", help="only the small shapes (the default on CPU)")
+    b.add_argument("--full", action="store_true", help="every shape, also on CPU")
     b.add_argument("--json", help="write the rows and the environment to this file")
     b.add_argument("--plot", help="write a speedup bar chart (PNG) to this file")
     b.add_argument("--device")

@@ -1,29 +1,18 @@
 """CPU timing of fourier_split against the torch compositions it replaces (SPEC §8).
 
-Median of several runs in one process: fft2 + abs + angle (the plain composition), rfft2 alone (a
+Medians of interleaved runs in one process: fft2 + abs + angle (the plain composition), rfft2 alone (a
 lower bound of any FFT-based path) and sdekernels.fourier_split, forward only, on x [64, 3, 224, 224]
 float32 by default. Prints the times and the ratio reference / ours (target: >= 1.5).
 
     python benchmarks/fourier.py [--shape 64 3 224 224] [--runs 7] [--threads N] [--dtype float32]
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 import sdekernels
 from sdekernels import _ext
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()  # warm-up (first-call allocations, extension load)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+from sdekernels.bench import interleaved_ms
 
 
 def main():
@@ -55,7 +44,7 @@ def main():
     A0, P0 = composition()
     print(f"max |A − A_ref| = {(A.float() - A0.float()).abs().max():.3g}, "
           f"max |P − P_ref| (mod 2π) = {torch.remainder(P.float() - P0.float() + torch.pi, 2 * torch.pi).sub(torch.pi).abs().max():.3g}")
-    times = {name: median_ms(fn, args.runs) for name, fn in impls.items()}
+    times = interleaved_ms(impls, args.runs)  # one warm-up each (first-call allocations, extension load)
     for name, ms in times.items():
         print(f"  {name:42s} {ms:9.1f} ms")
     ref, ours = times["fft2 + abs + angle"], times["sdekernels.fourier_split"]

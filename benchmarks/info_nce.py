@@ -8,21 +8,13 @@ sdekernels' peak <= 1/10 of the explicit logits'. Times are medians of interleav
     python benchmarks/info_nce.py [--B 4096 16384] [--d 256] [--runs 3] [--threads N]
 """
 import argparse
-import statistics
 import time
 
 import torch
 
 import sdekernels
 import sdekernels.reference as ref
-from sdekernels.bench import peak_memory
-
-
-def step(loss_fn, z_a, z_b):
-    def run():
-        a, b = z_a.detach().requires_grad_(), z_b.detach().requires_grad_()
-        loss_fn(a, b).backward()
-    return run
+from sdekernels.bench import fwd_bwd, interleaved_ms, peak_memory
 
 
 def main():
@@ -44,15 +36,9 @@ def main():
             g = torch.Generator().manual_seed(0)
             z_a = torch.randn(B, d, generator=g)
             z_b = 0.5 * z_a + torch.randn(B, d, generator=g)
-            fns = {"explicit": step(ref.info_nce, z_a, z_b), "ours": step(sdekernels.info_nce, z_a, z_b)}
+            fns = {"explicit": fwd_bwd(ref.info_nce, z_a, z_b), "ours": fwd_bwd(sdekernels.info_nce, z_a, z_b)}
             mem = {k: peak_memory(f, torch.device("cpu")) for k, f in fns.items()}  # also the warm-up run
-            times = {k: [] for k in fns}
-            for _ in range(args.runs):
-                for k, f in fns.items():
-                    t0 = clock()
-                    f()
-                    times[k].append(clock() - t0)
-            ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            ms = interleaved_ms(fns, args.runs, clock=clock, warmup=0)
             print(f"{B:>6} {d:>5} | {ms['explicit']:>11.1f} {ms['ours']:>9.1f} {ms['explicit'] / ms['ours']:>5.2f}x | "
                   f"{mem['explicit'] / 2**20:>11.1f} {mem['ours'] / 2**20:>8.1f} {mem['explicit'] / mem['ours']:>8.1f}x")
 

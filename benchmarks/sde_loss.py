@@ -9,13 +9,13 @@ ours >= 3× faster than the reference.
 """
 import argparse
 import logging
-import statistics
 import time
 import warnings
 
 import torch
 
 import sdekernels.reference as ref
+from sdekernels.bench import fwd_bwd, interleaved_ms
 from sdekernels.nn import SDELoss
 
 
@@ -29,10 +29,7 @@ def features(B: int, D: int, seed: int = 0):
 
 
 def step(loss_fn, F_a, F_b):
-    def run():
-        a, b = F_a.detach().requires_grad_(), F_b.detach().requires_grad_()
-        loss_fn(a, b, torch.tensor(14.0), step=50).backward()
-    return run
+    return fwd_bwd(lambda a, b: loss_fn(a, b, torch.tensor(14.0), step=50), F_a, F_b)
 
 
 def main():
@@ -57,15 +54,7 @@ def main():
         if not args.no_compile:
             fns["compiled reference"] = step(torch.compile(ref.SDELoss(100), dynamic=False), F_a, F_b)
         fns["sdekernels"] = step(SDELoss(100), F_a, F_b)
-        for f in fns.values():
-            f()  # warm-up (compilation, extension load)
-        times = {k: [] for k in fns}
-        for _ in range(args.runs):
-            for k, f in fns.items():
-                t0 = clock()
-                f()
-                times[k].append(clock() - t0)
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        ms = interleaved_ms(fns, args.runs, clock=clock)  # after one warm-up each (compilation, extension load)
         ours = ms["sdekernels"]
         print(f"{B}x{D}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
         for k, v in ms.items():

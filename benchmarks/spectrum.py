@@ -1,11 +1,10 @@
 """radial_psd forward + backward at (256, 4, 32, 32), float32, on this machine's CPU: the
 reference, torch.compile of the reference and sdekernels, timed in the same process
-(median of several runs), with the speed-up ratios.
+(medians of interleaved runs), with the speed-up ratios.
 
     python benchmarks/spectrum.py [--reps 15] [--shape 256 4 32 32] [--threads 2] [--cpu-time] [--no-compile]
 """
 import argparse
-import statistics
 import time
 
 import torch
@@ -13,24 +12,7 @@ import torch
 import sdekernels
 from sdekernels import _ext
 from sdekernels import reference as ref
-
-
-def median_ms(fn, reps: int, warmup: int = 3, clock=time.perf_counter) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def fwd_bwd(fn, x, g):
-    def run():
-        leaf = x.detach().requires_grad_()
-        (fn(leaf) * g).sum().backward()
-    return run
+from sdekernels.bench import fwd_bwd, interleaved_ms
 
 
 def main():
@@ -55,7 +37,7 @@ def main():
           f"{torch.get_num_threads()} threads, extension: {_ext.status()}")
     clock = time.process_time if a.cpu_time else time.perf_counter
     print(f"  median of {a.reps} runs, {'process CPU' if a.cpu_time else 'wall'} time")
-    times = {name: median_ms(fwd_bwd(fn, x, g), a.reps, clock=clock) for name, fn in impls.items()}
+    times = interleaved_ms({name: fwd_bwd(fn, x, weight=g) for name, fn in impls.items()}, a.reps, clock=clock, warmup=3)
     for name, ms in times.items():
         print(f"  {name:28s} {ms:9.3f} ms")
     ours = times["sdekernels"]

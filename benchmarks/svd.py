@@ -5,30 +5,18 @@ torch.linalg.svd; spectral_enhance forward+backward at least 3× faster than the
 Run: python benchmarks/svd.py [--threads N] [--reps R]
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 import sdekernels
 from sdekernels import reference as ref
+from sdekernels.bench import fwd_bwd, interleaved_ms
 
 
 def _median_pair(fa, fb, reps):
-    """Interleaved timings (median seconds) of two callables, after one warm-up each."""
-    fa(), fb()
-    ta, tb = [], []
-    for _ in range(reps):
-        t = time.perf_counter(); fa(); ta.append(time.perf_counter() - t)  # noqa: E702
-        t = time.perf_counter(); fb(); tb.append(time.perf_counter() - t)  # noqa: E702
-    return statistics.median(ta), statistics.median(tb)
-
-
-def _fwd_bwd(fn, F, W):
-    def run():
-        X = F.detach().requires_grad_()
-        (fn(X) * W).sum().backward()
-    return run
+    """Interleaved timings (median ms) of two callables, after one warm-up each."""
+    ms = interleaved_ms({"a": fa, "b": fb}, reps)
+    return ms["a"], ms["b"]
 
 
 def main():
@@ -60,14 +48,14 @@ def main():
         Fe = torch.randn(B, D, generator=g) + (torch.linalg.qr(torch.randn(B, 24, generator=g))[0] * s * B ** 0.5) @ \
             torch.linalg.qr(torch.randn(D, 24, generator=g))[0].T
         W = torch.randn(B, D, generator=g)
-        ours, base = _median_pair(_fwd_bwd(lambda X: sdekernels.spectral_enhance(X, 0.5), Fe, W),
-                                  _fwd_bwd(lambda X: ref.spectral_enhance(X, 0.5), Fe, W), a.reps)
+        ours, base = _median_pair(fwd_bwd(lambda X: sdekernels.spectral_enhance(X, 0.5), Fe, weight=W),
+                                  fwd_bwd(lambda X: ref.spectral_enhance(X, 0.5), Fe, weight=W), a.reps)
         rows.append((f"spectral_enhance fwd+bwd {B}x{D} vs reference", ours, base, 3.0 if (B, D) == (1024, 768) else None))
 
     print(f"{'case':58s} {'ours ms':>9s} {'base ms':>9s} {'ratio':>7s}  target")
     for name, o, b, target in rows:
         ok = "" if target is None else (f">= {target:g}x " + ("met" if b / o >= target else "MISSED"))
-        print(f"{name:58s} {o * 1e3:9.1f} {b * 1e3:9.1f} {b / o:6.1f}x  {ok}")
+        print(f"{name:58s} {o:9.1f} {b:9.1f} {b / o:6.1f}x  {ok}")
 
 
 if __name__ == "__main__":

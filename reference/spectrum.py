@@ -53,6 +53,16 @@ def _radius(H: int, W: int, transform: str, device) -> tuple:
     return r, r_max
 
 
+def check_psd_options(transform: str, center: Optional[str], channel_reduce: str) -> None:
+    """The string options of radial_psd (shared by the reference and the fused op)."""
+    if transform not in ("dct", "fft"):
+        raise ValueError(f"transform must be 'dct' or 'fft', got {transform!r}")
+    if center not in ("mean", None, "none"):
+        raise ValueError(f"center must be 'mean' or None, got {center!r}")
+    if channel_reduce not in ("mean", "none"):
+        raise ValueError(f"channel_reduce must be 'mean' or 'none', got {channel_reduce!r}")
+
+
 def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", center: Optional[str] = "mean",
                channel_reduce: str = "mean") -> torch.Tensor:
     """Radially binned power spectrum of x [..., C, H, W] (SPEC §9).
@@ -66,12 +76,7 @@ def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", cente
     the mean of P per bin, 0 for an empty bin (the DC entry counts, with value 0, in bin 0).
     """
     _check_images(x, "x")
-    if transform not in ("dct", "fft"):
-        raise ValueError(f"transform must be 'dct' or 'fft', got {transform!r}")
-    if center not in ("mean", None, "none"):
-        raise ValueError(f"center must be 'mean' or None, got {center!r}")
-    if channel_reduce not in ("mean", "none"):
-        raise ValueError(f"channel_reduce must be 'mean' or 'none', got {channel_reduce!r}")
+    check_psd_options(transform, center, channel_reduce)
     if int(bins) < 1:
         raise ValueError(f"bins must be a positive int, got {bins}")
     bins = int(bins)

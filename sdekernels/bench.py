@@ -42,6 +42,33 @@ def timeit(fn, device, reps: int = 5, warmup: int = 1, budget_s: float = 2.0) ->
     return statistics.median(times)
 
 
+def interleaved_ms(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds of each `fns[name]()` over `runs` runs by `clock` (wall time by default;
+    time.process_time for the process's CPU time). After `warmup` calls of each, the runs are
+    interleaved (one call of every function per round), so changes in the machine's load hit
+    all of them alike. CPU only: no device synchronisation."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def fwd_bwd(fn, *inputs, weight=None):
+    """A closure that runs `fn` on fresh leaf copies of `inputs` (all requiring grad) and the
+    backward of its output: of the output itself (a scalar loss) when `weight` is None, else of
+    (output · weight).sum()."""
+    def run():
+        out = fn(*(t.detach().requires_grad_() for t in inputs))
+        (out if weight is None else (out * weight).sum()).backward()
+    return run
+
+
 def peak_memory(fn, device) -> int:
     """Peak bytes allocated while `fn()` runs, above what was allocated before."""
     if device.type == "cuda":

@@ -291,12 +291,7 @@ def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str
     """
     check(x, "x", min_dim=3)
     _check_bins(bins)
-    if transform not in ("dct", "fft"):
-        raise ValueError(f"transform must be 'dct' or 'fft', got {transform!r}")
-    if center not in ("mean", None, "none"):
-        raise ValueError(f"center must be 'mean' or None, got {center!r}")
-    if channel_reduce not in ("mean", "none"):
-        raise ValueError(f"channel_reduce must be 'mean' or 'none', got {channel_reduce!r}")
+    ref_spec.check_psd_options(transform, center, channel_reduce)
     save = torch.is_grad_enabled() and x.requires_grad  # keep the spectrum only when a backward may follow
     return _radial_psd(x, bins, transform, channel_reduce == "mean", save)[0]
 

@@ -23,9 +23,11 @@ if os.environ.get("SDEKERNELS_BUILD_EXT") == "1":
     if cuda:
         sources += sorted(glob.glob(os.path.join(here, "csrc", "cuda", "*.cu")))
         ext = cpp_extension.CUDAExtension("sdekernels._C", sources, define_macros=[("SDEKERNELS_CUDA", None)],
-                                          extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
+                                          extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]},
+                                          extra_link_args=["-fopenmp"])
     else:
-        ext = cpp_extension.CppExtension("sdekernels._C", sources, extra_compile_args=["-O3"])
+        ext = cpp_extension.CppExtension("sdekernels._C", sources, extra_compile_args=["-O3", "-fopenmp"],
+                                         extra_link_args=["-fopenmp"])
     kwargs = {"ext_modules": [ext], "cmdclass": {"build_ext": cpp_extension.BuildExtension}}
 
 setup(packages=packages, package_dir=package_dir, package_data=package_data, **kwargs)

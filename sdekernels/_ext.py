@@ -12,6 +12,8 @@ import warnings
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+# at::parallel_for is a header template: without OpenMP in this build it runs on one thread.
+CFLAGS = ["-O3", "-fopenmp"]
 
 
 def csrc_dir() -> str:
@@ -44,7 +46,8 @@ def status() -> str:
         cpp_extension.load(
             name="sdekernels_C" + ("_cuda" if cuda else ""),
             sources=sources(cuda),
-            extra_cflags=["-O3"] + (["-DSDEKERNELS_CUDA"] if cuda else []),
+            extra_cflags=CFLAGS + (["-DSDEKERNELS_CUDA"] if cuda else []),
+            extra_ldflags=["-fopenmp"],
             extra_cuda_cflags=["-O3", "-DSDEKERNELS_CUDA"],
             is_python_module=False,
             verbose=os.environ.get("SDEKERNELS_VERBOSE") == "1",

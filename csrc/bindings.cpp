@@ -42,6 +42,29 @@ static at::Tensor svd_topk_bwd(const at::Tensor& U, const at::Tensor& S, const a
   return at::matmul(left, at::cat({V, gV}, -1).mT());
 }
 
+// Exact backward on the Gram path, in the short-side frame A [.., r, N] (r <= N): W [.., r, r] the full
+// eigenbasis of AAᵀ whose first k columns are the short factor Ws, Wl = Aᵀ Ws diag(1/σ) the long one,
+// sigma [.., r] all singular values. With P = WᵀgWs, Q = Wᵀ(A gWl), C the r×k core and T = W C:
+// gA = Ws diag(inv) gWlᵀ + T diag(σ_k) Wlᵀ + Ws (Tᵀ A). Only r×k, k×N and r×r-by-r×k products. The
+// core comes scaled by σ_1 (float32 range), undone on the k-column products (0 where σ_1 = 0).
+static at::Tensor svd_topk_exact_bwd(const at::Tensor& A, const at::Tensor& Ws, const at::Tensor& Wl,
+                                     const at::Tensor& W, const at::Tensor& sigma, const at::Tensor& gWs,
+                                     const at::Tensor& gS, const at::Tensor& gWl) {
+  const int64_t k = Ws.size(-1);
+  auto Wt = W.mT();
+  auto P = at::matmul(Wt, gWs), Q = at::matmul(Wt, at::matmul(A, gWl));
+#ifdef SDEKERNELS_CUDA
+  auto [C, inv] = A.is_cuda() ? svd_exact_core_cuda(P, Q, sigma, gS) : svd_exact_core_cpu(P, Q, sigma, gS);
+#else
+  auto [C, inv] = svd_exact_core_cpu(P, Q, sigma, gS);
+#endif
+  auto s1 = sigma.abs().amax(-1, true);
+  auto rs = at::where(s1 > 0, s1.reciprocal(), at::zeros_like(s1));
+  auto T = at::matmul(W, C);  // σ_1·W C
+  auto left = at::cat({Ws * inv.unsqueeze(-2), T * (sigma.narrow(-1, 0, k) * rs).unsqueeze(-2)}, -1);
+  return at::matmul(left, at::cat({gWl, Wl}, -1).mT()) + at::matmul(Ws, at::matmul(T.mT(), A) * rs.unsqueeze(-1));
+}
+
 static bool cuda_built() {
 #ifdef SDEKERNELS_CUDA
   return true;
@@ -64,6 +87,7 @@ TORCH_LIBRARY(sdekernels_C, m) {
   m.def("fourier_split_bwd(Tensor x, Tensor gA, Tensor gP, bool onesided, str norm, bool centered, bool log_amplitude) -> Tensor");
   m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");
   m.def("svd_topk_bwd(Tensor U, Tensor S, Tensor V, Tensor gU, Tensor gS, Tensor gV) -> Tensor");
+  m.def("svd_topk_exact_bwd(Tensor A, Tensor Ws, Tensor Wl, Tensor W, Tensor sigma, Tensor gWs, Tensor gS, Tensor gWl) -> Tensor");
   m.def("cuda_built() -> bool", &sdekernels::cuda_built);
 }
 
@@ -72,6 +96,7 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cpu);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
   m.impl("svd_topk_bwd", &sdekernels::svd_topk_bwd);
+  m.impl("svd_topk_exact_bwd", &sdekernels::svd_topk_exact_bwd);
   m.impl("fourier_split_fwd", &sdekernels::fourier_split_fwd_cpu);
   m.impl("fourier_merge_fwd", &sdekernels::fourier_merge_fwd_cpu);
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
@@ -86,6 +111,7 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CUDA, m) {
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cuda);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
   m.impl("svd_topk_bwd", &sdekernels::svd_topk_bwd);
+  m.impl("svd_topk_exact_bwd", &sdekernels::svd_topk_exact_bwd);
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
   m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);

@@ -120,5 +120,22 @@ std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A_, const at:
   return {Kt, inv};
 }
 
+std::tuple<at::Tensor, at::Tensor> svd_exact_core_cuda(const at::Tensor& P_, const at::Tensor& Q_,
+                                                       const at::Tensor& sigma_, const at::Tensor& gS_) {
+  auto P = P_.contiguous(), Q = Q_.contiguous(), sigma = sigma_.contiguous(), gS = gS_.contiguous();
+  auto C = at::empty_like(P), inv = at::empty_like(gS);
+  const int64_t r = P.size(-2), k = P.size(-1), rows = r * k ? P.numel() / (r * k) : 0;
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "svd_exact_core_cuda", [&] {
+    auto launch = std::is_same_v<scalar_t, float> ? (void*)&sdk_svd_exact_core_f32 : (void*)&sdk_svd_exact_core_f64;
+    using Fn = int (*)(const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int64_t,
+                       int64_t, int64_t, void*);
+    ok(reinterpret_cast<Fn>(launch)(P.const_data_ptr<scalar_t>(), Q.const_data_ptr<scalar_t>(),
+                                    sigma.const_data_ptr<scalar_t>(), gS.const_data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
+                                    inv.data_ptr<scalar_t>(), rows, r, k, stream()),
+       "svd_exact_core");
+  });
+  return {C, inv};
+}
+
 }  // namespace sdekernels
 #endif

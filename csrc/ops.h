@@ -73,9 +73,15 @@ std::tuple<at::Tensor, at::Tensor> fourier_merge_bwd(const at::Tensor& A, const 
 // matrix Kt and the stabilised 1/σ (see spectral_math.h).
 std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
                                                 const at::Tensor& gS);
+// Exact backward core on the Gram path: from P = WᵀgW_short, Q = Wᵀ(A gW_long) [.., r, k], σ [.., r]
+// (all values) and gS [.., k] the r×k matrix C and the stabilised 1/σ_k (spectral_math.h svd_exact_core).
+std::tuple<at::Tensor, at::Tensor> svd_exact_core_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& sigma,
+                                                      const at::Tensor& gS);
 #ifdef SDEKERNELS_CUDA
 std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
                                                  const at::Tensor& gS);
+std::tuple<at::Tensor, at::Tensor> svd_exact_core_cuda(const at::Tensor& P, const at::Tensor& Q,
+                                                       const at::Tensor& sigma, const at::Tensor& gS);
 at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                    bool onesided, bool centered, bool log_amplitude);
 std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cuda(const at::Tensor& G, const at::Tensor& A,

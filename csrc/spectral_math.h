@@ -99,5 +99,16 @@ SDK_HD double svd_core(double Ajl, double Alj, double Bjl, double Blj, double sj
   const double k = diag ? gSj : svd_lorentz(sl * sl - sj * sj, s1) * ((Ajl - Alj) * sl + sj * (Bjl - Blj));
   return k - Ajl * invl - invj * Blj;
 }
+// One entry (i, j), i < r, j < k, of the r×k core σ_1·C of the exact backward on the short-side
+// eigenbasis W (all r columns, the first k the short-side top-k factor; svd_topk_exact_bwd in
+// bindings.cpp): C_ij = L(σ_j² − σ_i²)·(P_ij + Q_ij inv_j) (i ≠ j), C_jj = (gS_j − inv_j² Q_jj)·inv_j/2,
+// P = WᵀgW_short, Q = Wᵀ(A gW_long): Daleckii–Krein for the eigenvectors of AAᵀ plus the chain
+// through the long-side factor Aᵀ W_k diag(inv); no 1/σ of a value past k. C scales as 1/σ²: the
+// factor σ_1 keeps it in float32 range for tiny σ (the caller divides by σ_1 after the products).
+SDK_HD double svd_exact_core(double Pij, double Qij, double Qjj, double si, double sj, double gSj, double invj,
+                             double s1, bool diag) {
+  if (diag) return (gSj - invj * invj * Qjj) * invj * 0.5 * s1;
+  return svd_lorentz(sj * sj - si * si, s1) * (Pij + Qij * invj) * s1;
+}
 
 }  // namespace sdekernels

@@ -6,8 +6,8 @@ One structural change: the reference decomposes each feature matrix three times 
 spectral_enhance, singular_values and svd_topk, each a full SVD with its own backward). Here,
 during a call, those three ops read ONE decomposition per feature matrix (`_ThinSVD`: the float64
 Gram of the short side and one eigh) and the enhancement is s_n·F + U_k diag(c) V_kᵀ from its
-top-k triplets (SPEC §4). Its backward is the exact thin-SVD gradient (all r triplets known, so
-no truncation error), stabilised as in SPEC §1. Outside a call the ops are the fused public ones.
+top-k triplets (SPEC §4). Its backward is the exact gradient of svd_topk's Gram path (ops/svd.py
+exact_grad_short: all r eigenvectors known, so no truncation error), stabilised as in SPEC §1. Outside a call the ops are the fused public ones.
 Tests: python_tests/test_sde_loss.py, python_tests/test_distributed.py.
 
     # open_clip: loss = ClipLoss(...)  ->
@@ -26,7 +26,7 @@ from ._core import work_dtype
 from .ops.contrastive import info_nce
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_coefs, spectral_enhance
-from .ops.svd import FLOOR, LOR_REL, safe_inv, singular_values, spectral_partition, svd_topk
+from .ops.svd import exact_grad_short, safe_inv, singular_values, spectral_partition, svd_topk
 from .schedules import alpha as _alpha
 
 _state = threading.local()
@@ -55,46 +55,26 @@ class _ThinSVD(torch.autograd.Function):
         U, V = torch.where(finite, U, nan), torch.where(finite, V, nan)
         S = torch.where(finite[:, :, 0], S.to(F3.dtype), nan)
         ctx.used = used
-        ctx.save_for_backward(U, S, V)
+        ctx.save_for_backward(Fz, U, S, V)
         return U, S, V
 
     @staticmethod
     def backward(ctx, gU, gS, gV):
-        # gF = U [skew(UᵀgU)/E·S + S·skew(VᵀgV)/E + diag(gS)] Vᵀ
-        #      + (I − UUᵀ) gU S⁻¹ Vᵀ + U S⁻¹ gVᵀ (I − VVᵀ),
-        # E_ij = σ_j² − σ_i², with 1/E and 1/σ stabilised as in SPEC §1 (x/(x² + ε)). gU and gV vanish
-        # past column k, so the bracket vanishes outside its first k rows and columns: apart from
-        # U diag(gS) Vᵀ every product has an inner or outer dimension k.
-        U, S, V = ctx.saved_tensors
+        # Linear in (gU, gS, gV): U diag(gS) Vᵀ over all r values, plus the exact top-k gradient of
+        # ops/svd.py (shared with svd_topk's Gram path) for the first k columns of gU, gV, in the
+        # short-side frame where W (all r eigenvectors of the Gram) is the square factor.
+        Fz, U, S, V = ctx.saved_tensors
         R, m, r = U.shape
         n, k = V.shape[-2], ctx.used.k
         gF = (U * gS.unsqueeze(-2)) @ V.mT if gS is not None else U.new_zeros(R, m, n)
         if k == 0 or (gU is None and gV is None):
             return gF, None
-        Sd = S.double()
-        E = Sd[:, None, :] ** 2 - Sd[:, :, None] ** 2
-        Einv = (E / (E * E + (LOR_REL * Sd[:, :1, None] ** 2) ** 2 + FLOOR)).to(S.dtype)
-        inv = safe_inv(S, S[:, :1])
-        Uk, Vk, inv_k = U[..., :k], V[..., :k], inv[:, :k]
-        M = U.new_zeros(R, r, r)
-        if gU is not None:
-            gUk = gU[..., :k]
-            X = U.new_zeros(R, r, r)
-            X[..., :k] = U.mT @ gUk
-            M += (X - X.mT) * Einv * S.unsqueeze(-2)
-            if m > r:  # (I − UUᵀ) gU S⁻¹ Vᵀ = gU S⁻¹ Vᵀ − U (UᵀgU S⁻¹) Vᵀ
-                M -= X * inv.unsqueeze(-2)
-                gF += (gUk * inv_k.unsqueeze(-2)) @ Vk.mT
-        if gV is not None:
-            gVk = gV[..., :k]
-            Y = U.new_zeros(R, r, r)
-            Y[..., :k] = V.mT @ gVk
-            M += S.unsqueeze(-1) * ((Y - Y.mT) * Einv)
-            if n > r:  # U S⁻¹ gVᵀ (I − VVᵀ) = U S⁻¹ gVᵀ − U (S⁻¹ gVᵀV) Vᵀ
-                M -= inv.unsqueeze(-1) * Y.mT
-                gF += Uk @ (inv_k.unsqueeze(-1) * gVk.mT)
-        gF += Uk @ (M[:, :k, :] @ V.mT) + (U[..., k:] @ M[:, k:, :k]) @ Vk.mT
-        return gF, None
+        gUk = U.new_zeros(R, m, k) if gU is None else gU[..., :k]
+        gVk = V.new_zeros(R, n, k) if gV is None else gV[..., :k]
+        tall = m >= n  # as in forward: W = V, the long factor U
+        A, W, L, gW, gL = (Fz.mT, V, U, gVk, gUk) if tall else (Fz, U, V, gUk, gVk)
+        gA = exact_grad_short(A, W[..., :k], L[..., :k], W, S, gW, S.new_zeros(R, k), gL)
+        return gF + (gA.mT if tall else gA), None
 
 
 class _Spectra:

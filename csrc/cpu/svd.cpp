@@ -39,3 +39,33 @@ std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A_, const at::
 }
 
 }  // namespace sdekernels
+
+namespace sdekernels {
+
+// Exact backward core on the Gram path (spectral_math.h svd_exact_core): P, Q [.., r, k], sigma [.., r]
+// (all r values, the first k the outputs'), gS [.., k] -> C [.., r, k] and the stabilised 1/σ_k.
+std::tuple<at::Tensor, at::Tensor> svd_exact_core_cpu(const at::Tensor& P_, const at::Tensor& Q_,
+                                                      const at::Tensor& sigma_, const at::Tensor& gS_) {
+  auto P = P_.contiguous(), Q = Q_.contiguous(), sigma = sigma_.contiguous(), gS = gS_.contiguous();
+  auto C = at::empty_like(P), inv = at::empty_like(gS);
+  const int64_t r = P.size(-2), k = P.size(-1), rows = r * k ? P.numel() / (r * k) : 0;
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "svd_exact_core_cpu", [&] {
+    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(r * k, 1)), [&](int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        const scalar_t *p = P.const_data_ptr<scalar_t>() + b * r * k, *q = Q.const_data_ptr<scalar_t>() + b * r * k;
+        const scalar_t *s = sigma.const_data_ptr<scalar_t>() + b * r, *g = gS.const_data_ptr<scalar_t>() + b * k;
+        scalar_t *c = C.data_ptr<scalar_t>() + b * r * k, *iv = inv.data_ptr<scalar_t>() + b * k;
+        double s1 = 0;
+        for (int64_t i = 0; i < r; ++i) s1 = std::max(s1, std::abs(double(s[i])));
+        for (int64_t j = 0; j < k; ++j) iv[j] = scalar_t(svd_inv(s[j], s1));
+        for (int64_t i = 0; i < r; ++i)
+          for (int64_t j = 0; j < k; ++j)
+            c[i * k + j] = scalar_t(svd_exact_core(p[i * k + j], q[i * k + j], q[j * k + j], s[i], s[j], g[j],
+                                                   svd_inv(s[j], s1), s1, i == j));
+      }
+    });
+  });
+  return {C, inv};
+}
+
+}  // namespace sdekernels

@@ -23,7 +23,9 @@ SDK_FOURIER_DECLARE(double, f64)
 
 #define SDK_SVD_DECLARE(T, SUF)                                                                              \
   extern "C" int sdk_svd_core_##SUF(const T* A, const T* B, const T* S, const T* gS, T* Kt, T* inv, int64_t rows, \
-                                    int64_t k, void* stream);
+                                    int64_t k, void* stream);                                            \
+  extern "C" int sdk_svd_exact_core_##SUF(const T* P, const T* Q, const T* sigma, const T* gS, T* C, T* inv,   \
+                                          int64_t rows, int64_t r, int64_t k, void* stream);
 
 SDK_SVD_DECLARE(float, f32)
 SDK_SVD_DECLARE(double, f64)

@@ -9,62 +9,39 @@
 
 namespace sdekernels {
 
-// Σ S^power of both rows and the Bhattacharyya sum Σ√(p q) of the clamped distributions,
-// accumulated in double: a row is long and sequential, and √ amplifies error where H² is small.
-struct HellingerStats {
-  double Za, Zb, Zca, Zcb, bc;
-};
-
+// One row of the Hellinger backward. s = S^power is formed once; each entry then needs one √:
+// with r_i = √(p_i q_i), dH²/dp̃_i = −r_i / (2 p̃_i) and Σ_i (dH²/dp̃_i) p̃_i = −Σ r_i / 2 over the
+// unclamped entries. Sums are accumulated in double (√ amplifies error where H² is small).
 template <typename T>
-static HellingerStats hellinger_stats(const T* a, const T* b, T power, int64_t r) {
+static void hellinger_row(const T* a, const T* b, T g, T power, bool squared, int64_t r, T* da, T* db, T* sa,
+                          T* sb, T* rpq) {
   double Za = 0, Zb = 0;
-  for (int64_t i = 0; i < r; ++i) { Za += spow(a[i], power); Zb += spow(b[i], power); }
-  const double Zca = Za > kSumFloor ? Za : kSumFloor, Zcb = Zb > kSumFloor ? Zb : kSumFloor;
-  double bc = 0;
   for (int64_t i = 0; i < r; ++i) {
-    const double pt = spow(a[i], power) / Zca, qt = spow(b[i], power) / Zcb;
-    bc += std::sqrt((pt > kProbFloor ? pt : kProbFloor) * (qt > kProbFloor ? qt : kProbFloor));
+    sa[i] = spow(a[i], power);
+    sb[i] = spow(b[i], power);
+    Za += sa[i];
+    Zb += sb[i];
   }
-  return {Za, Zb, Zca, Zcb, bc};
-}
-
-template <typename T>
-static void hellinger_row(const T* a, const T* b, T g, T power, bool squared, int64_t r, T* da, T* db) {
-  const auto st = hellinger_stats(a, b, power, r);
-  const T Zca = T(st.Zca), Zcb = T(st.Zcb);
-  double ca = 0, cb = 0;
+  const T ia = T(1.0 / (Za > kSumFloor ? Za : kSumFloor)), ib = T(1.0 / (Zb > kSumFloor ? Zb : kSumFloor));
+  const T fl = T(kProbFloor);
+  double bc = 0, ca = 0, cb = 0;
   for (int64_t i = 0; i < r; ++i) {
-    const T pt = spow(a[i], power) / Zca, qt = spow(b[i], power) / Zcb;
-    ca += dh2_dp(pt, qt) * pt;
-    cb += dh2_dp(qt, pt) * qt;
+    const T pt = sa[i] * ia, qt = sb[i] * ib;
+    const T v = std::sqrt((pt > fl ? pt : fl) * (qt > fl ? qt : fl));
+    rpq[i] = v;
+    bc += v;
+    ca += pt >= fl ? v : T(0);
+    cb += qt >= fl ? v : T(0);
   }
-  if (st.Za < kSumFloor) ca = 0;
-  if (st.Zb < kSumFloor) cb = 0;
-  const double h2 = 1.0 - st.bc;
+  const T CA = Za < kSumFloor ? T(0) : T(-0.5 * ca), CB = Zb < kSumFloor ? T(0) : T(-0.5 * cb);
+  const double h2 = 1.0 - bc;
   const T scale = T(squared ? double(g) : (h2 > 0 ? double(g) * 0.5 / std::sqrt(h2) : 0.0));
   for (int64_t i = 0; i < r; ++i) {
-    const T pt = spow(a[i], power) / Zca, qt = spow(b[i], power) / Zcb;
-    da[i] = scale * hellinger_entry_grad(dh2_dp(pt, qt), T(ca), Zca, a[i], power);
-    db[i] = scale * hellinger_entry_grad(dh2_dp(qt, pt), T(cb), Zcb, b[i], power);
+    const T pt = sa[i] * ia, qt = sb[i] * ib;
+    const T ga = pt >= fl ? T(-0.5) * rpq[i] / pt : T(0), gb = qt >= fl ? T(-0.5) * rpq[i] / qt : T(0);
+    da[i] = scale * (ga - CA) * ia * dspow(a[i], power);
+    db[i] = scale * (gb - CB) * ib * dspow(b[i], power);
   }
-}
-
-// Fused CPU forward: one pass per row, no temporaries (the ATen composition allocates five).
-at::Tensor hellinger_fwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b, double power, bool squared) {
-  auto a = S_a.contiguous(), b = S_b.contiguous();
-  const int64_t r = a.size(-1), rows = r ? a.numel() / r : 0;
-  auto out = at::empty({rows}, a.options());
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "hellinger_fwd_cpu", [&] {
-    const scalar_t *pa = a.const_data_ptr<scalar_t>(), *pb = b.const_data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const double h2 = 1.0 - hellinger_stats(pa + i * r, pb + i * r, scalar_t(power), r).bc;
-        po[i] = scalar_t(squared ? h2 : std::sqrt(h2 > 0 ? h2 : 0.0));
-      }
-    });
-  });
-  return out.reshape(S_a.sizes().slice(0, S_a.dim() - 1));
 }
 
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b,
@@ -75,8 +52,10 @@ std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, cons
     const scalar_t *pa = t.a.const_data_ptr<scalar_t>(), *pb = t.b.const_data_ptr<scalar_t>(), *pg = t.g.const_data_ptr<scalar_t>();
     scalar_t *qa = t.da.data_ptr<scalar_t>(), *qb = t.db.data_ptr<scalar_t>();
     at::parallel_for(0, t.rows, 64, [&](int64_t lo, int64_t hi) {
+      std::vector<scalar_t> scratch(3 * r);
       for (int64_t i = lo; i < hi; ++i)
-        hellinger_row<scalar_t>(pa + i * r, pb + i * r, pg[i], scalar_t(power), squared, r, qa + i * r, qb + i * r);
+        hellinger_row<scalar_t>(pa + i * r, pb + i * r, pg[i], scalar_t(power), squared, r, qa + i * r, qb + i * r,
+                                scratch.data(), scratch.data() + r, scratch.data() + 2 * r);
     });
   });
   return {t.da, t.db};

@@ -292,7 +292,8 @@ register(OpInfo(
             {"batch": 4, "r": 1500, "power": 2}, {"batch": 2, "r": 33, "power": 0.5}],
     space={"batch": (0, 6), "r": (1, 2100)},
     bad=_bad_hellinger,
-    bench=[{"batch": 1024, "r": 512, "quick": True}, {"batch": 8192, "r": 1024}],
+    bench=[{"batch": 1024, "r": 512, "quick": True, "backward": True}, {"batch": 8192, "r": 1024},
+           {"batch": 8192, "r": 1024, "backward": True}],
     cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(), 8 * s.args[0].numel()),
     tol={F64: (1e-12, 1e-10), torch.float32: (2e-6, 1e-5), torch.bfloat16: (1e-2, 2e-2), torch.float16: (1e-3, 5e-3)},
 ))

@@ -9,21 +9,27 @@ namespace sdekernels {
 
 constexpr int kSvdThreads = 256;
 
+// σ_1 = max |v_i| over the block's row, seen by every thread (`red` holds kSvdThreads doubles).
 template <typename T>
-__global__ void svd_core_kernel(const T* __restrict__ As, const T* __restrict__ Bs, const T* __restrict__ Ss,
-                                const T* __restrict__ gSs, T* __restrict__ Kts, T* __restrict__ invs, int64_t k) {
-  __shared__ double red[kSvdThreads];
-  const int64_t row = blockIdx.x, kk = k * k;
-  const T *A = As + row * kk, *B = Bs + row * kk, *S = Ss + row * k, *gS = gSs + row * k;
+__device__ double block_max_abs(const T* v, int64_t n, double* red) {
   double m = 0;
-  for (int64_t j = threadIdx.x; j < k; j += kSvdThreads) m = fmax(m, fabs(double(S[j])));
+  for (int64_t i = threadIdx.x; i < n; i += kSvdThreads) m = fmax(m, fabs(double(v[i])));
   red[threadIdx.x] = m;
   __syncthreads();
   for (int o = kSvdThreads / 2; o > 0; o >>= 1) {
     if (threadIdx.x < o) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + o]);
     __syncthreads();
   }
-  const double s1 = red[0];
+  return red[0];
+}
+
+template <typename T>
+__global__ void svd_core_kernel(const T* __restrict__ As, const T* __restrict__ Bs, const T* __restrict__ Ss,
+                                const T* __restrict__ gSs, T* __restrict__ Kts, T* __restrict__ invs, int64_t k) {
+  __shared__ double red[kSvdThreads];
+  const int64_t row = blockIdx.x, kk = k * k;
+  const T *A = As + row * kk, *B = Bs + row * kk, *S = Ss + row * k, *gS = gSs + row * k;
+  const double s1 = block_max_abs(S, k, red);
   for (int64_t j = threadIdx.x; j < k; j += kSvdThreads) invs[row * k + j] = T(svd_inv(S[j], s1));
   for (int64_t e = threadIdx.x; e < kk; e += kSvdThreads) {
     const int64_t j = e / k, l = e % k;
@@ -49,15 +55,7 @@ __global__ void svd_exact_core_kernel(const T* __restrict__ Ps, const T* __restr
   __shared__ double red[kSvdThreads];
   const int64_t row = blockIdx.x, rk = r * k;
   const T *P = Ps + row * rk, *Q = Qs + row * rk, *s = sigmas + row * r, *gS = gSs + row * k;
-  double m = 0;
-  for (int64_t i = threadIdx.x; i < r; i += kSvdThreads) m = fmax(m, fabs(double(s[i])));
-  red[threadIdx.x] = m;
-  __syncthreads();
-  for (int o = kSvdThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + o]);
-    __syncthreads();
-  }
-  const double s1 = red[0];
+  const double s1 = block_max_abs(s, r, red);
   for (int64_t j = threadIdx.x; j < k; j += kSvdThreads) invs[row * k + j] = T(svd_inv(s[j], s1));
   for (int64_t e = threadIdx.x; e < rk; e += kSvdThreads) {
     const int64_t i = e / k, j = e % k;

@@ -38,6 +38,10 @@ def test_parity(name, dtype, path):
         _check_parity(info, shape, dtype, path)
 
 
+def _differentiable(sample):
+    return [t for t in sample.tensors() if t.requires_grad]
+
+
 def _small(info, limit=600):
     return [sh for sh in info.shapes if sum(t.numel() for t in _sample(info, sh).tensors()) <= limit]
 
@@ -48,7 +52,7 @@ def test_gradcheck(name):
     if not info.differentiable:
         pytest.skip("not differentiable")
     for shape in _small(info):
-        s = _sample(info, shape).bare().map(lambda t: t.detach().requires_grad_())
+        s = info.leaves(_sample(info, shape).bare())
         fn = lambda *ts: s.with_tensors(ts).call(info.op)  # noqa: E731
         assert torch.autograd.gradcheck(fn, s.tensors(), eps=1e-6, atol=1e-6, rtol=1e-5), f"{name} {shape}"
 
@@ -62,10 +66,10 @@ def test_grad_vs_reference(name, path):
     for shape in info.shapes:
         grads = []
         for fn in (info.op, info.ref):
-            s = _sample(info, shape).map(lambda t: t.detach().requires_grad_())
+            s = info.leaves(_sample(info, shape))
             with on_path(path):
                 loss = weighted_sum(s.call(fn), torch.Generator().manual_seed(1))
-            grads.append(torch.autograd.grad(loss, s.tensors(), allow_unused=True))
+            grads.append(torch.autograd.grad(loss, _differentiable(s), allow_unused=True))
         for g, r in zip(*grads):
             assert g is not None and torch.isfinite(g).all(), f"{name} {shape}: missing or non-finite gradient"
             assert_close(g, r, *info.grad_tol, f"{name} {shape} gradient")
@@ -78,9 +82,9 @@ def test_low_precision_backward(name, dtype):
     info = OPS[name]
     if not info.differentiable:
         pytest.skip("not differentiable")
-    s = _sample(info, info.shapes[1], dtype).map(lambda t: t.detach().requires_grad_())
+    s = info.leaves(_sample(info, info.shapes[1], dtype))
     loss = weighted_sum(s.call(info.op), torch.Generator().manual_seed(1))
-    for leaf, g in zip(s.tensors(), torch.autograd.grad(loss.float(), s.tensors())):
+    for leaf, g in zip(_differentiable(s), torch.autograd.grad(loss.float(), _differentiable(s))):
         assert g.dtype == dtype and torch.isfinite(g).all()
         assert g.shape == leaf.shape
 
@@ -96,7 +100,7 @@ def test_bad_inputs(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_inputs_not_written(name, path):
     info = OPS[name]
-    s = _sample(info, info.shapes[1], torch.float32).bare().map(lambda t: t.requires_grad_(info.differentiable))
+    s = info.leaves(_sample(info, info.shapes[1], torch.float32).bare())
     before = [t.detach().clone() for t in s.tensors()]
     with on_path(path):
         out = s.call(info.op)
@@ -160,11 +164,11 @@ def test_compile_fullgraph(name):
     compiled = torch.compile(info.op, fullgraph=True)
     results = []
     for fn in (info.op, compiled):
-        leaves = s.map(lambda t: t.detach().requires_grad_(info.differentiable))
+        leaves = info.leaves(s)
         out = leaves.call(fn)
         grads = ()
         if info.differentiable:
-            grads = torch.autograd.grad(weighted_sum(out, torch.Generator().manual_seed(1)), leaves.tensors())
+            grads = torch.autograd.grad(weighted_sum(out, torch.Generator().manual_seed(1)), _differentiable(leaves))
         results.append((flat(out), grads))
     torch._dynamo.reset()
     assert_close(results[1], results[0], 1e-5, 1e-5, f"{name} compiled")
@@ -199,6 +203,6 @@ def test_backward_without_extension_agrees(name, monkeypatch):
     grads = []
     for available in (True, False):
         monkeypatch.setattr(ext, "available", lambda: available)
-        s = _sample(info, info.shapes[1]).map(lambda t: t.detach().requires_grad_())
-        grads.append(torch.autograd.grad(weighted_sum(s.call(info.op), torch.Generator().manual_seed(1)), s.tensors()))
+        s = info.leaves(_sample(info, info.shapes[1]))
+        grads.append(torch.autograd.grad(weighted_sum(s.call(info.op), torch.Generator().manual_seed(1)), _differentiable(s)))
     assert_close(grads[0], grads[1], *info.grad_tol, f"{name}: extension vs fallback")

@@ -129,14 +129,14 @@ def device_limits(device) -> dict:
     return dict(_CPU_LIMITS)
 
 
-def _runner(fn, sample: Sample, backward: bool):
+def _runner(fn, sample: Sample, backward: bool, info):
     """A closure that runs one call (forward, or forward + backward of a random-weighted sum)."""
     if not backward:
         def run():
             with torch.no_grad():
                 return sample.call(fn)
         return run
-    leaves = sample.map(lambda t: t.detach().requires_grad_(t.is_floating_point()))
+    leaves = info.leaves(sample)
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype) for t in flat(leaves.call(fn)) if t.is_floating_point()]
 
@@ -180,7 +180,7 @@ def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_re
             row = {"op": info.name, "shape": _label(shape), "dtype": str(dtype).replace("torch.", ""),
                    "pass": "fwd+bwd" if backward else "fwd", "impl": impl}
             try:
-                call = _runner(fn, sample, backward)
+                call = _runner(fn, sample, backward, info)
                 t = timeit(call, device)
                 mem = peak_memory(call, device)
             except Exception as e:  # a baseline that cannot run this case (e.g. out of memory)

@@ -62,6 +62,12 @@ class OpInfo:
     valid: Callable | None = None    # valid(shape) -> bool, to filter the hypothesis shapes
     canon: Callable | None = None    # canon(output) -> what is compared (e.g. sign-free SVD factors)
     baselines: dict = field(default_factory=dict)  # {label: fn called like the op} timed beside the reference
+    constant: tuple = ()             # positions in Sample.tensors() that take no gradient (e.g. a detached target)
+
+    def leaves(self, sample: Sample) -> Sample:
+        """The sample's tensors as fresh leaves, requiring grad where the op is differentiable in them."""
+        return sample.with_tensors([t.detach().requires_grad_(self.differentiable and i not in self.constant)
+                                    for i, t in enumerate(sample.tensors())])
 
 
 OPS: dict[str, OpInfo] = {}

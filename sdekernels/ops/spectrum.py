@@ -541,9 +541,7 @@ register(OpInfo(
             {"batch": 2, "Cz": 4, "h": 16, "w": 16, "C": 3, "H": 40, "W": 24, "bins": 8, "blur": (5, 0.8)}],
     space={"batch": (0, 3), "Cz": (1, 4), "h": (2, 16), "w": (2, 16), "C": (1, 3), "H": (8, 40), "W": (8, 40)},
     bad=_bad_esm,
-    # The target side is detached: the generic gradient tests would need a gradient for x; the
-    # gradient with respect to z is tested in python_tests/test_spectrum.py.
-    differentiable=False, batch_key=None,
+    constant=(1,), batch_key=None,  # the target side x is detached: gradients flow to z only
     bench=[{"batch": 64, "Cz": 4, "h": 32, "w": 32, "C": 3, "H": 256, "W": 256, "quick": True}],
     cost=lambda s: (sum(t.numel() * t.element_size() for t in s.args), 4 * sum(t.numel() * (t.shape[-1] + t.shape[-2]) for t in s.args)),
     tol={F64: (1e-10, 1e-8), torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)},

@@ -34,12 +34,6 @@ def _dct2(x: torch.Tensor) -> torch.Tensor:
     return DH @ x @ DW.mT
 
 
-def _idct2(c: torch.Tensor) -> torch.Tensor:
-    H, W = c.shape[-2:]
-    DH, DW = dct_matrix(H, c.dtype, c.device), dct_matrix(W, c.dtype, c.device)
-    return DH.mT @ c @ DW
-
-
 def _radius(H: int, W: int, transform: str, device) -> tuple:
     u = torch.arange(H, dtype=torch.float64, device=device).unsqueeze(1)
     v = torch.arange(W, dtype=torch.float64, device=device).unsqueeze(0)

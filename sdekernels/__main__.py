@@ -1,6 +1,5 @@
 """Command line: python -m sdekernels info | check | bench | train sde|farl|esm."""
 import argparse
-import os
 import sys
 
 import torch
@@ -102,8 +101,6 @@ def main(argv=None) -> int:
         from .train import main as train_main
 
         return train_main(args.which, args.rest)
-    if args.cmd != "info" and not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "0")
     return {"info": _info, "check": _check, "bench": _bench}[args.cmd](args)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_shape, grad_like, next_pow2, rows, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_shape, grad_like, rows, use_triton, work_dtype
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps)

@@ -24,7 +24,7 @@ from .. import _ext
 from .. import reference as ref
 from .._core import HAS_TRITON, check, next_pow2, use_triton, work_dtype
 from ..reference.svd import SpectralPartition, mp_median
-from ..registry import F64, OpInfo, Sample, randn, register
+from ..registry import F64, OpInfo, Sample, register
 
 __all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition", "svd_topk_backward_math",
            "svd_topk_exact_backward_math"]

@@ -1,5 +1,7 @@
 """Shared plumbing of every op: argument checks, dtype policy, and the choice of kernel path."""
 import contextlib
+import math
+import numbers
 import os
 import threading
 
@@ -44,7 +46,8 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check(x, name: str, *, min_dim: int = 1, ndim: int | None = None, like: torch.Tensor | None = None):
-    """ValueError naming `name` for a non-tensor, a wrong dtype/rank/device or (debug) a non-finite value."""
+    """ValueError naming `name` for a non-tensor, a wrong dtype/rank/device, a zero-size dim among the
+    last `min_dim` (the op's own dims; the leading batch dims may be empty) or (debug) a non-finite value."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOATS:
@@ -53,6 +56,8 @@ def check(x, name: str, *, min_dim: int = 1, ndim: int | None = None, like: torc
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
+    if min_dim and 0 in x.shape[x.dim() - min_dim:]:
+        raise ValueError(f"{name} must have non-empty last {min_dim} dimension(s), got shape {tuple(x.shape)}")
     if like is not None:
         if x.device != like.device:
             raise ValueError(f"{name} is on {x.device}, expected {like.device}")
@@ -61,6 +66,26 @@ def check(x, name: str, *, min_dim: int = 1, ndim: int | None = None, like: torc
     if DEBUG and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
+
+
+def check_int(v, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """TypeError naming `name` for a non-integer (bool and 2.0 included), ValueError outside [lo, hi]."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be an int in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}], got {v}")
+    return v
+
+
+def check_real(v, name: str, lo: float = -math.inf, hi: float = math.inf, *, open_lo: bool = False) -> float:
+    """ValueError naming `name` for a non-number, a non-finite number or one outside [lo, hi] ((lo, hi] when open_lo)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {v!r} ({type(v).__name__})")
+    v = float(v)
+    if not math.isfinite(v) or v < lo or v > hi or (open_lo and v == lo):
+        raise ValueError(f"{name} must be a finite number in {'(' if open_lo else '['}{lo:g}, {hi:g}], got {v!r}")
+    return v
 
 
 def check_shape(x: torch.Tensor, name: str, shape, what: str = ""):
@@ -92,6 +117,33 @@ def ref_vjp(fn, tensors, grad, **kwargs):
         used = [t for t in leaves if t is not None]
         grads = iter(torch.autograd.grad(out, used, grad, allow_unused=True))
         return tuple(None if t is None else next(grads) for t in leaves)
+
+
+def vjp(fn, *primals):
+    """(fn(*primals), pullback) as torch.func.vjp, by autograd: usable inside a custom op's body under
+    any dispatch mode (fake tensors, torch.library.opcheck), where functorch's wrappers are not."""
+    with _autograd_on():
+        leaves = [p.detach().requires_grad_(True) for p in primals]
+        out = fn(*leaves)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def pullback(cotangents):
+        cots = list(cotangents) if isinstance(cotangents, (tuple, list)) else [cotangents]
+        with _autograd_on():
+            grads = torch.autograd.grad(outs, leaves, cots, allow_unused=True)
+        return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads))
+
+    detached = tuple(o.detach() for o in outs)
+    return (detached if isinstance(out, (tuple, list)) else detached[0]), pullback
+
+
+def autocast_float32(namespace: str = "sdekernels"):
+    """Autocast policy of every custom op in `namespace`, as torch's numerically sensitive ops: under
+    torch.autocast they run with autocast off, fp16/bf16 inputs up-cast to float32 (float64 kept)."""
+    for qualname in torch._C._dispatch_get_all_op_names():
+        if qualname.startswith(namespace + "::"):
+            for device in ("cpu", "cuda"):
+                torch.library.register_autocast(qualname, device, torch.float32)
 
 
 def next_pow2(n: int) -> int:

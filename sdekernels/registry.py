@@ -52,7 +52,7 @@ class OpInfo:
     make: Callable                   # make(shape: dict, device, dtype, generator) -> Sample
     shapes: list                     # shapes of the parity tests (dicts understood by make)
     space: dict                      # hypothesis ranges {key: (lo, hi)} over the same keys
-    bad: Callable                    # bad(device) -> [(args, kwargs, name of the bad argument)]
+    bad: Callable                    # bad(device) -> [(args, kwargs, name of the bad argument[, TypeError])]: a ValueError (or the given type)
     bench: list                      # bench shapes; "quick": True puts one in --quick, "backward": True times fwd+bwd
     cost: Callable                   # cost(sample) -> (bytes moved, flops) of one forward
     tol: dict = field(default_factory=lambda: {F64: (1e-10, 1e-9), F32: (1e-5, 1e-4), BF16: (2e-2, 2e-2), F16: (5e-3, 5e-3)})
@@ -63,6 +63,10 @@ class OpInfo:
     canon: Callable | None = None    # canon(output) -> what is compared (e.g. sign-free SVD factors)
     baselines: dict = field(default_factory=dict)  # {label: fn called like the op} timed beside the reference
     constant: tuple = ()             # positions in Sample.tensors() that take no gradient (e.g. a detached target)
+    own_dims: dict = field(default_factory=dict)  # {argument: how many trailing dims are the op's own, the rest batch}
+                                       # where a shape without "batch" still has batch dims (e.g. channels)
+    debug_bad: Callable | None = None  # debug_bad(device) -> like bad: tensor values out of their domain, rejected
+                                       # in debug mode only (a check of values costs a device sync)
 
     def leaves(self, sample: Sample) -> Sample:
         """The sample's tensors as fresh leaves, requiring grad where the op is differentiable in them."""

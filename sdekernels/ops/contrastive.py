@@ -297,8 +297,6 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
     check(z_a, "z_a", min_dim=2)
     check(z_b, "z_b", min_dim=2, like=z_a)
     check_shape(z_b, "z_b", z_a.shape, " (that of z_a)")
-    if z_a.numel() == 0:
-        raise ValueError(f"z_a must hold at least one pair of features, got shape {tuple(z_a.shape)}")
     if isinstance(logit_scale, Tensor):
         check(logit_scale, "logit_scale", min_dim=0)
         if logit_scale.numel() != 1 or logit_scale.device != z_a.device:
@@ -317,6 +315,8 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
         scale = torch.full((), value, dtype=work_dtype(z_a.dtype), device=z_a.device)
     if gather:
         z_a, z_b = ref.gather_batch(z_a), ref.gather_batch(z_b)
+    if z_a.numel() == 0:  # an empty batch: the mean over no pair is taken as 0 (all gradients 0)
+        return ((z_a.sum() + z_b.sum()).to(scale.dtype) * scale * 0).to(z_a.dtype)
     return _info_nce(z_a, z_b, scale, bool(normalize), bool(symmetric))[0]
 
 

@@ -16,7 +16,7 @@ the short-side Gram, Lorentzian-stabilised; the divided differences vanish betwe
 values, so it costs O(k·r·(long + r)) and never divides by a noise σ): equal to autograd through
 the full SVD of the reference. Beyond GRAM_MAX_R the truncated-SVD backward of SPEC §1 (csrc/),
 exact as the noise values go to 0. The coefficients' dependence on σ_k and ‖F‖² is a torch.func
-vjp on k-vectors. mode="augment": dF = dF'.
+vjp (by autograd) on k-vectors. mode="augment": dF = dF'.
 
 torch.compile: the forward and the backward are custom ops, so the partition and k_max (a host
 sync) stay inside them. On the Gram path every output has a static shape; on the randomized path
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import reference as ref
 from ..schedules import alpha as _alpha
-from .._core import HAS_TRITON, check, next_pow2, use_triton, work_dtype
+from .._core import HAS_TRITON, check, grad_like, next_pow2, use_triton, vjp, work_dtype
 from ..registry import F64, OpInfo, Sample, register
 from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, fast_gram, finite_mask, gram_eigh, lorentz, mm_for,
                   partition_counts, planted, safe_inv, svd_topk_grad, topk_rows, use_gram)
@@ -145,7 +145,7 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     finite = finite_mask(F3)
     R = F3.shape[0]
     mm = mm_for(F3)
-    xi = (torch.sign(direction) if direction is not None else xi).to(w).expand(*batch, r).reshape(R, r).clone()
+    xi = (torch.sign(direction) if direction is not None else xi).to(w).expand(*batch, r).reshape(R, r).clone(memory_format=torch.contiguous_format)
     A = _short(F3)
     if use_gram(r):
         # One eigendecomposition of the short-side Gram gives every σ (partition) and the basis.
@@ -196,7 +196,7 @@ def _(F, xi, direction, alpha, eps_strong, gamma_weak, gamma_noise, rho):
         k = torch.library.get_ctx().new_dynamic_size()
         saved = (e(R, m, k), e(R, k), e(R, n, k))
     part = [F.new_empty(batch, dtype=torch.long) for _ in range(2)] + [F.new_empty(batch) for _ in range(6)]
-    return (torch.empty_like(F), *saved, e(R, r), *part, F.new_empty((*batch, r)))
+    return (F.new_empty(F.shape), *saved, e(R, r), *part, F.new_empty((*batch, r)))
 
 
 def _gram_backward(A: Tensor, G: Tensor, W: Tensor, S_all: Tensor, ns: Tensor, nsig: Tensor, xi: Tensor, params):
@@ -210,10 +210,10 @@ def _gram_backward(A: Tensor, G: Tensor, W: Tensor, S_all: Tensor, ns: Tensor, n
     s1 = S_all[:, :1].double()
     Yk, Tk = Wk.mT @ A, Wk.mT @ G                              # [R, k, long]
     coefs = lambda S_, nf2_: _d_and_sn(S_, nf2_, ns, nsig, xi[:, :k], params)  # noqa: E731
-    (d, s_n), vjp = torch.func.vjp(coefs, S, (A * A).sum((-2, -1)))
+    (d, s_n), pullback = vjp(coefs, S, (A * A).sum((-2, -1)))
     Xs = (Tk @ A.mT + Yk @ G.mT) @ W / 2                        # rows < k of sym(Wᵀ G Aᵀ W), [R, k, r]
     g_d = torch.diagonal(Xs[:, :, :k], dim1=-2, dim2=-1)
-    gS, g_nf2 = vjp((g_d, (G * A).sum((-2, -1))))
+    gS, g_nf2 = pullback((g_d, (G * A).sum((-2, -1))))
     lam = S_all.double() ** 2
     f = torch.zeros_like(lam)
     f[:, :k] = d.double()
@@ -249,12 +249,12 @@ def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tenso
         U, S, V = T1, T2, T3
         k = S.shape[-1]
         coefs = lambda S_, nf2_: enhance_coefs(S_, nf2_, ns, nsig, xi[:, :k], *params)[:2]  # noqa: E731
-        (c, s_n), vjp = torch.func.vjp(coefs, S, (F3 * F3).sum((-2, -1)))
+        (c, s_n), pullback = vjp(coefs, S, (F3 * F3).sum((-2, -1)))
         GV = G @ V
-        gS, g_nf2 = vjp(((GV * U).sum(-2), (G * F3).sum((-2, -1))))
+        gS, g_nf2 = pullback(((GV * U).sum(-2), (G * F3).sum((-2, -1))))
         gF = svd_topk_grad(U, S, V, GV * c.unsqueeze(-2), gS, (G.mT @ U) * c.unsqueeze(-2), w)
         gF = gF + s_n[:, None, None] * G + (2 * g_nf2)[:, None, None] * F3
-    return gF.reshape(F.shape).to(F.dtype)
+    return grad_like(gF.reshape(F.shape), F)
 
 
 @_enhance_backward.register_fake

@@ -237,6 +237,8 @@ def _split(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: 
     H, W = x.shape[-2:]
     Wo = W // 2 + 1 if onesided else W
     shape = x.shape[:-2] + (H, Wo)
+    if x.numel() == 0:  # an empty batch (MKL's FFT rejects it)
+        return x.new_empty(shape), x.new_empty(shape)
     if use_triton(x):
         A, P = _split_triton(_flat(x), onesided, norm, centered, log_amplitude)
     elif _ext.available():
@@ -262,6 +264,8 @@ def _split_ref(x, gA, gP, onesided, norm, centered, log_amplitude):
 @torch.library.custom_op("sdekernels::fourier_split_backward", mutates_args=())
 def _split_backward(x: Tensor, gA: Tensor, gP: Tensor, onesided: bool, norm: str, centered: bool,
                     log_amplitude: bool) -> Tensor:
+    if x.numel() == 0:
+        return torch.zeros_like(x)
     w = work_dtype(x.dtype)
     xw, ga, gp = _flat(x.to(w)), _flat(gA.to(w)), _flat(gP.to(w))
     if _ext.available():
@@ -322,6 +326,8 @@ def fourier_split(x: Tensor, *, onesided: bool = False, norm: str = "backward", 
 
 @torch.library.custom_op("sdekernels::fourier_merge", mutates_args=())
 def _merge(A: Tensor, P: Tensor, onesided: bool, norm: str, centered: bool, H: int, W: int) -> Tensor:
+    if A.numel() == 0:
+        return A.new_empty(A.shape[:-2] + (H, W))
     w = work_dtype(A.dtype)
     a, p = _flat(A), _flat(P)
     if use_triton(A):
@@ -347,6 +353,8 @@ def _merge_ref(A, P, gx, onesided, norm, centered, H, W):
 
 @torch.library.custom_op("sdekernels::fourier_merge_backward", mutates_args=())
 def _merge_backward(A: Tensor, P: Tensor, gx: Tensor, onesided: bool, norm: str, centered: bool) -> tuple[Tensor, Tensor]:
+    if A.numel() == 0:
+        return torch.zeros_like(A), torch.zeros_like(P)
     w = work_dtype(A.dtype)
     a, p, g = _flat(A.to(w)), _flat(P.to(w)), _flat(gx.to(w))
     if _ext.available():

@@ -332,7 +332,8 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
         s_x = s_x / s_x.sum(-1, keepdim=True)
     s_z = torch.log1p(radial_psd(zw, bins=bins) + 1e-8).clamp_min(0)
     s_z = s_z / s_z.sum(-1, keepdim=True)
-    return (s_x * (torch.log(s_x) - torch.log(s_z))).sum(-1).mean().to(z.dtype)
+    kl = (s_x * (torch.log(s_x) - torch.log(s_z))).sum(-1)
+    return (kl.mean() if kl.numel() else kl.sum()).to(z.dtype)  # an empty batch: 0, not the NaN of an empty mean
 
 
 # ---------------------------------------------------------------- block_dct_lowpass
@@ -422,6 +423,8 @@ def _dog_stats(z: Tensor, sigma1: float, sigma2: float):
 
 @torch.library.custom_op("sdekernels::dog", mutates_args=())
 def _dog(z: Tensor, sigma1: float, sigma2: float) -> Tensor:
+    if z.numel() == 0:
+        return z.new_empty(z.shape)
     _, d, std = _dog_stats(z, sigma1, sigma2)
     return (d / (std + 1e-6)).reshape(z.shape).to(z.dtype)
 
@@ -435,6 +438,8 @@ def _(z, sigma1, sigma2):
 def _dog_backward(z: Tensor, grad: Tensor, sigma1: float, sigma2: float) -> Tensor:
     # o = d / (s + ε), s = population std of d:  dL/dd = g/(s+ε) − Σ(g·d)/(s+ε)² · (d − mean d)/(N·s),
     # the second term taken as 0 where s = 0 (a constant d) so that no input gives NaN.
+    if z.numel() == 0:
+        return torch.zeros_like(z)
     z4, d, s = _dog_stats(z, sigma1, sigma2)
     g = grad.to(d.dtype).reshape(d.shape)
     n = d[0].numel()
@@ -569,7 +574,7 @@ register(OpInfo(
             {"batch": 2, "C": 1, "H": 6, "W": 9, "k": 4, "block": 3}],
     space={"batch": (0, 3), "C": (1, 3), "nbh": (1, 4), "nbw": (1, 4), "block": (1, 9), "k": (0, 17)},
     valid=lambda sh: sh["k"] <= 2 * sh["block"] - 1,
-    bad=_bad_lowpass,
+    bad=_bad_lowpass, own_dims={"x": 2},  # x [..., H, W]: the channels are batch dims
     bench=[{"batch": 256, "C": 16, "H": 16, "W": 16, "k": 8, "quick": True, "backward": True},
            {"batch": 64, "C": 3, "H": 256, "W": 256, "k": 8, "backward": True}],
     cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(), 2 * s.args[0].numel() * s.kwargs["block"] ** 2),

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, next_pow2, use_triton, work_dtype
+from .._core import HAS_TRITON, check, grad_like, next_pow2, use_triton, work_dtype
 from ..reference.svd import SpectralPartition, mp_median
 from ..registry import F64, OpInfo, Sample, register
 
@@ -221,8 +221,9 @@ def _svd_topk_impl(F: Tensor, k: int, niter: int, oversample: int, seed: int):
     U = torch.where(finite[:, None, None], U, nan)
     S = torch.where(finite[:, None], S, nan)
     V = torch.where(finite[:, None, None], V, nan)
+    # Contiguous, as the fake kernel declares (eigh returns column-major eigenvectors).
     return (U.reshape(*batch, m, k).to(F.dtype), S.reshape(*batch, k).to(F.dtype), V.reshape(*batch, n, k).to(F.dtype),
-            W, S_all)
+            W.contiguous(), S_all.contiguous())
 
 
 def _basis_empty(F: Tensor, m: int, n: int):
@@ -341,7 +342,7 @@ def _svd_topk_exact_backward(F: Tensor, U: Tensor, S: Tensor, V: Tensor, W: Tens
     A, Ws, Wl, gWs, gWl = (F3.mT, V3, U3, gV3, gU3) if tall else (F3, U3, V3, gU3, gV3)
     # The outputs' top-k (Rayleigh–Ritz accurate, signs fixed) replace the Gram's own.
     gA = exact_grad_short(A, Ws, Wl, torch.cat([Ws, W[:, :, k:]], -1), torch.cat([S2, S_all[:, k:]], -1), gWs, gS2, gWl)
-    return (gA.mT if tall else gA).reshape(F.shape).to(F.dtype)
+    return grad_like((gA.mT if tall else gA).reshape(F.shape), F)
 
 
 @_svd_topk_exact_backward.register_fake
@@ -451,7 +452,7 @@ def _singular_values_backward(F: Tensor, grad: Tensor) -> Tensor:
     F3w = F3.to(w)
     gF = mm(mm(F3w, W, w), Wc.mT, w) if tall else mm(Wc, mm(W.mT, F3w, w), w)
     gF = torch.where(finite[:, None, None], gF, float("nan"))
-    return gF.reshape(F.shape).to(F.dtype)
+    return grad_like(gF.reshape(F.shape), F)
 
 
 @_singular_values_backward.register_fake

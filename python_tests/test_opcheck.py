@@ -1,0 +1,83 @@
+"""torch.library.opcheck on every custom op of the sdekernels namespace (forward and backward ops),
+with the arguments each registry entry passes to them: schema, autograd registration, fake kernels
+(shapes, dtypes and strides equal to the real kernels', which torch.compile relies on: a wrong
+stride passes only while inductor's on-disk cache replays an old artifact) and AOT dispatch.
+The calls are recorded while the entry's op runs forward and backward, on contiguous and on
+column-major inputs, on both solver paths of the SVD ops."""
+import pytest
+import torch
+from torch._library.custom_ops import CustomOpDef
+from torch.utils._pytree import tree_map
+
+import sdekernels.ops.svd as svd
+from sdekernels.registry import all_ops
+
+from helpers import DEVICE, PATHS, on_path, weighted_sum
+
+OPS = all_ops()
+NAMESPACE = "sdekernels"
+
+
+def _column_major(t: torch.Tensor) -> torch.Tensor:
+    """The same values, dense but not contiguous (what empty_like copies and a contiguous result is not)."""
+    return t.mT.contiguous().mT if t.dim() >= 2 else t
+
+
+def _record(info, path, layout, monkeypatch) -> dict:
+    """{qualname: (op, args, kwargs)}: the first call of each custom op while the entry's op runs
+    forward and backward on its second sample."""
+    calls = {}
+    call = CustomOpDef.__call__
+
+    def recording(op, *args, **kwargs):
+        if op._namespace == NAMESPACE and op._qualname not in calls:
+            snap = lambda v: v.detach().clone(memory_format=torch.preserve_format) if isinstance(v, torch.Tensor) else v  # noqa: E731
+            calls[op._qualname] = (op, tree_map(snap, args), tree_map(snap, kwargs))
+        return call(op, *args, **kwargs)
+
+    sample = info.make(info.shapes[1], DEVICE, torch.float32, torch.Generator().manual_seed(0)).bare()
+    s = info.leaves(sample.map(layout))
+    with monkeypatch.context() as m, on_path(path):
+        m.setattr(CustomOpDef, "__call__", recording)
+        out = s.call(info.op)
+        if info.differentiable:
+            weighted_sum(out, torch.Generator().manual_seed(1)).backward()
+    return calls
+
+
+SOLVERS = {"gram": svd.GRAM_MAX_R, "randomized": 1}  # the SVD ops' two paths (GRAM_MAX_R lowered)
+RANDOMIZED = {"sdekernels::svd_topk", "sdekernels::spectral_enhance"}  # the custom ops with a randomized path
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("layout", ["contiguous", "column_major"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_opcheck(name, path, layout, solver, monkeypatch):
+    info = OPS[name]
+    to_layout = _column_major if layout == "column_major" else (lambda t: t)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor") + (
+        ("test_aot_dispatch_dynamic",) if layout == "contiguous" else ())
+    monkeypatch.setattr(svd, "GRAM_MAX_R", SOLVERS[solver])
+    calls = _record(info, path, to_layout, monkeypatch)
+    if solver != "gram" and not RANDOMIZED & set(calls):
+        pytest.skip("no SVD solver in this op")
+    failures = []
+    for qualname, (op, args, kwargs) in calls.items():
+        grad = info.differentiable and not op._name.endswith("backward")
+        req = lambda v: v.requires_grad_(True) if grad and isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+        with on_path(path):
+            result = torch.library.opcheck(op, tree_map(req, args), kwargs, test_utils=utils, raise_exception=False)
+        failures += [f"{qualname} {test}: {str(err)[:400]}" for test, err in result.items() if err != "SUCCESS"]
+    assert not failures, "\n".join(failures)
+
+
+def test_every_custom_op_is_checked(monkeypatch):
+    """The registry's ops reach every custom op of the namespace, so test_opcheck checks them all."""
+    defined = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith(NAMESPACE + "::")}
+    reached = set()
+    for limit in SOLVERS.values():
+        monkeypatch.setattr(svd, "GRAM_MAX_R", limit)
+        for info in OPS.values():
+            reached |= set(_record(info, "aten", lambda t: t, monkeypatch))
+    assert defined - reached == set(), f"custom ops no registry entry reaches: {sorted(defined - reached)}"

@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as Fn
 
+from sdekernels._core import check_int, check_real
 from sdekernels.schedules import alpha as _alpha
 from sdekernels.schedules import lam as _lam
 
@@ -124,14 +125,19 @@ class SDELoss(torch.nn.Module):
         generator: Optional[torch.Generator] = None,
     ):
         super().__init__()
-        if int(total_steps) < 1:
-            raise ValueError(f"total_steps must be a positive int, got {total_steps}")
+        total_steps = check_int(total_steps, "total_steps", 1)
+        temperature = check_real(temperature, "temperature", 0.0, open_lo=True)
+        power = check_real(power, "power", 0.0, open_lo=True)
+        lambda_start, lambda_end = (check_real(v, name, 0.0, 1.0) for v, name in
+                                    ((lambda_start, "lambda_start"), (lambda_end, "lambda_end")))
+        eps_strong, gamma_weak, gamma_noise, rho = (check_real(v, name, 0.0) for v, name in (
+            (eps_strong, "eps_strong"), (gamma_weak, "gamma_weak"), (gamma_noise, "gamma_noise"), (rho, "rho")))
         if direction not in ("random", "adversarial"):
             raise ValueError(f"direction must be 'random' or 'adversarial', got {direction!r}")
         if mode not in ("full", "augment"):
             raise ValueError(f"mode must be 'full' or 'augment', got {mode!r}")
-        if k_sub is not None and int(k_sub) < 1:
-            raise ValueError(f"k_sub must be a positive int or None, got {k_sub}")
+        if k_sub is not None:
+            k_sub = check_int(k_sub, "k_sub", 1)
         self.total_steps = int(total_steps)
         self.temperature = temperature
         self.lambda_start = lambda_start

@@ -8,7 +8,7 @@ def _work(x: torch.Tensor) -> torch.Tensor:
 
 
 def _dist(S: torch.Tensor, power: float) -> torch.Tensor:
-    s = S ** power
+    s = torch.where(S >= 0, S, float("nan")) ** power  # no S^power of a negative value: NaN
     return (s / s.sum(-1, keepdim=True).clamp_min(1e-30)).clamp_min(1e-12)
 
 

@@ -88,6 +88,13 @@ def check_real(v, name: str, lo: float = -math.inf, hi: float = math.inf, *, ope
     return v
 
 
+def check_domain(x: torch.Tensor, name: str, ok, what: str):
+    """Debug mode only (a value check costs a device sync): ValueError naming `name` unless ok(x) holds
+    for every entry."""
+    if DEBUG and not torch.compiler.is_compiling() and not bool(ok(x).all()):
+        raise ValueError(f"{name} must be {what}")
+
+
 def check_shape(x: torch.Tensor, name: str, shape, what: str = ""):
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}{what}, got {tuple(x.shape)}")
@@ -135,6 +142,17 @@ def vjp(fn, *primals):
 
     detached = tuple(o.detach() for o in outs)
     return (detached if isinstance(out, (tuple, list)) else detached[0]), pullback
+
+
+def without_autocast(device_type: str, *tensors):
+    """(context, tensors) for code outside the custom ops that combines several of them (a loss):
+    under torch.autocast, autocast off and fp16/bf16 tensors up-cast to float32 (the custom ops'
+    policy); otherwise no change."""
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext(), tensors
+    up = tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16) else t
+               for t in tensors)
+    return torch.autocast(device_type, enabled=False), up
 
 
 def autocast_float32(namespace: str = "sdekernels"):

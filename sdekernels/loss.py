@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import reference as ref
-from ._core import work_dtype
+from ._core import check, without_autocast, work_dtype
 from .ops.contrastive import info_nce
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_coefs, spectral_enhance
@@ -60,6 +60,11 @@ class _ThinSVD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gU, gS, gV):
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):  # as the forward ran
+            return _ThinSVD._backward(ctx, gU, gS, gV)
+
+    @staticmethod
+    def _backward(ctx, gU, gS, gV):
         # Linear in (gU, gS, gV): U diag(gS) Vᵀ over all r values, plus the exact top-k gradient of
         # ops/svd.py (shared with svd_topk's Gram path) for the first k columns of gU, gV, in the
         # short-side frame where W (all r eigenvectors of the Gram) is the square factor.
@@ -198,5 +203,10 @@ class SDELoss(ref.SDELoss):
     ops = FUSED_OPS
 
     def forward(self, image_features, text_features, logit_scale=None, output_dict=False, step=None):
-        with _shared_spectra():  # one decomposition per feature matrix for the whole call
+        check(image_features, "image_features", min_dim=2)
+        check(text_features, "text_features", min_dim=2, like=image_features)
+        # Under torch.autocast the loss runs in float32 (as its ops do), with autocast off.
+        no_autocast, (image_features, text_features, logit_scale) = without_autocast(
+            image_features.device.type, image_features, text_features, logit_scale)
+        with _shared_spectra(), no_autocast:  # one decomposition per feature matrix for the whole call
             return super().forward(image_features, text_features, logit_scale, output_dict, step)

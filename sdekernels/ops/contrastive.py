@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_shape, grad_like, rows, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_domain, check_real, check_shape, grad_like, rows, use_triton, work_dtype
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps)
@@ -297,19 +297,19 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
     check(z_a, "z_a", min_dim=2)
     check(z_b, "z_b", min_dim=2, like=z_a)
     check_shape(z_b, "z_b", z_a.shape, " (that of z_a)")
+    temperature = check_real(temperature, "temperature", 0.0, open_lo=True)
     if isinstance(logit_scale, Tensor):
         check(logit_scale, "logit_scale", min_dim=0)
         if logit_scale.numel() != 1 or logit_scale.device != z_a.device:
             raise ValueError(f"logit_scale must be a one-element tensor on {z_a.device}, "
                              f"got shape {tuple(logit_scale.shape)} on {logit_scale.device}")
+        check_domain(logit_scale, "logit_scale", lambda s: s > 0, "positive")
         scale = logit_scale
     else:
         if logit_scale is None:
-            if not (isinstance(temperature, (int, float)) and temperature > 0):
-                raise ValueError(f"temperature must be a positive number, got {temperature!r}")
             value = 1.0 / temperature
-        elif isinstance(logit_scale, (int, float)):
-            value = float(logit_scale)
+        elif isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
+            value = check_real(logit_scale, "logit_scale", 0.0, open_lo=True)
         else:
             raise ValueError(f"logit_scale must be a number or a tensor, got {type(logit_scale).__name__}")
         scale = torch.full((), value, dtype=work_dtype(z_a.dtype), device=z_a.device)
@@ -346,7 +346,9 @@ def _bad_info_nce(device):
             ((z, z.double()), {}, "z_b"),
             ((z, z.long()), {}, "z_b"),
             ((z[:, :0], z[:, :0]), {}, "z_a"),
-            ((z, z), {"temperature": 0.0}, "temperature"),
+            ((z, z), {"temperature": 0.0}, "temperature"), ((z, z), {"temperature": float("inf")}, "temperature"),
+            ((z, z), {"temperature": float("nan")}, "temperature"), ((z, z), {"logit_scale": 0.0}, "logit_scale"),
+            ((z, z), {"logit_scale": -1.0}, "logit_scale"), ((z, z), {"logit_scale": float("inf")}, "logit_scale"),
             ((z, z), {"logit_scale": torch.ones(2, device=device)}, "logit_scale"),
             ((z, z), {"logit_scale": torch.ones((), dtype=torch.int64, device=device)}, "logit_scale")]
 
@@ -363,13 +365,19 @@ def _explicit_fp32_logits(z_a, z_b, temperature=0.07, *, logit_scale=None, norma
     return 0.5 * (loss + Fn.cross_entropy(logits.mT, labels)) if symmetric else loss
 
 
+def _bad_scale_values(device):
+    z = torch.randn(2, 8, 4, device=device)
+    return [((z, z), {"logit_scale": torch.zeros((), device=device)}, "logit_scale"),
+            ((z, z), {"logit_scale": -torch.ones(1, device=device)}, "logit_scale")]
+
+
 register(OpInfo(
     name="info_nce", op=info_nce, ref=ref.info_nce, make=_pairs,
     shapes=[{"B": 1, "d": 1, "scale": 1}, {"batch": 2, "B": 9, "d": 5}, {"B": 40, "d": 33, "symmetric": 0},
             {"batch": 3, "B": 70, "d": 20, "scale": 1}, {"B": 37, "d": 70, "normalize": 0, "temperature": 0.5},
             {"B": 16, "d": 8, "scale": 1, "symmetric": 0, "normalize": 0}],
     space={"batch": (0, 2), "B": (1, 80), "d": (1, 70), "symmetric": (0, 1), "normalize": (0, 1), "scale": (0, 1)},
-    bad=_bad_info_nce, batch_key=None,  # the loss is one mean over every batch element
+    bad=_bad_info_nce, debug_bad=_bad_scale_values, batch_key=None,  # the loss is one mean over every batch element
     bench=[{"B": B, "d": d, "backward": True, "quick": (B, d) == (4096, 256)}
            for B in (4096, 16384, 65536) for d in (256, 512, 1024)],
     cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(),

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_shape, grad_like, next_pow2, ref_vjp, rows, use_triton, work_dtype
+from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, grad_like, next_pow2, ref_vjp, rows,
+                     use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 if HAS_TRITON:
@@ -18,8 +19,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _spow(s, power, POWER_ONE: tl.constexpr):
-        if POWER_ONE:
-            return s
+        if POWER_ONE:  # a negative value has no S^power: NaN (as the reference)
+            return tl.where(s >= 0, s, float("nan"))
         return tl.where(s > 0, tl.exp(power * tl.log(tl.where(s > 0, s, 1.0))), tl.where(s == 0, 0.0, float("nan")))
 
     @triton.jit
@@ -35,8 +36,9 @@ if HAS_TRITON:
             mask = idx < r
             za += _spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE)
             zb += _spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE)
-        za_c = tl.maximum(tl.sum(za, 0), 1e-30)
-        zb_c = tl.maximum(tl.sum(zb, 0), 1e-30)
+        za_s, zb_s = tl.sum(za, 0), tl.sum(zb, 0)
+        za_c = tl.maximum(za_s, 1e-30)
+        zb_c = tl.maximum(zb_s, 1e-30)
         bc = tl.zeros([BLOCK], ACC)
         for start in range(0, r, BLOCK):
             idx = start + tl.arange(0, BLOCK)
@@ -45,6 +47,9 @@ if HAS_TRITON:
             q = tl.maximum(_spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE) / zb_c, 1e-12)
             bc += tl.where(mask, tl.sqrt(p * q), 0.0)
         h2 = 1.0 - tl.sum(bc, 0)
+        # A NaN or Inf sum (a negative or non-finite value) makes the row NaN, as in the reference
+        # (explicitly: a GPU's maximum returns the non-NaN operand).
+        h2 = tl.where((za_s - za_s == 0) & (zb_s - zb_s == 0), h2, float("nan"))
         if not SQUARED:
             h2 = tl.sqrt(tl.maximum(h2, 0.0))
         tl.store(OUT + row, h2.to(OUT.dtype.element_ty))
@@ -113,6 +118,9 @@ def _hellinger_backward(S_a: Tensor, S_b: Tensor, grad: Tensor, power: float, sq
         da, db = torch.ops.sdekernels_C.hellinger_bwd(a, b, g, power, squared)
     else:
         da, db = ref_vjp(ref.hellinger, (a, b), g, power=power, squared=squared)
+    # A row with a negative or NaN value has a NaN distance (no S^power): NaN gradients, on every path.
+    ok = (a >= 0).all(-1, keepdim=True) & (b >= 0).all(-1, keepdim=True)
+    da, db = torch.where(ok, da, float("nan")), torch.where(ok, db, float("nan"))
     return grad_like(da, S_a), grad_like(db, S_b)
 
 
@@ -138,16 +146,18 @@ def hellinger(S_a: Tensor, S_b: Tensor, *, power: float = 1, squared: bool = Tru
     """Hellinger distance between the normalised spectra p ∝ S_a^power and q ∝ S_b^power (SPEC §5).
 
     S_a, S_b: [..., r] non-negative (singular values). Returns H² = 1 − Σ√(p q) of shape [...]
-    (or H when squared=False). The gradient is finite for every finite input and 0 at p = q.
+    (or H when squared=False). The gradient is finite for every finite non-negative input and 0 at p = q.
+    A row with a negative value (outside the domain: S^power is undefined) gives NaN and NaN gradients
+    on every path; debug mode (SDEKERNELS_DEBUG=1) raises a ValueError instead (a value check costs
+    a device sync, so it is not made otherwise).
     """
     check(S_a, "S_a")
     check(S_b, "S_b", like=S_a)
     check_shape(S_b, "S_b", S_a.shape, " (that of S_a)")
-    if S_a.shape[-1] == 0:
-        raise ValueError("S_a must hold at least one singular value in its last dimension")
-    if not (isinstance(power, (int, float)) and power > 0):
-        raise ValueError(f"power must be a positive number, got {power!r}")
-    return _hellinger(S_a, S_b, float(power), bool(squared))
+    check_domain(S_a, "S_a", lambda s: s >= 0, "non-negative")
+    check_domain(S_b, "S_b", lambda s: s >= 0, "non-negative")
+    power = check_real(power, "power", 0.0, open_lo=True)
+    return _hellinger(S_a, S_b, power, bool(squared))
 
 
 # ---------------------------------------------------------------- subspace_distance
@@ -282,8 +292,16 @@ def _bad_hellinger(device):
             ((S, S[:, :4]), {}, "S_b"),
             ((S, S.double()), {}, "S_b"),
             ((S, torch.ones(3, 8, dtype=torch.int64, device=device)), {}, "S_b"),
-            ((S, S), {"power": 0}, "power"),
+            ((S, S), {"power": 0}, "power"), ((S, S), {"power": float("inf")}, "power"),
+            ((S, S), {"power": float("nan")}, "power"), ((S, S), {"power": -1.0}, "power"),
             ((S[:, :0], S[:, :0]), {}, "S_a")]
+
+
+def _negative_spectra(device):
+    S = torch.rand(3, 8, device=device)
+    neg = S.clone()
+    neg[1, 2] = -0.5
+    return [((neg, S), {}, "S_a"), ((S, neg), {"power": 2}, "S_b")]
 
 
 register(OpInfo(
@@ -291,7 +309,7 @@ register(OpInfo(
     shapes=[{"batch": 0, "r": 1}, {"batch": 5, "r": 7}, {"batch": 3, "r": 300, "squared": False},
             {"batch": 4, "r": 1500, "power": 2}, {"batch": 2, "r": 33, "power": 0.5}],
     space={"batch": (0, 6), "r": (1, 2100)},
-    bad=_bad_hellinger,
+    bad=_bad_hellinger, debug_bad=_negative_spectra,
     bench=[{"batch": 1024, "r": 512, "quick": True, "backward": True}, {"batch": 8192, "r": 1024},
            {"batch": 8192, "r": 1024, "backward": True}],
     cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(), 8 * s.args[0].numel()),

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import reference as ref
 from ..schedules import alpha as _alpha
-from .._core import HAS_TRITON, check, grad_like, next_pow2, use_triton, vjp, work_dtype
+from .._core import HAS_TRITON, check, check_real, grad_like, next_pow2, use_triton, vjp, work_dtype
 from ..registry import F64, OpInfo, Sample, register
 from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, fast_gram, finite_mask, gram_eigh, lorentz, mm_for,
                   partition_counts, planted, safe_inv, svd_topk_grad, topk_rows, use_gram)
@@ -312,8 +312,7 @@ def spectral_enhance(F: Tensor, t: float, *, eps_strong: float = 0.1, gamma_weak
     check(F, "F", min_dim=2)
     if mode not in ("full", "augment"):
         raise ValueError(f"mode must be 'full' or 'augment', got {mode!r}")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must be a number in [0, 1], got {t!r}")
+    t = check_real(t, "t", 0.0, 1.0)
     params = [_check_float(v, name) for v, name in ((eps_strong, "eps_strong"), (gamma_weak, "gamma_weak"),
                                                     (gamma_noise, "gamma_noise"), (rho, "rho"))]
     batch, r = F.shape[:-2], min(F.shape[-2:])
@@ -363,7 +362,8 @@ def _make(shape, device, dtype, gen):
 def _bad(device):
     F = torch.randn(2, 12, 8, device=device)
     return [((F[0, 0], 0.5), {}, "F"), ((F.long(), 0.5), {}, "F"), ((F, 1.5), {}, "t"), ((F, "a"), {}, "t"),
-            ((F, 0.5), {"mode": "x"}, "mode"), ((F, 0.5), {"rho": -1.0}, "rho"),
+            ((F, 0.5), {"mode": "x"}, "mode"), ((F, 0.5), {"rho": -1.0}, "rho"), ((F, float("nan")), {}, "t"),
+            ((F, 0.5), {"gamma_noise": float("inf")}, "gamma_noise"),
             ((F, 0.5), {"eps_strong": float("nan")}, "eps_strong"), ((F, 0.5), {"direction": torch.ones(2, 7)}, "direction"),
             ((F, 0.5), {"direction": torch.ones(2, 8).double()}, "direction"), ((F, 0.5), {"generator": 1}, "generator")]
 

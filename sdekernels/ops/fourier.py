@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, INTERPRET, check, grad_like, ref_vjp, use_triton, work_dtype
+from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_int, check_real, grad_like, ref_vjp, use_triton,
+                     work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORMS = ("backward", "ortho", "forward")
@@ -397,12 +398,9 @@ def fourier_merge(A: Tensor, P: Tensor, *, onesided: bool = False, norm: str = "
     _check_norm(norm)
     H, Wo = A.shape[-2:]
     if size is not None:
-        try:
-            size = tuple(int(s) for s in size)
-        except TypeError:
-            raise ValueError(f"size must be (H, W), got {size!r}") from None
-        if len(size) != 2:
-            raise ValueError(f"size must be (H, W), got {size}")
+        if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+            raise ValueError(f"size must be (H, W), got {size!r}")
+        size = tuple(check_int(s, "size", 1) for s in size)
         if not onesided and size != (H, Wo):
             raise ValueError(f"size must equal A's spatial shape {(H, Wo)} when not onesided, got {size}")
         if onesided and (size[0] != H or size[1] // 2 + 1 != Wo or size[1] < 1):
@@ -436,10 +434,10 @@ def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
     check(x2, "x2", min_dim=2, like=x1)
     if x2.shape != x1.shape:
         raise ValueError(f"x2 must have the shape of x1 {tuple(x1.shape)}, got {tuple(x2.shape)}")
-    if not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio must lie in (0, 1], got {ratio!r}")
+    ratio = check_real(ratio, "ratio", 0.0, 1.0, open_lo=True)
     if isinstance(lam, Tensor):
         check(lam, "lam", min_dim=0)
+        check_domain(lam, "lam", lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
         if lam.device != x1.device:
             raise ValueError(f"lam is on {lam.device}, expected {x1.device}")
         nb = x1.dim() - 2
@@ -447,13 +445,13 @@ def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
             raise ValueError(f"lam must be a float or have a prefix of the batch shape {tuple(x1.shape[:-2])}, "
                              f"got {tuple(lam.shape)}")
         lam = lam.to(work_dtype(x1.dtype)).reshape(*lam.shape, *([1] * (x1.dim() - lam.dim())))
-    elif not isinstance(lam, (int, float)):
-        raise ValueError(f"lam must be a float or a tensor, got {type(lam).__name__}")
+    else:
+        lam = check_real(lam, "lam", 0.0, 1.0)
     w = work_dtype(x1.dtype)  # low precision: the spectra stay in float32 between the kernels
     A1, P1 = fourier_split(x1.to(w), centered=True)
     A2, _ = fourier_split(x2.to(w), centered=True)
     mixed = A1 + lam * (A2 - A1)
-    A = torch.where(_window(*x1.shape[-2:], float(ratio), x1.device), mixed, A1)
+    A = torch.where(_window(*x1.shape[-2:], ratio, x1.device), mixed, A1)
     return fourier_merge(A, P1, centered=True).to(x1.dtype)
 
 
@@ -540,7 +538,8 @@ def _bad_merge(device):
             ((A, A), {"norm": "bad"}, "norm"),
             ((A, A), {"size": (6, 8)}, "size"),
             ((A, A), {"onesided": True, "size": (6, 20)}, "size"),
-            ((A, A), {"size": (6,)}, "size")]
+            ((A, A), {"size": (6,)}, "size"), ((A, A), {"size": (6, 7.0)}, "size", TypeError),
+            ((A, A), {"onesided": True, "size": (6.5, 12)}, "size", TypeError)]
 
 
 register(OpInfo(
@@ -573,7 +572,14 @@ def _bad_mix(device):
             ((x, x, 0.5), {"ratio": 0.0}, "ratio"),
             ((x, x, 0.5), {"ratio": 1.5}, "ratio"),
             ((x, x, torch.rand(3, device=device)), {}, "lam"),
-            ((x, x, "half"), {}, "lam")]
+            ((x, x, "half"), {}, "lam"), ((x, x, 1.5), {}, "lam"), ((x, x, -0.1), {}, "lam"),
+            ((x, x, float("nan")), {}, "lam"), ((x, x, 0.5), {"ratio": float("nan")}, "ratio")]
+
+
+def _bad_lam_values(device):
+    x = torch.randn(2, 6, 7, device=device)
+    return [((x, x, torch.tensor([0.5, 1.5], device=device)), {}, "lam"),
+            ((x, x, torch.tensor(-0.5, device=device)), {}, "lam")]
 
 
 register(OpInfo(
@@ -583,7 +589,7 @@ register(OpInfo(
             {"batch": 2, "c": 2, "H": 12, "W": 13, "ratio": 0.5},
             {"batch": 2, "H": 16, "W": 20, "ratio": 0.3, "per_sample": 1}, {"batch": 1, "H": 24, "W": 27, "ratio": 0.7}],
     space={"batch": (0, 3), "H": (1, 20), "W": (1, 20), "per_sample": (0, 1)},
-    bad=_bad_mix,
+    bad=_bad_mix, debug_bad=_bad_lam_values,
     bench=[{"batch": 16, "c": 3, "H": 64, "W": 64, "quick": True, "per_sample": 1},
            {"batch": 256, "c": 3, "H": 224, "W": 224, "per_sample": 1, "ratio": 0.5}],
     cost=lambda s: (4 * s.args[0].numel() * s.args[0].element_size(), 3 * _fft_flops(s, s.args[0])),

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, grad_like, next_pow2, ref_vjp, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_int, check_real, grad_like, next_pow2, ref_vjp, use_triton, work_dtype
 from ..reference import spectrum as ref_spec
 from ..registry import F64, OpInfo, Sample, randn, register
 
@@ -275,8 +275,7 @@ _radial_psd.register_autograd(_radial_psd_grad, setup_context=_radial_psd_setup)
 
 
 def _check_bins(bins):
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    return check_int(bins, "bins", 1)
 
 
 def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str | None = "mean",
@@ -290,7 +289,7 @@ def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str
     keeps fp32 accurate for inputs with a large mean.
     """
     check(x, "x", min_dim=3)
-    _check_bins(bins)
+    bins = _check_bins(bins)
     ref_spec.check_psd_options(transform, center, channel_reduce)
     save = torch.is_grad_enabled() and x.requires_grad  # keep the spectrum only when a backward may follow
     return _radial_psd(x, bins, transform, channel_reduce == "mean", save)[0]
@@ -311,20 +310,25 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
     """
     check(z, "z", min_dim=3)
     check(x, "x", min_dim=3, like=z)
-    _check_bins(bins)
+    bins = _check_bins(bins)
+    delta = check_real(delta, "delta")
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"x must have z's batch shape {tuple(z.shape[:-3])}, got {tuple(x.shape[:-3])}")
     if blur is not None:
-        if len(blur) != 2 or int(blur[0]) < 1 or int(blur[0]) % 2 == 0 or float(blur[1]) <= 0:
+        if not isinstance(blur, (tuple, list)) or len(blur) != 2:
             raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur!r}")
-        if int(blur[0]) // 2 >= min(x.shape[-2:]):
-            raise ValueError(f"x's H and W must exceed the blur radius {int(blur[0]) // 2}, got {tuple(x.shape[-2:])}")
+        size, sigma = check_int(blur[0], "blur size", 1), check_real(blur[1], "blur sigma", 0.0, open_lo=True)
+        if size % 2 == 0:
+            raise ValueError(f"blur size must be odd, got {size}")
+        if size // 2 >= min(x.shape[-2:]):
+            raise ValueError(f"x's H and W must exceed the blur radius {size // 2}, got {tuple(x.shape[-2:])}")
+        blur = (size, sigma)
     w = work_dtype(z.dtype)
     zw = _as_4d(z.to(w))
     with torch.no_grad():
         xw = _as_4d(x.detach().to(w))
         if blur is not None:
-            xw = ref_spec._blur(xw, ref_spec._gaussian_kernel1d(int(blur[0]), float(blur[1]), w, xw.device), "x")
+            xw = ref_spec._blur(xw, ref_spec._gaussian_kernel1d(*blur, w, xw.device), "x")
         if xw.shape[-2:] != zw.shape[-2:]:
             xw = Fn.interpolate(xw, size=tuple(zw.shape[-2:]), mode="bicubic", align_corners=False)
         f = torch.arange(1, bins + 1, dtype=w, device=xw.device)
@@ -388,10 +392,8 @@ def block_dct_lowpass(x: Tensor, k: int, *, block: int = 8) -> Tensor:
     """Block-DCT low-pass of x [..., H, W] (SPEC §9): per block×block tile, the DCT coefficients with
     u + v ≥ 2·block − 1 − k are zeroed. One block²×block² projector per tile, applied by one matmul."""
     check(x, "x", min_dim=2)
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block must be a positive int, got {block!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2 * block - 1:
-        raise ValueError(f"k must be an int in [0, {2 * block - 1}], got {k!r}")
+    block = check_int(block, "block", 1)
+    k = check_int(k, "k", 0, 2 * block - 1)
     H, W = x.shape[-2:]
     if H % block or W % block:
         raise ValueError(f"x's H and W must be multiples of block={block}, got H={H}, W={W}")
@@ -473,13 +475,11 @@ def dog(z: Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> Tensor:
     """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by (its population
     standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9)."""
     check(z, "z", min_dim=3)
-    for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")):
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 or not math.isfinite(s):
-            raise ValueError(f"{name} must be a positive number, got {s!r}")
+    sigma1, sigma2 = (check_real(s, name, 0.0, open_lo=True) for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")))
     r = max(_radius(sigma1), _radius(sigma2))
     if r >= min(z.shape[-2:]):
         raise ValueError(f"z's H and W must exceed the blur radius {r}, got {tuple(z.shape[-2:])}")
-    return _dog(z, float(sigma1), float(sigma2))
+    return _dog(z, sigma1, sigma2)
 
 
 # ---------------------------------------------------------------- registry entries
@@ -497,7 +497,7 @@ def _psd_sample(shape, device, dtype, gen):
 
 def _bad_psd(device):
     x = torch.randn(2, 3, 8, 8, device=device)
-    return [((x[0, 0],), {}, "x"), ((x.long(),), {}, "x"), ((x,), {"bins": 0}, "bins"),
+    return [((x[0, 0],), {}, "x"), ((x.long(),), {}, "x"), ((x,), {"bins": 0}, "bins"), ((x,), {"bins": 4.0}, "bins", TypeError),
             ((x,), {"transform": "dst"}, "transform"), ((x,), {"center": "median"}, "center"),
             ((x,), {"channel_reduce": "sum"}, "channel_reduce")]
 
@@ -534,7 +534,10 @@ def _esm_sample(shape, device, dtype, gen):
 def _bad_esm(device):
     z, x = torch.randn(2, 4, 8, 8, device=device), torch.randn(2, 3, 32, 32, device=device)
     return [((z[0, 0], x), {}, "z"), ((z, x[:1]), {}, "x"), ((z, x.double()), {}, "x"),
-            ((z, x), {"blur": (4, 1.0)}, "blur"), ((z, x), {"bins": 0}, "bins"),
+            ((z, x), {"blur": (4, 1.0)}, "blur"), ((z, x), {"bins": 0}, "bins"), ((z, x), {"bins": 8.0}, "bins", TypeError),
+            ((z, x), {"blur": (7.0, 1.2)}, "blur", TypeError), ((z, x), {"blur": (7, float("nan"))}, "blur"),
+            ((z, x), {"blur": (7, float("inf"))}, "blur"), ((z, x), {"blur": (7, 0.0)}, "blur"), ((z, x), {"blur": 7}, "blur"),
+            ((z, x), {"delta": float("nan")}, "delta"), ((z, x), {"delta": float("inf")}, "delta"),
             ((z, x[..., :3, :3]), {}, "x")]
 
 
@@ -563,7 +566,8 @@ def _lowpass_sample(shape, device, dtype, gen):
 def _bad_lowpass(device):
     x = torch.randn(2, 3, 16, 16, device=device)
     return [((x[0, 0, 0], 4), {}, "x"), ((x[..., :12], 4), {}, "x"), ((x, 16), {}, "k"), ((x, -1), {}, "k"),
-            ((x, 2.0), {}, "k"), ((x, 4), {"block": 0}, "block"), ((x.int(), 4), {}, "x")]
+            ((x, 2.0), {}, "k", TypeError), ((x, 4), {"block": 0}, "block"), ((x, 4), {"block": 8.0}, "block", TypeError),
+            ((x.int(), 4), {}, "x")]
 
 
 register(OpInfo(
@@ -589,7 +593,8 @@ def _dog_sample(shape, device, dtype, gen):
 def _bad_dog(device):
     z = torch.randn(2, 3, 16, 16, device=device)
     return [((z[0, 0],), {}, "z"), ((z.long(),), {}, "z"), ((z,), {"sigma1": 0.0}, "sigma1"),
-            ((z,), {"sigma2": -1.0}, "sigma2"), ((z[..., :6],), {}, "z")]
+            ((z,), {"sigma2": -1.0}, "sigma2"), ((z[..., :6],), {}, "z"), ((z,), {"sigma1": float("inf")}, "sigma1"),
+            ((z,), {"sigma2": float("nan")}, "sigma2")]
 
 
 register(OpInfo(

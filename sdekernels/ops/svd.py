@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, grad_like, next_pow2, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_int, check_real, grad_like, next_pow2, use_triton, work_dtype
 from ..reference.svd import SpectralPartition, mp_median
 from ..registry import F64, OpInfo, Sample, register
 
@@ -404,14 +404,9 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
     """
     _check_matrix(F)
     r = min(F.shape[-2:])
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= r:
-        raise ValueError(f"k must be an int in [1, min(m, n)] = [1, {r}], got {k!r}")
-    if niter is None:
-        niter = DEFAULT_NITER
-    if isinstance(niter, bool) or not isinstance(niter, int) or niter < 0:
-        raise ValueError(f"niter must be a non-negative int or None, got {niter!r}")
-    if isinstance(oversample, bool) or not isinstance(oversample, int) or oversample < 0:
-        raise ValueError(f"oversample must be a non-negative int, got {oversample!r}")
+    k = check_int(k, "k", 1, r)  # in [1, min(m, n)]
+    niter = DEFAULT_NITER if niter is None else check_int(niter, "niter", 0)
+    oversample = check_int(oversample, "oversample", 0)
     return _svd_topk(F, k, niter, oversample, _seed(generator))[:3]
 
 
@@ -546,15 +541,12 @@ def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> Spec
     Returns a SpectralPartition of detached tensors of the batch shape (counts int64).
     """
     check(S, "S")
-    for v, name in ((m, "m"), (n, "n")):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    m, n = check_int(m, "m", 1), check_int(n, "n", 1)
     if S.shape[-1] != min(m, n):
         raise ValueError(f"S must hold all min(m, n) = {min(m, n)} singular values in its last dimension, "
                          f"got shape {tuple(S.shape)}")
-    if not isinstance(iqr_c, (int, float)) or isinstance(iqr_c, bool) or not math.isfinite(iqr_c) or iqr_c < 0:
-        raise ValueError(f"iqr_c must be a non-negative number, got {iqr_c!r}")
-    ns, nw, tn, ts, sh, es, ew, en = _spectral_partition(S.detach(), m, n, float(iqr_c))
+    iqr_c = check_real(iqr_c, "iqr_c", 0.0)
+    ns, nw, tn, ts, sh, es, ew, en = _spectral_partition(S.detach(), m, n, iqr_c)
     return SpectralPartition(ns, nw, tn, ts, sh, (es, ew, en))
 
 
@@ -601,8 +593,9 @@ def canon_triplets(out):
 def _bad_topk(device):
     F = torch.randn(3, 10, 6, device=device)
     return [((F[0, 0], 2), {}, "F"), ((F.long(), 2), {}, "F"), ((F.numpy() if device.type == "cpu" else 1, 2), {}, "F"),
-            ((F, 0), {}, "k"), ((F, 7), {}, "k"), ((F, 2.0), {}, "k"), ((F, 2), {"niter": -1}, "niter"),
-            ((F, 2), {"oversample": -2}, "oversample"), ((F, 2), {"generator": 3}, "generator")]
+            ((F, 0), {}, "k"), ((F, 7), {}, "k"), ((F, 2.0), {}, "k", TypeError), ((F, 2), {"niter": -1}, "niter"),
+            ((F, 2), {"niter": 2.5}, "niter", TypeError), ((F, 2), {"oversample": -2}, "oversample"),
+            ((F, 2), {"oversample": 4.0}, "oversample", TypeError), ((F, 2), {"generator": 3}, "generator")]
 
 
 _SVD_TOL = {F64: (1e-9, 1e-8), torch.float32: (2e-5, 2e-4), torch.bfloat16: (3e-2, 3e-2), torch.float16: (5e-3, 5e-3)}
@@ -697,7 +690,8 @@ def _make_partition(shape, device, dtype, gen):
 def _bad_partition(device):
     S = torch.rand(3, 8, device=device)
     return [((S.tolist(), 8, 20), {}, "S"), ((S, 8, 7), {}, "S"), ((S.long(), 8, 20), {}, "S"),
-            ((S, 0, 20), {}, "m"), ((S, 8, 2.5), {}, "n"), ((S, 8, 20), {"iqr_c": -1.0}, "iqr_c")]
+            ((S, 0, 20), {}, "m"), ((S, 8, 2.5), {}, "n", TypeError), ((S, 8, 20), {"iqr_c": -1.0}, "iqr_c"),
+            ((S, 8, 20), {"iqr_c": float("inf")}, "iqr_c")]
 
 
 register(OpInfo(

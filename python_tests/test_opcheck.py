@@ -31,7 +31,7 @@ def _record(info, path, layout, monkeypatch) -> dict:
 
     def recording(op, *args, **kwargs):
         if op._namespace == NAMESPACE and op._qualname not in calls:
-            snap = lambda v: v.detach().clone(memory_format=torch.preserve_format) if isinstance(v, torch.Tensor) else v  # noqa: E731
+            snap = lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v  # noqa: E731 (keeps the layout)
             calls[op._qualname] = (op, tree_map(snap, args), tree_map(snap, kwargs))
         return call(op, *args, **kwargs)
 
@@ -64,8 +64,11 @@ def test_opcheck(name, path, layout, solver, monkeypatch):
         pytest.skip("no SVD solver in this op")
     failures = []
     for qualname, (op, args, kwargs) in calls.items():
-        grad = info.differentiable and not op._name.endswith("backward")
-        req = lambda v: v.requires_grad_(True) if grad and isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+        grad = info.differentiable and not op._name.endswith("backward")  # forward ops: through their autograd
+
+        def req(v):
+            return v.requires_grad_(grad and v.is_floating_point()) if isinstance(v, torch.Tensor) else v
+
         with on_path(path):
             result = torch.library.opcheck(op, tree_map(req, args), kwargs, test_utils=utils, raise_exception=False)
         failures += [f"{qualname} {test}: {str(err)[:400]}" for test, err in result.items() if err != "SUCCESS"]

@@ -74,12 +74,14 @@ def check_int(v, name: str, lo: int | None = None, hi: int | None = None) -> int
         raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
     v = int(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be an int in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}], got {v}")
+        span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ValueError(f"{name} must be an int in {span}, got {v}")
     return v
 
 
 def check_real(v, name: str, lo: float = -math.inf, hi: float = math.inf, *, open_lo: bool = False) -> float:
-    """ValueError naming `name` for a non-number, a non-finite number or one outside [lo, hi] ((lo, hi] when open_lo)."""
+    """ValueError naming `name` for a non-number, a non-finite number or one outside [lo, hi]
+    ((lo, hi] when open_lo)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise ValueError(f"{name} must be a number, got {v!r} ({type(v).__name__})")
     v = float(v)

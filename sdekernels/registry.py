@@ -52,7 +52,8 @@ class OpInfo:
     make: Callable                   # make(shape: dict, device, dtype, generator) -> Sample
     shapes: list                     # shapes of the parity tests (dicts understood by make)
     space: dict                      # hypothesis ranges {key: (lo, hi)} over the same keys
-    bad: Callable                    # bad(device) -> [(args, kwargs, name of the bad argument[, TypeError])]: a ValueError (or the given type)
+    bad: Callable                    # bad(device) -> [(args, kwargs, name of the bad argument[, TypeError])]:
+                                     # each call raises a ValueError (or the given type) naming the argument
     bench: list                      # bench shapes; "quick": True puts one in --quick, "backward": True times fwd+bwd
     cost: Callable                   # cost(sample) -> (bytes moved, flops) of one forward
     tol: dict = field(default_factory=lambda: {F64: (1e-10, 1e-9), F32: (1e-5, 1e-4), BF16: (2e-2, 2e-2), F16: (5e-3, 5e-3)})

@@ -145,7 +145,8 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     finite = finite_mask(F3)
     R = F3.shape[0]
     mm = mm_for(F3)
-    xi = (torch.sign(direction) if direction is not None else xi).to(w).expand(*batch, r).reshape(R, r).clone(memory_format=torch.contiguous_format)
+    xi = (torch.sign(direction) if direction is not None else xi).to(w).expand(*batch, r).reshape(R, r)
+    xi = xi.clone(memory_format=torch.contiguous_format)  # the layout the fake kernel declares
     A = _short(F3)
     if use_gram(r):
         # One eigendecomposition of the short-side Gram gives every σ (partition) and the basis.

@@ -497,7 +497,8 @@ def _psd_sample(shape, device, dtype, gen):
 
 def _bad_psd(device):
     x = torch.randn(2, 3, 8, 8, device=device)
-    return [((x[0, 0],), {}, "x"), ((x.long(),), {}, "x"), ((x,), {"bins": 0}, "bins"), ((x,), {"bins": 4.0}, "bins", TypeError),
+    return [((x[0, 0],), {}, "x"), ((x.long(),), {}, "x"), ((x,), {"bins": 0}, "bins"),
+            ((x,), {"bins": 4.0}, "bins", TypeError),
             ((x,), {"transform": "dst"}, "transform"), ((x,), {"center": "median"}, "center"),
             ((x,), {"channel_reduce": "sum"}, "channel_reduce")]
 
@@ -534,9 +535,11 @@ def _esm_sample(shape, device, dtype, gen):
 def _bad_esm(device):
     z, x = torch.randn(2, 4, 8, 8, device=device), torch.randn(2, 3, 32, 32, device=device)
     return [((z[0, 0], x), {}, "z"), ((z, x[:1]), {}, "x"), ((z, x.double()), {}, "x"),
-            ((z, x), {"blur": (4, 1.0)}, "blur"), ((z, x), {"bins": 0}, "bins"), ((z, x), {"bins": 8.0}, "bins", TypeError),
+            ((z, x), {"blur": (4, 1.0)}, "blur"), ((z, x), {"bins": 0}, "bins"),
+            ((z, x), {"bins": 8.0}, "bins", TypeError),
             ((z, x), {"blur": (7.0, 1.2)}, "blur", TypeError), ((z, x), {"blur": (7, float("nan"))}, "blur"),
-            ((z, x), {"blur": (7, float("inf"))}, "blur"), ((z, x), {"blur": (7, 0.0)}, "blur"), ((z, x), {"blur": 7}, "blur"),
+            ((z, x), {"blur": (7, float("inf"))}, "blur"), ((z, x), {"blur": (7, 0.0)}, "blur"),
+            ((z, x), {"blur": 7}, "blur"),
             ((z, x), {"delta": float("nan")}, "delta"), ((z, x), {"delta": float("inf")}, "delta"),
             ((z, x[..., :3, :3]), {}, "x")]
 

@@ -11,6 +11,7 @@ import sdekernels._core as core
 from sdekernels.nn import SDELoss
 from sdekernels.ops.distances import hellinger
 from sdekernels.registry import all_ops, flat
+from sdekernels.schedules import alpha, lam
 
 from helpers import DEVICE, PATHS, on_path, weighted_sum
 
@@ -224,6 +225,14 @@ def test_hellinger_negative_spectrum_is_nan_on_every_path(power):
         results.append(h)
     from sdekernels.reference import hellinger as ref_hellinger
     assert torch.isnan(ref_hellinger(bad, T, power=power)[1])
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: alpha(math.nan), "t"), (lambda: alpha(1.5), "t"), (lambda: lam(0.5, start=1.5), "start"),
+    (lambda: lam(0.5, end=math.nan), "end"), (lambda: lam(math.inf), "t")])
+def test_schedules_reject_out_of_range(call, name):
+    with pytest.raises(ValueError, match=_named(name)):
+        call()
 
 
 # ---------------------------------------------------------------- SDELoss

@@ -1,12 +1,11 @@
 """Curriculum schedules of SDE (SPEC §3). t is training progress in [0, 1]."""
 import math
 
+from ._core import check_real
+
 
 def _check(t: float) -> float:
-    t = float(t)
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must lie in [0, 1], got {t}")
-    return t
+    return check_real(t, "t", 0.0, 1.0)
 
 
 def alpha(t: float) -> float:
@@ -16,4 +15,5 @@ def alpha(t: float) -> float:
 
 def lam(t: float, start: float = 0.5, end: float = 0.05) -> float:
     """Spectral-loss weight λ(t) = end + (start − end)(1 + cos πt) / 2, falling from start to end."""
+    start, end = check_real(start, "start", 0.0, 1.0), check_real(end, "end", 0.0, 1.0)
     return end + (start - end) * (1.0 + math.cos(math.pi * _check(t))) / 2.0

@@ -13,6 +13,7 @@ Reference: reference/fourier.py. Tests: python_tests/test_ops.py (generic), pyth
 """
 import functools
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -423,6 +424,10 @@ def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
     frequencies around DC, A1 elsewhere; the phase of x1 is kept. ``lam``: a float, or a tensor
     whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]). Built from the fused
     split and merge (one split per image, one merge).
+
+    x1 and x2 are un-normalised pixels (e.g. in [0, 1]), as in FACT, which mixes raw images and
+    normalises after: on mean-subtracted images |DC| loses the sign of each image's mean offset.
+    ``sample_mix_lam`` draws lam as FACT does.
     """
     _check_image(x1, "x1")
     check(x2, "x2", min_dim=2, like=x1)
@@ -447,6 +452,26 @@ def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
     mixed = A1 + lam * (A2 - A1)
     A = torch.where(_window(*x1.shape[-2:], float(ratio), x1.device), mixed, A1)
     return fourier_merge(A, P1, centered=True).to(x1.dtype)
+
+
+def sample_mix_lam(batch: int, alpha: float = 1.0, *, generator: Optional[torch.Generator] = None,
+                   device=None, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Per-pair weights for ``amplitude_mix`` drawn as FACT draws them: lam ~ U(0, alpha), shape [batch].
+
+    alpha in [0, 1] (FACT's default is 1); the tensor is on the generator's device unless ``device``
+    is given, in ``dtype`` (default: torch's default dtype).
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise TypeError(f"batch must be an int, got {type(batch).__name__}")
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0, got {batch}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a float, got {type(alpha).__name__}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    if device is None and generator is not None:
+        device = generator.device
+    return alpha * torch.rand(batch, generator=generator, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------- registry entries

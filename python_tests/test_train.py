@@ -318,7 +318,7 @@ def test_cli_refuses_malicious_checkpoint(tmp_path):
     assert not marker.exists()
 
 
-def test_farl_refuses_malicious_init_and_cache(sde_run, tmp_path, capsys):
+def test_farl_refuses_malicious_init_and_cache(sde_run, tmp_path, capsys, monkeypatch):
     _, sde_dir, _ = sde_run
     marker = tmp_path / "ran"
     init = tmp_path / "init"
@@ -329,6 +329,7 @@ def test_farl_refuses_malicious_init_and_cache(sde_run, tmp_path, capsys):
     out = tmp_path / "b"
     out.mkdir()
     torch.save({"texts": [], "embeddings": _Payload(marker)}, out / "captions.pt")
+    monkeypatch.setattr(data, "_EMBED_CACHE", {})  # read the files, not this process's memory
     _assert_refused(_main("farl", out, "--init", sde_dir, *FARL_ARGS, "--steps", 1), capsys, out / "captions.pt", marker)
 
 

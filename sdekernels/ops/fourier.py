@@ -22,6 +22,7 @@ from .. import _ext
 from .. import reference as ref
 from .._core import HAS_TRITON, INTERPRET, check, grad_like, ref_vjp, use_triton, work_dtype
 from ..registry import F64, OpInfo, Sample, rand, randn, register
+from ..reference.fourier import zero_phase_floor
 
 NORMS = ("backward", "ortho", "forward")
 
@@ -310,12 +311,15 @@ def fourier_split(x: Tensor, *, onesided: bool = False, norm: str = "backward", 
 
     A = |X| (log1p|X| when log_amplitude), P = arg X ∈ (−π, π], X = fft2(x, norm) — the half
     spectrum [..., H, W//2 + 1] of rfft2 when onesided; centered applies fftshift (rows only when
-    onesided). Where |X|² < 1e-30 the gradients of A and P are 0. No complex tensor is returned
+    onesided). P = 0 where |X| is zero up to round-off (4·√(HW)·eps·‖x‖₂, so that every path
+    gives the same phase there). Where |X|² < 1e-30 the gradients of A and P are 0. No complex tensor is returned
     or kept: the fused kernels write A and P directly.
     """
     _check_image(x, "x")
     _check_norm(norm)
-    return _split(x, bool(onesided), norm, bool(centered), bool(log_amplitude))
+    A, P = _split(x, bool(onesided), norm, bool(centered), bool(log_amplitude))
+    floor = zero_phase_floor(x.detach().to(work_dtype(x.dtype)), norm, bool(log_amplitude))
+    return A, torch.where(A <= floor, 0.0, P)
 
 
 # ---------------------------------------------------------------- fourier_merge

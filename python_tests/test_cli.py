@@ -97,6 +97,9 @@ def test_limits_within_the_data(tmp_path, capsys):
     out = str(tmp_path / "run")
     _assert_usage_error(["train", "sde", "--out", out, "--limit", "60001"], capsys, "--limit", "60000")
     _assert_usage_error(["train", "sde", "--out", out, "--test-limit", "10001"], capsys, "--test-limit", "10000")
+    # rank-deficient image features (dim > 4·width + 1): the reference's SVD gradient is undefined
+    _assert_usage_error(["train", "sde", "--out", out, "--width", "8", "--dim", "64", "--batch-size", "48",
+                         "--backend", "reference"], capsys, "--dim", "--width")
     (tmp_path / "model.pt").write_bytes(b"")  # never read: the options are checked first
     _assert_usage_error(["train", "farl", "--out", out, "--init", str(tmp_path), "--limit", "30", "--shots", "16"],
                         capsys, "--shots")

@@ -14,6 +14,7 @@ it, and centred: without the batch-mean direction).
 """
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,14 @@ def main(argv=None) -> int:
     if not data.have_fashion_mnist():
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     common.check_limits(p, args, data.fashion_size("train"), data.fashion_size("test"))
+    rank = 4 * args.width + 1  # the image features are an affine map of 4·width pooled channels
+    if args.loss == "sde" and min(args.batch_size, args.dim) > rank:
+        why = (f"--dim {args.dim} and --batch-size {args.batch_size} exceed 4·--width + 1 = {rank}: the image features "
+               "have repeated zero singular values, where the SVD gradient is undefined")
+        if args.backend == "reference":
+            p.error(f"{why} (the reference gives NaN); use --dim <= {rank}")
+        warnings.warn(f"{why}; the fused backend's stabilised gradient is used (no reference run can follow it)",
+                      stacklevel=2)
     device, dtype = common.device_of(args), common.dtype_of(args)
     common.seed_everything(args.seed)
     ops = common.backend(args.backend, needed=("SDELoss", "info_nce", "singular_values", "spectral_partition"))

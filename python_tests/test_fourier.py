@@ -205,3 +205,30 @@ def test_backward_uses_the_extension_when_built():
     gx = torch.ops.sdekernels_C.fourier_split_bwd(x, gA, gP, False, "backward", False, False)
     gx0, = torch.autograd.grad(ref.fourier_split(x.requires_grad_())[0].sum(), x)
     torch.testing.assert_close(gx, gx0)
+
+
+def _quantised_with_zero_bins(B, H, W, seed=0):
+    """Images k/255 whose (H/2, W/2) coefficient Σ (−1)^(m+n) x[m, n] is exactly 0 (the integers are
+    balanced), as happens with quantised photos; an FFT returns round-off of either sign there."""
+    k = torch.randint(0, 256, (B, H, W), generator=torch.Generator().manual_seed(seed)).double()
+    sign = (-1.0) ** (torch.arange(H)[:, None] + torch.arange(W)[None, :])
+    k[:, 0, 0] -= (k * sign).sum((-2, -1))
+    return k / 255
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_zero_coefficients_have_phase_zero_on_every_path(path, dtype):
+    # the phase of a coefficient that is 0 up to round-off would otherwise be the sign of that
+    # round-off (0 or π), which differs between paths: amplitude_mix would then put lam·A2 there
+    # with either sign, and FARL's phase maps would flip
+    x1 = _quantised_with_zero_bins(4, 28, 28).to(DEVICE, dtype)
+    x2 = _quantised_with_zero_bins(4, 28, 28, seed=1).flip(0).to(DEVICE, dtype)
+    with on_path(path):
+        A, P = sdekernels.fourier_split(x1)
+        mixed = sdekernels.amplitude_mix(x1, x2, 0.5)
+    assert (A[:, 14, 14] < 1e-3 if dtype == torch.float32 else A[:, 14, 14] < 1e-12).all()
+    assert (P[:, 14, 14] == 0).all()
+    assert (ref.fourier_split(x1)[1][:, 14, 14] == 0).all()
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(mixed, ref.amplitude_mix(x1, x2, 0.5), atol=tol, rtol=0)

@@ -27,12 +27,29 @@ def _shift_dims(onesided: bool):
     return (-2,) if onesided else (-2, -1)
 
 
+def zero_phase_floor(x: torch.Tensor, norm: str, log_amplitude: bool) -> torch.Tensor:
+    """Per image [..., 1, 1]: the stored amplitude (log1p when log_amplitude) at or below which a
+    coefficient counts as zero up to the transform's round-off, 4·√(HW)·eps·‖x‖₂ (scaled as X by
+    norm; an FFT errs by ~eps·log(HW)·‖x‖₂, a DFT as matrix products by up to ~0.4·√(HW)·eps·‖x‖₂);
+    0 for a non-finite image.
+
+    The phase there is set to 0: atan2 of round-off would make it depend on how the transform was
+    computed (quantised images have exact zeros, e.g. at the real Nyquist bins).
+    """
+    H, W = x.shape[-2:]
+    scale = {"backward": 1.0, "ortho": 1.0 / math.sqrt(H * W), "forward": 1.0 / (H * W)}[norm]
+    size = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    tol = torch.where(torch.isfinite(size), size * (4.0 * scale * math.sqrt(H * W) * torch.finfo(x.dtype).eps), 0.0)
+    return torch.log1p(tol) if log_amplitude else tol
+
+
 def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backward",
                   centered: bool = False, log_amplitude: bool = False):
     """Amplitude and phase of the 2-D FFT of real x [..., H, W] (SPEC §8).
 
     X = fft2(x, norm) (rfft2 when onesided: shape [..., H, W//2 + 1]); A = |X| (log1p(A) when
-    log_amplitude), P = atan2(Im X, Re X) ∈ (−π, π] (−π, from a signed zero, is mapped to π).
+    log_amplitude), P = atan2(Im X, Re X) ∈ (−π, π] (−π, from a signed zero, is mapped to π),
+    and P = 0 where |X| is zero up to round-off (``zero_phase_floor``).
     centered: fftshift over both dims (over the row dim only when onesided).
     Where |X|² < 1e-30 the forward values are exact but the gradients of A and P are 0.
     """
@@ -56,6 +73,7 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
     if centered:
         dims = _shift_dims(onesided)
         A, P = torch.fft.fftshift(A, dim=dims), torch.fft.fftshift(P, dim=dims)
+    P = torch.where(A <= zero_phase_floor(xw, norm, log_amplitude), 0.0, P)
     return A.to(dtype), P.to(dtype)
 
 
@@ -108,7 +126,8 @@ def amplitude_mix(x1: torch.Tensor, x2: torch.Tensor, lam, *, ratio: float = 1.0
     In the fftshifted spectrum, A = (1 − lam) A1 + lam A2 inside the centred window of
     h = ⌊H√ratio⌋ rows starting at ⌊H/2⌋ − ⌊h/2⌋ (likewise w columns), A = A1 elsewhere; the
     phase of x1 is kept and the output is Re IFFT2(A e^{iP1}). ``lam`` is a float or a tensor
-    whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]).
+    whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]). x1, x2 are
+    un-normalised pixels, as in FACT (it mixes raw images and normalises after).
     """
     _check_image(x1, "x1")
     _check_image(x2, "x2")

@@ -4,6 +4,8 @@ import sys
 
 import torch
 
+from .train.common import Parser, device_arg
+
 
 def _info(args) -> int:
     from . import _core, _ext
@@ -77,19 +79,19 @@ def _bench(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdekernels", description=__doc__)
+    p = Parser(prog="python -m sdekernels", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, device, and which kernel paths are live")
     c = sub.add_parser("check", help="every registered op against the reference on this device (exit 1 on failure)")
     c.add_argument("--op", action="append", help="only this op (repeatable)")
-    c.add_argument("--device")
+    c.add_argument("--device", type=device_arg)
     b = sub.add_parser("bench", help="the bench table: reference, ours and baselines per op and shape")
     b.add_argument("--op", action="append", help="only this op (repeatable)")
     b.add_argument("--quick", action="store_true", help="only the small shapes (the default on CPU)")
     b.add_argument("--full", action="store_true", help="every shape, also on CPU")
     b.add_argument("--json", help="write the rows and the environment to this file")
     b.add_argument("--plot", help="write a speedup bar chart (PNG) to this file")
-    b.add_argument("--device")
+    b.add_argument("--device", type=device_arg)
     b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     b.add_argument("--compile-ref", action="store_true", help="also time torch.compile of the reference")
     b.add_argument("--no-progress", action="store_true")
@@ -97,6 +99,13 @@ def main(argv=None) -> int:
     t.add_argument("which", choices=("sde", "farl", "esm"))
     t.add_argument("rest", nargs=argparse.REMAINDER, help="the driver's own arguments")
     args = p.parse_args(argv)
+    if args.cmd in ("check", "bench") and args.op:
+        from .registry import all_ops
+
+        unknown = sorted(set(args.op) - set(all_ops()))
+        if unknown:
+            (c if args.cmd == "check" else b).error(
+                f"argument --op: unknown op(s) {', '.join(unknown)} (known: {', '.join(sorted(all_ops()))})")
     if args.cmd == "train":
         from .train import main as train_main
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
+from .train.common import CheckpointError, load_file
+
 FASHION_DIR = Path(os.environ.get("SDEKERNELS_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
@@ -63,13 +65,27 @@ def _fashion(split: str):
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
-def fashion_mnist(split: str = "train", limit: Optional[int] = None):
-    """(images float32 [N, 1, 28, 28] normalised, labels int64 [N]); the first ``limit`` samples."""
+def fashion_size(split: str = "train") -> int:
+    return len(_fashion(split)[1])
+
+
+def fashion_mnist(split: str = "train", limit: Optional[int] = None, dtype: torch.dtype = torch.float32,
+                  normalize: bool = True):
+    """(images [N, 1, 28, 28] in ``dtype``, labels int64 [N]); the first ``limit`` samples.
+
+    Pixels in [0, 1], normalised with FASHION_MEAN/FASHION_STD unless ``normalize=False``
+    (see ``normalize_fashion``).
+    """
     images, labels = _fashion(split)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    x = (images.float().div(255.0).unsqueeze(1) - FASHION_MEAN) / FASHION_STD
-    return x, labels.clone()
+    x = images.to(dtype).div(255.0).unsqueeze(1)
+    return (normalize_fashion(x) if normalize else x), labels.clone()
+
+
+def normalize_fashion(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] → the normalised space the models see."""
+    return (x - FASHION_MEAN) / FASHION_STD
 
 
 def captions(classes: Sequence[str] = FASHION_CLASSES, templates: Sequence[str] = TEMPLATES) -> list:
@@ -103,8 +119,10 @@ def embed_texts(texts: Sequence[str], cache_file=None) -> torch.Tensor:
     user_file = Path(os.environ.get("SDEKERNELS_CACHE", Path.home() / ".cache" / "sdekernels")) / f"minilm-{digest}.pt"
     for f in (cache_file, user_file):
         if f is not None and Path(f).exists():
-            saved = torch.load(f)
-            if tuple(saved["texts"]) == key:
+            saved = load_file(f, "embedding cache")
+            if not isinstance(saved, dict) or not isinstance(saved.get("embeddings"), torch.Tensor):
+                raise CheckpointError(f"{f}: not an embedding cache of sdekernels")
+            if tuple(saved.get("texts", ())) == key:
                 _EMBED_CACHE[key] = saved["embeddings"]
                 if cache_file is not None and f != cache_file:
                     torch.save(saved, cache_file)

@@ -13,6 +13,7 @@ Reference: reference/fourier.py. Tests: python_tests/test_ops.py (generic), pyth
 """
 import functools
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -22,6 +23,7 @@ from .. import reference as ref
 from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_int, check_real, grad_like, ref_vjp, use_triton,
                      work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
+from ..reference.fourier import zero_phase_floor
 
 NORMS = ("backward", "ortho", "forward")
 
@@ -314,12 +316,15 @@ def fourier_split(x: Tensor, *, onesided: bool = False, norm: str = "backward", 
 
     A = |X| (log1p|X| when log_amplitude), P = arg X ∈ (−π, π], X = fft2(x, norm) — the half
     spectrum [..., H, W//2 + 1] of rfft2 when onesided; centered applies fftshift (rows only when
-    onesided). Where |X|² < 1e-30 the gradients of A and P are 0. No complex tensor is returned
+    onesided). P = 0 where |X| is zero up to round-off (4·√(HW)·eps·‖x‖₂, so that every path
+    gives the same phase there). Where |X|² < 1e-30 the gradients of A and P are 0. No complex tensor is returned
     or kept: the fused kernels write A and P directly.
     """
     _check_image(x, "x")
     _check_norm(norm)
-    return _split(x, bool(onesided), norm, bool(centered), bool(log_amplitude))
+    A, P = _split(x, bool(onesided), norm, bool(centered), bool(log_amplitude))
+    floor = zero_phase_floor(x.detach().to(work_dtype(x.dtype)), norm, bool(log_amplitude))
+    return A, torch.where(A <= floor, 0.0, P)
 
 
 # ---------------------------------------------------------------- fourier_merge
@@ -429,6 +434,10 @@ def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
     frequencies around DC, A1 elsewhere; the phase of x1 is kept. ``lam``: a float, or a tensor
     whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]). Built from the fused
     split and merge (one split per image, one merge).
+
+    x1 and x2 are un-normalised pixels (e.g. in [0, 1]), as in FACT, which mixes raw images and
+    normalises after: on mean-subtracted images |DC| loses the sign of each image's mean offset.
+    ``sample_mix_lam`` draws lam as FACT does.
     """
     _check_image(x1, "x1")
     check(x2, "x2", min_dim=2, like=x1)
@@ -453,6 +462,26 @@ def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
     mixed = A1 + lam * (A2 - A1)
     A = torch.where(_window(*x1.shape[-2:], ratio, x1.device), mixed, A1)
     return fourier_merge(A, P1, centered=True).to(x1.dtype)
+
+
+def sample_mix_lam(batch: int, alpha: float = 1.0, *, generator: Optional[torch.Generator] = None,
+                   device=None, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Per-pair weights for ``amplitude_mix`` drawn as FACT draws them: lam ~ U(0, alpha), shape [batch].
+
+    alpha in [0, 1] (FACT's default is 1); the tensor is on the generator's device unless ``device``
+    is given, in ``dtype`` (default: torch's default dtype).
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise TypeError(f"batch must be an int, got {type(batch).__name__}")
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0, got {batch}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a float, got {type(alpha).__name__}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    if device is None and generator is not None:
+        device = generator.device
+    return alpha * torch.rand(batch, generator=generator, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------- registry entries

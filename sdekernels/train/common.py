@@ -5,10 +5,13 @@ Data order is a pure function of (seed, step) (``epoch_batch``), so the data pos
 a checkpoint is the step itself and a resumed run sees exactly the batches of an uninterrupted one.
 """
 import argparse
+import functools
 import json
 import math
 import os
+import pickle
 import random
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -52,32 +55,122 @@ def backend(name: str, needed=NAMES) -> types.SimpleNamespace:
     return types.SimpleNamespace(name=name, fallbacks=fallbacks, **ops)
 
 
+class CheckpointError(Exception):
+    """A checkpoint or model file that cannot be used; the command line prints it in one line and exits with 2."""
+
+
+def main_entry(fn: Callable) -> Callable:
+    """Wrap a driver's ``main(argv)``: a CheckpointError becomes one line on stderr and exit code 2."""
+    prog = f"python -m sdekernels train {fn.__module__.rsplit('.', 1)[-1]}"
+
+    @functools.wraps(fn)
+    def main(argv=None) -> int:
+        try:
+            return fn(argv)
+        except CheckpointError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return main
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# -- argument types: a bad value is the parser's one-line error and exit code 2 ---------------
+def int_range(lo: int, hi: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {f'in [{lo}, {hi}]' if hi is not None else f'>= {lo}'}, got {v}")
+        return v
+
+    return parse
+
+
+def float_range(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [lo, hi] ((lo, hi] with lo_open)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+            where = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"{'>' if lo_open else '>='} {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be finite and {'in ' if math.isfinite(hi) else ''}{where}, got {text}")
+        return v
+
+    return parse
+
+
+def device_arg(text: str) -> str:
+    """An argparse type: a device that exists here (cpu, or an available accelerator and index)."""
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r}") from None
+    if d.type != "cpu":
+        acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        if acc is None or d.type != acc.type:
+            raise argparse.ArgumentTypeError(f"{text!r}: no {d.type} device here "
+                                             f"(available: cpu{', ' + acc.type if acc is not None else ''})")
+        if d.index is not None and d.index >= torch.accelerator.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.accelerator.device_count()} {d.type} device(s)")
+    return str(d)
+
+
+POSITIVE = int_range(1)
+DTYPES = ("float32", "float64")
+
+
 def parser(prog: str, description: str, *, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m sdekernels train {prog}", description=description)
-    p.add_argument("--steps", type=int, default=steps, help="total optimisation steps")
+    p = Parser(prog=f"python -m sdekernels train {prog}", description=description)
+    p.add_argument("--steps", type=POSITIVE, default=steps, help="total optimisation steps")
     p.add_argument("--out", required=True, help="output directory (metrics.jsonl, checkpoint.pt, summary.json, plots)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range(0), default=0)
     p.add_argument("--backend", choices=("fused", "reference"), default="fused")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="dtype of the model, the data and every op call (float64: fused and reference agree to 1e-6)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--limit", type=int, default=None, help="use only this many training samples (tests, quick runs)")
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on only this many test samples")
-    p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--batch-size", type=POSITIVE, default=batch_size)
+    p.add_argument("--lr", type=float_range(0.0, lo_open=True), default=lr)
+    p.add_argument("--limit", type=POSITIVE, default=None, help="use only this many training samples (tests, quick runs)")
+    p.add_argument("--test-limit", type=POSITIVE, default=None, help="evaluate on only this many test samples")
+    p.add_argument("--log-every", type=POSITIVE, default=1)
+    p.add_argument("--ckpt-every", type=POSITIVE, default=100)
+    p.add_argument("--stop-after", type=POSITIVE, default=None,
                    help="stop (with a checkpoint) after this many steps, as an interrupted run would")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--device", type=device_arg, default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--threads", type=POSITIVE, default=None,
                    help="CPU threads for torch (default: torch's; 1 is much faster on a busy machine with few cores)")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def check_limits(p: argparse.ArgumentParser, args, train_size: int, test_size: int) -> None:
+    """--limit and --test-limit within the data (argparse's error otherwise)."""
+    for opt, n in (("limit", train_size), ("test_limit", test_size)):
+        v = getattr(args, opt)
+        if v is not None and v > n:
+            p.error(f"argument --{opt.replace('_', '-')}: the data has {n} samples, got {v}")
 
 
 def device_of(args) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def dtype_of(args) -> torch.dtype:
+    return getattr(torch, args.dtype)
 
 
 def warmup_cosine(opt, steps: int, warmup: int = 0):
@@ -107,7 +200,13 @@ def epoch_batch(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
 
 
 def rng_states(generators: dict) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG state as tensors, numbers and strings (a checkpoint holds nothing else)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state(),
              "generators": {k: g.get_state() for k, g in generators.items()}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -115,13 +214,36 @@ def rng_states(generators: dict) -> dict:
 
 
 def set_rng_states(state: dict, generators: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     for k, g in generators.items():
         g.set_state(state["generators"][k])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
+
+
+def load_file(path, what: str = "checkpoint"):
+    """torch.load with weights_only=True: tensors, numbers, strings and containers only, never code.
+
+    A corrupt, truncated, empty, foreign or unsafe file is a CheckpointError naming it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise CheckpointError(f"{path}: refused to load this {what}: it holds Python objects other than tensors, "
+                                  "numbers, strings and containers (nothing in it was run)") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({first_line(exc)})") from None
+    except Exception as exc:  # truncated or empty zip, a foreign format, an unreadable file
+        raise CheckpointError(f"{path}: not a readable {what} ({first_line(exc)})") from None
 
 
 def write_json(path, obj) -> None:
@@ -159,12 +281,18 @@ class Run:
     def restore(self) -> int:
         """Load DIR/checkpoint.pt under --resume (returns its step), else start a fresh metrics file at step 0."""
         if self.args.resume and self.ckpt.exists():
-            ck = torch.load(self.ckpt, weights_only=False)
-            for k, obj in self.state.items():
-                obj.load_state_dict(ck["state"][k])
-            set_rng_states(ck["rng"], self.generators)
-            self.extra = ck["extra"]
-            self.start = int(ck["step"])
+            ck = load_file(self.ckpt)
+            try:
+                made_with = ck["args"].get("dtype", "float32")
+                if made_with != self.args.dtype:
+                    raise CheckpointError(f"{self.ckpt}: written with --dtype {made_with}; resume with the same --dtype")
+                for k, obj in self.state.items():
+                    obj.load_state_dict(ck["state"][k])
+                set_rng_states(ck["rng"], self.generators)
+                self.extra = dict(ck["extra"])
+                self.start = int(ck["step"])
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+                raise CheckpointError(f"{self.ckpt}: not a checkpoint of this run ({first_line(exc)})") from None
             # metrics logged after the checkpoint belong to the lost part of the interrupted run
             kept = [m for m in read_metrics(self.out) if m["step"] < self.start]
             self.metrics_path.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))

@@ -83,15 +83,15 @@ def diffusability(latents_train, latents_test, steps: int, seed: int, device, ba
     g = torch.Generator().manual_seed(seed + 12345)
     torch_state = torch.get_rng_state()
     torch.manual_seed(seed + 54321)  # the probe's initialisation, independent of the training run's RNG
-    net = Denoiser(zt.shape[1]).to(device)
+    net = Denoiser(zt.shape[1]).to(device, zt.dtype)
     torch.set_rng_state(torch_state)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sig = torch.tensor(PROBE_SIGMAS)
+    sig = torch.tensor(PROBE_SIGMAS, dtype=zt.dtype)
     for _ in range(steps):
         idx = torch.randint(len(zt), (batch,), generator=g)
         s = sig[torch.randint(len(sig), (batch,), generator=g)]
         z = zt[idx]
-        noisy = z + s.view(-1, 1, 1, 1) * torch.randn(z.shape, generator=g)
+        noisy = z + s.view(-1, 1, 1, 1) * torch.randn(z.shape, generator=g, dtype=z.dtype)
         loss = Fn.mse_loss(net(noisy.to(device), s.to(device)), z.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,8 +99,8 @@ def diffusability(latents_train, latents_test, steps: int, seed: int, device, ba
     out = {}
     with torch.no_grad():
         for sv in PROBE_SIGMAS:
-            s = torch.full((len(zv),), sv)
-            noisy = zv + sv * torch.randn(zv.shape, generator=g)
+            s = torch.full((len(zv),), sv, dtype=zv.dtype)
+            noisy = zv + sv * torch.randn(zv.shape, generator=g, dtype=zv.dtype)
             out[f"probe_mse_{sv:g}"] = float(Fn.mse_loss(net(noisy.to(device), s.to(device)).cpu(), zv))
     out["probe_mse_mean"] = float(np.mean([out[f"probe_mse_{s:g}"] for s in PROBE_SIGMAS]))
     return out
@@ -124,15 +124,16 @@ def evaluate(model, ops, test_x, probe_train_x, probe_steps, seed, device) -> di
     return out
 
 
+@common.main_entry
 def main(argv=None) -> int:
     p = common.parser("esm", __doc__.split("\n")[0], steps=600, batch_size=32, lr=1e-3)
-    p.add_argument("--esm-weight", type=float, default=0.0, help="weight of esm_loss (0: off)")
+    p.add_argument("--esm-weight", type=common.float_range(0.0), default=0.0, help="weight of esm_loss (0: off)")
     p.add_argument("--dsm", action="store_true", help="DSM masking with k drawn from {0, 8, 10, 12} per step")
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--probe-steps", type=int, default=300)
-    p.add_argument("--probe-samples", type=int, default=512, help="latents the probe trains on")
+    p.add_argument("--width", type=common.POSITIVE, default=32)
+    p.add_argument("--probe-steps", type=common.int_range(0), default=300)
+    p.add_argument("--probe-samples", type=common.POSITIVE, default=512, help="latents the probe trains on")
     args = p.parse_args(argv)
-    device = common.device_of(args)
+    device, dtype = common.device_of(args), common.dtype_of(args)
     common.seed_everything(args.seed)
     ops = common.backend(args.backend, needed=("esm_loss", "radial_psd", "block_dct_lowpass"))
     out = Path(args.out)
@@ -141,10 +142,11 @@ def main(argv=None) -> int:
 
     train_imgs, test_imgs = data.split_images(data.natural_images())
     n_test = args.test_limit or 256
-    test_x = data.random_crops(test_imgs, n_test, 64, np.random.default_rng([args.seed, 5]))
-    probe_x = data.random_crops(train_imgs, args.limit or args.probe_samples, 64, np.random.default_rng([args.seed, 6]))
+    test_x = data.random_crops(test_imgs, n_test, 64, np.random.default_rng([args.seed, 5])).to(dtype)
+    probe_x = data.random_crops(train_imgs, args.limit or args.probe_samples, 64,
+                                np.random.default_rng([args.seed, 6])).to(dtype)
 
-    model = AutoEncoder(args.width).to(device)
+    model = AutoEncoder(args.width).to(device, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = common.warmup_cosine(opt, args.steps, warmup=20)
     run = common.Run(args, {"model": model, "opt": opt, "sched": sched})
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
 
     def step_fn(step):
         rng = np.random.default_rng([args.seed, 4, step])
-        x = data.random_crops(train_imgs, args.batch_size, 64, rng).to(device)
+        x = data.random_crops(train_imgs, args.batch_size, 64, rng).to(device, dtype)
         z = model.encoder(x)
         k = int(rng.choice(DSM_K)) if args.dsm else 0
         target, z_in = (ops.block_dct_lowpass(x, k), ops.block_dct_lowpass(z, k)) if k else (x, z)
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
     after = evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device)
     metrics = common.read_metrics(out)
     summary = {"driver": "esm", "variant": variant, "esm_weight": args.esm_weight, "dsm": args.dsm,
-               "backend": args.backend, "fallbacks": ops.fallbacks, "steps": args.steps, "batch_size": args.batch_size,
+               "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks, "steps": args.steps, "batch_size": args.batch_size,
                "seed": args.seed, "device": str(device), "test_crops": n_test, "final_loss": metrics[-1]["loss"],
                "before": run.extra["before"], "after": after, "train_seconds_this_process": train_seconds}
     common.write_json(out / "summary.json", summary)

@@ -14,8 +14,9 @@ feature (``sdekernels.nn.DeepPromptEncoder``; the same head in both backends, it
     f = normalize(enc(x) + W_i · Attention(q = enc(x), k = v = T))      (W_i zero-initialised)
 Both heads start as the identity, so step 0 is the zero-shot model. Training: 16 shots of each
 of the 5 base classes, cross-entropy over the base classes, on flipped shots whose Fourier
-amplitude is mixed with another shot's with probability --amp-mix (FACT-style augmentation
-through ``amplitude_mix``). Evaluation: base test images among base classes, novel among novel classes, their harmonic mean, and the same on a style-shifted
+amplitude is mixed with another shot's with probability --amp-mix (FACT's augmentation through
+``amplitude_mix``: on raw pixels in [0, 1], lam ~ U(0, --amp-alpha), clipped to [0, 1], then
+normalised). Evaluation: base test images among base classes, novel among novel classes, their harmonic mean, and the same on a style-shifted
 test set (inverted images).
 
     python -m sdekernels train farl --init runs/sde --method farl --steps 200 --out runs/farl
@@ -30,6 +31,7 @@ import torch.nn.functional as Fn
 
 from .. import data
 from ..farl import DeepPromptEncoder
+from ..functional import sample_mix_lam
 from . import common
 from .sde import ClipModel
 
@@ -110,6 +112,29 @@ def style_shift(x: torch.Tensor) -> torch.Tensor:
     return data.invert(x, -data.FASHION_MEAN / data.FASHION_STD, (1 - data.FASHION_MEAN) / data.FASHION_STD)
 
 
+def mix_pixels(ops, x: torch.Tensor, partner: torch.Tensor, lam) -> torch.Tensor:
+    """FACT's amplitude mix of raw pixels in [0, 1], clipped back to [0, 1], then normalised.
+
+    As FACT (data/data_utils.py, colorful_spectrum_mix): mixing normalised images instead would
+    mix |DC| of mean-subtracted images, which folds the sign of each image's offset from the mean.
+    """
+    return data.normalize_fashion(ops.amplitude_mix(x, partner, lam).clamp(0, 1))
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator, ops, amp_mix: float, amp_alpha: float) -> torch.Tensor:
+    """Raw shots [B, 1, H, W] in [0, 1] → horizontal flips and, with probability amp_mix, ``mix_pixels``
+    with another shot, lam ~ U(0, amp_alpha) (``sample_mix_lam``) → normalised images."""
+    B = len(x)
+    flip = torch.from_numpy(rng.random(B) < 0.5)
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if amp_mix == 0:
+        return data.normalize_fashion(x)
+    lam = sample_mix_lam(B, amp_alpha, generator=torch.Generator().manual_seed(int(rng.integers(2 ** 62))),
+                         dtype=x.dtype)
+    lam = lam * torch.from_numpy(rng.random(B) < amp_mix)
+    return mix_pixels(ops, x, x[torch.from_numpy(rng.permutation(B))], lam)
+
+
 @torch.no_grad()
 def accuracy(model: Adapter, x, y, classes, device, batch=500) -> float:
     if len(x) == 0:
@@ -141,44 +166,57 @@ def evaluate(model: Adapter, test_x, test_y, device) -> dict:
     return out
 
 
-def load_clip(init: Path, device):
+def load_clip(init: Path, device, dtype=torch.float32):
     """The trained model of `train sde` and the caption templates it was trained with."""
-    ck = torch.load(Path(init) / "model.pt", weights_only=False)
-    clip = ClipModel(**ck["config"])
-    clip.load_state_dict(ck["model"])
-    return clip.to(device).eval(), tuple(ck["templates"])
+    path = Path(init) / "model.pt"
+    ck = common.load_file(path, "model file")
+    try:
+        clip = ClipModel(**ck["config"])
+        clip.load_state_dict(ck["model"])
+        templates = tuple(str(t) for t in ck["templates"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise common.CheckpointError(f"{path}: not a model file of `train sde` ({common.first_line(exc)})") from None
+    return clip.to(device, dtype).eval(), templates
 
 
+@common.main_entry
 def main(argv=None) -> int:
     p = common.parser("farl", __doc__.split("\n")[0], steps=100, batch_size=32, lr=5e-4)
     p.add_argument("--init", required=True, help="output directory of `train sde` (reads DIR/model.pt)")
     p.add_argument("--method", choices=("farl", "coop"), default="farl")
-    p.add_argument("--shots", type=int, default=16)
-    p.add_argument("--n-ctx", type=int, default=4)
-    p.add_argument("--n-tokens", type=int, default=4)
-    p.add_argument("--amp-mix", type=float, default=0.5,
+    p.add_argument("--shots", type=common.POSITIVE, default=16)
+    p.add_argument("--n-ctx", type=common.POSITIVE, default=4)
+    p.add_argument("--n-tokens", type=common.POSITIVE, default=4)
+    p.add_argument("--amp-mix", type=common.float_range(0.0, 1.0), default=0.5,
                    help="probability that a shot's Fourier amplitude is mixed with another shot's (FACT augmentation)")
+    p.add_argument("--amp-alpha", type=common.float_range(0.0, 1.0), default=1.0,
+                   help="FACT's alpha: the mixing weight is drawn from U(0, alpha)")
     args = p.parse_args(argv)
     if not data.have_fashion_mnist():
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     if not (Path(args.init) / "model.pt").exists():
         p.error(f"--init {args.init}: no model.pt (run `python -m sdekernels train sde --out {args.init}` first)")
-    device = common.device_of(args)
+    common.check_limits(p, args, data.fashion_size("train"), data.fashion_size("test"))
+    device, dtype = common.device_of(args), common.dtype_of(args)
     common.seed_everything(args.seed)
     ops = common.backend(args.backend, needed=("FourierAttentiveTokens", "amplitude_mix"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    pool_x, pool_y = data.fashion_mnist("train", args.limit)
+    # the shots stay raw pixels in [0, 1]: augment() mixes amplitudes there and normalises after
+    pool_x, pool_y = data.fashion_mnist("train", args.limit, dtype, normalize=False)
+    fewest = min(int((pool_y == c).sum()) for c in BASE)
+    if args.shots > fewest:
+        p.error(f"argument --shots: a base class has only {fewest} samples within the data, got {args.shots}")
     shots = few_shot_indices(pool_y, BASE, args.shots, args.seed)
     train_x, train_y = pool_x[shots], pool_y[shots]
-    test_x, test_y = data.fashion_mnist("test", args.test_limit)
-    clip, templates = load_clip(args.init, device)
+    test_x, test_y = data.fashion_mnist("test", args.test_limit, dtype)
+    clip, templates = load_clip(args.init, device, dtype)
     cap_emb = data.embed_texts(data.captions(templates=templates), out / "captions.pt")
     class_emb = cap_emb.view(len(data.FASHION_CLASSES), len(templates), -1).mean(1)
 
-    model = Adapter(clip, class_emb.to(device), args.method, ops, args.n_ctx,
-                    args.n_tokens).to(device)
+    model = Adapter(clip, class_emb.to(device, dtype), args.method, ops, args.n_ctx,
+                    args.n_tokens).to(device, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     sched = common.warmup_cosine(opt, args.steps)
@@ -199,7 +237,8 @@ def main(argv=None) -> int:
 
     def step_fn(step):
         idx = torch.from_numpy(common.epoch_batch(args.seed, step, args.batch_size, len(train_x)))
-        logits = model.logits(augment(train_x[idx], np.random.default_rng([args.seed, 3, step])).to(device), BASE)
+        x = augment(train_x[idx], np.random.default_rng([args.seed, 3, step]), ops, args.amp_mix, args.amp_alpha)
+        logits = model.logits(x.to(device), BASE)
         loss = Fn.cross_entropy(logits, targets[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,23 +246,14 @@ def main(argv=None) -> int:
         sched.step()
         return {"loss": float(loss.detach()), "train_acc": float((logits.argmax(-1).cpu() == targets[idx]).double().mean())}
 
-    def augment(x, rng):
-        """Horizontal flips and, with probability --amp-mix, the amplitude spectrum of another shot mixed in."""
-        B = len(x)
-        flip = torch.from_numpy(rng.random(B) < 0.5)
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        if args.amp_mix > 0:
-            lam = torch.from_numpy(rng.uniform(0, 1, B) * (rng.random(B) < args.amp_mix)).float()
-            x = ops.amplitude_mix(x, x[torch.from_numpy(rng.permutation(B))], lam)
-        return x
-
     t0 = time.perf_counter()
     if not run.loop(step_fn):
         return 0
     train_seconds = time.perf_counter() - t0
     after = evaluate(model, test_x, test_y, device)
     metrics = common.read_metrics(out)
-    summary = {"driver": "farl", "method": args.method, "backend": args.backend, "fallbacks": ops.fallbacks,
+    summary = {"driver": "farl", "method": args.method, "backend": args.backend, "dtype": args.dtype,
+               "amp_mix": args.amp_mix, "amp_alpha": args.amp_alpha, "fallbacks": ops.fallbacks,
                "init": str(args.init), "steps": args.steps, "shots": args.shots, "seed": args.seed,
                "base_classes": [data.FASHION_CLASSES[c] for c in BASE],
                "novel_classes": [data.FASHION_CLASSES[c] for c in NOVEL],

@@ -14,6 +14,7 @@ it, and centred: without the batch-mean direction).
 """
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -127,31 +128,41 @@ def evaluate(model, ops, test_x, test_y, cap_emb, n_templates, device, seed, par
     return out
 
 
+@common.main_entry
 def main(argv=None) -> int:
     p = common.parser("sde", __doc__.split("\n")[0], steps=600, batch_size=256, lr=2e-3)
     p.add_argument("--loss", choices=("sde", "infonce"), default="sde")
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--templates", type=int, default=len(data.TEMPLATES),
+    p.add_argument("--dim", type=common.POSITIVE, default=128)
+    p.add_argument("--width", type=common.POSITIVE, default=32)
+    p.add_argument("--templates", type=common.int_range(1, len(data.TEMPLATES)), default=len(data.TEMPLATES),
                    help=f"use the first N of the {len(data.TEMPLATES)} caption templates "
                         "(a class keeps at most N images per batch)")
     args = p.parse_args(argv)
     if not data.have_fashion_mnist():
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
-    device = common.device_of(args)
+    common.check_limits(p, args, data.fashion_size("train"), data.fashion_size("test"))
+    rank = 4 * args.width + 1  # the image features are an affine map of 4·width pooled channels
+    if args.loss == "sde" and min(args.batch_size, args.dim) > rank:
+        why = (f"--dim {args.dim} and --batch-size {args.batch_size} exceed 4·--width + 1 = {rank}: the image features "
+               "have repeated zero singular values, where the SVD gradient is undefined")
+        if args.backend == "reference":
+            p.error(f"{why} (the reference gives NaN); use --dim <= {rank}")
+        warnings.warn(f"{why}; the fused backend's stabilised gradient is used (no reference run can follow it)",
+                      stacklevel=2)
+    device, dtype = common.device_of(args), common.dtype_of(args)
     common.seed_everything(args.seed)
     ops = common.backend(args.backend, needed=("SDELoss", "info_nce", "singular_values", "spectral_partition"))
 
-    train_x, train_y = data.fashion_mnist("train", args.limit)
-    test_x, test_y = data.fashion_mnist("test", args.test_limit)
-    templates = data.TEMPLATES[:max(1, args.templates)]
+    train_x, train_y = data.fashion_mnist("train", args.limit, dtype)
+    test_x, test_y = data.fashion_mnist("test", args.test_limit, dtype)
+    templates = data.TEMPLATES[:args.templates]
     caps = data.captions(templates=templates)
     T = len(templates)
     run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cap_emb = data.embed_texts(caps, run_dir / "captions.pt")  # frozen text encoder: embedded once
+    cap_emb = data.embed_texts(caps, run_dir / "captions.pt").to(dtype)  # frozen text encoder: embedded once
 
-    model = ClipModel(args.dim, args.width).to(device)
+    model = ClipModel(args.dim, args.width).to(device, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     sched = common.warmup_cosine(opt, args.steps, warmup=50)
     # SDELoss's random enhancement directions, drawn on the features' device
@@ -191,7 +202,7 @@ def main(argv=None) -> int:
     torch.save({"config": model.config, "model": model.state_dict(), "templates": list(templates),
                 "classes": list(data.FASHION_CLASSES)}, run_dir / "model.pt")
     metrics = common.read_metrics(run_dir)
-    summary = {"driver": "sde", "loss": args.loss, "backend": args.backend, "fallbacks": ops.fallbacks,
+    summary = {"driver": "sde", "loss": args.loss, "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks,
                "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
                "train_samples": train_n, "test_samples": len(test_x),
                "final_loss": metrics[-1]["loss"], "before": run.extra["before"], "after": after,

@@ -28,6 +28,11 @@ from ..registry import F64, OpInfo, Sample, rand, randn, register
 NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps)
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
 LOW = (torch.bfloat16, torch.float16)
+# CUDA tiles {fp64?: ...}; BD caps the DX columns a gradient program holds in registers
+CUDA_TILES = {torch.float32: dict(BM=64, BN=32, BK=32, BD=128, num_warps=8),  # tf32x3: three dots' operands
+              torch.bfloat16: dict(BM=64, BN=64, BK=32, BD=128, num_warps=8),
+              torch.float16: dict(BM=64, BN=64, BK=32, BD=128, num_warps=8),
+              torch.float64: dict(BM=32, BN=32, BK=16, BD=64, num_warps=4)}
 
 if HAS_TRITON:
     import triton
@@ -117,8 +122,8 @@ if HAS_TRITON:
         else:
             lse_x = tl.load(LSE_X + r * nx + i, mask=i < nx, other=0).to(ACC)
         dx = tl.zeros([BM, BD], ACC)
-        ds = tl.zeros([BM, BN], ACC)
-        db = tl.zeros([BM, BN], ACC)
+        ds = tl.zeros([BM], ACC)
+        db = tl.zeros([BM], ACC)
         for j0 in range(0, ny, BN):
             j = j0 + tl.arange(0, BN)
             qk = _tile_dot(X, Y, i, j, nx, ny, d, PREC, UPCAST, ACC, BM, BN, BK)
@@ -137,15 +142,15 @@ if HAS_TRITON:
                     D += c_y * tl.exp(logits - lse_y[None, :])
                 D = tl.where(label, D - (c_x + c_y), D)
             D = tl.where((i[:, None] < nx) & (j[None, :] < ny), D, 0.0)
-            ds += D * qk
-            db += D
+            ds += tl.sum(D * qk, 1)
+            db += tl.sum(D, 1)
             y = _load(Y, j, ny, kd, d)
             dx = _dot(D.to(y.dtype), y, dx, PREC, UPCAST)
         msk = (i[:, None] < nx) & (kd[None, :] < d)
         tl.store(DX + r * nx * d + i[:, None] * d + kd[None, :], s * dx, mask=msk)
         out = DS + 2 * (r * tl.num_programs(1) + rb)
-        tl.store(out, tl.sum(tl.sum(ds, 1), 0), mask=kb == 0)
-        tl.store(out + 1, tl.sum(tl.sum(db, 1), 0), mask=kb == 0)
+        tl.store(out, tl.sum(ds, 0), mask=kb == 0)
+        tl.store(out + 1, tl.sum(db, 0), mask=kb == 0)
 
 
 def _config(x: Tensor) -> dict:
@@ -157,9 +162,8 @@ def _config(x: Tensor) -> dict:
     cfg = dict(PREC="tf32x3" if x.dtype == torch.float32 else "ieee", ACC=tl.float64 if fp64 else tl.float32,
                UPCAST=INTERPRET and x.dtype in LOW)
     if x.is_cuda:
-        if fp64:
-            return dict(cfg, BM=32, BN=32, BK=16, BD=min(next_pow2(max(d, 16)), 64), num_warps=4)
-        return dict(cfg, BM=64, BN=64, BK=32, BD=min(next_pow2(max(d, 16)), 128), num_warps=8)
+        tiles = CUDA_TILES[x.dtype]
+        return dict(cfg, **tiles, BD=min(next_pow2(max(d, 16)), tiles["BD"]))
     return dict(cfg, BM=32, BN=32, BK=32, BD=next_pow2(max(d, 16)), num_warps=1)
 
 

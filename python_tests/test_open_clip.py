@@ -169,3 +169,30 @@ def test_two_processes_match_open_clip(tmp_path):
     whole = SDELoss(10)(Fn.normalize(x_a @ w_a, dim=-1), Fn.normalize(x_b @ w_b, dim=-1),
                         torch.tensor(10.0, dtype=torch.float64), step=3)
     torch.testing.assert_close(ranks[0]["sde full"][0], whole.detach(), atol=1e-12, rtol=1e-10)
+
+
+def test_readme_open_clip_swap_runs():
+    """The README's open_clip swap, executed as written, on one process; the state it checkpoints
+    resumes the curriculum in a fresh loss."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"<!-- open_clip swap -->\s*```python\n(.*?)```", text, re.S).group(1)
+    x_a, x_b, w_a, w_b = _data(torch.float32)
+    W_a = w_a.clone().requires_grad_()
+    model_out = {"image_features": Fn.normalize(x_a @ W_a, dim=-1), "text_features": Fn.normalize(x_b @ w_b, dim=-1),
+                 "logit_scale": torch.tensor(10.0, requires_grad=True), "logit_bias": torch.tensor(-3.0),
+                 "logits": None}  # an extra model output, ignored
+    scope = {"total_steps": 40, "rank": 0, "world_size": 1, "model_out": model_out}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert W_a.grad is not None and torch.isfinite(W_a.grad).all() and W_a.grad.abs().sum() > 0
+    assert torch.isfinite(scope["siglip"](**{k: v.detach() if isinstance(v, torch.Tensor) else v
+                                             for k, v in model_out.items()}))
+    resumed = SDELoss(40)
+    resumed.load_state_dict(scope["checkpoint"]["loss"])
+    assert resumed.num_calls == 1 and scope["loss"].last_stats["t"] == 0.0
+    with torch.no_grad():  # evaluation does not advance the counter
+        resumed(**{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in model_out.items()})
+    resumed(**{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in model_out.items()})
+    assert resumed.last_stats["t"] == pytest.approx(1 / 40) and resumed.num_calls == 2

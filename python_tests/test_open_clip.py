@@ -8,7 +8,6 @@ Features come from a linear encoder followed by F.normalize, as open_clip's mode
 our losses normalise again, which changes only the radial part of the feature gradient, and
 that part vanishes through the model's own normalisation.
 """
-import importlib.util
 import os
 import socket
 
@@ -19,6 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as Fn
 
 import sdekernels
+from sdekernels.bench import load_open_clip_loss
 from sdekernels.nn import SDELoss, SigLipLoss
 
 from helpers import PATHS, on_path
@@ -28,14 +28,9 @@ B, D_IN, D = 24, 12, 10
 
 
 def open_clip_loss():
-    """open_clip/loss.py of the installed open-clip-torch, without open_clip's __init__."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None:
+    module = load_open_clip_loss()
+    if module is None:
         pytest.skip("open-clip-torch is not installed (.ci/setup installs it)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
-    module_spec = importlib.util.spec_from_file_location("open_clip_loss", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
     return module
 
 

@@ -426,26 +426,31 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
 
 def _siglip_cpu(a: Tensor, b: Tensor, s: Tensor, bias: Tensor, off: int, c: float, need_grad: bool):
     """Σ −log σ(y·L)·c over row chunks, and (need_grad) the gradients of a, b, s and the bias in the
-    same pass: G = dL/dlogits = −c·y·σ(−y·L) needs no normaliser over the row, so nothing is recomputed."""
+    same pass: G = dL/dlogits = −c·y·σ(−y·L) needs no normaliser over the row, so nothing is
+    recomputed. Four passes over each chunk: the GEMM (scale and bias in its epilogue), log σ,
+    its sum, and σ(−z) = −expm1(log σ(z))."""
     R, nx, _ = a.shape
     loss = a.new_zeros(())
     da, db, gs, gb = torch.empty_like(a), torch.zeros_like(b), a.new_zeros(()), a.new_zeros(())
     step = _chunk(b.shape[1])
+    s_val, minus_bias = float(s), (-bias).reshape(1, 1, 1)
     for i in range(0, nx, step):
         a_i = a[:, i:i + step]
-        Z = torch.matmul(a_i, b.mT).mul_(s).add_(bias).neg_()  # z = y·L: −L off the labels, L on them
+        Z = torch.baddbmm(minus_bias, a_i, b.mT, alpha=-s_val)  # z = y·L: −L off the labels, L on them
         torch.diagonal(Z, offset=i + off, dim1=-2, dim2=-1).neg_()
-        loss -= torch.nn.functional.logsigmoid(Z).sum()
+        H = torch.nn.functional.logsigmoid(Z)
+        del Z
+        loss -= H.sum()
         if not need_grad:
             continue
-        G = Z.neg_().sigmoid_().mul_(c)  # c·σ(−z), then the sign −y
-        torch.diagonal(G, offset=i + off, dim1=-2, dim2=-1).neg_()
-        gb += G.sum()
-        Gb = torch.matmul(G, b)
-        gs += (a_i * Gb).sum()
-        da[:, i:i + step] = Gb.mul_(s)
-        db.baddbmm_(G.mT, a_i)
-    return loss * c, (da, db.mul_(s), gs, gb)
+        H.expm1_()  # −σ(−z); with the labels' sign flipped, G = −c·H
+        torch.diagonal(H, offset=i + off, dim1=-2, dim2=-1).neg_()
+        gb -= c * H.sum()
+        Hb = torch.matmul(H, b)
+        gs -= c * (a_i * Hb).sum()
+        da[:, i:i + step] = Hb.mul_(-c * s_val)
+        db.baddbmm_(H.mT, a_i, alpha=-c)
+    return loss * c, (da, db.mul_(s_val), gs, gb)
 
 
 def _siglip_saves(z_a: Tensor, need_grad: bool) -> bool:

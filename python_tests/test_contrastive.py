@@ -139,3 +139,65 @@ def test_compile_with_learnable_scale():
 def test_gather_without_process_group_is_local():
     z_a, z_b = _pairs(1, 16, 8)
     torch.testing.assert_close(sdekernels.info_nce(z_a, z_b, gather=True), sdekernels.info_nce(z_a, z_b))
+
+
+def _explicit_siglip_rows(a, b, s, t, off):
+    """−Σ log σ(y·L) / rows for rows a against columns b, labels at column i + off (explicit)."""
+    logits = s * torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).mT + t
+    y = -torch.ones_like(logits)
+    torch.diagonal(y, offset=off, dim1=-2, dim2=-1).fill_(1.0)
+    return -torch.nn.functional.logsigmoid(y * logits).sum() / a.shape[-2]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_local_rows_against_gathered_columns(path):
+    """open_clip's local_loss layout: a rank's rows (here rows 20..39 of 50) against every column,
+    labels offset by the rank's first row, on each path, against explicit logits in float64."""
+    z_a, z_b = _pairs(1, 50, 19)
+    z_a, z_b = z_a[0], z_b[0]
+    off, n = 20, 20
+    s = torch.tensor(9.0, dtype=torch.float64)
+    t = torch.tensor(-4.0, dtype=torch.float64)
+    for name in ("info_nce", "siglip"):
+        grads = []
+        for fused in (True, False):
+            leaves = [z_a.clone().requires_grad_(), z_b.clone().requires_grad_(), s.clone().requires_grad_(),
+                      t.clone().requires_grad_()]
+            A, Bc, sc, tb = leaves
+            rows_a, rows_b = A[off:off + n], Bc[off:off + n]
+            with on_path(path):
+                if name == "info_nce":
+                    fn = C.local_info_nce if fused else ref.local_info_nce
+                    loss = fn(rows_a, rows_b, A, Bc, sc, off) if fused else fn(rows_a, rows_b, A, Bc, off, logit_scale=sc)
+                    loss = loss + 0 * tb
+                elif fused:
+                    loss = C._siglip(rows_a, Bc, sc, tb, off, True, True)[0]
+                else:
+                    loss = _explicit_siglip_rows(rows_a, Bc, sc, tb, off)
+                grads.append([loss.detach(), *torch.autograd.grad(loss, leaves)])
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-10, msg=lambda m: f"{name} {path}: {m}")
+
+
+def test_siglip_learnable_scale_and_bias_like_open_clip():
+    """open_clip passes exp(log_scale) and a raw bias: the gradients reach both parameters."""
+    z_a, z_b = _pairs(1, 33, 12)
+    grads = []
+    for fn in (sdekernels.siglip_loss, ref.siglip_loss):
+        p = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
+        q = torch.tensor(-7.0, dtype=torch.float64, requires_grad=True)
+        fn(z_a, z_b, p.exp(), q).backward()
+        grads.append(torch.stack([p.grad, q.grad]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-10)
+    assert (grads[0] != 0).all()
+    with torch.no_grad():  # no gradient wanted: the CPU path keeps none
+        out = C._siglip(z_a, z_b, torch.tensor(10.0, dtype=torch.float64), torch.tensor(-5.0, dtype=torch.float64),
+                        0, True, False)
+    assert all(t.numel() == 0 for t in out[1:])
+
+
+def test_siglip_compile():
+    z_a, z_b = _pairs(2, 24, 10, torch.float32)
+    fn = lambda a, b, logit_scale: sdekernels.siglip_loss(a, b, logit_scale, -3.0)  # noqa: E731
+    out = [_loss_and_grads(f, z_a, z_b, scale=10.0) for f in (fn, torch.compile(fn, fullgraph=True))]
+    torch._dynamo.reset()
+    torch.testing.assert_close(out[1], out[0], atol=1e-6, rtol=1e-5)

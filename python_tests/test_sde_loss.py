@@ -150,3 +150,56 @@ def test_batched_and_wide_features_match_reference():
             torch.testing.assert_close(loss, r_loss, atol=1e-10, rtol=1e-9)
             torch.testing.assert_close(grads, r_grads, atol=1e-9, rtol=1e-7)
             assert stats == pytest.approx(r_stats, rel=1e-9, abs=1e-12)
+
+
+def test_clip_loss_constructor_and_call_order():
+    """open_clip's create_loss arguments; ClipLoss's positional order (…, logit_scale, logit_bias,
+    output_dict); extra model outputs as keywords are ignored; a bias only shifts every logit."""
+    F_a, F_b = _features()
+    loss_fn = SDELoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=0, world_size=1,
+                      use_horovod=False, total_steps=10, generator=torch.Generator().manual_seed(0))
+    s, bias = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
+    out = loss_fn(F_a, F_b, s, bias, True)
+    assert set(out) == {"contrastive_loss"}
+    out["contrastive_loss"].backward()
+    assert bias.grad == 0  # as ClipLoss: a constant shift of the logits
+    model_out = {"image_features": F_a, "text_features": F_b, "logit_scale": s, "logit_bias": bias.detach(),
+                 "image_embs": None}
+    again = SDELoss(10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again(**model_out, step=0), out["contrastive_loss"].detach())
+    with pytest.raises(ValueError, match="use_horovod"):
+        SDELoss(10, use_horovod=True)
+    with pytest.raises(ValueError, match="rank"):
+        SDELoss(10, rank=2, world_size=2)
+
+
+def test_progress_without_total_steps():
+    """Without total_steps the progress comes from set_progress; a call that has none is a ValueError."""
+    F_a, F_b = _features(dtype=torch.float32)
+    loss_fn = SDELoss()
+    with pytest.raises(ValueError, match="total_steps"):
+        loss_fn(F_a, F_b)
+    loss_fn.set_progress(0.25)
+    loss_fn(F_a, F_b, step=7)
+    assert loss_fn.last_stats["t"] == 0.25
+    with pytest.raises(ValueError, match="t must be"):
+        loss_fn.set_progress(1.5)
+    with pytest.raises(ValueError, match="step"):
+        SDELoss(10)(F_a, F_b, step=-1)
+
+
+def test_step_counter_resumes_and_counts_only_gradient_calls():
+    F_a, F_b = _features(dtype=torch.float32)
+    loss_fn = SDELoss(8)
+    for _ in range(3):
+        loss_fn(F_a, F_b)
+    with torch.no_grad():
+        loss_fn(F_a, F_b)  # evaluation reads t without advancing it
+    assert loss_fn.last_stats["t"] == 3 / 8 and loss_fn.num_calls == 3
+    state = loss_fn.state_dict()
+    resumed = SDELoss(8)
+    resumed.load_state_dict(state)
+    resumed(F_a, F_b)
+    assert resumed.last_stats["t"] == 3 / 8 and resumed.num_calls == 4
+    # the agreed ξ seed travels too: the resumed loss draws the same directions at the same step
+    torch.testing.assert_close(resumed(F_a, F_b, step=5), loss_fn(F_a, F_b, step=5))

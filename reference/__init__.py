@@ -2,7 +2,7 @@
 
 Plain math: full SVD, explicit B×B logits, explicit DCT matrices, torch.fft. Slow by design.
 """
-from .contrastive import SDELoss, gather_batch, info_nce
+from .contrastive import SDELoss, gather_batch, info_nce, local_info_nce, rank_offset, siglip_loss
 from .distances import hellinger, subspace_distance
 from .fourier import FourierAttentiveTokens, FourierTokens, amplitude_mix, fourier_merge, fourier_split
 from .spectrum import block_dct_lowpass, dct_matrix, dog, esm_loss, radial_psd
@@ -18,6 +18,9 @@ __all__ = [
     "hellinger",
     "subspace_distance",
     "info_nce",
+    "siglip_loss",
+    "local_info_nce",
+    "rank_offset",
     "gather_batch",
     "SDELoss",
     "fourier_split",

@@ -23,20 +23,32 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def gather_batch(z: torch.Tensor) -> torch.Tensor:
-    """All-gather z [..., B, d] over the process group along the batch dim, with gradient.
+def gather_batch(z: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """All-gather z [..., B, d] over the process group along the batch dim.
 
-    Without an initialised process group, z is returned as is. The backward of
+    Without an initialised process group, z is returned as is. with_grad: the backward of
     ``torch.distributed.nn.functional.all_gather`` sums the gradients of all ranks, so when
     every rank computes the same global loss the local features receive world_size times the
     single-process gradient; DDP's gradient averaging turns that into exactly the gradient of
     one process on the whole batch (the convention of open_clip's ``gather_with_grad``).
+    with_grad=False: gathered without gradient except this rank's own slot, which is z itself
+    (open_clip's ``gather_with_grad=False``).
     """
     if not _distributed() or torch.distributed.get_world_size() == 1:
         return z
-    from torch.distributed.nn.functional import all_gather
+    if with_grad:
+        from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(z.contiguous()), dim=-2)
+        return torch.cat(all_gather(z.contiguous()), dim=-2)
+    parts = [torch.empty_like(z) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, z.detach().contiguous())
+    parts[torch.distributed.get_rank()] = z
+    return torch.cat(parts, dim=-2)
+
+
+def rank_offset(z: torch.Tensor) -> int:
+    """Label offset of this rank's rows z [..., B, d] in the gathered batch (0 without a process group)."""
+    return torch.distributed.get_rank() * z.shape[-2] if _distributed() else 0
 
 
 def info_nce(z_a, z_b, temperature=0.07, *, logit_scale=None, normalize=True, symmetric=True, gather=False):
@@ -71,24 +83,91 @@ def info_nce(z_a, z_b, temperature=0.07, *, logit_scale=None, normalize=True, sy
     return loss.to(dtype)
 
 
+def local_info_nce(z_a, z_b, all_a, all_b, offset, temperature=0.07, *, logit_scale=None, normalize=True,
+                   symmetric=True):
+    """open_clip's ClipLoss(local_loss=True) with explicit logits: this rank's rows z_a [..., b, d]
+    against the gathered columns all_b [..., B, d] (the label of row i is column offset + i), and
+    z_b against all_a; each cross-entropy a mean over the b local rows."""
+    dtype = z_a.dtype
+    a, b, A, Bc = (_work(t) for t in (z_a, z_b, all_a, all_b))
+    if normalize:
+        a, b, A, Bc = (Fn.normalize(t, dim=-1) for t in (a, b, A, Bc))
+    s = 1.0 / temperature if logit_scale is None else (
+        _work(logit_scale) if isinstance(logit_scale, torch.Tensor) else float(logit_scale))
+    n = a.shape[-2]
+    target = (torch.arange(n, device=a.device) + offset).expand(*a.shape[:-2], n).reshape(-1)
+
+    def ce(x, y):
+        logits = s * (x @ y.mT)
+        return Fn.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
+
+    loss = ce(a, Bc)
+    if symmetric:
+        loss = 0.5 * (loss + ce(b, A))
+    return loss.to(dtype)
+
+
+def siglip_loss(z_a, z_b, logit_scale, logit_bias, *, normalize=True, gather=False):
+    """Sigmoid contrastive loss of paired features z_a, z_b [..., B, d] with explicit B×B logits (SPEC §6).
+
+    L = s ẑ_a ẑ_bᵀ + b, y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's SigLipLoss),
+    averaged over any leading batch dims; s and b floats or tensors (gradients flow through them).
+    gather=True with an initialised process group: the loss of the all-gathered batch.
+    """
+    if z_a.dim() < 2 or z_a.shape != z_b.shape:
+        raise ValueError(f"z_a and z_b must have the same shape [..., B, d], got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    dtype = z_a.dtype
+    a, b = _work(z_a), _work(z_b)
+    if gather:
+        a, b = gather_batch(a), gather_batch(b)
+    if normalize:
+        a, b = Fn.normalize(a, dim=-1), Fn.normalize(b, dim=-1)
+    s = _work(logit_scale) if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
+    bias = _work(logit_bias) if isinstance(logit_bias, torch.Tensor) else float(logit_bias)
+    logits = s * (a @ b.mT) + bias
+    B = logits.shape[-1]
+    labels = 2 * torch.eye(B, dtype=logits.dtype, device=logits.device) - 1
+    return (-Fn.logsigmoid(labels * logits).sum((-2, -1)) / B).mean().to(dtype)
+
+
 class SDELoss(torch.nn.Module):
-    """SDE loss (SPEC §7), called like open_clip's ``ClipLoss`` (plus ``step``).
+    """SDE loss (SPEC §7), a drop-in for open_clip's ``ClipLoss``.
 
     L = (1 − λ(t)) L_inst + λ(t) L_spec with
       L_inst = info_nce(F'_a, F'_b), F'_* = spectral_enhance(F_*, t) (rows = the batch),
       L_spec = hellinger(σ_a, σ_b) + subspace_distance(V_a,k, V_b,k),
       k = k_sub or min(n_strong_a + n_weak_a, n_strong_b + n_weak_b) (the minimum over any
       leading batch dims, so one k serves the whole call; clipped to min(B, d)).
-    t = min(step / total_steps, 1). Without ``step`` the module counts its calls (the first
-    call is step 0); a given ``step`` also resets that counter to step + 1.
 
-    direction="random": ξ ~ uniform(−1, 1) from ``generator``. direction="adversarial":
-    ξ = sign(∂L/∂σ'_i) of the previous step, where σ' = σ + δ are the singular values of F'
-    and ∂L/∂σ'_i = u_iᵀ (∂L/∂F') v_i is read by a gradient hook on F' during that step's
-    backward; until a backward has run (or when the batch shape changed) ξ is random.
+    Call: ``loss(image_features, text_features, logit_scale=None, logit_bias=None,
+    output_dict=False, *, step=None)``, ClipLoss's call and positional order; other keywords
+    (the rest of a model's output dict) are ignored, so ``loss(**model_out)`` works. logit_bias
+    shifts every logit alike, which leaves the cross-entropies unchanged (as in ClipLoss: its
+    gradient is 0). Without a scale the logits use 1/temperature.
 
-    gather=True with an initialised process group: features are all-gathered with gradient
-    first, so the spectrum, the partition and both losses are those of the global batch.
+    Progress t: ``set_progress(t)`` fixes it (until ``set_progress(None)``); else t =
+    min(step / total_steps, 1) with ``step`` given or, without it, counted: the number of earlier
+    calls made with gradients enabled (evaluation under no_grad does not advance it). Under
+    open_clip's ``accum_freq`` the loss is called accum_freq times per optimizer step: pass
+    ``step=`` (the optimizer step), or count calls with total_steps = accum_freq × optimizer
+    steps. The counter, the progress and the agreed seed are in ``state_dict()``, so a resumed
+    run continues its curriculum. A call that can resolve no t (no total_steps, no progress set)
+    is a ValueError.
+
+    direction="random": ξ ~ uniform(−1, 1) from ``generator``, or without one from a seed agreed
+    once across ranks (broadcast from rank 0 at first use) combined with the step, so every
+    rank draws the same ξ. direction="adversarial": ξ = sign(∂L/∂σ'_i) of the previous step,
+    where σ' = σ + δ are the singular values of F' and ∂L/∂σ'_i = u_iᵀ (∂L/∂F') v_i is read by a
+    gradient hook on F' during that step's backward; until a backward has run (or when the
+    batch shape changed) ξ is random.
+
+    Gathering (gather=True, or ClipLoss's world_size > 1, with an initialised process group):
+    features are all-gathered first, so the spectrum, the partition and both losses are those of
+    the global batch; with gradient when gather=True or gather_with_grad=True, else
+    open_clip's no-gradient gather (this rank's slot live). local_loss=True: the instance term
+    takes this rank's rows against the gathered columns (ClipLoss(local_loss=True)); the spectral
+    term stays global. cache_labels and rank are accepted for ClipLoss compatibility (no labels
+    are materialised; the rank is the process group's).
 
     The ops are reached through the class attribute ``ops`` so that a subclass can swap in
     fused implementations without copying the logic.
@@ -100,6 +179,7 @@ class SDELoss(torch.nn.Module):
         spectral_partition=spectral_partition,
         spectral_enhance=spectral_enhance,
         info_nce=info_nce,
+        local_info_nce=local_info_nce,
         hellinger=hellinger,
         subspace_distance=subspace_distance,
         gather=gather_batch,
@@ -107,7 +187,7 @@ class SDELoss(torch.nn.Module):
 
     def __init__(
         self,
-        total_steps: int,
+        total_steps: Optional[int] = None,
         *,
         temperature: float = 0.07,
         lambda_start: float = 0.5,
@@ -123,9 +203,16 @@ class SDELoss(torch.nn.Module):
         gamma_noise: float = 0.9,
         rho: float = 0.5,
         generator: Optional[torch.Generator] = None,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        use_horovod: bool = False,
     ):
         super().__init__()
-        total_steps = check_int(total_steps, "total_steps", 1)
+        if total_steps is not None:
+            total_steps = check_int(total_steps, "total_steps", 1)
         temperature = check_real(temperature, "temperature", 0.0, open_lo=True)
         power = check_real(power, "power", 0.0, open_lo=True)
         lambda_start, lambda_end = (check_real(v, name, 0.0, 1.0) for v, name in
@@ -138,7 +225,12 @@ class SDELoss(torch.nn.Module):
             raise ValueError(f"mode must be 'full' or 'augment', got {mode!r}")
         if k_sub is not None:
             k_sub = check_int(k_sub, "k_sub", 1)
-        self.total_steps = int(total_steps)
+        if use_horovod:
+            raise ValueError("use_horovod=True is not supported: SDELoss gathers with torch.distributed")
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, "
+                             f"world_size={world_size}")
+        self.total_steps = None if total_steps is None else int(total_steps)
         self.temperature = temperature
         self.lambda_start = lambda_start
         self.lambda_end = lambda_end
@@ -147,22 +239,63 @@ class SDELoss(torch.nn.Module):
         self.weighted_subspace = weighted_subspace
         self.direction = direction
         self.mode = mode
-        self.gather = gather
+        self.gather = bool(gather) or int(world_size) > 1
+        self.gather_with_grad = bool(gather) or bool(gather_with_grad)
+        self.local_loss = bool(local_loss)
+        self.cache_labels, self.rank, self.world_size = cache_labels, int(rank), int(world_size)
         self.eps_strong = eps_strong
         self.gamma_weak = gamma_weak
         self.gamma_noise = gamma_noise
         self.rho = rho
         self.generator = generator
         self.num_calls = 0
+        self.fixed_progress: Optional[float] = None
+        self.seed: Optional[int] = None  # of ξ without a generator, agreed across ranks at first use
         self.last_stats = {}
         self._grad_sigma = {"a": None, "b": None}  # ∂L/∂σ' of the previous step (adversarial)
 
+    # -- curriculum state ---------------------------------------------------------------------
+    def set_progress(self, t: Optional[float]) -> None:
+        """Fix the training progress t ∈ [0, 1] of the following calls (None: back to steps)."""
+        if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0):
+            raise ValueError(f"t must be a number in [0, 1] or None, got {t!r}")
+        self.fixed_progress = None if t is None else float(t)
+
+    def get_extra_state(self):
+        return {"num_calls": self.num_calls, "fixed_progress": self.fixed_progress, "seed": self.seed}
+
+    def set_extra_state(self, state):
+        self.num_calls = int(state["num_calls"])
+        self.fixed_progress = state.get("fixed_progress")
+        self.seed = state.get("seed")
+
     # -- pieces a subclass may override -------------------------------------------------
-    def progress(self, step: Optional[int]) -> float:
+    def progress(self, step: Optional[int]) -> tuple[float, int]:
+        """(t, step) of this call; advances the call counter when gradients are enabled."""
         if step is None:
             step = self.num_calls
-        self.num_calls = int(step) + 1
-        return min(max(float(step), 0.0) / self.total_steps, 1.0)
+        elif isinstance(step, bool) or int(step) != step or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = int(step)
+        if torch.is_grad_enabled():
+            self.num_calls = step + 1
+        if self.fixed_progress is not None:
+            return self.fixed_progress, step
+        if self.total_steps is None:
+            raise ValueError("SDELoss has no total_steps: construct it with total_steps=..., "
+                             "or set the progress with set_progress(t) before the call")
+        return min(step / self.total_steps, 1.0), step
+
+    def _generator(self, F: torch.Tensor, step: int) -> torch.Generator:
+        """The user's generator, or one seeded from the agreed seed and the step (the same ξ on every rank)."""
+        if self.generator is not None:
+            return self.generator
+        if self.seed is None:
+            seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(F.device)
+            if _distributed() and torch.distributed.get_world_size() > 1:
+                torch.distributed.broadcast(seed, src=0)
+            self.seed = int(seed)
+        return torch.Generator(device=F.device).manual_seed((self.seed + 0x9E3779B97F4A7C15 * (step + 1)) % 2**63)
 
     def _direction(self, key: str, F: torch.Tensor) -> Optional[torch.Tensor]:
         if self.direction != "adversarial":
@@ -189,28 +322,37 @@ class SDELoss(torch.nn.Module):
         F_enh.register_hook(hook)
 
     # -- the loss -------------------------------------------------------------------------
-    def forward(self, image_features, text_features, logit_scale=None, output_dict=False, step=None):
+    def forward(self, image_features, text_features, logit_scale=None, logit_bias=None, output_dict=False, *,
+                step=None, **model_outputs):
         ops = self.ops
-        t = self.progress(step)
+        t, step = self.progress(step)
         a_t = _alpha(t)
         lam_t = _lam(t, self.lambda_start, self.lambda_end)
 
         F_a, F_b = image_features, text_features
         if self.gather:
-            F_a, F_b = ops.gather(F_a), ops.gather(F_b)
+            F_a, F_b = ops.gather(F_a, self.gather_with_grad), ops.gather(F_b, self.gather_with_grad)
         m, n = F_a.shape[-2], F_a.shape[-1]
         r = min(m, n)
 
         # 1–2. spectra, partitions and enhanced features
         kw = dict(eps_strong=self.eps_strong, gamma_weak=self.gamma_weak, gamma_noise=self.gamma_noise,
-                  rho=self.rho, generator=self.generator, mode=self.mode, return_details=True)
+                  rho=self.rho, generator=self._generator(F_a, step), mode=self.mode, return_details=True)
         E_a, part_a, _ = ops.spectral_enhance(F_a, t, direction=self._direction("a", F_a), **kw)
         E_b, part_b, _ = ops.spectral_enhance(F_b, t, direction=self._direction("b", F_b), **kw)
         self._record_gradient("a", F_a, E_a)
         self._record_gradient("b", F_b, E_b)
 
-        # 3. instance term
-        loss_inst = ops.info_nce(E_a, E_b, self.temperature, logit_scale=logit_scale)
+        # 3. instance term (local: this rank's rows against the gathered columns)
+        if self.local_loss:  # without a process group: offset 0, every row (the global loss)
+            b, off = image_features.shape[-2], rank_offset(image_features)
+            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad else (E_a.detach(), E_b.detach())
+            loss_inst = ops.local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,
+                                           self.temperature, logit_scale=logit_scale)
+        else:
+            loss_inst = ops.info_nce(E_a, E_b, self.temperature, logit_scale=logit_scale)
+        if isinstance(logit_bias, torch.Tensor) and logit_bias.requires_grad:
+            loss_inst = loss_inst + 0.0 * logit_bias.sum()  # a constant shift: gradient 0, as in ClipLoss
 
         # 4. spectral term
         if self.k_sub is not None:

@@ -42,8 +42,8 @@ def timeit(fn, device, reps: int = 5, warmup: int = 1, budget_s: float = 2.0) ->
     return statistics.median(times)
 
 
-def interleaved_ms(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds of each `fns[name]()` over `runs` runs by `clock` (wall time by default;
+def interleaved_times(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1) -> dict[str, list[float]]:
+    """Milliseconds of each `fns[name]()` in each of `runs` rounds by `clock` (wall time by default;
     time.process_time for the process's CPU time). After `warmup` calls of each, the runs are
     interleaved (one call of every function per round), so changes in the machine's load hit
     all of them alike. CPU only: no device synchronisation."""
@@ -55,8 +55,28 @@ def interleaved_ms(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 
         for name, fn in fns.items():
             t0 = clock()
             fn()
-            times[name].append(clock() - t0)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            times[name].append(1e3 * (clock() - t0))
+    return times
+
+
+def interleaved_ms(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds of each function over interleaved runs (see interleaved_times)."""
+    return {name: statistics.median(t) for name, t in interleaved_times(fns, runs, clock, warmup).items()}
+
+
+def load_open_clip_loss():
+    """open_clip/loss.py (ClipLoss, SigLipLoss) of the installed open-clip-torch, loaded by file path:
+    `import open_clip` needs torchvision, its loss module only torch. None when not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
+    module_spec = importlib.util.spec_from_file_location("open_clip_loss", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def fwd_bwd(fn, *inputs, weight=None):

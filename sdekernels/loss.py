@@ -10,8 +10,8 @@ top-k triplets (SPEC §4). Its backward is the exact gradient of svd_topk's Gram
 exact_grad_short: all r eigenvectors known, so no truncation error), stabilised as in SPEC §1. Outside a call the ops are the fused public ones.
 Tests: python_tests/test_sde_loss.py, python_tests/test_distributed.py.
 
-    # open_clip: loss = ClipLoss(...)  ->
-    loss = sdekernels.nn.SDELoss(total_steps=len(loader) * epochs)
+    # open_clip: loss = ClipLoss(local_loss=..., gather_with_grad=..., rank=..., world_size=...)  ->
+    loss = sdekernels.nn.SDELoss(total_steps, local_loss=..., gather_with_grad=..., rank=..., world_size=...)
     total = loss(image_features, text_features, logit_scale.exp(), step=step)
 """
 import contextlib
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import reference as ref
 from ._core import check, without_autocast, work_dtype
-from .ops.contrastive import info_nce
+from .ops.contrastive import info_nce, local_info_nce
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_coefs, spectral_enhance
 from .ops.svd import exact_grad_short, safe_inv, singular_values, spectral_partition, svd_topk
@@ -167,9 +167,18 @@ def _spectral_enhance(F: Tensor, t: float, *, eps_strong=0.1, gamma_weak=0.3, ga
     return out, part, delta.reshape(*batch, r).to(F.dtype)
 
 
+def _local_info_nce(z_a, z_b, all_a, all_b, offset, temperature=0.07, *, logit_scale=None):
+    """reference.local_info_nce on the fused op (this rank's rows against the gathered columns)."""
+    scale = logit_scale if logit_scale is not None else 1.0 / temperature
+    if not isinstance(scale, Tensor):
+        scale = torch.full((), float(scale), dtype=work_dtype(z_a.dtype), device=z_a.device)
+    return local_info_nce(z_a, z_b, all_a, all_b, scale, offset)
+
+
 FUSED_OPS = types.SimpleNamespace(**{
     **vars(ref.SDELoss.ops),
     "info_nce": info_nce,
+    "local_info_nce": _local_info_nce,
     "hellinger": hellinger,
     "subspace_distance": subspace_distance,
     "svd": _svd,
@@ -180,19 +189,22 @@ FUSED_OPS = types.SimpleNamespace(**{
 
 
 class SDELoss(ref.SDELoss):
-    """SDE loss (SPEC §7) on the fused ops: L = (1 − λ(t))·info_nce(F'_a, F'_b)
-    + λ(t)·[hellinger(σ_a, σ_b) + subspace_distance(V_a,k, V_b,k)].
+    """SDE loss (SPEC §7) on the fused ops, a drop-in for open_clip's ``ClipLoss``:
+    L = (1 − λ(t))·info_nce(F'_a, F'_b) + λ(t)·[hellinger(σ_a, σ_b) + subspace_distance(V_a,k, V_b,k)].
 
-    Called as ``loss(image_features, text_features, logit_scale=None, output_dict=False, step=None)``
-    (open_clip's ``ClipLoss`` call plus ``step``; without ``step`` it counts calls), with
-    t = step / total_steps. ``logit_scale`` is the already exponentiated scale (a tensor gets
-    its gradient); without it the scale is 1/temperature. ``last_stats`` holds floats:
-    t, alpha, lam, loss_inst, loss_spec and per modality (_a, _b) n_strong, n_weak,
-    energy_strong, energy_weak, energy_noise.
-
-    Constructor: ``SDELoss(total_steps, *, temperature=0.07, lambda_start=0.5, lambda_end=0.05,
-    k_sub=None, power=1, weighted_subspace=False, direction="random", mode="full",
-    gather=False, eps_strong=0.1, gamma_weak=0.3, gamma_noise=0.9, rho=0.5, generator=None)``.
+    ``SDELoss(total_steps=None, *, temperature=0.07, lambda_start=0.5, lambda_end=0.05, k_sub=None,
+    power=1, weighted_subspace=False, direction="random", mode="full", gather=False,
+    eps_strong=0.1, gamma_weak=0.3, gamma_noise=0.9, rho=0.5, generator=None,
+    local_loss=False, gather_with_grad=False, cache_labels=False, rank=0, world_size=1,
+    use_horovod=False)``, called as ``loss(image_features, text_features, logit_scale=None,
+    logit_bias=None, output_dict=False, *, step=None)``: ClipLoss's constructor arguments and
+    call, positional order included; extra keywords (a model's other outputs) are ignored.
+    ``logit_scale`` is the already exponentiated scale (a tensor gets its gradient).
+    t = set_progress(t)'s value, else step / total_steps with ``step`` given or counted over
+    calls made with gradients enabled (the counter is in ``state_dict()``; under open_clip's
+    accum_freq pass ``step=``). ``last_stats`` holds floats: t, alpha, lam, loss_inst,
+    loss_spec and per modality (_a, _b) n_strong, n_weak, energy_strong, energy_weak,
+    energy_noise. See sdekernels.reference.SDELoss for gathering, local_loss and ξ.
     gather=True under torch.distributed: features are all-gathered with gradient, so the
     spectrum, the partition and both terms are those of the global batch (the local
     features' gradient is then world_size × the single-process one, which DDP's gradient
@@ -202,11 +214,12 @@ class SDELoss(ref.SDELoss):
 
     ops = FUSED_OPS
 
-    def forward(self, image_features, text_features, logit_scale=None, output_dict=False, step=None):
+    def forward(self, image_features, text_features, logit_scale=None, logit_bias=None, output_dict=False, *,
+                step=None, **model_outputs):
         check(image_features, "image_features", min_dim=2)
         check(text_features, "text_features", min_dim=2, like=image_features)
         # Under torch.autocast the loss runs in float32 (as its ops do), with autocast off.
-        no_autocast, (image_features, text_features, logit_scale) = without_autocast(
-            image_features.device.type, image_features, text_features, logit_scale)
+        no_autocast, (image_features, text_features, logit_scale, logit_bias) = without_autocast(
+            image_features.device.type, image_features, text_features, logit_scale, logit_bias)
         with _shared_spectra(), no_autocast:  # one decomposition per feature matrix for the whole call
-            return super().forward(image_features, text_features, logit_scale, output_dict, step)
+            return super().forward(image_features, text_features, logit_scale, logit_bias, output_dict, step=step)

@@ -3,10 +3,39 @@ import torch  # noqa: F401
 
 from .farl import DeepPromptEncoder, FARLPromptedEncoders, FourierAttentiveTokens
 from .loss import SDELoss
+from .ops.contrastive import siglip_loss
 from .ops.spectrum import block_dct_lowpass, dog, esm_loss
 
-__all__: list[str] = ["SDELoss", "FourierAttentiveTokens", "DeepPromptEncoder", "FARLPromptedEncoders", "ESMLoss",
+__all__: list[str] = ["SDELoss", "SigLipLoss", "FourierAttentiveTokens", "DeepPromptEncoder", "FARLPromptedEncoders", "ESMLoss",
                       "BlockDCTLowpass", "DoG"]
+
+
+class SigLipLoss(torch.nn.Module):
+    """open_clip's ``SigLipLoss`` on the fused `siglip_loss` (SPEC §6): same constructor arguments
+    (cache_labels, rank, world_size, dist_impl) and call ``loss(image_features, text_features,
+    logit_scale, logit_bias=None, output_dict=False)``; extra keywords are ignored.
+
+    With world_size > 1 (under torch.distributed) each rank's rows meet the columns gathered from
+    every rank (with gradient), divided by the local batch: open_clip's per-rank loss, whatever
+    its dist_impl (they differ only in how the columns travel). Features are used as given
+    (open_clip's models normalise them); normalize=True normalises them first.
+    """
+
+    def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1, dist_impl=None, *,
+                 normalize: bool = False):
+        super().__init__()
+        if dist_impl not in (None, "bidir", "shift", "reduce", "gather"):
+            raise ValueError(f"dist_impl must be None, 'bidir', 'shift', 'reduce' or 'gather', got {dist_impl!r}")
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, "
+                             f"world_size={world_size}")
+        self.cache_labels, self.rank, self.world_size, self.dist_impl = cache_labels, int(rank), int(world_size), dist_impl
+        self.normalize = normalize
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False, **model_outputs):
+        loss = siglip_loss(image_features, text_features, logit_scale, 0.0 if logit_bias is None else logit_bias,
+                           normalize=self.normalize, gather=self.world_size > 1, local_loss=True)
+        return {"contrastive_loss": loss} if output_dict else loss
 
 
 class ESMLoss(torch.nn.Module):

@@ -1,126 +1,217 @@
-"""Contrastive loss (SPEC §6): `info_nce` without the B×B logits.
+"""Contrastive losses (SPEC §6): `info_nce` and `siglip_loss` without the B×B logits.
 
-Forward: per row, an online log-sum-exp over column tiles of s·ẑ_a ẑ_bᵀ; the transposed direction
-(symmetric loss) is the same kernel with the roles of a and b swapped. Backward by recomputation:
-each row block rebuilds its logit tiles, forms dL/dlogits = c_r (P − I) + c_c (Q − I) (P, Q the
-row/column softmaxes from the saved log-sum-exps) and accumulates dẑ_a = s·D ẑ_b; dẑ_b is the same
-kernel on the swapped roles. Memory O(B·d) on Triton (CUDA, or CPU under the interpreter), and
-O(chunk·B) on the CPU path, which walks over row chunks with ATen matmuls.
-Reference: reference/contrastive.py. Tests: python_tests/test_ops.py (generic), test_contrastive.py.
+Both are written for rows X [nx, d] against columns Y [ny, d] whose label of row i is column
+i + off: the global loss (nx = ny, off = 0) and open_clip's local loss (a rank's rows against
+the gathered columns, off = rank·nx) are the same kernels.
+info_nce forward: per row, an online log-sum-exp over column tiles of s·x_i·y_j; the transposed
+direction (symmetric loss) is the same kernel with the roles swapped. siglip forward: per row
+block, Σ_j softplus(−y_ij L_ij) over column tiles, L = s·x·yᵀ + b. Backward (both) by
+recomputation: each row block rebuilds its logit tiles, forms dL/dlogits tile by tile and
+accumulates dX = s·D·Y in registers over all column tiles (one store per row block); dY is the
+same kernel on the swapped roles. Memory O(B·d) on Triton (CUDA, or CPU under the interpreter),
+O(chunk·B) on the CPU path, which walks over row chunks with ATen matmuls (siglip's CPU path
+forms its gradients in the same pass as the loss, since it has no row normaliser).
+Tensor cores: bf16/fp16 enter tl.dot as they are (fp32 accumulation), fp32 as tf32x3, fp64 as
+DMMA. Reference: reference/contrastive.py. Tests: python_tests/test_ops.py (generic),
+test_contrastive.py, test_open_clip.py.
 """
+import functools
 import math
 
 import torch
 from torch import Tensor
 
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_domain, check_real, check_shape, grad_like, rows, use_triton, work_dtype
+from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_real, check_shape, grad_like, next_pow2, rows,
+                     use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps)
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
+LOW = (torch.bfloat16, torch.float16)
+# CUDA tiles {fp64?: ...}; BD caps the DX columns a gradient program holds in registers
+CUDA_TILES = {torch.float32: dict(BM=64, BN=32, BK=32, BD=128, num_warps=8),  # tf32x3: three dots' operands
+              torch.bfloat16: dict(BM=64, BN=64, BK=32, BD=128, num_warps=8),
+              torch.float16: dict(BM=64, BN=64, BK=32, BD=128, num_warps=8),
+              torch.float64: dict(BM=32, BN=32, BK=16, BD=64, num_warps=4)}
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
     @triton.jit
-    def _tile_dot(x_row, y_row, i, j, B, d, USE_DOT: tl.constexpr, ACC: tl.constexpr,
+    def _load(P, idx, n, k, d):
+        """Rows idx (< n) of a row-major [n, d] matrix at columns k (< d); 0 outside."""
+        return tl.load(P + idx[:, None] * d + k[None, :], mask=(idx[:, None] < n) & (k[None, :] < d), other=0)
+
+    @triton.jit
+    def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+        # UPCAST: the interpreter's bf16/fp16 dot gives wrong numbers, so there they go in as fp32
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
+        return tl.dot(a, b, acc, input_precision=PREC)
+
+    @triton.jit
+    def _tile_dot(X, Y, i, j, nx, ny, d, PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         """X[i] · Y[j]ᵀ for a BM×BN tile, over d in chunks of BK (masked rows/columns read 0)."""
         qk = tl.zeros([BM, BN], ACC)
         for k0 in range(0, d, BK):
             k = k0 + tl.arange(0, BK)
-            x = tl.load(x_row + i[:, None] * d + k[None, :], mask=(i[:, None] < B) & (k[None, :] < d), other=0)
-            y = tl.load(y_row + j[:, None] * d + k[None, :], mask=(j[:, None] < B) & (k[None, :] < d), other=0)
-            if USE_DOT:
-                qk += tl.dot(x, tl.trans(y), input_precision="ieee")
-            else:
-                qk += tl.sum(x[:, None, :] * y[None, :, :], axis=2)
+            qk = _dot(_load(X, i, nx, k, d), tl.trans(_load(Y, j, ny, k, d)), qk, PREC, UPCAST)
         return qk
 
     @triton.jit
-    def _lse_kernel(X, Y, S, LSE, B, d, USE_DOT: tl.constexpr, ACC: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # Program (r, rb): log Σ_j exp(s·x_i·y_j) for the BM rows i of block rb, online over column tiles.
-        r = tl.program_id(0).to(tl.int64)
-        i = tl.program_id(1) * BM + tl.arange(0, BM)
-        x_row, y_row = X + r * B * d, Y + r * B * d
-        s = tl.load(S).to(ACC)
-        m = tl.full([BM], float("-inf"), ACC)
-        acc = tl.zeros([BM], ACC)
-        for j0 in range(0, B, BN):
-            j = j0 + tl.arange(0, BN)
-            logits = tl.where(j[None, :] < B, s * _tile_dot(x_row, y_row, i, j, B, d, USE_DOT, ACC, BM, BN, BK),
-                              float("-inf"))
-            m_new = tl.maximum(m, tl.max(logits, 1))
-            acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
-            m = m_new
-        tl.store(LSE + r * B + i, m + tl.log(acc), mask=i < B)
+    def _neg_log_sigmoid(z):
+        """−log σ(z) = max(−z, 0) + log1p(e^{−|z|}), log1p by the compensated log(1 + u)."""
+        u = tl.exp(-tl.abs(z))
+        w = 1.0 + u
+        return tl.maximum(-z, 0.0) + tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
 
-    @triton.jit
-    def _grad_kernel(X, Y, S, LSE_X, LSE_Y, DX, DS, B, d, c_x, c_y, USE_X: tl.constexpr, USE_Y: tl.constexpr,
-                     USE_DOT: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        # Program (r, rb) owns rows i of DX: DX_i = s Σ_j D_ij y_j with
-        # D_ij = c_x exp(l_ij − lse_x_i) + c_y exp(l_ij − lse_y_j) − (c_x + c_y) δ_ij, l = s·x_i·y_j
-        # recomputed tile by tile; DS gets the block's Σ D_ij x_i·y_j (the gradient of s).
+    @triton.jit(do_not_specialize=["nx", "ny", "off"])
+    def _fwd_kernel(X, Y, S, BIAS, OUT, nx, ny, d, off, SIGLIP: tl.constexpr, PREC: tl.constexpr,
+                    UPCAST: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # Program (r, rb), rows i of block rb. info_nce: OUT[r, i] = log Σ_j exp(s·x_i·y_j), online over
+        # column tiles. siglip: OUT[r, rb] = Σ_{i, j} −log σ(y_ij (s·x_i·y_j + b)), y = +1 at j = i + off, else −1.
         r = tl.program_id(0).to(tl.int64)
         rb = tl.program_id(1)
         i = rb * BM + tl.arange(0, BM)
-        x_row, y_row, dx_row = X + r * B * d, Y + r * B * d, DX + r * B * d
+        X, Y = X + r * nx * d, Y + r * ny * d
         s = tl.load(S).to(ACC)
-        lse_x = tl.load(LSE_X + r * B + i, mask=i < B, other=0).to(ACC)
-        ds = tl.zeros([BM, BN], ACC)
-        for j0 in range(0, B, BN):
+        if SIGLIP:
+            b = tl.load(BIAS).to(ACC)
+            tot = tl.zeros([BM, BN], ACC)
+        else:
+            m = tl.full([BM], float("-inf"), ACC)
+            acc = tl.zeros([BM], ACC)
+        for j0 in range(0, ny, BN):
             j = j0 + tl.arange(0, BN)
-            qk = _tile_dot(x_row, y_row, i, j, B, d, USE_DOT, ACC, BM, BN, BK)
-            logits = s * qk
-            D = tl.zeros([BM, BN], ACC)
-            if USE_X:
-                D += c_x * tl.exp(logits - lse_x[:, None])
-            if USE_Y:
-                lse_y = tl.load(LSE_Y + r * B + j, mask=j < B, other=0).to(ACC)
-                D += c_y * tl.exp(logits - lse_y[None, :])
-            D = tl.where(i[:, None] == j[None, :], D - (c_x + c_y), D)
-            D = tl.where((i[:, None] < B) & (j[None, :] < B), D, 0.0)
-            ds += D * qk
-            # The rows of DX are this program's alone: read-modify-write them chunk by chunk over d.
-            # The barrier orders the previous tile's stores before this tile's loads across threads.
-            tl.debug_barrier()
-            for k0 in range(0, d, BK):
-                k = k0 + tl.arange(0, BK)
-                y = tl.load(y_row + j[:, None] * d + k[None, :], mask=(j[:, None] < B) & (k[None, :] < d), other=0)
-                if USE_DOT:
-                    upd = tl.dot(D, y, input_precision="ieee")
-                else:
-                    upd = tl.sum(D[:, :, None] * y[None, :, :], axis=1)
-                ptr = dx_row + i[:, None] * d + k[None, :]
-                msk = (i[:, None] < B) & (k[None, :] < d)
-                tl.store(ptr, tl.load(ptr, mask=msk, other=0) + s * upd, mask=msk)
-        tl.store(DS + r * tl.num_programs(1) + rb, tl.sum(tl.sum(ds, 1), 0))
+            qk = _tile_dot(X, Y, i, j, nx, ny, d, PREC, UPCAST, ACC, BM, BN, BK)
+            if SIGLIP:
+                L = s * qk + b
+                z = tl.where(j[None, :] == i[:, None] + off, L, -L)
+                tot += tl.where((i[:, None] < nx) & (j[None, :] < ny), _neg_log_sigmoid(z), 0.0)
+            else:
+                logits = tl.where(j[None, :] < ny, s * qk, float("-inf"))
+                m_new = tl.maximum(m, tl.max(logits, 1))
+                acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
+                m = m_new
+        if SIGLIP:
+            tl.store(OUT + r * tl.num_programs(1) + rb, tl.sum(tl.sum(tot, 1), 0))
+        else:
+            tl.store(OUT + r * nx + i, m + tl.log(acc), mask=i < nx)
+
+    @triton.jit(do_not_specialize=["nx", "ny", "off"])
+    def _grad_kernel(X, Y, S, BIAS, LSE_X, LSE_Y, DX, DS, nx, ny, d, off, c_x, c_y,
+                     SIGLIP: tl.constexpr, USE_X: tl.constexpr, USE_Y: tl.constexpr, PREC: tl.constexpr,
+                     UPCAST: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr, BD: tl.constexpr):
+        # Program (r, rb, kb) owns DX[i, kb·BD : (kb+1)·BD] for the rows i of block rb:
+        # DX_i = s Σ_j D_ij y_j, accumulated in registers over all column tiles and stored once, with
+        # info_nce: D_ij = c_x exp(l_ij − lse_x_i) + c_y exp(l_ij − lse_y_j) − (c_x + c_y)[j = i + off],
+        # siglip:   D_ij = −c_x y_ij σ(−y_ij L_ij)  (l = s·x·y, L = l + b), recomputed tile by tile.
+        # DS[r, rb] gets (Σ D_ij x_i·y_j, Σ D_ij): the block's share of the gradients of s and b.
+        r = tl.program_id(0).to(tl.int64)
+        rb = tl.program_id(1)
+        kb = tl.program_id(2)
+        i = rb * BM + tl.arange(0, BM)
+        kd = kb * BD + tl.arange(0, BD)
+        X, Y = X + r * nx * d, Y + r * ny * d
+        s = tl.load(S).to(ACC)
+        if SIGLIP:
+            b = tl.load(BIAS).to(ACC)
+        else:
+            lse_x = tl.load(LSE_X + r * nx + i, mask=i < nx, other=0).to(ACC)
+        dx = tl.zeros([BM, BD], ACC)
+        ds = tl.zeros([BM], ACC)
+        db = tl.zeros([BM], ACC)
+        for j0 in range(0, ny, BN):
+            j = j0 + tl.arange(0, BN)
+            qk = _tile_dot(X, Y, i, j, nx, ny, d, PREC, UPCAST, ACC, BM, BN, BK)
+            label = j[None, :] == i[:, None] + off
+            if SIGLIP:
+                L = s * qk + b
+                z = tl.where(label, L, -L)
+                D = tl.where(label, -c_x, c_x) / (1.0 + tl.exp(z))
+            else:
+                logits = s * qk
+                D = tl.zeros([BM, BN], ACC)
+                if USE_X:
+                    D += c_x * tl.exp(logits - lse_x[:, None])
+                if USE_Y:
+                    lse_y = tl.load(LSE_Y + r * ny + j, mask=j < ny, other=0).to(ACC)
+                    D += c_y * tl.exp(logits - lse_y[None, :])
+                D = tl.where(label, D - (c_x + c_y), D)
+            D = tl.where((i[:, None] < nx) & (j[None, :] < ny), D, 0.0)
+            ds += tl.sum(D * qk, 1)
+            db += tl.sum(D, 1)
+            y = _load(Y, j, ny, kd, d)
+            dx = _dot(D.to(y.dtype), y, dx, PREC, UPCAST)
+        msk = (i[:, None] < nx) & (kd[None, :] < d)
+        tl.store(DX + r * nx * d + i[:, None] * d + kd[None, :], s * dx, mask=msk)
+        out = DS + 2 * (r * tl.num_programs(1) + rb)
+        tl.store(out, tl.sum(ds, 0), mask=kb == 0)
+        tl.store(out + 1, tl.sum(db, 0), mask=kb == 0)
 
 
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _blocks(x: Tensor):
-    """(BM, BN, BK, use tl.dot, num_warps): tensor-core tiles for float32, small FMA tiles for float64;
-    the interpreter runs numpy per program, so there larger tiles mean fewer programs."""
-    if x.dtype == torch.float64:
-        return 16, 16, 8, False, 4
+def _config(x: Tensor) -> dict:
+    """Tiles, warps and dot precision of the kernels reading x (its dtype and device). CUDA: tensor-core tiles
+    (tf32x3 for fp32, native bf16/fp16, DMMA for fp64) sized from the sm_90 compile report (no
+    spills); the interpreter runs numpy per program, so there larger tiles mean fewer programs."""
+    d = x.shape[-1]
+    fp64 = x.dtype == torch.float64
+    cfg = dict(PREC="tf32x3" if x.dtype == torch.float32 else "ieee", ACC=tl.float64 if fp64 else tl.float32,
+               UPCAST=INTERPRET and x.dtype in LOW)
     if x.is_cuda:
-        return 64, 64, 32, True, 4
-    return 32, 32, 32, True, 1
+        tiles = CUDA_TILES[x.dtype]
+        return dict(cfg, **tiles, BD=min(next_pow2(max(d, 16)), tiles["BD"]))
+    return dict(cfg, BM=32, BN=32, BK=32, BD=next_pow2(max(d, 16)), num_warps=1)
+
+
+def _kernel_input(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """What the Triton kernels read: the normalised rows, rounded back to bf16/fp16 for the tensor cores."""
+    return x.to(dtype) if dtype in LOW else x
+
+
+def _fwd_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, off: int, dtype: torch.dtype) -> Tensor:
+    """info_nce (bias None): the row log-sum-exps [R, nx]; siglip: per row block Σ −log σ [R, blocks]."""
+    R, nx, d = x.shape
+    siglip = bias is not None
+    grid = (R, triton.cdiv(nx, _config(x)["BM"]))
+    out = x.new_empty(grid if siglip else (R, nx))
+    x, y = _kernel_input(x, dtype), _kernel_input(y, dtype)
+    cfg = _config(x)
+    cfg.pop("BD")
+    _fwd_kernel[grid](x, y, s, bias if siglip else s, out, nx, y.shape[1], d, off, SIGLIP=siglip, **cfg)
+    return out
+
+
+def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Tensor | None, lse_y: Tensor | None,
+                 off: int, w_x: float, w_y: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(DX [R, nx, d], [Σ D·x·y, Σ D]) of one side; w_x, w_y: exact weights of the two softmax terms
+    (1/n is applied by the caller: the kernel's float arguments are fp32)."""
+    R, nx, d = x.shape
+    dx = torch.empty_like(x)
+    x, y = _kernel_input(x, dtype), _kernel_input(y, dtype)
+    cfg = _config(x)
+    grid = (R, triton.cdiv(nx, cfg["BM"]), triton.cdiv(d, cfg["BD"]))
+    parts = dx.new_empty((R, grid[1], 2))
+    _grad_kernel[grid](x, y, s, s if bias is None else bias, s if lse_x is None else lse_x,
+                       s if lse_y is None else lse_y, dx, parts, nx, y.shape[1], d, off, w_x, w_y,
+                       SIGLIP=bias is not None, USE_X=lse_x is not None, USE_Y=lse_y is not None, **cfg)
+    return dx, parts.sum((0, 1))
 
 
 # ---------------------------------------------------------------- shared pieces
 
 
-def _coefs(R: int, B: int, symmetric: bool) -> tuple[float, float]:
-    """Weights of the row and column cross-entropies: each is a mean over the R·B rows."""
-    n = R * B
-    return (0.5 / n, 0.5 / n) if symmetric else (1.0 / n, 0.0)
+def _no_autocast(fn):
+    """Run an op's body outside autocast: it picks its own precision (fp32 for bf16/fp16 inputs)."""
+    @functools.wraps(fn)
+    def body(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+    return body
 
 
 def _normalized(z: Tensor, normalize: bool) -> Tensor:
@@ -138,36 +229,64 @@ def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool) -> Te
     return (g - radial) / norm.clamp_min(NORM_EPS)
 
 
-def _chunk(B: int) -> int:
-    return max(1, min(B, CHUNK_ELEMS // max(B, 1)))
+def _chunk(n: int) -> int:
+    return max(1, min(n, CHUNK_ELEMS // max(n, 1)))
 
 
-def _keeps_logits(z: Tensor) -> bool:
+def _n_rows(z: Tensor) -> int:
+    """R·nx: the rows a loss is averaged over (every leading batch dim times the batch)."""
+    return math.prod(z.shape[:-1])
+
+
+def _keeps_logits(z_a: Tensor, z_b: Tensor) -> bool:
     """CPU path with every logit in one chunk: the forward keeps them for the backward (no recomputation)."""
-    R, B = math.prod(z.shape[:-2]), z.shape[-2]
-    return not use_triton(z) and R * B * B <= CHUNK_ELEMS
+    return not use_triton(z_a) and _n_rows(z_a) * z_b.shape[-2] <= CHUNK_ELEMS
 
 
-# ---------------------------------------------------------------- forward
+def _scalar(value, name: str, z: Tensor, default=None, positive: bool = False) -> Tensor:
+    """A one-element tensor on z's device (a user tensor as is, so that it gets its gradient);
+    positive: a number must be > 0, a tensor is checked in debug mode (a value check syncs)."""
+    if isinstance(value, Tensor):
+        check(value, name, min_dim=0)
+        if value.numel() != 1 or value.device != z.device:
+            raise ValueError(f"{name} must be a one-element tensor on {z.device}, "
+                             f"got shape {tuple(value.shape)} on {value.device}")
+        if positive:
+            check_domain(value, name, lambda s: s > 0, "positive")
+        return value
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number or a tensor, got {value!r} ({type(value).__name__})")
+    value = check_real(value, name, 0.0, open_lo=True) if positive else check_real(value, name)
+    return torch.full((), value, dtype=work_dtype(z.dtype), device=z.device)
 
 
-def _lse_triton(x: Tensor, y: Tensor, s: Tensor) -> Tensor:
-    R, B, d = x.shape
-    lse = torch.empty((R, B), device=x.device, dtype=x.dtype)
-    BM, BN, BK, use_dot, warps = _blocks(x)
-    _lse_kernel[(R, triton.cdiv(B, BM))](x, y, s, lse, B, d, USE_DOT=use_dot, ACC=_acc(x.dtype),
-                                         BM=BM, BN=BN, BK=BK, num_warps=warps)
-    return lse
+def _check_pairs(z_a: Tensor, z_b: Tensor):
+    check(z_a, "z_a", min_dim=2)
+    check(z_b, "z_b", min_dim=2, like=z_a)
+    check_shape(z_b, "z_b", z_a.shape, " (that of z_a)")
+
+
+def _empty_loss(z_a: Tensor, z_b: Tensor, *scalars) -> Tensor:
+    """An empty batch: the mean over no pair is taken as 0, with zero gradients for every input."""
+    zero = (z_a.sum() + z_b.sum()).to(work_dtype(z_a.dtype))
+    for s in scalars:
+        zero = zero + s.sum() * 0
+    return (zero * 0).to(z_a.dtype)
+
+
+# ---------------------------------------------------------------- info_nce
 
 
 def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Row (and column) log-sum-exps over row chunks: O(chunk·B) memory; and the logits of the
+    """Row (and column) log-sum-exps over row chunks: O(chunk·ny) memory; and the logits of the
     last chunk (all of them when one chunk holds every row)."""
-    R, B, _ = a.shape
-    lse_r = a.new_empty((R, B))
-    lse_c = a.new_full((R, B), float("-inf")) if symmetric else a.new_empty(0)
-    step = _chunk(B)
-    for i in range(0, B, step):
+    R, nx, _ = a.shape
+    lse_r = a.new_empty((R, nx))
+    lse_c = a.new_full((R, b.shape[1]), float("-inf")) if symmetric else a.new_empty(0)
+    step = _chunk(b.shape[1])
+    for i in range(0, nx, step):
         logits = torch.matmul(a[:, i:i + step], b.mT).mul_(s)
         lse_r[:, i:i + step] = torch.logsumexp(logits, -1)
         if symmetric:
@@ -175,62 +294,14 @@ def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool) -> tuple[Tensor, 
     return lse_r, lse_c, logits
 
 
-@torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())
-def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, normalize: bool,
-              symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
-    s = scale.reshape(1).to(a.dtype)
-    logits = a.new_empty(0)
-    if use_triton(a):
-        lse_r = _lse_triton(a, b, s)
-        lse_c = _lse_triton(b, a, s) if symmetric else a.new_empty(0)
-    else:
-        lse_r, lse_c, last = _lse_cpu(a, b, s, symmetric)
-        if _keeps_logits(a):
-            logits = last
-    R, B, _ = a.shape
-    c_r, c_c = _coefs(R, B, symmetric)
-    diag = s * (a * b).sum(-1)
-    loss = c_r * (lse_r - diag).sum()
-    if symmetric:
-        loss = loss + c_c * (lse_c - diag).sum()
-    return loss.to(z_a.dtype), lse_r, lse_c, logits
-
-
-@_info_nce.register_fake
-def _(z_a, z_b, scale, normalize, symmetric):
-    R, B = math.prod(z_a.shape[:-2]), z_a.shape[-2]
-    w = work_dtype(z_a.dtype)
-    lse_c = z_a.new_empty((R, B), dtype=w) if symmetric else z_a.new_empty(0, dtype=w)
-    logits = z_a.new_empty((R, B, B) if _keeps_logits(z_a) else (0,), dtype=w)
-    return z_a.new_empty(()), z_a.new_empty((R, B), dtype=w), lse_c, logits
-
-
-# ---------------------------------------------------------------- backward
-
-
-def _grad_triton(a, b, s, lse_r, lse_c, c_r, c_c, logits):
-    R, B, d = a.shape
-    BM, BN, BK, use_dot, warps = _blocks(a)
-    grid = (R, triton.cdiv(B, BM))
-    da, db = torch.zeros_like(a), torch.zeros_like(b)
-    ds = a.new_empty(grid)
-    sym = c_c != 0.0
-    lse_c = lse_c if sym else lse_r  # an unread placeholder when one-sided
-    kw = dict(USE_DOT=use_dot, ACC=_acc(a.dtype), BM=BM, BN=BN, BK=BK, num_warps=warps)
-    _grad_kernel[grid](a, b, s, lse_r, lse_c, da, ds, B, d, c_r, c_c, USE_X=True, USE_Y=sym, **kw)
-    _grad_kernel[grid](b, a, s, lse_c, lse_r, db, a.new_empty(grid), B, d, c_c, c_r, USE_X=sym, USE_Y=True, **kw)
-    return da, db, ds.sum()
-
-
-def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits):
-    """The same recomputation over row chunks with ATen matmuls: two chunk×B buffers at a time
+def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits, off):
+    """The same recomputation over row chunks with ATen matmuls: two chunk×ny buffers at a time
     (the forward's logits instead of a recomputation when it kept them)."""
-    R, B, _ = a.shape
+    R, nx, _ = a.shape
     da, db = torch.empty_like(a), torch.zeros_like(b)
     ds = a.new_zeros(())
-    step = _chunk(B)
-    for i in range(0, B, step):
+    step = _chunk(b.shape[1])
+    for i in range(0, nx, step):
         a_i = a[:, i:i + step]
         # the logits, turned into dL/dlogits in place
         D = logits.clone() if logits.numel() else torch.matmul(a_i, b.mT).mul_(s)
@@ -239,23 +310,64 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits):
         if col is not None:
             D += col
             del col
-        torch.diagonal(D, offset=i, dim1=-2, dim2=-1).sub_(c_r + c_c)
+        torch.diagonal(D, offset=i + off, dim1=-2, dim2=-1).sub_(c_r + c_c)
         Db = torch.matmul(D, b)
-        ds += (a_i * Db).sum()  # Σ_ij D_ij a_i·b_j without a second chunk×B product
+        ds += (a_i * Db).sum()  # Σ_ij D_ij a_i·b_j without a second chunk×ny product
         da[:, i:i + step] = Db.mul_(s)
         db.baddbmm_(D.mT, a_i)
     return da, db.mul_(s), ds
 
 
-@torch.library.custom_op("sdekernels::info_nce_loss_backward", mutates_args=())
-def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
-                       grad: Tensor, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+@torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())
+@_no_autocast
+def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: bool,
+              symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # rows z_a [..., nx, d] against columns z_b [..., ny, d]; the label of row i is column i + offset
     a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
     s = scale.reshape(1).to(a.dtype)
-    R, B, _ = a.shape
-    c_r, c_c = _coefs(R, B, symmetric)
-    grad_fn = _grad_triton if use_triton(a) else _grad_cpu
-    da, db, ds = grad_fn(a, b, s, lse_r, lse_c, c_r, c_c, logits)
+    R, nx, _ = a.shape
+    logits = a.new_empty(0)
+    if use_triton(a):
+        lse_r = _fwd_triton(a, b, s, None, offset, z_a.dtype)
+        lse_c = _fwd_triton(b, a, s, None, -offset, z_a.dtype) if symmetric else a.new_empty(0)
+        a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)  # as the kernels saw them
+    else:
+        lse_r, lse_c, last = _lse_cpu(a, b, s, symmetric)
+        if _keeps_logits(z_a, z_b):
+            logits = last
+    diag = s * (a * b[:, offset:offset + nx]).sum(-1)
+    w = 0.5 if symmetric else 1.0
+    loss = (w / (R * nx)) * (lse_r - diag).sum()
+    if symmetric:
+        loss = loss + (w / (R * nx)) * (lse_c - diag).sum()
+    return loss.to(z_a.dtype), lse_r, lse_c, logits
+
+
+@_info_nce.register_fake
+def _(z_a, z_b, scale, offset, normalize, symmetric):
+    R, nx, ny = math.prod(z_a.shape[:-2]), z_a.shape[-2], z_b.shape[-2]
+    w = work_dtype(z_a.dtype)
+    lse_c = z_a.new_empty((R, ny) if symmetric else (0,), dtype=w)
+    logits = z_a.new_empty((R, nx, ny) if _keeps_logits(z_a, z_b) else (0,), dtype=w)
+    return z_a.new_empty(()), z_a.new_empty((R, nx), dtype=w), lse_c, logits
+
+
+@torch.library.custom_op("sdekernels::info_nce_loss_backward", mutates_args=())
+@_no_autocast
+def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
+                       grad: Tensor, offset: int, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
+    s = scale.reshape(1).to(a.dtype)
+    R, nx, _ = a.shape
+    w = 0.5 if symmetric else 1.0
+    if use_triton(a):
+        wc = w if symmetric else 0.0
+        da, parts = _grad_triton(a, b, s, None, lse_r, lse_c if symmetric else None, offset, w, wc, z_a.dtype)
+        db, _ = _grad_triton(b, a, s, None, lse_c if symmetric else None, lse_r, -offset, wc, w, z_a.dtype)
+        da, db, ds = da / (R * nx), db / (R * nx), parts[0] / (R * nx)
+    else:
+        c = w / (R * nx)
+        da, db, ds = _grad_cpu(a, b, s, lse_r, lse_c, c, c if symmetric else 0.0, logits, offset)
     g = grad.to(a.dtype)
     da = _normalize_backward(z_a, a, da * g, normalize).reshape(z_a.shape)
     db = _normalize_backward(z_b, b, db * g, normalize).reshape(z_b.shape)
@@ -264,12 +376,12 @@ def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, l
 
 
 @_info_nce_backward.register_fake
-def _(z_a, z_b, scale, lse_r, lse_c, logits, grad, normalize, symmetric):
+def _(z_a, z_b, scale, lse_r, lse_c, logits, grad, offset, normalize, symmetric):
     return torch.empty_like(z_a), torch.empty_like(z_b), torch.empty_like(scale)
 
 
 def _info_nce_setup(ctx, inputs, output):
-    z_a, z_b, scale, ctx.normalize, ctx.symmetric = inputs
+    z_a, z_b, scale, ctx.offset, ctx.normalize, ctx.symmetric = inputs
     _, lse_r, lse_c, logits = output
     ctx.mark_non_differentiable(lse_r, lse_c, logits)
     ctx.save_for_backward(z_a, z_b, scale, lse_r, lse_c, logits)
@@ -277,14 +389,25 @@ def _info_nce_setup(ctx, inputs, output):
 
 def _info_nce_grad(ctx, grad, *_):
     z_a, z_b, scale, lse_r, lse_c, logits = ctx.saved_tensors
-    return (*_info_nce_backward(z_a, z_b, scale, lse_r, lse_c, logits, grad, ctx.normalize, ctx.symmetric), None, None)
+    grads = _info_nce_backward(z_a, z_b, scale, lse_r, lse_c, logits, grad, ctx.offset, ctx.normalize, ctx.symmetric)
+    return (*grads, None, None, None)
 
 
 _info_nce.register_autograd(_info_nce_grad, setup_context=_info_nce_setup)
 
 
+def local_info_nce(z_a: Tensor, z_b: Tensor, all_a: Tensor, all_b: Tensor, scale: Tensor, offset: int,
+                   normalize: bool = True, symmetric: bool = True) -> Tensor:
+    """open_clip's ClipLoss(local_loss=True): the local rows z_a against the gathered columns all_b
+    (labels offset by `offset`), and z_b against all_a; each cross-entropy a mean over the local rows."""
+    loss = _info_nce(z_a, all_b, scale, offset, normalize, False)[0]
+    if symmetric:
+        loss = 0.5 * (loss + _info_nce(z_b, all_a, scale, offset, normalize, False)[0])
+    return loss
+
+
 def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale=None, normalize: bool = True,
-             symmetric: bool = True, gather: bool = False) -> Tensor:
+             symmetric: bool = True, gather: bool = False, local_loss: bool = False) -> Tensor:
     """InfoNCE of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
 
     logits = s·ẑ_a ẑ_bᵀ with s = logit_scale if given (a float, or a one-element tensor that
@@ -292,32 +415,153 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
     ẑ = z/‖z‖ when normalize. Returns ½[CE(logits, diag) + CE(logitsᵀ, diag)] (the first term
     alone when not symmetric), averaged over the B rows and any leading batch dims.
     gather=True under torch.distributed: the loss of the batch all-gathered (with gradient) over
-    the process group, identical on every rank.
+    the process group, identical on every rank. With local_loss=True as well: this rank's rows
+    against the gathered columns, both ways (open_clip's ClipLoss(local_loss=True)); the mean of
+    the ranks' losses is the global loss.
     """
-    check(z_a, "z_a", min_dim=2)
-    check(z_b, "z_b", min_dim=2, like=z_a)
-    check_shape(z_b, "z_b", z_a.shape, " (that of z_a)")
+    _check_pairs(z_a, z_b)
     temperature = check_real(temperature, "temperature", 0.0, open_lo=True)
-    if isinstance(logit_scale, Tensor):
-        check(logit_scale, "logit_scale", min_dim=0)
-        if logit_scale.numel() != 1 or logit_scale.device != z_a.device:
-            raise ValueError(f"logit_scale must be a one-element tensor on {z_a.device}, "
-                             f"got shape {tuple(logit_scale.shape)} on {logit_scale.device}")
-        check_domain(logit_scale, "logit_scale", lambda s: s > 0, "positive")
-        scale = logit_scale
-    else:
-        if logit_scale is None:
-            value = 1.0 / temperature
-        elif isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
-            value = check_real(logit_scale, "logit_scale", 0.0, open_lo=True)
-        else:
-            raise ValueError(f"logit_scale must be a number or a tensor, got {type(logit_scale).__name__}")
-        scale = torch.full((), value, dtype=work_dtype(z_a.dtype), device=z_a.device)
+    scale = _scalar(logit_scale, "logit_scale", z_a, 1.0 / temperature, positive=True)
+    if z_a.numel() == 0:
+        return _empty_loss(z_a, z_b, scale)
+    if gather and local_loss:
+        gather_batch = ref.gather_batch
+        return local_info_nce(z_a, z_b, gather_batch(z_a), gather_batch(z_b), scale, ref.rank_offset(z_a),
+                              bool(normalize), bool(symmetric))
     if gather:
         z_a, z_b = ref.gather_batch(z_a), ref.gather_batch(z_b)
-    if z_a.numel() == 0:  # an empty batch: the mean over no pair is taken as 0 (all gradients 0)
-        return ((z_a.sum() + z_b.sum()).to(scale.dtype) * scale * 0).to(z_a.dtype)
-    return _info_nce(z_a, z_b, scale, bool(normalize), bool(symmetric))[0]
+    return _info_nce(z_a, z_b, scale, 0, bool(normalize), bool(symmetric))[0]
+
+
+# ---------------------------------------------------------------- siglip_loss
+
+
+def _siglip_cpu(a: Tensor, b: Tensor, s: Tensor, bias: Tensor, off: int, c: float, need_grad: bool):
+    """Σ −log σ(y·L)·c over row chunks, and (need_grad) the gradients of a, b, s and the bias in the
+    same pass: G = dL/dlogits = −c·y·σ(−y·L) needs no normaliser over the row, so nothing is
+    recomputed. Four passes over each chunk: the GEMM (scale and bias in its epilogue), log σ,
+    its sum, and σ(−z) = −expm1(log σ(z))."""
+    R, nx, _ = a.shape
+    loss = a.new_zeros(())
+    da, db, gs, gb = torch.empty_like(a), torch.zeros_like(b), a.new_zeros(()), a.new_zeros(())
+    step = _chunk(b.shape[1])
+    s_val, minus_bias = float(s), (-bias).reshape(1, 1, 1)
+    for i in range(0, nx, step):
+        a_i = a[:, i:i + step]
+        Z = torch.baddbmm(minus_bias, a_i, b.mT, alpha=-s_val)  # z = y·L: −L off the labels, L on them
+        torch.diagonal(Z, offset=i + off, dim1=-2, dim2=-1).neg_()
+        H = torch.nn.functional.logsigmoid(Z)
+        del Z
+        loss -= H.sum()
+        if not need_grad:
+            continue
+        H.expm1_()  # −σ(−z); with the labels' sign flipped, G = −c·H
+        torch.diagonal(H, offset=i + off, dim1=-2, dim2=-1).neg_()
+        gb -= c * H.sum()
+        Hb = torch.matmul(H, b)
+        gs -= c * (a_i * Hb).sum()
+        da[:, i:i + step] = Hb.mul_(-c * s_val)
+        db.baddbmm_(H.mT, a_i, alpha=-c)
+    return loss * c, (da, db.mul_(s_val), gs, gb)
+
+
+def _siglip_saves(z_a: Tensor, need_grad: bool) -> bool:
+    """The CPU path forms the gradients in the forward pass; the Triton path recomputes in the backward."""
+    return need_grad and not use_triton(z_a)
+
+
+@torch.library.custom_op("sdekernels::siglip_loss", mutates_args=())
+@_no_autocast
+def _siglip(z_a: Tensor, z_b: Tensor, scale: Tensor, bias: Tensor, offset: int, normalize: bool,
+            need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # rows z_a [..., nx, d] against columns z_b [..., ny, d]; the label of row i is column i + offset
+    a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
+    s, t = scale.reshape(1).to(a.dtype), bias.reshape(1).to(a.dtype)
+    c = 1.0 / _n_rows(z_a)
+    if use_triton(a):
+        loss = _fwd_triton(a, b, s, t, offset, z_a.dtype).sum() * c
+        return loss.to(z_a.dtype), *(a.new_empty(0) for _ in range(4))
+    need = _siglip_saves(z_a, need_grad)
+    loss, (da, db, gs, gb) = _siglip_cpu(a, b, s, t, offset, c, need)
+    if not need:
+        return loss.to(z_a.dtype), *(a.new_empty(0) for _ in range(4))
+    da = _normalize_backward(z_a, a, da, normalize).reshape(z_a.shape)
+    db = _normalize_backward(z_b, b, db, normalize).reshape(z_b.shape)
+    return loss.to(z_a.dtype), da, db, gs.reshape(scale.shape), gb.reshape(bias.shape)
+
+
+@_siglip.register_fake
+def _(z_a, z_b, scale, bias, offset, normalize, need_grad):
+    w = work_dtype(z_a.dtype)
+    if not _siglip_saves(z_a, need_grad):
+        return z_a.new_empty(()), *(z_a.new_empty(0, dtype=w) for _ in range(4))
+    return (z_a.new_empty(()), z_a.new_empty(z_a.shape, dtype=w), z_b.new_empty(z_b.shape, dtype=w),
+            scale.new_empty(scale.shape, dtype=w), bias.new_empty(bias.shape, dtype=w))
+
+
+@torch.library.custom_op("sdekernels::siglip_loss_backward", mutates_args=())
+@_no_autocast
+def _siglip_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, bias: Tensor, ga: Tensor, gb: Tensor, gs: Tensor,
+                     gt: Tensor, grad: Tensor, offset: int, normalize: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    g = grad.to(work_dtype(z_a.dtype))
+    if not ga.numel():  # recompute (the Triton path)
+        a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
+        s, t = scale.reshape(1).to(a.dtype), bias.reshape(1).to(a.dtype)
+        n = _n_rows(z_a)
+        if use_triton(a):
+            da, parts = _grad_triton(a, b, s, t, None, None, offset, 1.0, 0.0, z_a.dtype)
+            db, _ = _grad_triton(b, a, s, t, None, None, -offset, 1.0, 0.0, z_a.dtype)
+            da, db, gs, gt = da / n, db / n, parts[0] / n, parts[1] / n
+        else:
+            _, (da, db, gs, gt) = _siglip_cpu(a, b, s, t, offset, 1.0 / n, True)
+        ga = _normalize_backward(z_a, a, da, normalize).reshape(z_a.shape)
+        gb = _normalize_backward(z_b, b, db, normalize).reshape(z_b.shape)
+    return (grad_like(ga * g, z_a), grad_like(gb * g, z_b), grad_like((gs * g).reshape(scale.shape), scale),
+            grad_like((gt * g).reshape(bias.shape), bias))
+
+
+@_siglip_backward.register_fake
+def _(z_a, z_b, scale, bias, ga, gb, gs, gt, grad, offset, normalize):
+    return torch.empty_like(z_a), torch.empty_like(z_b), torch.empty_like(scale), torch.empty_like(bias)
+
+
+def _siglip_setup(ctx, inputs, output):
+    z_a, z_b, scale, bias, ctx.offset, ctx.normalize, _ = inputs
+    _, ga, gb, gs, gt = output
+    ctx.mark_non_differentiable(ga, gb, gs, gt)
+    ctx.save_for_backward(z_a, z_b, scale, bias, ga, gb, gs, gt)
+
+
+def _siglip_grad(ctx, grad, *_):
+    return (*_siglip_backward(*ctx.saved_tensors, grad, ctx.offset, ctx.normalize), None, None, None)
+
+
+_siglip.register_autograd(_siglip_grad, setup_context=_siglip_setup)
+
+
+def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize: bool = True, gather: bool = False,
+                local_loss: bool = False) -> Tensor:
+    """Sigmoid contrastive loss (SigLIP) of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
+
+    L = s·ẑ_a ẑ_bᵀ + b with labels y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's
+    SigLipLoss), averaged over any leading batch dims. logit_scale (already exponentiated) and
+    logit_bias: floats, or one-element tensors that receive their gradients.
+    gather=True under torch.distributed: the loss of one process on the all-gathered batch (with
+    gradient). With local_loss=True as well: this rank's rows against the gathered columns divided
+    by the local batch, which is exactly the per-rank loss of open_clip's SigLipLoss(world_size > 1).
+    """
+    _check_pairs(z_a, z_b)
+    scale = _scalar(logit_scale, "logit_scale", z_a, positive=True)
+    bias = _scalar(logit_bias, "logit_bias", z_a)
+    if z_a.numel() == 0:
+        return _empty_loss(z_a, z_b, scale, bias)
+    offset = 0
+    if gather and local_loss:
+        offset, z_b = ref.rank_offset(z_a), ref.gather_batch(z_b)
+    elif gather:
+        z_a, z_b = ref.gather_batch(z_a), ref.gather_batch(z_b)
+    need = torch.is_grad_enabled() and any(t.requires_grad for t in (z_a, z_b, scale, bias))
+    return _siglip(z_a, z_b, scale, bias, offset, bool(normalize), need)[0]
 
 
 # ---------------------------------------------------------------- registry entry
@@ -383,5 +627,47 @@ register(OpInfo(
     cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(),
                     4 * s.args[0].shape[-2] ** 2 * s.args[0].shape[-1]),
     baselines={"explicit logits (F.cross_entropy)": _explicit_fp32_logits},
+    tol={F64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)},
+))
+
+
+def _siglip_pairs(shape, device, dtype, gen):
+    sample = _pairs(shape, device, dtype, gen)
+    scale = rand((), device, dtype, gen, 5.0, 15.0) if shape.get("scale") else 10.0
+    bias = rand((), device, dtype, gen, -12.0, -6.0) if shape.get("scale") else -8.0
+    return Sample(sample.args, {"logit_scale": scale, "logit_bias": bias, "normalize": sample.kwargs["normalize"]})
+
+
+def _bad_siglip(device):
+    z = torch.randn(2, 8, 4, device=device)
+    bad = [(args, {"logit_scale": 10.0, "logit_bias": -5.0, **kw}, name) for args, kw, name in _bad_info_nce(device)
+           if name != "temperature"]
+    return bad + [((z, z), {"logit_scale": 10.0, "logit_bias": torch.ones(3, device=device)}, "logit_bias"),
+                  ((z, z), {"logit_scale": float("nan"), "logit_bias": 0.0}, "logit_scale"),
+                  ((z, z), {"logit_scale": 10.0, "logit_bias": "x"}, "logit_bias")]
+
+
+def _explicit_sigmoid_logits(z_a, z_b, logit_scale, logit_bias, *, normalize=True):
+    """open_clip's SigLipLoss formulation: explicit logits, a ±1 label matrix and F.logsigmoid (the baseline)."""
+    import torch.nn.functional as Fn
+    a = Fn.normalize(z_a, dim=-1) if normalize else z_a
+    b = Fn.normalize(z_b, dim=-1) if normalize else z_b
+    logits = logit_scale * a @ b.mT + logit_bias
+    n = logits.shape[-1]
+    labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+    return (-Fn.logsigmoid(labels * logits).sum((-2, -1)) / n).mean()
+
+
+register(OpInfo(
+    name="siglip_loss", op=siglip_loss, ref=ref.siglip_loss, make=_siglip_pairs,
+    shapes=[{"B": 1, "d": 1, "scale": 1}, {"batch": 2, "B": 9, "d": 5}, {"B": 40, "d": 33},
+            {"batch": 3, "B": 70, "d": 20, "scale": 1}, {"B": 37, "d": 70, "normalize": 0, "scale": 1}],
+    space={"batch": (0, 2), "B": (1, 80), "d": (1, 70), "normalize": (0, 1), "scale": (0, 1)},
+    bad=_bad_siglip, batch_key=None,  # the loss is one mean over every batch element
+    bench=[{"B": B, "d": d, "backward": True, "quick": (B, d) == (4096, 256)}
+           for B in (4096, 16384, 65536) for d in (256, 512, 1024)],
+    cost=lambda s: (2 * s.args[0].numel() * s.args[0].element_size(),
+                    2 * s.args[0].shape[-2] ** 2 * s.args[0].shape[-1]),
+    baselines={"explicit logits (F.logsigmoid)": _explicit_sigmoid_logits},
     tol={F64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)},
 ))

@@ -274,6 +274,8 @@ def dog(z: torch.Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> torch.Tens
 
     d = G_σ1 ∗ z − G_σ2 ∗ z per channel (normalised Gaussians of radius ⌈3σ⌉, reflect
     padding), returned as d / (population std of d over each sample's C·H·W values + 1e-6).
+    σ1 = 1, σ2 = 2 and the std normalisation are this library's own choice: the papers give no
+    DoG formula and the official Spectrum Matching code has none.
     """
     _check_images(z, "z")
     if sigma1 <= 0 or sigma2 <= 0:

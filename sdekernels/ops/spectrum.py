@@ -506,7 +506,9 @@ _dog.register_autograd(_dog_grad, setup_context=_dog_setup)
 
 def dog(z: Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> Tensor:
     """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by (its population
-    standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9)."""
+    standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9). The defaults σ1 = 1, σ2 = 2
+    and the std normalisation are this library's own choice (the official Spectrum Matching code
+    has no DoG)."""
     check(z, "z", min_dim=3)
     for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")):
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 or not math.isfinite(s):

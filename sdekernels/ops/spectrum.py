@@ -585,7 +585,7 @@ register(OpInfo(
             {"batch": 3, "Cz": 2, "h": 16, "w": 12, "C": 3, "H": 16, "W": 12, "blur": None, "delta": 0.5},
             {"batch": 2, "Cz": 4, "h": 16, "w": 16, "C": 3, "H": 40, "W": 24, "bins": 8, "blur": (5, 0.8)},
             {"batch": 2, "Cz": 3, "h": 8, "w": 8, "C": 3, "H": 32, "W": 32, "variant": "official"},
-            {"batch": 2, "Cz": 2, "h": 5, "w": 5, "C": 1, "H": 20, "W": 20, "variant": "official", "loss": "l2",
+            {"batch": 2, "Cz": 2, "h": 5, "w": 5, "C": 1, "H": 15, "W": 15, "variant": "official", "loss": "l2",
              "log_power": False, "delta": 0.4},
             {"batch": 2, "Cz": 2, "h": 12, "w": 10, "C": 2, "H": 24, "W": 20, "loss": "l2", "log_power": False}],
     space={"batch": (0, 3), "Cz": (1, 4), "h": (2, 16), "w": (2, 16), "C": (1, 3), "H": (8, 40), "W": (8, 40)},

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import sdekernels as sk
+from sdekernels.nn import ESMLoss
 
 from helpers import PATHS, on_path
 
@@ -246,3 +247,12 @@ def test_amplitude_mix_is_fact(path, ratio):
         got12 = sk.amplitude_mix(t2, t1, lam, ratio=ratio)
     for got, want in ((got21, img21), (got12, img12)):
         torch.testing.assert_close(got, torch.from_numpy(want).permute(2, 0, 1), rtol=1e-10, atol=1e-9)
+
+
+def test_esm_module_passes_its_options():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(2, 3, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
+    z = torch.randn(2, 4, 8, 8, generator=gen, dtype=torch.float64)
+    module = ESMLoss(delta=0.0, variant="official", loss="l2", log_power=False)
+    assert float(module(z, x)) == float(sk.esm_loss(z, x, delta=0.0, variant="official", loss="l2", log_power=False))
+    assert float(module(z, x)) != float(ESMLoss(delta=0.0)(z, x))

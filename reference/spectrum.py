@@ -73,8 +73,10 @@ def _bin_means(P: torch.Tensor, idx: torch.Tensor, bins: int, count_eps: float =
     return torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
 
 
-def check_psd_options(transform: str, center: Optional[str], channel_reduce: str) -> None:
-    """The string options of radial_psd (shared by the reference and the fused op)."""
+def check_psd_options(transform: str, center: Optional[str], channel_reduce: str, keep_dc: bool = False) -> None:
+    """The options of radial_psd (shared by the reference and the fused op)."""
+    if not isinstance(keep_dc, bool):
+        raise TypeError(f"keep_dc must be a bool, got {type(keep_dc).__name__}")
     if transform not in ("dct", "fft"):
         raise ValueError(f"transform must be 'dct' or 'fft', got {transform!r}")
     if center not in ("mean", None, "none"):
@@ -97,7 +99,7 @@ def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", cente
     keep_dc). keep_dc=True with center="none" gives the Spectrum Matching paper's analysis spectra.
     """
     _check_images(x, "x")
-    check_psd_options(transform, center, channel_reduce)
+    check_psd_options(transform, center, channel_reduce, keep_dc)
     if int(bins) < 1:
         raise ValueError(f"bins must be a positive int, got {bins}")
     return _psd(x, int(bins), transform, center == "mean", channel_reduce == "mean", keep_dc, 1e-12, False)
@@ -153,8 +155,10 @@ def _as_4d(x: torch.Tensor):
     return x.reshape(-1, *x.shape[-3:]), batch
 
 
-def check_esm_options(variant: str, loss: str, blur) -> None:
+def check_esm_options(variant: str, loss: str, blur, log_power: bool = True) -> None:
     """The options of esm_loss (shared by the reference and the fused op)."""
+    if not isinstance(log_power, bool):
+        raise TypeError(f"log_power must be a bool, got {type(log_power).__name__}")
     if variant not in ("library", "official"):
         raise ValueError(f"variant must be 'library' or 'official', got {variant!r}")
     if loss not in ("kl", "l2"):
@@ -215,7 +219,7 @@ def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int 
     """
     _check_images(z, "z")
     _check_images(x, "x")
-    check_esm_options(variant, loss, blur)
+    check_esm_options(variant, loss, blur, log_power)
     if int(bins) < 1:
         raise ValueError(f"bins must be a positive int, got {bins}")
     bins = int(bins)

@@ -207,11 +207,19 @@ def _spectrum_shape(x: Tensor, fft: bool, save: bool):
     return ((x.numel() // max(C * H * W, 1), C, H, W) + ((2,) if fft else ())) if save else (0,)
 
 
+def _dc_power(x: Tensor, channel_mean: bool) -> Tensor:
+    """P[0, 0] of the uncentred x [..., C, H, W] for both transforms: H·W·mean², per channel or averaged."""
+    H, W = x.shape[-2:]
+    p0 = x.to(work_dtype(x.dtype)).mean((-2, -1)).square() * (H * W)
+    return p0.mean(-1) if channel_mean else p0
+
+
 @torch.library.custom_op("sdekernels::radial_psd", mutates_args=())
 def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: bool,
-                official: bool = False) -> tuple[Tensor, Tensor]:
+                official: bool = False, keep_dc: bool = False, centre: bool = True) -> tuple[Tensor, Tensor]:
     """(binned power spectrum, the spectrum of the centred x for the backward when `save`, else empty);
-    official: the bin map and means of esm_loss's official variant (see _bin_map)."""
+    official: the bin map and means of esm_loss's official variant (see _bin_map). The kernels give
+    P[0, 0] = 0; keep_dc adds the clamped P[0, 0] to bin 0 here (0 for a centred x, H·W·mean² else)."""
     C, H, W = x.shape[-3:]
     w = work_dtype(x.dtype)
     fft = transform == "fft"
@@ -232,18 +240,24 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     else:
         out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, 1e-12, official)
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
-    return out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins))).to(x.dtype), Y
+    out = out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins)))
+    if keep_dc:
+        _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
+        p0 = torch.zeros_like(out[..., 0], dtype=w) if centre else _dc_power(x, channel_mean)
+        out = out.to(w).clone()
+        out[..., 0] += p0.clamp_min(1e-12) * inv[0]
+    return out.to(x.dtype), Y
 
 
 @_radial_psd.register_fake
-def _(x, bins, transform, channel_mean, save, official=False):
+def _(x, bins, transform, channel_mean, save, official=False, keep_dc=False, centre=True):
     out = x.new_empty(x.shape[:-3] + ((bins,) if channel_mean else (x.shape[-3], bins)))
     return out, x.new_empty(_spectrum_shape(x, transform == "fft", save), dtype=work_dtype(x.dtype))
 
 
 @torch.library.custom_op("sdekernels::radial_psd_backward", mutates_args=())
 def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transform: str, channel_mean: bool,
-                         official: bool = False) -> Tensor:
+                         official: bool = False, keep_dc: bool = False, centre: bool = True) -> Tensor:
     w = work_dtype(x.dtype)
     C, H, W = x.shape[-3:]
     g = grad.to(w)
@@ -256,16 +270,23 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transfor
         (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
                         transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
                         official=official)
-    return grad_like(dx.reshape(x.shape), x)
+    dx = dx.reshape(x.shape)
+    if keep_dc and not centre:  # d(H·W·m²)/dx = 2m at every pixel, where the floor does not clamp P[0, 0]
+        _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
+        m = x.to(w).mean((-2, -1))
+        g0 = g[..., 0] * inv[0] * (_dc_power(x, channel_mean) >= 1e-12)
+        coef = 2 * m * (g0.unsqueeze(-1) / C if channel_mean else g0)
+        dx = dx + coef[..., None, None]
+    return grad_like(dx, x)
 
 
 @_radial_psd_backward.register_fake
-def _(x, Y, grad, bins, transform, channel_mean, official=False):
+def _(x, Y, grad, bins, transform, channel_mean, official=False, keep_dc=False, centre=True):
     return torch.empty_like(x)
 
 
 def _radial_psd_setup(ctx, inputs, output):
-    x, ctx.bins, ctx.transform, ctx.channel_mean, _, ctx.official = inputs
+    x, ctx.bins, ctx.transform, ctx.channel_mean, _, ctx.official, ctx.keep_dc, ctx.centre = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the spectrum output
     ctx.save_for_backward(x, output[1])
@@ -274,9 +295,10 @@ def _radial_psd_setup(ctx, inputs, output):
 def _radial_psd_grad(ctx, grad, _grad_spectrum):
     x, Y = ctx.saved_tensors
     if grad is None:  # the spectrum alone was used (gradients are not materialised)
-        return None, None, None, None, None, None
-    dx = _radial_psd_backward(x, Y, grad, ctx.bins, ctx.transform, ctx.channel_mean, ctx.official)
-    return dx, None, None, None, None, None
+        return (None,) * 8
+    dx = _radial_psd_backward(x, Y, grad, ctx.bins, ctx.transform, ctx.channel_mean, ctx.official, ctx.keep_dc,
+                              ctx.centre)
+    return (dx,) + (None,) * 7
 
 
 _radial_psd.register_autograd(_radial_psd_grad, setup_context=_radial_psd_setup)
@@ -285,23 +307,6 @@ _radial_psd.register_autograd(_radial_psd_grad, setup_context=_radial_psd_setup)
 def _check_bins(bins):
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
-
-
-def _dc_term(x: Tensor, bins: int, transform: str, channel_mean: bool, centre: bool, official: bool) -> Tensor:
-    """What keeping P[0, 0] adds to the binned spectrum: clamp(P[0, 0]) / count of bin 0, in bin 0.
-
-    Both transforms give P[0, 0] = H·W·mean² (mean over the plane), which centring makes 0; the
-    kernels zero the DC entry and this term (ATen, differentiable) restores it, so every path of
-    radial_psd (Triton, C++, their backwards) serves keep_dc unchanged."""
-    C, H, W = x.shape[-3:]
-    w = work_dtype(x.dtype)
-    if centre:
-        p0 = x.new_zeros(x.shape[:-3] + (() if channel_mean else (C,)), dtype=w)
-    else:
-        p0 = x.to(w).mean((-2, -1)).square() * (H * W)
-        p0 = p0.mean(-1) if channel_mean else p0
-    _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
-    return Fn.pad((p0.clamp_min(1e-12) * inv[0]).unsqueeze(-1), (0, bins - 1))
 
 
 def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str | None = "mean",
@@ -317,12 +322,9 @@ def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str
     """
     check(x, "x", min_dim=3)
     _check_bins(bins)
-    ref_spec.check_psd_options(transform, center, channel_reduce)
+    ref_spec.check_psd_options(transform, center, channel_reduce, keep_dc)
     save = torch.is_grad_enabled() and x.requires_grad  # keep the spectrum only when a backward may follow
-    out = _radial_psd(x, bins, transform, channel_reduce == "mean", save)[0]
-    if keep_dc:
-        out = out + _dc_term(x, bins, transform, channel_reduce == "mean", center == "mean", False).to(out.dtype)
-    return out
+    return _radial_psd(x, bins, transform, channel_reduce == "mean", save, False, keep_dc, center == "mean")[0]
 
 
 # ---------------------------------------------------------------- esm_loss
@@ -359,7 +361,7 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
     check(z, "z", min_dim=3)
     check(x, "x", min_dim=3, like=z)
     _check_bins(bins)
-    ref_spec.check_esm_options(variant, loss, blur)
+    ref_spec.check_esm_options(variant, loss, blur, log_power)
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"x must have z's batch shape {tuple(z.shape[:-3])}, got {tuple(x.shape[:-3])}")
     official = variant == "official"

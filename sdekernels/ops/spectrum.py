@@ -4,11 +4,13 @@ radial_psd — forward: one fused Triton kernel (transform as products with DCT 
 power, channel reduction and radial binning in one pass over x), or on CPU the transform by
 GEMMs / FFT followed by the fused power-and-bin kernel of csrc/cpu/spectrum.cpp. Backward:
 csrc (cpu/spectrum.cpp, cuda/spectrum.cu): the transform recomputed by ATen, the bin gradients
-scattered onto it by an elementwise kernel, the adjoint transform back to x.
+scattered onto it by an elementwise kernel, the adjoint transform back to x. keep_dc: the kernels
+zero P[0, 0]; the op adds it back to bin 0 (and its gradient) in ATen.
 block_dct_lowpass — one block²×block² projector applied to every block by a single matmul
 kernel; the projector is symmetric and idempotent, so the op is its own backward.
-esm_loss — ATen around the fused radial_psd. dog — separable blurs (ATen), analytic backward.
-Reference: reference/spectrum.py. Tests: python_tests/test_ops.py (generic) and test_spectrum.py.
+esm_loss — ATen around the fused radial_psd, both variants. dog — separable blurs (ATen), analytic backward.
+Reference: reference/spectrum.py. Tests: python_tests/test_ops.py (generic), test_spectrum.py and
+test_official.py (against the official Spectrum Matching / FACT formulas).
 """
 import functools
 import math

@@ -323,7 +323,7 @@ def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str
     """
     check(x, "x", min_dim=3)
     bins = _check_bins(bins)
-    ref_spec.check_psd_options(transform, center, channel_reduce)
+    ref_spec.check_psd_options(transform, center, channel_reduce, keep_dc)
     save = torch.is_grad_enabled() and x.requires_grad  # keep the spectrum only when a backward may follow
     return _radial_psd(x, bins, transform, channel_reduce == "mean", save, False, keep_dc, center == "mean")[0]
 
@@ -361,7 +361,15 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
     """
     check(z, "z", min_dim=3)
     check(x, "x", min_dim=3, like=z)
-    _check_bins(bins)
+    bins = _check_bins(bins)
+    delta = check_real(delta, "delta")
+    if blur is not None:
+        if not isinstance(blur, (tuple, list)) or len(blur) != 2:
+            raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur!r}")
+        size, sigma = check_int(blur[0], "blur size", 1), check_real(blur[1], "blur sigma", 0.0, open_lo=True)
+        if size % 2 == 0:
+            raise ValueError(f"blur size must be odd, got {size}")
+        blur = (size, sigma)
     ref_spec.check_esm_options(variant, loss, blur, log_power)
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"x must have z's batch shape {tuple(z.shape[:-3])}, got {tuple(x.shape[:-3])}")
@@ -584,7 +592,7 @@ def _bad_esm(device):
             ((z, x), {"blur": (7, float("inf"))}, "blur"), ((z, x), {"blur": (7, 0.0)}, "blur"),
             ((z, x), {"blur": 7}, "blur"),
             ((z, x), {"delta": float("nan")}, "delta"), ((z, x), {"delta": float("inf")}, "delta"),
-            ((z, x[..., :3, :3]), {}, "x")]
+            ((z, x[..., :3, :3]), {}, "x"), ((z, x), {"variant": "paper"}, "variant"), ((z, x), {"loss": "l1"}, "loss")]
 
 
 register(OpInfo(

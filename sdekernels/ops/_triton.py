@@ -1,10 +1,12 @@
 """Triton policy shared by every kernel: accumulation dtype, the tensor-core dot and its precision,
 the multiprocessor count that sizes grids, and the interpreter workarounds.
 
-Every dot runs on tensor cores: bf16/fp16 operands as they are (fp32 accumulation), fp32 operands
-at "tf32x3" (three TF32 products: fp32 accuracy) or "tf32" where an op's measured error allows it
-(benchmarks/tf32_accuracy.py), fp64 operands on the fp64 MMA (DMMA), all through `mma`.
+Every dot runs on tensor cores through `mma`: bf16/fp16 operands as they are (fp32 accumulation),
+fp32 operands at "tf32x3" (three TF32 products: fp32 accuracy; plain TF32 was measured outside the
+fp32 tolerances, benchmarks/tf32_accuracy.py), fp64 operands on the fp64 MMA (DMMA).
 """
+import contextlib
+
 import torch
 
 from .._core import HAS_TRITON, INTERPRET, next_pow2
@@ -16,17 +18,35 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    # Triton's interpreter multiplies bf16 dot operands as raw integers (still so in Triton 3.9): there
-    # they are widened to fp32, which is exact, so the result matches an fp32-accumulating bf16 MMA.
-    _WIDEN_BF16: tl.constexpr = tl.constexpr(INTERPRET)
+    # Under the interpreter `mma` reproduces the GPU's numerics: Triton's interpreter multiplies bf16
+    # dot operands as raw integers (still so in Triton 3.9), so they are widened to fp32 (exact), and
+    # it ignores input_precision, so the TF32 rounding of the operands is applied here. CPU tests of
+    # the Triton path thus see the error the tensor cores will make.
+    _INTERPRETER: tl.constexpr = tl.constexpr(INTERPRET)
+
+    @triton.jit
+    def _tf32(x, ROUND: tl.constexpr):
+        """fp32 x cut to TF32's 10 mantissa bits: rounded (ties away, cvt.rna) or truncated, as an MMA
+        reads an fp32 register."""
+        u = x.to(tl.uint32, bitcast=True)
+        if ROUND:
+            u = u + 0x1000
+        return (u & 0xFFFFE000).to(tl.float32, bitcast=True)
 
     @triton.jit
     def mma(acc, a, b, PRECISION: tl.constexpr):
         """acc + a @ b on tensor cores (a, b of one dtype; acc fp32, or fp64 for fp64 operands)."""
-        if _WIDEN_BF16:
+        if _INTERPRETER:
             if a.dtype == tl.bfloat16:
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
+            if PRECISION == "tf32":
+                return tl.dot(_tf32(a, False), _tf32(b, False), acc, input_precision="ieee", out_dtype=acc.dtype)
+            if PRECISION == "tf32x3":  # hi·hi + hi·lo + lo·hi with hi = rna(x), lo = x − hi
+                ah, bh = _tf32(a, True), _tf32(b, True)
+                lo = tl.dot(_tf32(a - ah, False), bh, input_precision="ieee")
+                lo = tl.dot(ah, _tf32(b - bh, False), lo, input_precision="ieee")
+                return tl.dot(ah, bh, acc + lo, input_precision="ieee", out_dtype=acc.dtype)
         return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
@@ -50,12 +70,28 @@ def tl_dtype(dtype: torch.dtype):
             torch.float16: tl.float16}[dtype]
 
 
-def precision(dtype: torch.dtype, tf32: bool = False) -> str:
-    """input_precision of a dot of `dtype` operands: "tf32" only where the caller's measured error
-    allows it, else "tf32x3" for fp32; "ieee" (their one exact mode) for bf16, fp16 and fp64."""
+_fp32_override = None
+
+
+@contextlib.contextmanager
+def fp32_dots(precision_: str):
+    """Every fp32 dot launched inside runs at `precision_` ("tf32", "tf32x3" or "ieee"): how
+    benchmarks/tf32_accuracy.py measures what each choice costs in accuracy."""
+    global _fp32_override
+    old, _fp32_override = _fp32_override, precision_
+    try:
+        yield
+    finally:
+        _fp32_override = old
+
+
+def precision(dtype: torch.dtype) -> str:
+    """input_precision of a dot of `dtype` operands: "tf32x3" for fp32 (one TF32 product fails the
+    fp32 tolerances of every op with a dot: benchmarks/tf32_accuracy.py), "ieee" (their one mode)
+    for bf16, fp16 and fp64."""
     if dtype != torch.float32:
         return "ieee"
-    return "tf32" if tf32 else "tf32x3"
+    return _fp32_override or "tf32x3"
 
 
 def tile(n: int, cap: int) -> int:

@@ -39,10 +39,6 @@ from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, fast
 
 __all__ = ["spectral_enhance"]
 
-# The reconstruction's fp32 dot at TF32 (one product, not three): its measured error at the bench
-# shapes stays inside the registry's float32 tolerance (benchmarks/tf32_accuracy.py).
-TF32 = False
-
 if HAS_TRITON:
     import triton
     import triton.language as tl
@@ -84,7 +80,7 @@ def _reconstruct_triton(F3: Tensor, U: Tensor, V: Tensor, c: Tensor, s_n: Tensor
     BM, BN, BK, warps = kt.gemm_tiles(m, n, k, acc)
     grid = (R, triton.cdiv(m, BM), triton.cdiv(n, BN))
     _reconstruct_kernel[grid](F3, U, V, c, s_n, out, m, n, k, F3.stride(0), F3.stride(1), F3.stride(2),
-                              ACC=kt.acc(acc), PRECISION=kt.precision(acc, tf32=TF32), BM=BM, BN=BN, BK=BK,
+                              ACC=kt.acc(acc), PRECISION=kt.precision(acc), BM=BM, BN=BN, BK=BK,
                               num_warps=warps)
     return out
 

@@ -178,7 +178,7 @@ def _psd_triton(x4: Tensor, bins: int, fft: bool, mean: bool, Y: Tensor) -> Tens
     if part.numel():
         _radial_psd_kernel[(B, n_tu * n_tv)](x4, AH, AW, idx, part, Y, C, H, W, bins, n_tv, FFT=fft, MEAN=mean,
                                              SAVE=Y.numel() > 0, PRECISION=kt.precision(w), ACC=kt.acc(w),
-                                             BU=blk, BV=blk, BK=blk)
+                                             BU=blk, BV=blk, BK=blk, num_warps=8)  # 4 warps spilled (bf16, fp64)
     return part.sum(2) * inv
 
 
@@ -338,9 +338,11 @@ def _lowpass_triton(x: Tensor, P: Tensor, block: int) -> Tensor:
     n_blocks = xc.numel() // E
     bm, bn = 64, kt.tile(E, 64)
     if n_blocks:
+        # Memory-bound: one pipeline stage when K fits one step (block 8) leaves shared memory for 2
+        # programs per multiprocessor (3 stages took 96 KB in fp32, 128 KB in fp64).
         _block_proj_kernel[(triton.cdiv(n_blocks, bm), triton.cdiv(E, bn))](
             xc, P, y, n_blocks, H // block, W // block, H, W, E, BLOCK=block, PRECISION=kt.precision(P.dtype),
-            ACC=kt.acc(P.dtype), BM=bm, BN=bn, BK=bn)
+            ACC=kt.acc(P.dtype), BM=bm, BN=bn, BK=bn, num_stages=1 if E <= bn else 2)
     return y
 
 

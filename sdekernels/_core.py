@@ -17,6 +17,9 @@ except Exception:  # pragma: no cover - depends on the install
     HAS_TRITON = False
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# SDEKERNELS_EMULATE_CUDA=1: under the interpreter, CPU tensors take the launch choices of CUDA
+# tensors (tiles, warps, dot precision, grid splits), so CPU tests run the host code the GPU runs.
+EMULATE_CUDA = os.environ.get("SDEKERNELS_EMULATE_CUDA") == "1"
 _state = threading.local()
 
 
@@ -31,6 +34,22 @@ def triton_on_cpu(enabled: bool = True):
         yield
     finally:
         _state.cpu = old
+
+
+@contextlib.contextmanager
+def emulate_cuda(enabled: bool = True):
+    """Inside, `cuda_like` holds for CPU tensors too (the scoped form of SDEKERNELS_EMULATE_CUDA=1)."""
+    old = getattr(_state, "cuda", EMULATE_CUDA)
+    _state.cuda = enabled
+    try:
+        yield
+    finally:
+        _state.cuda = old
+
+
+def cuda_like(x: torch.Tensor) -> bool:
+    """Does x take the launch choices made for a GPU: a CUDA tensor, or any tensor when emulating."""
+    return x.is_cuda or getattr(_state, "cuda", EMULATE_CUDA)
 
 
 def use_triton(x: torch.Tensor) -> bool:

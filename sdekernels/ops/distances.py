@@ -7,15 +7,18 @@ Reference: reference/distances.py. Tests: python_tests/test_ops.py (generic, fro
 import torch
 from torch import Tensor
 
+from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
-from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, grad_like, next_pow2, ref_vjp, rows,
-                     use_triton, work_dtype)
+from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like, next_pow2,
+                     ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
+
+    from ._triton import mma
 
     @triton.jit
     def _spow(s, power, POWER_ONE: tl.constexpr):
@@ -54,8 +57,8 @@ if HAS_TRITON:
             h2 = tl.sqrt(tl.maximum(h2, 0.0))
         tl.store(OUT + row, h2.to(OUT.dtype.element_ty))
 
-    @triton.jit
-    def _cross_gram_kernel(VA, VB, OUT, n, k, n_per_split, tiles_j, USE_DOT: tl.constexpr, ACC: tl.constexpr,
+    @triton.jit(do_not_specialize=["n", "k", "n_per_split", "tiles_j"])
+    def _cross_gram_kernel(VA, VB, OUT, n, k, n_per_split, tiles_j, PRECISION: tl.constexpr, ACC: tl.constexpr,
                            BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr):
         # Program (row, tile, split) forms one BI×BJ tile of M = V_aᵀ V_b over its slice of the n
         # rows and stores it in OUT[row, split]: only k×k tiles, never an n×n matrix. Splitting n
@@ -70,18 +73,11 @@ if HAS_TRITON:
         acc = tl.zeros([BI, BJ], ACC)
         for start in range(lo, hi, BN):
             m = start + tl.arange(0, BN)
-            a = tl.load(va + m[:, None] * k + i[None, :], mask=(m[:, None] < hi) & (i[None, :] < k), other=0).to(ACC)
-            b = tl.load(vb + m[:, None] * k + j[None, :], mask=(m[:, None] < hi) & (j[None, :] < k), other=0).to(ACC)
-            if USE_DOT:
-                acc += tl.dot(tl.trans(a), b, input_precision="ieee")
-            else:
-                acc += tl.sum(a[:, :, None] * b[:, None, :], axis=0)
+            at = tl.load(va + i[:, None] + m[None, :] * k, mask=(m[None, :] < hi) & (i[:, None] < k), other=0)
+            b = tl.load(vb + m[:, None] * k + j[None, :], mask=(m[:, None] < hi) & (j[None, :] < k), other=0)
+            acc = mma(acc, at, b, PRECISION)
         out = OUT + (row * tl.num_programs(2) + split) * k * k
         tl.store(out + i[:, None] * k + j[None, :], acc, mask=(i[:, None] < k) & (j[None, :] < k))
-
-
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 # ---------------------------------------------------------------- hellinger
@@ -93,7 +89,7 @@ def _hellinger_triton(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> 
     r = a.shape[1]
     if out.numel():
         _hellinger_kernel[(a.shape[0],)](a, b, out, r, power, POWER_ONE=power == 1.0, SQUARED=squared,
-                                         ACC=_acc(a.dtype), BLOCK=min(next_pow2(r), 1024))
+                                         ACC=kt.acc(a.dtype), BLOCK=min(next_pow2(r), 1024))
     return out.reshape(S_a.shape[:-1])
 
 
@@ -177,30 +173,25 @@ def _subspace_from_m(M: Tensor, w_a: Tensor | None, w_b: Tensor | None) -> Tenso
     return (w_a * w_a).sum(-1) + (w_b * w_b).sum(-1) - 2.0 * cross
 
 
-def _target_programs(device, programs: int) -> int:
-    """Enough programs to fill the GPU (4 per SM); the interpreter gains nothing from more."""
-    return 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else programs
-
-
 def _cross_gram_triton(V_a: Tensor, V_b: Tensor) -> Tensor:
     """M = V_aᵀ V_b [..., k, k] accumulated in float32 (float64 for float64 input)."""
     n, k = V_a.shape[-2:]
     va, vb = rows(V_a, 2), rows(V_b, 2)
     R = va.shape[0]
-    use_dot = va.dtype != torch.float64
-    bk = max(16, min(next_pow2(k), 64)) if use_dot else min(next_pow2(k), 16)
-    bn = 32 if use_dot else 8
+    bk = kt.tile(k, 64)
+    bn = 64 if va.dtype in kt.LOW else 32
     tiles = triton.cdiv(k, bk)
     programs = max(R * tiles * tiles, 1)
-    target = _target_programs(va.device, programs)
+    # Enough programs to fill the GPU (4 per multiprocessor); the plain interpreter gains nothing from more.
+    target = 4 * kt.sm_count(va) if cuda_like(va) else programs
     splits = max(1, min(triton.cdiv(target, programs), triton.cdiv(n, 256)))
     n_per = triton.cdiv(triton.cdiv(n, splits), bn) * bn
     splits = triton.cdiv(n, n_per)
-    acc = torch.float64 if va.dtype == torch.float64 else torch.float32
+    acc = work_dtype(va.dtype)
     part = torch.empty((R, splits, k, k), device=va.device, dtype=acc)
     if R:
-        _cross_gram_kernel[(R, tiles * tiles, splits)](va, vb, part, n, k, n_per, tiles, USE_DOT=use_dot,
-                                                       ACC=_acc(va.dtype), BI=bk, BJ=bk, BN=bn)
+        _cross_gram_kernel[(R, tiles * tiles, splits)](va, vb, part, n, k, n_per, tiles, PRECISION=kt.precision(va.dtype),
+                                                       ACC=kt.acc(acc), BI=bk, BJ=bk, BN=bn)
     return part.sum(1).reshape(V_a.shape[:-2] + (k, k))
 
 

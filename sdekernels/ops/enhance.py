@@ -31,7 +31,8 @@ from torch import Tensor
 
 from .. import reference as ref
 from ..schedules import alpha as _alpha
-from .._core import HAS_TRITON, check, check_real, grad_like, next_pow2, use_triton, vjp, work_dtype
+from . import _triton as kt
+from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, work_dtype
 from ..registry import F64, OpInfo, Sample, register
 from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, fast_gram, finite_mask, gram_eigh, lorentz, mm_for,
                   partition_counts, planted, safe_inv, svd_topk_grad, topk_rows, use_gram)
@@ -42,9 +43,11 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    from ._triton import mma
+
+    @triton.jit(do_not_specialize=["m", "n", "k"])
     def _reconstruct_kernel(F, U, V, C, SN, OUT, m, n, k, sf0, sf1, sf2,
-                            ACC: tl.constexpr, USE_DOT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                            ACC: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                             BK: tl.constexpr):
         # OUT tile = s_n·F tile + U_k diag(c) V_kᵀ tile: F is read once and OUT written once.
         b = tl.program_id(0).to(tl.int64)
@@ -54,15 +57,12 @@ if HAS_TRITON:
         for k0 in range(0, k, BK):
             rk = k0 + tl.arange(0, BK)
             kmask = rk < k
-            c = tl.load(C + b * k + rk, mask=kmask, other=0).to(ACC)
+            c = tl.load(C + b * k + rk, mask=kmask, other=0)
             u = tl.load(U + b * m * k + rm[:, None] * k + rk[None, :], mask=(rm[:, None] < m) & kmask[None, :],
-                        other=0).to(ACC) * c[None, :]
+                        other=0) * c[None, :]
             vt = tl.load(V + b * n * k + rn[None, :] * k + rk[:, None], mask=(rn[None, :] < n) & kmask[:, None],
-                         other=0).to(ACC)
-            if USE_DOT:
-                acc += tl.dot(u, vt, input_precision="ieee")
-            else:
-                acc += tl.sum(u[:, :, None] * vt[None, :, :], axis=1)
+                         other=0)
+            acc = mma(acc, u, vt, PRECISION)
         mask = (rm[:, None] < m) & (rn[None, :] < n)
         f = tl.load(F + b * sf0 + rm[:, None] * sf1 + rn[None, :] * sf2, mask=mask, other=0).to(ACC)
         sn = tl.load(SN + b).to(ACC)
@@ -76,16 +76,12 @@ def _reconstruct_triton(F3: Tensor, U: Tensor, V: Tensor, c: Tensor, s_n: Tensor
     if out.numel() == 0:
         return out
     acc = torch.float64 if U.dtype == torch.float64 else torch.float32
-    use_dot = acc != torch.float64
     U, V, c, s_n = (t.to(acc).contiguous() for t in (U, V, c, s_n))
-    if use_dot:
-        BM, BN, BK = max(16, min(64, next_pow2(m))), max(16, min(64, next_pow2(n))), max(16, min(32, next_pow2(k)))
-    else:
-        BM, BN, BK = min(32, next_pow2(m)), min(32, next_pow2(n)), min(8, next_pow2(k))
+    BM, BN, BK, warps = kt.gemm_tiles(m, n, k, acc)
     grid = (R, triton.cdiv(m, BM), triton.cdiv(n, BN))
     _reconstruct_kernel[grid](F3, U, V, c, s_n, out, m, n, k, F3.stride(0), F3.stride(1), F3.stride(2),
-                              ACC=tl.float64 if acc == torch.float64 else tl.float32, USE_DOT=use_dot,
-                              BM=BM, BN=BN, BK=BK)
+                              ACC=kt.acc(acc), PRECISION=kt.precision(acc), BM=BM, BN=BN, BK=BK,
+                              num_warps=warps)
     return out
 
 

@@ -18,10 +18,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
-from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_int, check_real, grad_like, ref_vjp, use_triton,
-                     work_dtype)
+from .._core import (HAS_TRITON, check, check_domain, check_int, check_real, grad_like, ref_vjp,
+                     use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 from ..reference.fourier import zero_phase_floor
 
@@ -31,11 +32,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _mm(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-        if USE_DOT:
-            return tl.dot(a, b, input_precision=PRECISION)
-        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    from ._triton import mma
 
     @triton.jit
     def _pos(k1, k2, H, W, Wo, ONESIDED: tl.constexpr, CENTERED: tl.constexpr):
@@ -68,8 +65,8 @@ if HAS_TRITON:
             r = tl.where(y < 0, tl.minimum(tl.maximum(r, -pi), 0.0), tl.minimum(tl.maximum(r, 0.0), pi))
         return tl.where(r == -pi, pi, r)
 
-    @triton.jit
-    def _dft_rows_kernel(X, CW, SW, YR, YI, M, W, Wh, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    @triton.jit(do_not_specialize=["M", "W", "Wh"])
+    def _dft_rows_kernel(X, CW, SW, YR, YI, M, W, Wh, PRECISION: tl.constexpr,
                          ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # Stage 1: Y = x · (C − iS) over the rows of every image at once ([R·H, W] · [W, W/2+1]).
         pm, pn = tl.program_id(0).to(tl.int64), tl.program_id(1)
@@ -83,16 +80,16 @@ if HAS_TRITON:
             bmask = (k[:, None] < W) & (n[None, :] < Wh)
             c = tl.load(CW + k[:, None] * Wh + n[None, :], mask=bmask, other=0)
             s = tl.load(SW + k[:, None] * Wh + n[None, :], mask=bmask, other=0)
-            yr += _mm(x, c, USE_DOT, PRECISION)
-            yi -= _mm(x, s, USE_DOT, PRECISION)
+            yr = mma(yr, x, c, PRECISION)
+            yi = mma(yi, x, -s, PRECISION)
         out = m[:, None] * Wh + n[None, :]
         omask = (m[:, None] < M) & (n[None, :] < Wh)
         tl.store(YR + out, yr, mask=omask)
         tl.store(YI + out, yi, mask=omask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["H", "W", "Wh", "Wo"])
     def _split_kernel(YR, YI, CH, SH, A, P, PI, H, W, Wh, Wo, scale, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
-                      LOG: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, REFINE: tl.constexpr,
+                      LOG: tl.constexpr, PRECISION: tl.constexpr, REFINE: tl.constexpr,
                       ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # Stage 2: X = (C − iS) · Y over the columns of one image, then the polar epilogue.
         img = tl.program_id(0).to(tl.int64)
@@ -109,8 +106,8 @@ if HAS_TRITON:
             bmask = (h[:, None] < H) & (k2[None, :] < Wh)
             yr = tl.load(yr_img + h[:, None] * Wh + k2[None, :], mask=bmask, other=0)
             yi = tl.load(yi_img + h[:, None] * Wh + k2[None, :], mask=bmask, other=0)
-            re += _mm(c, yr, USE_DOT, PRECISION) + _mm(s, yi, USE_DOT, PRECISION)
-            im += _mm(c, yi, USE_DOT, PRECISION) - _mm(s, yr, USE_DOT, PRECISION)
+            re = mma(mma(re, c, yr, PRECISION), s, yi, PRECISION)
+            im = mma(mma(im, c, yi, PRECISION), -s, yr, PRECISION)
         re = re * scale
         im = im * scale
         # Im X is exactly 0 at k ∈ {0, n/2} on both axes: round-off must not pick −π over π there.
@@ -133,7 +130,7 @@ if HAS_TRITON:
             tl.store(a_img + om, amp.to(A.dtype.element_ty), mask=mirror)
             tl.store(p_img + om, tl.where(ph == pi, pi, -ph).to(P.dtype.element_ty), mask=mirror)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["total", "H", "W", "Wh", "Wo"])
     def _merge_kernel(A, P, Z, total, H, W, Wh, Wo, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
                       ACC: tl.constexpr, BLOCK: tl.constexpr):
         # Half spectrum Z (interleaved re, im) of the Hermitian part of A·e^{iP}: Re IFFT2 = irfft2(Z).
@@ -163,10 +160,6 @@ if HAS_TRITON:
         tl.store(Z + 2 * i + 1, im, mask=mask)
 
 
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 @functools.lru_cache(maxsize=64)
 def _dft_tables(n: int, cols: int, device: torch.device, dtype: torch.dtype):
     """cos and sin of 2π·j·k/n for j < n, k < cols, from exact integer phases (sin is exactly 0 at k = 0, n/2)."""
@@ -185,11 +178,12 @@ def _scale(norm: str, H: int, W: int) -> float:
 
 
 def _blocks(acc: torch.dtype):
-    # tl.dot in float32 (IEEE in the interpreter; 3×TF32 on tensor cores keeps float32 accuracy on
-    # GPUs); float64 takes the broadcast product, with small tiles.
+    """Tiles, warps and dot precision of both DFT stages (no spills under sm_90 in the compile
+    report: 64×64 tiles with K steps of 32 spilled ~280 B in the split stage). tf32x3 keeps fp32
+    accuracy (a phase is as sensitive as the smallest amplitude); fp64 runs on the fp64 MMA."""
     if acc == torch.float64:
-        return dict(USE_DOT=False, PRECISION="ieee", BM=16, BN=16, BK=8)
-    return dict(USE_DOT=True, PRECISION="ieee" if INTERPRET else "tf32x3", BM=64, BN=64, BK=32)
+        return dict(PRECISION="ieee", BM=32, BN=32, BK=16, num_warps=4)
+    return dict(PRECISION=kt.precision(acc), BM=64, BN=32, BK=16, num_warps=4)
 
 
 def _split_triton(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: bool):
@@ -205,7 +199,7 @@ def _split_triton(x: Tensor, onesided: bool, norm: str, centered: bool, log_ampl
     yr = torch.empty((R * H, Wh), device=x.device, dtype=acc)
     yi = torch.empty_like(yr)
     cfg = _blocks(acc)
-    tacc = _acc(acc)
+    tacc = kt.acc(acc)
     grid1 = (triton.cdiv(R * H, cfg["BM"]), triton.cdiv(Wh, cfg["BN"]))
     _dft_rows_kernel[grid1](x, cw, sw, yr, yi, R * H, W, Wh, ACC=tacc, **cfg)
     pi = torch.full((1,), math.pi, device=x.device, dtype=acc)
@@ -222,9 +216,9 @@ def _merge_half_triton(A: Tensor, P: Tensor, W: int, onesided: bool, centered: b
     Z = torch.empty((R, H, Wh, 2), device=A.device, dtype=acc)
     total = R * H * Wh
     if total:
-        BLOCK = 1024
+        BLOCK = 512  # 2 entries per thread: 4 per thread spilled (sin/cos of two points each)
         _merge_kernel[(triton.cdiv(total, BLOCK),)](A, P, Z, total, H, W, Wh, Wo, ONESIDED=onesided,
-                                                    CENTERED=centered, ACC=_acc(acc), BLOCK=BLOCK)
+                                                    CENTERED=centered, ACC=kt.acc(acc), BLOCK=BLOCK, num_warps=8)
     return Z
 
 

@@ -16,12 +16,12 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as Fn
 from torch import Tensor
 
+from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_int, check_real, grad_like, next_pow2, ref_vjp, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_int, check_real, grad_like, ref_vjp, use_triton, work_dtype
 from ..reference import spectrum as ref_spec
 from ..registry import F64, OpInfo, Sample, randn, register
 
@@ -29,12 +29,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _mm(a, b, USE_DOT: tl.constexpr):
-        # fp64 has no tensor-core dot: a broadcast product reduced over the shared dim instead.
-        if USE_DOT:
-            return tl.dot(a, b, input_precision="ieee")
-        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    from ._triton import mma
 
     @triton.jit
     def _bin_store(p, u, v, H, W, IDX, OUT, bins):
@@ -45,9 +40,9 @@ if HAS_TRITON:
         for j in range(bins):
             tl.store(OUT + j, tl.sum(tl.sum(tl.where(idx == j, p, 0.0), 1), 0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["C", "H", "W", "bins", "n_tv"])
     def _radial_psd_kernel(X, AH, AW, IDX, PART, Y, C, H, W, bins, n_tv,
-                           FFT: tl.constexpr, MEAN: tl.constexpr, SAVE: tl.constexpr, USE_DOT: tl.constexpr,
+                           FFT: tl.constexpr, MEAN: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
                            ACC: tl.constexpr,
                            BU: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
         # Program (b, tile) forms the (u, v) tile of Y = A_H x A_Wᵀ of every channel of sample b
@@ -82,17 +77,18 @@ if HAS_TRITON:
                     xmask = (h[:, None] < H) & (w[None, :] < W)
                     xb = tl.where(xmask, tl.load(xp + h[:, None] * W + w[None, :], mask=xmask, other=0).to(ACC) - mean, 0)
                     wmask = (w[:, None] < W) & (v[None, :] < W)
-                    tc += _mm(xb, tl.load(AW + v[None, :] * W + w[:, None], mask=wmask, other=0), USE_DOT)
+                    tc = mma(tc, xb, tl.load(AW + v[None, :] * W + w[:, None], mask=wmask, other=0), PRECISION)
                     if FFT:
-                        ts += _mm(xb, tl.load(AW + W * W + v[None, :] * W + w[:, None], mask=wmask, other=0), USE_DOT)
+                        ts = mma(ts, xb, tl.load(AW + W * W + v[None, :] * W + w[:, None], mask=wmask, other=0),
+                                 PRECISION)
                 hmask = (u[:, None] < H) & (h[None, :] < H)
                 ah = tl.load(AH + u[:, None] * H + h[None, :], mask=hmask, other=0)
                 if FFT:
                     sh = tl.load(AH + H * H + u[:, None] * H + h[None, :], mask=hmask, other=0)
-                    re += _mm(ah, tc, USE_DOT) - _mm(sh, ts, USE_DOT)
-                    im += _mm(sh, tc, USE_DOT) + _mm(ah, ts, USE_DOT)
+                    re = mma(mma(re, ah, tc, PRECISION), -sh, ts, PRECISION)
+                    im = mma(mma(im, sh, tc, PRECISION), ah, ts, PRECISION)
                 else:
-                    re += _mm(ah, tc, USE_DOT)
+                    re = mma(re, ah, tc, PRECISION)
             if SAVE:
                 ymask = (u[:, None] < H) & (v[None, :] < W)
                 yoff = (b * C + c) * H * W + u[:, None] * W + v[None, :]
@@ -111,8 +107,8 @@ if HAS_TRITON:
         if MEAN:
             _bin_store(acc_p / C, u, v, H, W, IDX, PART + (b * n_tiles + tile) * bins, bins)
 
-    @triton.jit
-    def _block_proj_kernel(X, P, Y, n_blocks, nbh, nbw, H, W, E, BLOCK: tl.constexpr, USE_DOT: tl.constexpr,
+    @triton.jit(do_not_specialize=["n_blocks", "nbh", "nbw", "H", "W"])
+    def _block_proj_kernel(X, P, Y, n_blocks, nbh, nbw, H, W, E, BLOCK: tl.constexpr, PRECISION: tl.constexpr,
                            ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # Rows = BM blocks gathered as block²-vectors straight from the image; y = x_blocks @ P.
         m = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -125,15 +121,11 @@ if HAS_TRITON:
         for k0 in range(0, E, BK):
             e = k0 + tl.arange(0, BK)
             xb = tl.load(X + base[:, None] + (e // BLOCK)[None, :] * W + (e % BLOCK)[None, :],
-                         mask=mm[:, None] & (e[None, :] < E), other=0).to(ACC)
+                         mask=mm[:, None] & (e[None, :] < E), other=0)
             pb = tl.load(P + e[:, None] * E + n[None, :], mask=(e[:, None] < E) & (n[None, :] < E), other=0)
-            acc += _mm(xb, pb, USE_DOT)
+            acc = mma(acc, xb, pb, PRECISION)
         tl.store(Y + base[:, None] + (n // BLOCK)[None, :] * W + (n % BLOCK)[None, :], acc.to(Y.dtype.element_ty),
                  mask=mm[:, None] & (n[None, :] < E))
-
-
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 # ---------------------------------------------------------------- cached matrices and bin maps
@@ -184,14 +176,13 @@ def _psd_triton(x4: Tensor, bins: int, fft: bool, mean: bool, Y: Tensor, officia
     mats = _dft if fft else _dct
     AH, AW = mats(H, w, x4.device), mats(W, w, x4.device)
     idx, inv = _bin_map(H, W, bins, "fft" if fft else "dct", w, x4.device, official)
-    use_dot = w != torch.float64
-    blk = 32 if use_dot and max(H, W) > 16 else 16
+    blk = 32 if max(H, W) > 16 else 16
     n_tu, n_tv = triton.cdiv(H, blk), triton.cdiv(W, blk)
     part = torch.empty((B, 1 if mean else C, n_tu * n_tv, bins), device=x4.device, dtype=w)
     if part.numel():
         _radial_psd_kernel[(B, n_tu * n_tv)](x4, AH, AW, idx, part, Y, C, H, W, bins, n_tv, FFT=fft, MEAN=mean,
-                                             SAVE=Y.numel() > 0, USE_DOT=use_dot, ACC=_acc(w),
-                                             BU=blk, BV=blk, BK=blk)
+                                             SAVE=Y.numel() > 0, PRECISION=kt.precision(w), ACC=kt.acc(w),
+                                             BU=blk, BV=blk, BK=blk, num_warps=8)  # 4 warps spilled (bf16, fp64)
     return part.sum(2) * inv
 
 
@@ -395,12 +386,13 @@ def _lowpass_triton(x: Tensor, P: Tensor, block: int) -> Tensor:
     y = torch.empty_like(xc)
     E = block * block
     n_blocks = xc.numel() // E
-    use_dot = P.dtype != torch.float64
-    bm, bn = (64, max(16, min(next_pow2(E), 64))) if use_dot else (16, min(next_pow2(E), 16))
+    bm, bn = 64, kt.tile(E, 64)
     if n_blocks:
+        # Memory-bound: one pipeline stage when K fits one step (block 8) leaves shared memory for 2
+        # programs per multiprocessor (3 stages took 96 KB in fp32, 128 KB in fp64).
         _block_proj_kernel[(triton.cdiv(n_blocks, bm), triton.cdiv(E, bn))](
-            xc, P, y, n_blocks, H // block, W // block, H, W, E, BLOCK=block, USE_DOT=use_dot, ACC=_acc(P.dtype),
-            BM=bm, BN=bn, BK=bn)
+            xc, P, y, n_blocks, H // block, W // block, H, W, E, BLOCK=block, PRECISION=kt.precision(P.dtype),
+            ACC=kt.acc(P.dtype), BM=bm, BN=bn, BK=bn, num_stages=1 if E <= bn else 2)
     return y
 
 
@@ -409,9 +401,9 @@ def _block_lowpass(x: Tensor, k: int, block: int) -> Tensor:
     if k == 0:
         return x.clone(memory_format=torch.contiguous_format)
     w = work_dtype(x.dtype)
+    if use_triton(x):  # the dot takes bf16/fp16 blocks as they are, against the projector in that dtype
+        return _lowpass_triton(x, _projector(block, k, x.dtype, x.device), block)
     P = _projector(block, k, w, x.device)
-    if use_triton(x):
-        return _lowpass_triton(x, P, block)
     H, W = x.shape[-2:]
     t = x.to(w).reshape(-1, H // block, block, W // block, block).transpose(-3, -2).reshape(-1, block * block) @ P
     y = t.reshape(-1, H // block, W // block, block, block).transpose(-3, -2).reshape(x.shape)

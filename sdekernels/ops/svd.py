@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_int, check_real, grad_like, next_pow2, use_triton, work_dtype
+from . import _triton as kt
+from .._core import HAS_TRITON, check, check_int, check_real, grad_like, use_triton, work_dtype
 from ..reference.svd import SpectralPartition, mp_median
 from ..registry import F64, OpInfo, Sample, register
 
@@ -42,25 +43,25 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    from ._triton import mma
+
+    @triton.jit(do_not_specialize=["M", "N", "K"])
     def _bmm_kernel(A, B, C, M, N, K, sa0, sa1, sa2, sb0, sb1, sb2, sc0, sc1, sc2,
-                    ACC: tl.constexpr, USE_DOT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                    DOT: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    BK: tl.constexpr):
         # C[b] = A[b] @ B[b] for strided operands (a transpose is a stride swap, a shared operand a
-        # zero batch stride); inputs of any float dtype are up-cast on load, accumulation in ACC.
+        # zero batch stride); operands are loaded as DOT, accumulated in fp32 (fp64 for fp64).
         b = tl.program_id(0).to(tl.int64)
         rm = tl.program_id(1) * BM + tl.arange(0, BM)
         rn = tl.program_id(2) * BN + tl.arange(0, BN)
         a_ptr = A + b * sa0 + rm[:, None] * sa1
         b_ptr = B + b * sb0 + rn[None, :] * sb2
-        acc = tl.zeros([BM, BN], ACC)
+        acc = tl.zeros([BM, BN], tl.float64 if DOT == tl.float64 else tl.float32)
         for k0 in range(0, K, BK):
             rk = k0 + tl.arange(0, BK)
-            a = tl.load(a_ptr + rk[None, :] * sa2, mask=(rm[:, None] < M) & (rk[None, :] < K), other=0).to(ACC)
-            x = tl.load(b_ptr + rk[:, None] * sb1, mask=(rk[:, None] < K) & (rn[None, :] < N), other=0).to(ACC)
-            if USE_DOT:
-                acc += tl.dot(a, x, input_precision="ieee")
-            else:
-                acc += tl.sum(a[:, :, None] * x[None, :, :], axis=1)
+            a = tl.load(a_ptr + rk[None, :] * sa2, mask=(rm[:, None] < M) & (rk[None, :] < K), other=0).to(DOT)
+            x = tl.load(b_ptr + rk[:, None] * sb1, mask=(rk[:, None] < K) & (rn[None, :] < N), other=0).to(DOT)
+            acc = mma(acc, a, x, PRECISION)
         tl.store(C + b * sc0 + rm[:, None] * sc1 + rn[None, :] * sc2, acc.to(C.dtype.element_ty),
                  mask=(rm[:, None] < M) & (rn[None, :] < N))
 
@@ -79,15 +80,12 @@ def triton_bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
         return c
     if K == 0:
         return c.zero_()
-    use_dot = out_dtype != torch.float64
-    if use_dot:
-        BM, BN, BK = (max(16, min(64, next_pow2(M))), max(16, min(64, next_pow2(N))), max(16, min(32, next_pow2(K))))
-    else:
-        BM, BN, BK = min(32, next_pow2(M)), min(32, next_pow2(N)), min(8, next_pow2(K))
+    dot = kt.operand(a.dtype, b.dtype, out=out_dtype)
+    BM, BN, BK, warps = kt.gemm_tiles(M, N, K, dot)
     grid = (R, triton.cdiv(M, BM), triton.cdiv(N, BN))
     _bmm_kernel[grid](a, b, c, M, N, K, _bstride(a, 0), a.stride(1), a.stride(2), _bstride(b, 0), b.stride(1),
-                      b.stride(2), c.stride(0), c.stride(1), c.stride(2),
-                      ACC=tl.float64 if out_dtype == torch.float64 else tl.float32, USE_DOT=use_dot, BM=BM, BN=BN, BK=BK)
+                      b.stride(2), c.stride(0), c.stride(1), c.stride(2), DOT=kt.tl_dtype(dot),
+                      PRECISION=kt.precision(dot), BM=BM, BN=BN, BK=BK, num_warps=warps)
     return c
 
 

@@ -70,6 +70,10 @@ def _bench(args) -> int:
     if args.json:
         bench.write_json(args.json, rows, limits)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(bench.markdown(rows) + "\n")
+        print(f"wrote {args.markdown}")
     if args.plot:
         bench.plot(rows, args.plot, f"sdekernels on {limits['device']}")
         print(f"wrote {args.plot}")
@@ -88,6 +92,7 @@ def main(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="only the small shapes (the default on CPU)")
     b.add_argument("--full", action="store_true", help="every shape, also on CPU")
     b.add_argument("--json", help="write the rows and the environment to this file")
+    b.add_argument("--markdown", help="write the per-case table with the ratios as Markdown to this file")
     b.add_argument("--plot", help="write a speedup bar chart (PNG) to this file")
     b.add_argument("--device")
     b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])

@@ -519,8 +519,9 @@ def partition_counts(S: Tensor, m: int, n: int, iqr_c: float):
 
 def energies(s: Tensor, n_strong: Tensor, n_weak: Tensor):
     """Energy fractions (strong, weak, noise) of descending σ with n_strong >= 1 (as partition_counts
-    gives); (1, 0, 0) for σ = 0, NaN for a NaN row."""
-    return _energy_fractions(s, n_strong, n_weak).unbind(-1)
+    gives); (1, 0, 0) for σ = 0, NaN for a NaN row. Three separate tensors (custom ops may not
+    return views of one another)."""
+    return tuple(e.clone() for e in _energy_fractions(s, n_strong, n_weak).unbind(-1))
 
 
 def _energy_fractions(s: Tensor, n_strong: Tensor, n_weak: Tensor) -> Tensor:

@@ -173,12 +173,13 @@ def _ratios(num: list, den: list) -> tuple[float, float, float]:
 
 
 def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_ref=False, progress=True,
-        budget_s: float = 3.0, max_runs: int = 31):
+        budget_s: float = 3.0, max_runs: int = 31, clock=time.perf_counter):
     """Rows of the bench table (one per op, shape and implementation).
 
     Per case every implementation runs twice (compilation, first-call allocations; the second
     call sizes the run to `budget_s`), then 5 to `max_runs` interleaved rounds. Times are medians
-    with quartiles; the ratios are medians of per-round ratios. On the sdekernels row, vs_best is
+    with quartiles by `clock` (time.process_time on a loaded CPU: the process's own CPU time, which
+    preemption does not inflate; meaningful with one thread); the ratios are medians of per-round ratios. On the sdekernels row, vs_best is
     the ratio against the fastest (by median) of every other implementation timed: the
     reference, its compiled form and the op's baselines."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -217,7 +218,7 @@ def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_re
             call()
         _sync(device)
         runs = max(5, min(max_runs, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
-        times = interleaved_times(calls, runs, warmup=0, device=device)
+        times = interleaved_times(calls, runs, clock=clock, warmup=0, device=device)
         others = [i for i in times if i != "sdekernels"]
         best = min(others, key=lambda i: statistics.median(times[i])) if others else None
         for impl in impls:

@@ -23,10 +23,10 @@ if os.environ.get("SDEKERNELS_BUILD_EXT") == "1":
     if cuda:
         sources += sorted(glob.glob(os.path.join(here, "csrc", "cuda", "*.cu")))
         ext = cpp_extension.CUDAExtension("sdekernels._C", sources, define_macros=[("SDEKERNELS_CUDA", None)],
-                                          extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]},
+                                          extra_compile_args={"cxx": ["-O3", "-fopenmp", "-fno-math-errno"], "nvcc": ["-O3"]},
                                           extra_link_args=["-fopenmp"])
     else:
-        ext = cpp_extension.CppExtension("sdekernels._C", sources, extra_compile_args=["-O3", "-fopenmp"],
+        ext = cpp_extension.CppExtension("sdekernels._C", sources, extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"],
                                          extra_link_args=["-fopenmp"])
     kwargs = {"ext_modules": [ext], "cmdclass": {"build_ext": cpp_extension.BuildExtension}}
 

@@ -67,7 +67,8 @@ def main():
             fns[name, "ours"] = fwd_bwd(ours, a, b, s, t)
         timed = {k: (lambda f=f: (f(), sync())) for k, f in fns.items()}
         mem = {k: peak_memory(f, dev) for k, f in fns.items()}  # also the warm-up run
-        ms = interleaved_times(timed, args.runs, clock=time.process_time if args.cpu_time else time.perf_counter, warmup=0)
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        ms = {k: [1e3 * x for x in t] for k, t in interleaved_times(timed, args.runs, clock=clock, warmup=0).items()}
         for name in pairs:
             ours = ms[name, "ours"]
             row = {"loss": name, "B": B, "d": args.d, "device": str(dev), "threads": torch.get_num_threads(), "clock": "cpu" if args.cpu_time else "wall",

@@ -76,6 +76,8 @@ static bool cuda_built() {
 }  // namespace sdekernels
 
 TORCH_LIBRARY(sdekernels_C, m) {
+  m.def("hellinger_fwd(Tensor S_a, Tensor S_b, float power, bool squared) -> Tensor");
+  m.def("spectral_partition_fwd(Tensor s_desc, float iqr_c, float sigma_den, float edge) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("hellinger_bwd(Tensor S_a, Tensor S_b, Tensor grad, float power, bool squared) -> (Tensor, Tensor)");
   m.def("subspace_bwd(Tensor V_a, Tensor V_b, Tensor grad, Tensor? S_a, Tensor? S_b) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("radial_bin_fwd(Tensor Y, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
@@ -91,6 +93,8 @@ TORCH_LIBRARY(sdekernels_C, m) {
 }
 
 TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
+  m.impl("hellinger_fwd", &sdekernels::hellinger_fwd_cpu);
+  m.impl("spectral_partition_fwd", &sdekernels::spectral_partition_fwd_cpu);
   m.impl("hellinger_bwd", &sdekernels::hellinger_bwd_cpu);
   m.impl("subspace_bwd", &sdekernels::subspace_bwd);
   m.impl("svd_topk_bwd", &sdekernels::svd_topk_bwd);

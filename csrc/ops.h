@@ -37,9 +37,13 @@ inline SubspaceBufs subspace_bufs(const at::Tensor& M_, const at::Tensor& grad, 
   return o;
 }
 
-// Hellinger distance of normalised spectra (SPEC §5): gradients wrt S_a and S_b.
+// Hellinger distance of normalised spectra (SPEC §5): the CPU forward, and gradients wrt S_a and S_b.
+at::Tensor hellinger_fwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b, double power, bool squared);
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b,
                                                      const at::Tensor& grad, double power, bool squared);
+// Spectral partition (SPEC §2) of rows sorted descending: counts, thresholds, energy fractions [..., 3].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_partition_fwd_cpu(
+    const at::Tensor& s_desc, double iqr_c, double sigma_den, double edge);
 // Subspace distance (SPEC §5) from M = V_aᵀV_b: gradients wrt M and the weights' spectra (if given).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cpu(const at::Tensor& M, const at::Tensor& grad,
                                                                  const std::optional<at::Tensor>& S_a,

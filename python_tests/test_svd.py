@@ -312,6 +312,27 @@ def test_partition_finds_planted_spike(m, n, s):
     torch.testing.assert_close(sum(p.energy), torch.ones(4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_partition_cpu_kernel_matches_aten_formula(dtype, monkeypatch):
+    """The C++ pass over sorted rows and the ATen formula (CUDA, no extension; SDE's enhance) agree."""
+    import sdekernels._ext as ext
+
+    if not ext.available():
+        pytest.skip("needs the extension")
+    g = torch.Generator().manual_seed(3)
+    S = torch.cat([sdekernels.singular_values(spiked(5, 90, 40, 3, 2.5, g)), torch.zeros(1, 40),
+                   torch.full((1, 40), float("nan")), torch.rand(1, 40, generator=g, dtype=torch.float64)]).to(dtype)
+    cases = [(S, 90, 40, 1.5), (S[:, :1], 1, 7, 0.0), (S[2:4], 40, 40, 3.0)]
+    for x, m, n, c in cases:
+        fused = sdekernels.spectral_partition(x, m, n, iqr_c=c)
+        monkeypatch.setattr(ext, "available", lambda: False)
+        aten = sdekernels.spectral_partition(x, m, n, iqr_c=c)
+        monkeypatch.undo()
+        for a, b in zip((fused.n_strong, fused.n_weak, fused.tau_noise, fused.tau_strong, fused.sigma_hat, *fused.energy),
+                        (aten.n_strong, aten.n_weak, aten.tau_noise, aten.tau_strong, aten.sigma_hat, *aten.energy)):
+            torch.testing.assert_close(a, b, atol=0, rtol=4 * torch.finfo(dtype).eps, equal_nan=True)
+
+
 def test_partition_edge_cases():
     z = sdekernels.spectral_partition(torch.zeros(3, 5), 5, 9)
     assert (z.n_strong == 1).all() and (z.n_weak == 0).all()

@@ -1,6 +1,7 @@
 """Command line: python -m sdekernels info | check | bench | train sde|farl|esm."""
 import argparse
 import sys
+import time
 
 import torch
 
@@ -64,14 +65,24 @@ def _bench(args) -> int:
     if quick and not args.quick:
         print("on CPU the quick shapes are the default (the field's full sizes take hours and up to ~40 GB here); "
               "--full runs every shape")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    if args.cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("--cpu-time needs the CPU and one thread (--threads 1): it sums the CPU time of all threads")
     rows, limits = bench.run(args.op, quick=quick, device=device, dtype=dtype, compile_ref=args.compile_ref,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, clock=clock)
+    print(f"timed by {'process CPU time' if args.cpu_time else 'wall clock'}, {torch.get_num_threads()} thread(s)")
     print(f"device: {limits['device']}; limits: {limits['bandwidth_GBs']:.1f} GB/s, {limits['tflops_fp32']:.3g} TFLOP/s fp32 "
           f"({limits['source']})")
     print(bench.table(rows))
     if args.json:
         bench.write_json(args.json, rows, limits)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(bench.markdown(rows) + "\n")
+        print(f"wrote {args.markdown}")
     if args.plot:
         bench.plot(rows, args.plot, f"sdekernels on {limits['device']}")
         print(f"wrote {args.plot}")
@@ -90,10 +101,14 @@ def main(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="only the small shapes (the default on CPU)")
     b.add_argument("--full", action="store_true", help="every shape, also on CPU")
     b.add_argument("--json", help="write the rows and the environment to this file")
+    b.add_argument("--markdown", help="write the per-case table with the ratios as Markdown to this file")
     b.add_argument("--plot", help="write a speedup bar chart (PNG) to this file")
     b.add_argument("--device", type=device_arg)
     b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     b.add_argument("--compile-ref", action="store_true", help="also time torch.compile of the reference")
+    b.add_argument("--threads", type=int, help="torch.set_num_threads first")
+    b.add_argument("--cpu-time", action="store_true",
+                   help="time by the process's CPU time, not the wall clock (CPU, one thread: for a shared, loaded machine)")
     b.add_argument("--no-progress", action="store_true")
     t = sub.add_parser("train", help="training drivers: train sde|farl|esm --help", add_help=False)
     t.add_argument("which", choices=("sde", "farl", "esm"))

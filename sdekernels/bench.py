@@ -42,26 +42,38 @@ def timeit(fn, device, reps: int = 5, warmup: int = 1, budget_s: float = 2.0) ->
     return statistics.median(times)
 
 
-def interleaved_times(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1) -> dict[str, list[float]]:
-    """Milliseconds of each `fns[name]()` in each of `runs` rounds by `clock` (wall time by default;
+def interleaved_times(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1, device=None) -> dict[str, list]:
+    """Seconds of each of `runs` calls of every `fns[name]()` by `clock` (wall time by default;
     time.process_time for the process's CPU time). After `warmup` calls of each, the runs are
     interleaved (one call of every function per round), so changes in the machine's load hit
-    all of them alike. CPU only: no device synchronisation."""
+    all of them alike, and round i of one function can be compared with round i of another.
+    On CUDA each call is timed up to a device synchronisation."""
+    sync = (lambda: _sync(device)) if device is not None and device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    sync()
     times = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
             t0 = clock()
             fn()
-            times[name].append(1e3 * (clock() - t0))
+            sync()
+            times[name].append(clock() - t0)
     return times
 
 
 def interleaved_ms(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds of each function over interleaved runs (see interleaved_times)."""
-    return {name: statistics.median(t) for name, t in interleaved_times(fns, runs, clock, warmup).items()}
+    """Median milliseconds of each `fns[name]()` over `runs` interleaved runs (see interleaved_times)."""
+    return {name: 1e3 * statistics.median(t) for name, t in interleaved_times(fns, runs, clock, warmup).items()}
+
+
+def quartiles(values) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile)."""
+    if len(values) < 2:
+        return (values[0],) * 3
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, med, q3
 
 
 def load_open_clip_loss():
@@ -170,8 +182,21 @@ def _label(shape: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in shape.items() if k not in ("quick", "backward"))
 
 
-def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_ref=False, progress=True):
-    """Rows of the bench table (one per op, shape and implementation)."""
+def _ratios(num: list, den: list) -> tuple[float, float, float]:
+    """Quartiles of the per-round ratios num[i] / den[i] of two interleaved timings."""
+    return quartiles([a / b for a, b in zip(num, den)])
+
+
+def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_ref=False, progress=True,
+        budget_s: float = 3.0, max_runs: int = 31, clock=time.perf_counter):
+    """Rows of the bench table (one per op, shape and implementation).
+
+    Per case every implementation runs twice (compilation, first-call allocations; the second
+    call sizes the run to `budget_s`), then 5 to `max_runs` interleaved rounds. Times are medians
+    with quartiles by `clock` (time.process_time on a loaded CPU: the process's own CPU time, which
+    preemption does not inflate; meaningful with one thread); the ratios are medians of per-round ratios. On the sdekernels row, vs_best is
+    the ratio against the fastest (by median) of every other implementation timed: the
+    reference, its compiled form and the op's baselines."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = all_ops()
     unknown = set(names or ()) - set(ops)
@@ -195,24 +220,42 @@ def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_re
         impls = {"reference": info.ref, "sdekernels": info.op, **info.baselines}
         if compile_ref:
             impls["reference (compiled)"] = torch.compile(info.ref)
-        ref_time = None
+        calls, errors = {}, {}
         for impl, fn in impls.items():
+            try:
+                calls[impl] = _runner(fn, sample, backward, info)
+                calls[impl]()
+            except Exception as e:  # a baseline that cannot run this case (e.g. out of memory)
+                calls.pop(impl, None)
+                errors[impl] = f"{type(e).__name__}: {str(e)[:120]}"
+        t0 = time.perf_counter()
+        for call in calls.values():
+            call()
+        _sync(device)
+        runs = max(5, min(max_runs, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
+        times = interleaved_times(calls, runs, clock=clock, warmup=0, device=device)
+        others = [i for i in times if i != "sdekernels"]
+        best = min(others, key=lambda i: statistics.median(times[i])) if others else None
+        for impl in impls:
             row = {"op": info.name, "shape": _label(shape), "dtype": str(dtype).replace("torch.", ""),
                    "pass": "fwd+bwd" if backward else "fwd", "impl": impl}
-            try:
-                call = _runner(fn, sample, backward, info)
-                t = timeit(call, device)
-                mem = peak_memory(call, device)
-            except Exception as e:  # a baseline that cannot run this case (e.g. out of memory)
-                row.update(error=f"{type(e).__name__}: {str(e)[:120]}")
-                rows.append(row)
+            if impl in errors:
+                rows.append({**row, "error": errors[impl]})
                 continue
-            if impl == "reference":
-                ref_time = t
-            row.update(ms=t * 1e3, peak_MB=mem / 2**20, speedup=(ref_time / t) if ref_time else float("nan"),
-                       GBs=nbytes / t / 1e9, TFLOPs=flops / t / 1e12)
+            t = times[impl]
+            q1, med, q3 = quartiles(t)
+            row.update(ms=med * 1e3, ms_q1=q1 * 1e3, ms_q3=q3 * 1e3, runs=runs,
+                       peak_MB=peak_memory(calls[impl], device) / 2**20, GBs=nbytes / med / 1e9, TFLOPs=flops / med / 1e12)
             row["bw_frac"] = row["GBs"] / limits["bandwidth_GBs"]
             row["flop_frac"] = row["TFLOPs"] / limits["tflops_fp32"]
+            if "reference" in times:
+                row["speedup"] = _ratios(times["reference"], t)[1]
+            if impl == "sdekernels":
+                if "reference (compiled)" in times:
+                    row["vs_compiled"] = _ratios(times["reference (compiled)"], t)[1]
+                if best:
+                    row["vs_best_q1"], row["vs_best"], row["vs_best_q3"] = _ratios(times[best], t)
+                    row["best_alternative"] = best
             rows.append(row)
     return rows, limits
 
@@ -235,12 +278,45 @@ def environment(limits: dict) -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+_LABELS = {"vs_compiled": "vs compiled ref", "vs_best": "vs best alternative"}
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else ("-" if isinstance(v, float) else str(v))
+
+
 def table(rows) -> str:
-    cols = ["op", "shape", "pass", "impl", "ms", "speedup", "peak_MB", "GBs", "bw_frac", "TFLOPs", "flop_frac"]
-    fmt = lambda v: (f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else ("-" if isinstance(v, float) else str(v)))  # noqa: E731
-    cells = [cols] + [[r["error"] if c == "ms" and "error" in r else fmt(r.get(c, "")) for c in cols] for r in rows]
+    cols = ["op", "shape", "pass", "impl", "ms", "speedup", "vs_compiled", "vs_best", "peak_MB", "GBs", "bw_frac",
+            "TFLOPs", "flop_frac"]
+    cells = [[_LABELS.get(c, c) for c in cols]]
+    cells += [[r["error"] if c == "ms" and "error" in r else _fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
+
+
+def markdown(rows) -> str:
+    """One line per case: our time, the reference's and the best alternative's, the ratios against
+    each (medians of interleaved per-round ratios; vs best alternative with its quartiles)."""
+    head = ("| op | shape | pass | sdekernels ms (quartiles) | reference ms | best alternative (ms) | vs reference "
+            "| vs compiled ref | vs best alternative (quartiles) | peak MB (ours / ref) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["op"], r["shape"], r["pass"]), {})[r["impl"]] = r
+    x = lambda v: f"{v:.2f}x" if isinstance(v, float) and math.isfinite(v) else "-"  # noqa: E731
+    for (op, shape, pas), impls in by_case.items():
+        ours, ref = impls.get("sdekernels", {}), impls.get("reference", {})
+        if "ms" not in ours:
+            lines.append(f"| {op} | {shape} | {pas} | {ours.get('error', '-')} | | | | | | |")
+            continue
+        best = impls.get(ours.get("best_alternative"), {})
+        lines.append(
+            f"| {op} | {shape} | {pas} | {_fmt(ours['ms'])} ({_fmt(ours['ms_q1'])}–{_fmt(ours['ms_q3'])}) "
+            f"| {_fmt(ref.get('ms', float('nan')))} | {ours.get('best_alternative', '-')} ({_fmt(best.get('ms', float('nan')))}) "
+            f"| {x(ours.get('speedup'))} | {x(ours.get('vs_compiled'))} "
+            f"| **{x(ours.get('vs_best'))}** ({x(ours.get('vs_best_q1'))}–{x(ours.get('vs_best_q3'))}) "
+            f"| {_fmt(ours['peak_MB'])} / {_fmt(ref.get('peak_MB', float('nan')))} |")
+    return "\n".join(lines)
 
 
 def write_json(path: str, rows, limits) -> None:

@@ -97,7 +97,9 @@ def _hellinger_triton(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> 
 def _hellinger(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
     if use_triton(S_a):
         return _hellinger_triton(S_a, S_b, power, squared)
-    # On CPU the vectorised ATen formula beats a per-row C++ loop (measured 0.4 vs 1.4 ms at 1024×512).
+    if S_a.device.type == "cpu" and _ext.available():  # one pass per row, vectorised (csrc/cpu/distances.cpp)
+        w = work_dtype(S_a.dtype)
+        return torch.ops.sdekernels_C.hellinger_fwd(S_a.to(w), S_b.to(w), power, squared).to(S_a.dtype)
     return ref.hellinger(S_a, S_b, power=power, squared=squared)
 
 

@@ -8,7 +8,9 @@ scattered onto it by an elementwise kernel, the adjoint transform back to x. kee
 zero P[0, 0]; the op adds it back to bin 0 (and its gradient) in ATen.
 block_dct_lowpass — one block²×block² projector applied to every block by a single matmul
 kernel; the projector is symmetric and idempotent, so the op is its own backward.
-esm_loss — ATen around the fused radial_psd, both variants. dog — separable blurs (ATen), analytic backward.
+esm_loss — ATen around the fused radial_psd, both variants. dog — both blurs and their difference as
+two GEMMs (the reflect-padded blurs as banded matrices); the analytic backward works from the saved
+output and per-sample std, so it blurs once (the adjoint map) and never recomputes the forward.
 Reference: reference/spectrum.py. Tests: python_tests/test_ops.py (generic), test_spectrum.py and
 test_official.py (against the official Spectrum Matching / FACT formulas).
 """
@@ -445,65 +447,80 @@ def _radius(sigma: float) -> int:
     return int(math.ceil(3.0 * sigma))
 
 
-def _blur_diff(z4: Tensor, sigma1: float, sigma2: float) -> Tensor:
-    """G_σ1 ∗ z − G_σ2 ∗ z per channel (separable normalised Gaussians, reflect padding); linear in z."""
-    out = []
-    for s in (sigma1, sigma2):
-        kernel = ref_spec._gaussian_kernel1d(2 * _radius(s) + 1, s, z4.dtype, z4.device)
-        out.append(ref_spec._blur(z4, kernel, "z"))
-    return out[0] - out[1]
+def _blur_matrix(n: int, sigma: float) -> Tensor:
+    """[n, n] float64: the 1-D normalised Gaussian blur of radius ⌈3σ⌉ with reflect padding as a matrix."""
+    r = _radius(sigma)
+    g = ref_spec._gaussian_kernel1d(2 * r + 1, sigma, torch.float64, "cpu")
+    pos = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
+    pos = torch.where(pos < 0, -pos, torch.where(pos > n - 1, 2 * (n - 1) - pos, pos))  # reflect (edge not repeated)
+    return torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, pos, g.expand(n, -1).contiguous())
 
 
-def _dog_stats(z: Tensor, sigma1: float, sigma2: float):
-    z4 = _as_4d(z.to(work_dtype(z.dtype)))
-    d = _blur_diff(z4, sigma1, sigma2)
-    std = d.flatten(1).std(dim=1, unbiased=False).reshape(-1, 1, 1, 1)
-    return z4, d, std
+@functools.lru_cache(maxsize=64)
+def _dog_matrices(H: int, W: int, sigma1: float, sigma2: float, dtype: torch.dtype, device: torch.device):
+    """(L [H, 2H], R [W, 2W]) with d = L · (z R).view(2H, W) = G1_H z G1_Wᵀ − G2_H z G2_Wᵀ per image:
+    R = [G1_Wᵀ, G2_Wᵀ] blurs the rows with both kernels side by side, so (z R) viewed as [2H, W]
+    interleaves the two results row by row, and L's columns interleave G1_H and −G2_H to match."""
+    R = torch.cat([_blur_matrix(W, sigma1).mT, _blur_matrix(W, sigma2).mT], 1)
+    L = torch.stack([_blur_matrix(H, sigma1), -_blur_matrix(H, sigma2)], 2).reshape(H, 2 * H)
+    return L.to(dtype=dtype, device=device), R.to(dtype=dtype, device=device)
+
+
+def _dog_map(z3: Tensor, sigma1: float, sigma2: float, adjoint: bool = False) -> Tensor:
+    """d = G_σ1 ∗ z − G_σ2 ∗ z of z3 [N, H, W] by two GEMMs (the blurs as banded matrices); with
+    `adjoint`, the adjoint map (the gradient of a linear map)."""
+    N, H, W = z3.shape
+    L, R = _dog_matrices(H, W, sigma1, sigma2, z3.dtype, z3.device)
+    if adjoint:
+        return (L.mT @ z3).reshape(N * H, 2 * W).matmul(R.mT).reshape(N, H, W)
+    return L @ z3.reshape(N * H, W).matmul(R).reshape(N, 2 * H, W)
 
 
 @torch.library.custom_op("sdekernels::dog", mutates_args=())
-def _dog(z: Tensor, sigma1: float, sigma2: float) -> Tensor:
-    if z.numel() == 0:
-        return z.new_empty(z.shape)
-    _, d, std = _dog_stats(z, sigma1, sigma2)
-    return (d / (std + 1e-6)).reshape(z.shape).to(z.dtype)
+def _dog(z: Tensor, sigma1: float, sigma2: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(output, per-sample std s and mean of d, both [N] in the work dtype: the backward needs only these)."""
+    C, H, W = z.shape[-3:]
+    d = _dog_map(z.to(work_dtype(z.dtype)).reshape(-1, H, W), sigma1, sigma2).reshape(-1, C * H * W)
+    s, mean = torch.std_mean(d, dim=1, correction=0)
+    return (d / (s + 1e-6)[:, None]).reshape(z.shape).to(z.dtype), s, mean
 
 
 @_dog.register_fake
 def _(z, sigma1, sigma2):
-    return z.new_empty(z.shape)
+    n = z.numel() // max(math.prod(z.shape[-3:]), 1)
+    w = work_dtype(z.dtype)
+    return z.new_empty(z.shape), z.new_empty(n, dtype=w), z.new_empty(n, dtype=w)
 
 
 @torch.library.custom_op("sdekernels::dog_backward", mutates_args=())
-def _dog_backward(z: Tensor, grad: Tensor, sigma1: float, sigma2: float) -> Tensor:
-    # o = d / (s + ε), s = population std of d:  dL/dd = g/(s+ε) − Σ(g·d)/(s+ε)² · (d − mean d)/(N·s),
-    # the second term taken as 0 where s = 0 (a constant d) so that no input gives NaN.
-    if z.numel() == 0:
-        return torch.zeros_like(z)
-    z4, d, s = _dog_stats(z, sigma1, sigma2)
-    g = grad.to(d.dtype).reshape(d.shape)
-    n = d[0].numel()
-    gd = (g * d).flatten(1).sum(1).reshape(-1, 1, 1, 1)
-    centred = d - d.mean((1, 2, 3), keepdim=True)
-    coef = torch.where(s > 0, gd / ((s + 1e-6) ** 2 * n * s.clamp_min(torch.finfo(s.dtype).tiny)), torch.zeros_like(s))
-    dd = g / (s + 1e-6) - coef * centred
-    (dz,) = ref_vjp(_blur_diff, (z4,), dd, sigma1=sigma1, sigma2=sigma2)  # the adjoint of a linear map
-    return grad_like(dz.reshape(z.shape), z)
+def _dog_backward(out: Tensor, s: Tensor, mean: Tensor, grad: Tensor, sigma1: float, sigma2: float) -> Tensor:
+    # o = d / (s + ε), s = population std of d:  dL/dd = g/(s+ε) − Σ(g·d)/(s+ε)² · (d − mean d)/(N·s)
+    #   = g/(s+ε) − Σ(g·o)/(N·s) · (o − mean o), from the saved output: no blur is recomputed.
+    # The second term is taken as 0 where s = 0 (a constant d) so that no input gives NaN.
+    C, H, W = out.shape[-3:]
+    o = out.to(s.dtype).reshape(s.shape[0], -1)
+    g = grad.to(s.dtype).reshape(o.shape)
+    inv = (1.0 / (s + 1e-6))[:, None]
+    coef = torch.where(s > 0, (g * o).sum(1) / (o.shape[1] * s.clamp_min(torch.finfo(s.dtype).tiny)), 0.0)[:, None]
+    dd = torch.addcmul((coef * mean[:, None]) * inv, g, inv) - coef * o  # g/(s+ε) − coef·(o − mean d/(s+ε))
+    dz = _dog_map(dd.reshape(-1, H, W), sigma1, sigma2, adjoint=True)
+    return dz.reshape(out.shape).to(out.dtype)
 
 
 @_dog_backward.register_fake
-def _(z, grad, sigma1, sigma2):
-    return torch.empty_like(z)
+def _(out, s, mean, grad, sigma1, sigma2):
+    return torch.empty_like(out)
 
 
 def _dog_setup(ctx, inputs, output):
-    z, ctx.sigma1, ctx.sigma2 = inputs
-    ctx.save_for_backward(z)
+    _, ctx.sigma1, ctx.sigma2 = inputs
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.save_for_backward(*output)
 
 
-def _dog_grad(ctx, grad):
-    (z,) = ctx.saved_tensors
-    return _dog_backward(z, grad, ctx.sigma1, ctx.sigma2), None, None
+def _dog_grad(ctx, grad, _gs, _gm):
+    out, s, mean = ctx.saved_tensors
+    return _dog_backward(out, s, mean, grad, ctx.sigma1, ctx.sigma2), None, None
 
 
 _dog.register_autograd(_dog_grad, setup_context=_dog_setup)
@@ -519,7 +536,7 @@ def dog(z: Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> Tensor:
     r = max(_radius(sigma1), _radius(sigma2))
     if r >= min(z.shape[-2:]):
         raise ValueError(f"z's H and W must exceed the blur radius {r}, got {tuple(z.shape[-2:])}")
-    return _dog(z, sigma1, sigma2)
+    return _dog(z, float(sigma1), float(sigma2))[0]
 
 
 # ---------------------------------------------------------------- registry entries

@@ -15,6 +15,7 @@ values, stabilised as in SPEC §1, so exact whatever the tail of the spectrum); 
 path the truncated-SVD gradient of SPEC §1 (exact only as σ_{k+1..r} → 0).
 Reference: reference/svd.py. Tests: python_tests/test_svd.py and the generic test_ops.py.
 """
+import functools
 import math
 
 import torch
@@ -477,23 +478,31 @@ def singular_values(F: Tensor) -> Tensor:
 # ---------------------------------------------------------------- spectral_partition
 
 
-def _quantile_sorted(asc: Tensor, q: float) -> Tensor:
-    """torch.quantile (linear interpolation) of rows already sorted ascending."""
-    r = asc.shape[-1]
-    pos = q * (r - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, r - 1)
-    frac = pos - lo
-    return asc[..., lo] + frac * (asc[..., hi] - asc[..., lo])
+@functools.lru_cache(maxsize=64)
+def _quartile_taps(r: int, dtype: torch.dtype, device: torch.device):
+    """torch.quantile's linear interpolation at q = 1/4, 1/2, 3/4 of r values sorted descending:
+    the positions of the (lower, upper) neighbours [6] and the fractions [3]."""
+    pos = [q * (r - 1) for q in (0.25, 0.5, 0.75)]
+    lo = [math.floor(p) for p in pos]
+    hi = [min(i + 1, r - 1) for i in lo]
+    idx = torch.tensor([r - 1 - i for i in lo + hi], device=device)  # ascending i is descending r − 1 − i
+    return idx, torch.tensor([p - i for p, i in zip(pos, lo)], dtype=dtype, device=device)
+
+
+def _sigma_den(m: int, n: int) -> float:
+    """σ̂ = median(σ) / √(max(m, n)·μ_β)."""
+    return math.sqrt(max(m, n) * mp_median(min(m, n) / max(m, n)))
 
 
 def partition_counts(S: Tensor, m: int, n: int, iqr_c: float):
-    """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, sorted-descending σ) in the work dtype."""
+    """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, sorted-descending σ) in the work dtype.
+    Few small ops (one gather for the three quartiles): at r ~ 1000 the op costs dispatch, not flops."""
     r = min(m, n)
     s = S.detach().to(work_dtype(S.dtype)).sort(-1, descending=True).values
-    asc = s.flip(-1)
-    q1, med, q3 = (_quantile_sorted(asc, q) for q in (0.25, 0.5, 0.75))
-    sigma_hat = med / math.sqrt(max(m, n) * mp_median(r / max(m, n)))
+    idx, frac = _quartile_taps(r, s.dtype, s.device)
+    v = s[..., idx]
+    q1, med, q3 = (v[..., :3] + frac * (v[..., 3:] - v[..., :3])).unbind(-1)
+    sigma_hat = med / _sigma_den(m, n)
     tau_noise = sigma_hat * (math.sqrt(m) + math.sqrt(n))
     tau_strong = torch.maximum(tau_noise, q3 + iqr_c * (q3 - q1))
     n_above = (s > tau_noise.unsqueeze(-1)).sum(-1)
@@ -503,32 +512,41 @@ def partition_counts(S: Tensor, m: int, n: int, iqr_c: float):
 
 
 def energies(s: Tensor, n_strong: Tensor, n_weak: Tensor):
-    """Energy fractions (strong, weak, noise) of descending σ; (1, 0, 0) for σ = 0, NaN for a NaN row."""
-    s2 = s * s
-    c = s2.cumsum(-1)
-    total = c[..., -1]
+    """Energy fractions (strong, weak, noise) of descending σ with n_strong >= 1 (as partition_counts
+    gives); (1, 0, 0) for σ = 0, NaN for a NaN row. Three separate tensors (custom ops may not
+    return views of one another)."""
+    return tuple(e.clone() for e in _energy_fractions(s, n_strong, n_weak).unbind(-1))
+
+
+def _energy_fractions(s: Tensor, n_strong: Tensor, n_weak: Tensor) -> Tensor:
+    """energies() as one [..., 3] tensor."""
+    c = (s * s).cumsum(-1)
+    ends = torch.stack([n_strong - 1, n_strong + n_weak - 1, n_strong.new_full((), s.shape[-1] - 1).expand_as(n_strong)], -1)
+    cum = c.gather(-1, ends)  # Σσ² up to the strong, the weak and the last entry
+    total = cum[..., 2:]
     zero = total == 0
-    safe = torch.where(zero, torch.ones_like(total), total)
-    at = lambda j: torch.gather(c, -1, (j - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1) * (j > 0)  # noqa: E731
-    c_s, c_sw = at(n_strong), at(n_strong + n_weak)
-    e_s = torch.where(zero, torch.ones_like(total), c_s / safe)
-    e_w = torch.where(zero, torch.zeros_like(total), (c_sw - c_s) / safe)
-    e_n = torch.where(zero, torch.zeros_like(total), (total - c_sw) / safe)
-    return e_s, e_w, e_n
+    e = torch.diff(cum, dim=-1, prepend=torch.zeros_like(total)) / torch.where(zero, 1.0, total)
+    return torch.where(zero, torch.tensor([1.0, 0.0, 0.0], dtype=e.dtype, device=e.device), e)
 
 
 @torch.library.custom_op("sdekernels::spectral_partition", mutates_args=())
 def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                            Tensor, Tensor, Tensor]:
-    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c)
-    e = energies(s, n_strong, n_weak)
-    return (n_strong.long(), n_weak.long(), *(x.to(S.dtype) for x in (tau_noise, tau_strong, sigma_hat, *e)))
+                                                                            Tensor]:
+    """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, energy fractions [..., 3])."""
+    if S.device.type == "cpu" and _ext.available() and S.shape[-1]:  # one C++ pass per sorted row
+        s = S.to(work_dtype(S.dtype)).sort(-1, descending=True).values
+        out = torch.ops.sdekernels_C.spectral_partition_fwd(s, iqr_c, _sigma_den(m, n), math.sqrt(m) + math.sqrt(n))
+    else:
+        n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c)
+        out = n_strong, n_weak, tau_noise, tau_strong, sigma_hat, _energy_fractions(s, n_strong, n_weak)
+    return (*out[:2], *(x.to(S.dtype) for x in out[2:]))
 
 
 @_spectral_partition.register_fake
 def _(S, m, n, iqr_c):
     b = S.shape[:-1]
-    return (S.new_empty(b, dtype=torch.long), S.new_empty(b, dtype=torch.long), *(S.new_empty(b) for _ in range(6)))
+    return (S.new_empty(b, dtype=torch.long), S.new_empty(b, dtype=torch.long), *(S.new_empty(b) for _ in range(3)),
+            S.new_empty(b + (3,)))
 
 
 def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> SpectralPartition:
@@ -544,8 +562,8 @@ def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> Spec
         raise ValueError(f"S must hold all min(m, n) = {min(m, n)} singular values in its last dimension, "
                          f"got shape {tuple(S.shape)}")
     iqr_c = check_real(iqr_c, "iqr_c", 0.0)
-    ns, nw, tn, ts, sh, es, ew, en = _spectral_partition(S.detach(), m, n, iqr_c)
-    return SpectralPartition(ns, nw, tn, ts, sh, (es, ew, en))
+    ns, nw, tn, ts, sh, e = _spectral_partition(S.detach(), m, n, iqr_c)
+    return SpectralPartition(ns, nw, tn, ts, sh, e.unbind(-1))
 
 
 # ---------------------------------------------------------------- registry entries

@@ -493,11 +493,13 @@ def _quantile_sorted(asc: Tensor, q: float) -> Tensor:
     return asc[..., lo] + frac * (asc[..., hi] - asc[..., lo])
 
 
-def partition_counts(S: Tensor, m: int, n: int, iqr_c: float):
-    """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, sorted-descending σ) in the work dtype."""
+def partition_counts(S: Tensor, m: int, n: int, iqr_c: float, center: bool = False):
+    """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, sorted-descending σ) in the work dtype.
+    center: S is the spectrum of a row-centred matrix, fitted with m − 1 rows (SPEC §2)."""
+    m = m - 1 if center else m
     r = min(m, n)
     s = S.detach().to(work_dtype(S.dtype)).sort(-1, descending=True).values
-    asc = s.flip(-1)
+    asc = s[..., :r].flip(-1)
     q1, med, q3 = (_quantile_sorted(asc, q) for q in (0.25, 0.5, 0.75))
     sigma_hat = med / math.sqrt(max(m, n) * mp_median(r / max(m, n)))
     tau_noise = sigma_hat * (math.sqrt(m) + math.sqrt(n))
@@ -524,24 +526,26 @@ def energies(s: Tensor, n_strong: Tensor, n_weak: Tensor):
 
 
 @torch.library.custom_op("sdekernels::spectral_partition", mutates_args=())
-def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                            Tensor, Tensor, Tensor]:
-    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c)
+def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float, center: bool = False) -> tuple[
+        Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c, center)
     e = energies(s, n_strong, n_weak)
     return (n_strong.long(), n_weak.long(), *(x.to(S.dtype) for x in (tau_noise, tau_strong, sigma_hat, *e)))
 
 
 @_spectral_partition.register_fake
-def _(S, m, n, iqr_c):
+def _(S, m, n, iqr_c, center=False):
     b = S.shape[:-1]
     return (S.new_empty(b, dtype=torch.long), S.new_empty(b, dtype=torch.long), *(S.new_empty(b) for _ in range(6)))
 
 
-def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> SpectralPartition:
+def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5, center: bool = False) -> SpectralPartition:
     """Strong / weak / noise partition of the r = min(m, n) singular values S [..., r] (SPEC §2).
 
     σ̂ = median(σ)/√(max(m, n)·μ_β) (μ_β the Marchenko–Pastur median, computed numerically and
     cached), τ_noise = σ̂(√m + √n), τ_strong = max(τ_noise, q3 + iqr_c(q3 − q1)); one sort per row.
+    center=True: S is the spectrum of the row-centred matrix; the fit uses m − 1 rows and the
+    min(m − 1, n) largest values.
     Returns a SpectralPartition of detached tensors of the batch shape (counts int64).
     """
     check(S, "S")
@@ -553,7 +557,11 @@ def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> Spec
                          f"got shape {tuple(S.shape)}")
     if not isinstance(iqr_c, (int, float)) or isinstance(iqr_c, bool) or not math.isfinite(iqr_c) or iqr_c < 0:
         raise ValueError(f"iqr_c must be a non-negative number, got {iqr_c!r}")
-    ns, nw, tn, ts, sh, es, ew, en = _spectral_partition(S.detach(), m, n, float(iqr_c))
+    if not isinstance(center, bool):
+        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    if center and m < 2:
+        raise ValueError(f"center=True needs m >= 2 rows, got m={m}")
+    ns, nw, tn, ts, sh, es, ew, en = _spectral_partition(S.detach(), m, n, float(iqr_c), center)
     return SpectralPartition(ns, nw, tn, ts, sh, (es, ew, en))
 
 

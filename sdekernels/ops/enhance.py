@@ -363,7 +363,7 @@ def _make(shape, device, dtype, gen):
     far above gradcheck's steps."""
     b, m, n, s = shape.get("batch", 0), shape["m"], shape["n"], shape.get("s", 4)
     F = planted(b, m, n, s, gen, ratio=shape.get("ratio", 0.6), tail=1e-3).to(device=device, dtype=dtype)
-    kwargs = {k: shape[k] for k in ("mode", "rho", "gamma_noise") if k in shape}
+    kwargs = {k: shape[k] for k in ("mode", "rho", "gamma_noise", "center") if k in shape}
     t = shape.get("t", 0.6)
     if shape.get("direction", True):
         d = torch.randn((*([b] if b else []), min(m, n)), generator=gen, dtype=torch.float64).to(device, dtype)
@@ -392,7 +392,8 @@ register(OpInfo(
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 8, "n": 6, "s": 3},
             {"batch": 2, "m": 5, "n": 9, "s": 2, "t": 0.0, "direction": False},
             {"batch": 0, "m": 30, "n": 24, "s": 6, "mode": "augment", "rho": 0.1},  # > 600 values: no gradcheck
-            {"batch": 2, "m": 16, "n": 20, "s": 5, "t": 1.0, "gamma_noise": 0.5}],
+            {"batch": 2, "m": 16, "n": 20, "s": 5, "t": 1.0, "gamma_noise": 0.5},
+            {"batch": 2, "m": 10, "n": 7, "s": 2, "center": True}],
     space={"batch": (0, 3), "m": (2, 30), "n": (2, 30), "s": (1, 2)},
     bad=_bad, tol={F64: (1e-9, 1e-8), torch.float32: (2e-5, 2e-4), torch.bfloat16: (3e-2, 3e-2),
                    torch.float16: (5e-3, 5e-3)},

@@ -697,20 +697,23 @@ def spiked(batch, m, n, s, strength, gen):
 def _make_partition(shape, device, dtype, gen):
     m, n = shape["m"], shape["n"]
     F = spiked(shape.get("batch", 0), m, n, shape.get("s", 2), 2.0, gen)
-    S = torch.linalg.svdvals(F)
-    return Sample((S.to(device=device, dtype=dtype), m, n), {"iqr_c": shape.get("iqr_c", 1.5)})
+    center = shape.get("center", False)
+    S = torch.linalg.svdvals(F - F.mean(-2, keepdim=True) if center else F)
+    return Sample((S.to(device=device, dtype=dtype), m, n), {"iqr_c": shape.get("iqr_c", 1.5), "center": center})
 
 
 def _bad_partition(device):
     S = torch.rand(3, 8, device=device)
     return [((S.tolist(), 8, 20), {}, "S"), ((S, 8, 7), {}, "S"), ((S.long(), 8, 20), {}, "S"),
-            ((S, 0, 20), {}, "m"), ((S, 8, 2.5), {}, "n"), ((S, 8, 20), {"iqr_c": -1.0}, "iqr_c")]
+            ((S, 0, 20), {}, "m"), ((S, 8, 2.5), {}, "n"), ((S, 8, 20), {"iqr_c": -1.0}, "iqr_c"),
+            ((S[:, :1], 1, 20), {"center": True}, "center")]
 
 
 register(OpInfo(
     name="spectral_partition", op=spectral_partition, ref=ref.spectral_partition, make=_make_partition,
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 30, "n": 50}, {"batch": 2, "m": 64, "n": 64, "s": 3},
-            {"batch": 0, "m": 90, "n": 40, "s": 4, "iqr_c": 3.0}],
+            {"batch": 0, "m": 90, "n": 40, "s": 4, "iqr_c": 3.0}, {"batch": 2, "m": 30, "n": 50, "s": 3, "center": True},
+            {"batch": 0, "m": 70, "n": 40, "s": 2, "center": True}],
     space={"batch": (0, 3), "m": (4, 60), "n": (4, 60), "s": (1, 3)},
     bad=_bad_partition, differentiable=False,
     tol={F64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (2e-3, 2e-3)},

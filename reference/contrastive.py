@@ -169,6 +169,11 @@ class SDELoss(torch.nn.Module):
     term stays global. cache_labels and rank are accepted for ClipLoss compatibility (no labels
     are materialised; the rank is the process group's).
 
+    center=True: partition, enhancement and both spectral terms act on the row-centred features
+    F − 1μᵀ (μ the batch mean), whose spectrum is not dominated by the shared mean direction; the
+    instance term sees F' = 1μᵀ + (F − 1μᵀ)'. spectral_terms: which terms make up L_spec (both
+    by default; fewer for ablations).
+
     The ops are reached through the class attribute ``ops`` so that a subclass can swap in
     fused implementations without copying the logic.
     """
@@ -183,6 +188,7 @@ class SDELoss(torch.nn.Module):
         hellinger=hellinger,
         subspace_distance=subspace_distance,
         gather=gather_batch,
+        center_rows=lambda F: F - F.mean(-2, keepdim=True),
     )
 
     def __init__(
@@ -209,6 +215,8 @@ class SDELoss(torch.nn.Module):
         rank: int = 0,
         world_size: int = 1,
         use_horovod: bool = False,
+        center: bool = False,
+        spectral_terms: tuple = ("hellinger", "subspace"),
     ):
         super().__init__()
         if total_steps is not None:
@@ -248,6 +256,13 @@ class SDELoss(torch.nn.Module):
         self.gamma_noise = gamma_noise
         self.rho = rho
         self.generator = generator
+        if not isinstance(center, bool):
+            raise TypeError(f"center must be a bool, got {type(center).__name__}")
+        self.center = center
+        spectral_terms = tuple(spectral_terms)
+        if not set(spectral_terms) <= {"hellinger", "subspace"}:
+            raise ValueError(f"spectral_terms must be a subset of ('hellinger', 'subspace'), got {spectral_terms!r}")
+        self.spectral_terms = spectral_terms
         self.num_calls = 0
         self.fixed_progress: Optional[float] = None
         self.seed: Optional[int] = None  # of ξ without a generator, agreed across ranks at first use
@@ -336,12 +351,16 @@ class SDELoss(torch.nn.Module):
         r = min(m, n)
 
         # 1–2. spectra, partitions and enhanced features
+        # center=True: every spectral quantity is that of the row-centred features X = F − 1μᵀ
+        X_a, X_b = (ops.center_rows(F_a), ops.center_rows(F_b)) if self.center else (F_a, F_b)
         kw = dict(eps_strong=self.eps_strong, gamma_weak=self.gamma_weak, gamma_noise=self.gamma_noise,
                   rho=self.rho, generator=self._generator(F_a, step), mode=self.mode, return_details=True)
+        if self.center:
+            kw["center"] = True
         E_a, part_a, _ = ops.spectral_enhance(F_a, t, direction=self._direction("a", F_a), **kw)
         E_b, part_b, _ = ops.spectral_enhance(F_b, t, direction=self._direction("b", F_b), **kw)
-        self._record_gradient("a", F_a, E_a)
-        self._record_gradient("b", F_b, E_b)
+        self._record_gradient("a", X_a, E_a)
+        self._record_gradient("b", X_b, E_b)
 
         # 3. instance term (local: this rank's rows against the gathered columns)
         if self.local_loss:  # without a process group: offset 0, every row (the global loss)
@@ -361,15 +380,15 @@ class SDELoss(torch.nn.Module):
             k_a = (part_a.n_strong + part_a.n_weak).min()
             k_b = (part_b.n_strong + part_b.n_weak).min()
             k = int(torch.minimum(k_a, k_b).item())
-        S_a, S_b = ops.singular_values(F_a), ops.singular_values(F_b)
-        _, Sk_a, V_a = ops.svd(F_a, k)
-        _, Sk_b, V_b = ops.svd(F_b, k)
-        loss_h = ops.hellinger(S_a, S_b, power=self.power)
-        if self.weighted_subspace:
-            loss_sub = ops.subspace_distance(V_a, V_b, S_a=Sk_a, S_b=Sk_b)
-        else:
-            loss_sub = ops.subspace_distance(V_a, V_b)
-        loss_spec = (loss_h + loss_sub).mean()
+        loss_spec = F_a.new_zeros(())
+        if "hellinger" in self.spectral_terms:
+            S_a, S_b = ops.singular_values(X_a), ops.singular_values(X_b)
+            loss_spec = loss_spec + ops.hellinger(S_a, S_b, power=self.power).mean()
+        if "subspace" in self.spectral_terms:
+            _, Sk_a, V_a = ops.svd(X_a, k)
+            _, Sk_b, V_b = ops.svd(X_b, k)
+            subspace = dict(S_a=Sk_a, S_b=Sk_b) if self.weighted_subspace else {}
+            loss_spec = loss_spec + ops.subspace_distance(V_a, V_b, **subspace).mean()
 
         # 5. curriculum mix
         loss = (1.0 - lam_t) * loss_inst + lam_t * loss_spec

@@ -127,7 +127,7 @@ class SpectralPartition(NamedTuple):
     energy: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (E_strong, E_weak, E_noise)
 
 
-def spectral_partition(S: torch.Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> SpectralPartition:
+def spectral_partition(S: torch.Tensor, m: int, n: int, *, iqr_c: float = 1.5, center: bool = False) -> SpectralPartition:
     """Strong / weak / noise partition of the singular values S [..., r] of an m×n matrix (SPEC §2).
 
     S must hold all r = min(m, n) singular values (any order; the sets refer to sorted order).
@@ -139,12 +139,17 @@ def spectral_partition(S: torch.Tensor, m: int, n: int, *, iqr_c: float = 1.5) -
     Energies are Σσ² over each set / Σσ²; when Σσ² = 0 (S all zero) they are defined as
     (1, 0, 0), consistent with n_strong = 1, n_weak = 0. The partition is piecewise constant
     in S; the returned tensors are detached from the graph.
+    center=True: S are the singular values of the row-centred matrix F − 1·mean(F), which has
+    m − 1 degrees of freedom: the fit (quantiles, σ̂, τ_noise) uses m' = m − 1 rows and the
+    r' = min(m', n) largest values (the structural zero, when m ≤ n, is left to the noise set).
     """
     if not isinstance(S, torch.Tensor) or S.dim() < 1:
         raise ValueError("S must be a tensor of shape [..., r]")
     m, n = int(m), int(n)
     if m < 1 or n < 1:
         raise ValueError(f"m and n must be positive, got m={m}, n={n}")
+    if center and m < 2:
+        raise ValueError(f"center=True needs m >= 2 rows, got m={m}")
     r = min(m, n)
     if S.shape[-1] != r:
         raise ValueError(f"S must hold all min(m, n) = {r} singular values, got {S.shape[-1]}")
@@ -152,11 +157,13 @@ def spectral_partition(S: torch.Tensor, m: int, n: int, *, iqr_c: float = 1.5) -
     s = _work(S.detach())
     s = torch.sort(s, dim=-1, descending=True).values
 
-    beta = r / max(m, n)
+    mf = m - 1 if center else m  # rows of the fit
+    rf = min(mf, n)
+    beta = rf / max(mf, n)
     q = torch.tensor([0.25, 0.5, 0.75], dtype=s.dtype, device=s.device)
-    q1, med, q3 = torch.quantile(s, q, dim=-1)  # each [...]
-    sigma_hat = med / math.sqrt(max(m, n) * mp_median(beta))
-    tau_noise = sigma_hat * (math.sqrt(m) + math.sqrt(n))
+    q1, med, q3 = torch.quantile(s[..., :rf], q, dim=-1)  # each [...]
+    sigma_hat = med / math.sqrt(max(mf, n) * mp_median(beta))
+    tau_noise = sigma_hat * (math.sqrt(mf) + math.sqrt(n))
     tau_strong = torch.maximum(tau_noise, q3 + iqr_c * (q3 - q1))
 
     n_above_noise = (s > tau_noise.unsqueeze(-1)).sum(-1)
@@ -198,6 +205,7 @@ def spectral_enhance(
     generator: Optional[torch.Generator] = None,
     mode: str = "full",
     return_details: bool = False,
+    center: bool = False,
 ):
     """Spectral enhancement F' = U diag(σ + δ) Vᵀ of F [..., m, n] at progress t (SPEC §4).
 
@@ -209,6 +217,9 @@ def spectral_enhance(
 
     mode="full": gradients flow through U, σ, V and δ(σ) (the partition itself is piecewise
     constant). mode="augment": F' = F + (U diag(δ) Vᵀ).detach(), so dF = dF'.
+    center=True: the SVD, partition (``spectral_partition(..., center=True)``) and δ are those of
+    the row-centred F_c = F − 1μᵀ (μ = mean over the m rows), and F' = 1μᵀ + U diag(σ + δ) Vᵀ: the
+    shared mean direction is kept as it is and the enhancement acts on the spread around it.
     Returns F', or (F', SpectralPartition, δ [..., r]) with return_details=True.
     """
     _check_matrix(F)
@@ -218,12 +229,15 @@ def spectral_enhance(
     dtype = F.dtype
     m, n = F.shape[-2], F.shape[-1]
     r = min(m, n)
+    if center and m < 2:
+        raise ValueError(f"center=True needs F with m >= 2 rows, got shape {tuple(F.shape)}")
     Fw = _work(F)
     batch = Fw.shape[:-2]
 
     with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "full"):
-        U, S, Vh = _svd(Fw)
-        part = spectral_partition(S, m, n)
+        Fc = Fw - Fw.mean(-2, keepdim=True) if center else Fw
+        U, S, Vh = _svd(Fc)
+        part = spectral_partition(S, m, n, center=center)
 
         if direction is not None:
             if direction.shape[-1] != r:
@@ -260,6 +274,8 @@ def spectral_enhance(
 
         if mode == "full":
             out = (U * (S + delta).unsqueeze(-2)) @ Vh
+            if center:
+                out = out + (Fw - Fc)  # the mean rows 1μᵀ
     if mode == "augment":
         delta = delta.detach()
         out = Fw + ((U * delta.unsqueeze(-2)) @ Vh).detach()

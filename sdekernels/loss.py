@@ -88,10 +88,22 @@ class _Spectra:
 
     def __init__(self):
         self.items = {}
+        self.centred = {}
+
+    @staticmethod
+    def key(F: Tensor):
+        return (F.data_ptr(), F.dtype, tuple(F.shape), tuple(F.stride()), F._version)
+
+    def center(self, F: Tensor) -> Tensor:
+        """F − 1μᵀ, one tensor per F during a call (so its decomposition is shared too)."""
+        key = self.key(F)
+        if key not in self.centred:
+            self.centred[key] = (F, F - F.mean(-2, keepdim=True))
+        return self.centred[key][1]
 
     def get(self, F: Tensor, k: int = 0):
         """(U, S, V) of F; k: the leading columns of U and V the caller will differentiate through."""
-        key = (F.data_ptr(), F.dtype, tuple(F.shape), tuple(F.stride()), F._version)
+        key = self.key(F)
         if key not in self.items:
             m, n = F.shape[-2:]
             used = types.SimpleNamespace(k=0)
@@ -129,18 +141,26 @@ def _singular_values(F: Tensor) -> Tensor:
     return singular_values(F) if sp is None else sp.get(F)[1].to(F.dtype)
 
 
+def _center_rows(F: Tensor) -> Tensor:
+    sp = getattr(_state, "spectra", None)
+    return F - F.mean(-2, keepdim=True) if sp is None else sp.center(F)
+
+
 def _spectral_enhance(F: Tensor, t: float, *, eps_strong=0.1, gamma_weak=0.3, gamma_noise=0.9, rho=0.5,
-                      direction=None, generator=None, mode="full", return_details=False):
-    """spectral_enhance (SPEC §4) from the shared decomposition: F' = s_n·F + U_k diag(c) V_kᵀ."""
+                      direction=None, generator=None, mode="full", return_details=False, center=False):
+    """spectral_enhance (SPEC §4) from the shared decomposition: F' = s_n·F + U_k diag(c) V_kᵀ
+    (of the centred features with center=True, whose mean rows are added back)."""
     sp = getattr(_state, "spectra", None)
     if sp is None:
         return spectral_enhance(F, t, eps_strong=eps_strong, gamma_weak=gamma_weak, gamma_noise=gamma_noise, rho=rho,
-                                direction=direction, generator=generator, mode=mode, return_details=return_details)
+                                direction=direction, generator=generator, mode=mode, return_details=return_details,
+                                center=center)
+    F0, F = F, (sp.center(F) if center else F)
     batch, (m, n) = F.shape[:-2], F.shape[-2:]
     U, S, V = sp.get(F)
     r = S.shape[-1]
     w = S.dtype
-    part = spectral_partition(S.detach(), m, n)
+    part = spectral_partition(S.detach(), m, n, center=center)
     if direction is not None:  # ξ exactly as the reference draws it
         xi = torch.sign(direction.detach()).to(device=F.device, dtype=w).expand(*batch, r)
     else:
@@ -156,7 +176,9 @@ def _spectral_enhance(F: Tensor, t: float, *, eps_strong=0.1, gamma_weak=0.3, ga
                                            eps_strong, gamma_weak, gamma_noise, rho)
         out = torch.baddbmm(Fw * s_n[:, None, None], U3 * c.unsqueeze(-2), V3.mT)
     if mode == "augment":  # dF = dF' (Fw above was taken without gradient)
-        out = F.reshape(-1, m, n).to(w) + (out - Fw).detach()
+        out = F0.reshape(-1, m, n).to(w) + (out - Fw).detach()
+    elif center:  # the mean rows 1μᵀ
+        out = out + (F0 - F).reshape(-1, m, n).to(w)
     out = out.reshape(F.shape).to(F.dtype)
     if not return_details:
         return out
@@ -185,6 +207,7 @@ FUSED_OPS = types.SimpleNamespace(**{
     "singular_values": _singular_values,
     "spectral_partition": spectral_partition,
     "spectral_enhance": _spectral_enhance,
+    "center_rows": _center_rows,
 })
 
 

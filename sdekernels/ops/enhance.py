@@ -130,7 +130,7 @@ def _short(x: Tensor) -> Tensor:
 
 @torch.library.custom_op("sdekernels::spectral_enhance", mutates_args=())
 def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: float, eps_strong: float,
-             gamma_weak: float, gamma_noise: float, rho: float) -> tuple[(Tensor,) * 14]:
+             gamma_weak: float, gamma_noise: float, rho: float, center: bool = False) -> tuple[(Tensor,) * 14]:
     """Outputs: F', three saved factors, ξ [R, r], the 8 partition fields, δ [..., r]. The factors are
     (W [R, r, r], σ [R, r], unused) on the Gram path, (U, S, V) of the top k_max on the randomized one."""
     w = work_dtype(F.dtype)
@@ -151,7 +151,7 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     else:
         S_all = gram_eigh(F3, finite, vectors=False, fast=fast_gram(r, F.dtype)).sqrt()
     S_all = torch.where(finite[:, None], S_all.to(w), float("nan"))
-    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s_sorted = partition_counts(S_all, m, n, 1.5)
+    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s_sorted = partition_counts(S_all, m, n, 1.5, center)
     e = energies(s_sorted, n_strong, n_weak)
     n_signal = n_strong + n_weak
     k = int(n_signal.max()) if R else 1
@@ -182,7 +182,7 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
 
 
 @_enhance.register_fake
-def _(F, xi, direction, alpha, eps_strong, gamma_weak, gamma_noise, rho):
+def _(F, xi, direction, alpha, eps_strong, gamma_weak, gamma_noise, rho, center=False):
     w = work_dtype(F.dtype)
     batch, (m, n) = F.shape[:-2], F.shape[-2:]
     R, r = math.prod(batch), min(m, n)
@@ -260,7 +260,8 @@ def _(F, grad, T1, T2, T3, xi, n_strong, n_weak, alpha, eps_strong, gamma_weak, 
 
 
 def _enhance_setup(ctx, inputs, output):
-    F, _, direction, *ctx.params = inputs
+    F, _, direction, *params = inputs
+    ctx.params = params[:5]  # alpha, eps_strong, gamma_weak, gamma_noise, rho (center acts on the forward only)
     ctx.has_direction = direction is not None
     ctx.save_for_backward(F, *output[1:7], direction)
 
@@ -268,7 +269,7 @@ def _enhance_setup(ctx, inputs, output):
 def _enhance_grad(ctx, grad, *_):
     F, T1, T2, T3, xi, n_strong, n_weak, direction = ctx.saved_tensors
     gF = _enhance_backward(F, grad, T1, T2, T3, xi, n_strong, n_weak, *ctx.params)
-    return gF, None, torch.zeros_like(direction) if ctx.has_direction else None, None, None, None, None, None
+    return gF, None, torch.zeros_like(direction) if ctx.has_direction else None, None, None, None, None, None, None
 
 
 _enhance.register_autograd(_enhance_grad, setup_context=_enhance_setup)
@@ -294,7 +295,8 @@ def _check_float(v, name, lo=0.0):
 
 def spectral_enhance(F: Tensor, t: float, *, eps_strong: float = 0.1, gamma_weak: float = 0.3,
                      gamma_noise: float = 0.9, rho: float = 0.5, direction: Tensor | None = None,
-                     generator: torch.Generator | None = None, mode: str = "full", return_details: bool = False):
+                     generator: torch.Generator | None = None, mode: str = "full", return_details: bool = False,
+                     center: bool = False):
     """Spectral enhancement F' = U diag(σ + δ) Vᵀ of F [..., m, n] at training progress t (SPEC §4).
 
     δ: strong values perturbed by eps_strong·α(t)·(σ_i/σ_1)·σ_i·ξ_i (ξ = sign(direction) if given,
@@ -303,6 +305,8 @@ def spectral_enhance(F: Tensor, t: float, *, eps_strong: float = 0.1, gamma_weak
     ‖δ‖ ≤ rho‖σ‖. Computed as s_n·F + U_k diag(c) V_kᵀ from the top-k triplets only.
     mode="full": gradients through σ, U, V (the truncated-SVD backward of SPEC §1: exact where
     the noise singular values are small next to the signal ones); mode="augment": dF = dF'.
+    center=True: decomposition, partition and δ of the row-centred F_c = F − 1μᵀ, and
+    F' = 1μᵀ + F_c' (the reference's definition; SPEC §4).
     Returns F' in F's dtype, or (F', SpectralPartition, δ [..., r]) with return_details=True
     (partition and δ detached).
     """
@@ -326,13 +330,20 @@ def spectral_enhance(F: Tensor, t: float, *, eps_strong: float = 0.1, gamma_weak
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         xi = 2.0 * torch.rand((*batch, r), generator=generator, dtype=torch.float32, device=F.device) - 1.0
+    if not isinstance(center, bool):
+        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    if center and F.shape[-2] < 2:
+        raise ValueError(f"center=True needs F with m >= 2 rows, got shape {tuple(F.shape)}")
     a = _alpha(float(t))
+    Fc = F - F.mean(-2, keepdim=True) if center else F
     if mode == "full":
-        outs = _enhance(F, xi, direction, a, *params)
+        outs = _enhance(Fc, xi, direction, a, *params, center)
     else:
         with torch.no_grad():
-            outs = _enhance(F.detach(), xi, None if direction is None else direction.detach(), a, *params)
+            outs = _enhance(Fc.detach(), xi, None if direction is None else direction.detach(), a, *params, center)
     Fp, part, delta = outs[0], outs[5:5 + _PART_OUTS], outs[-1]
+    if center:
+        Fp = Fp + (F - Fc).detach() if mode == "augment" else Fp + (F - Fc)
     if mode == "augment":
         Fp = _Augment.apply(F, Fp)
     if not return_details:
@@ -348,7 +359,7 @@ def _make(shape, device, dtype, gen):
     far above gradcheck's steps."""
     b, m, n, s = shape.get("batch", 0), shape["m"], shape["n"], shape.get("s", 4)
     F = planted(b, m, n, s, gen, ratio=shape.get("ratio", 0.6), tail=1e-3).to(device=device, dtype=dtype)
-    kwargs = {k: shape[k] for k in ("mode", "rho", "gamma_noise") if k in shape}
+    kwargs = {k: shape[k] for k in ("mode", "rho", "gamma_noise", "center") if k in shape}
     t = shape.get("t", 0.6)
     if shape.get("direction", True):
         d = torch.randn((*([b] if b else []), min(m, n)), generator=gen, dtype=torch.float64).to(device, dtype)
@@ -378,7 +389,8 @@ register(OpInfo(
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 8, "n": 6, "s": 3},
             {"batch": 2, "m": 5, "n": 9, "s": 2, "t": 0.0, "direction": False},
             {"batch": 0, "m": 30, "n": 24, "s": 6, "mode": "augment", "rho": 0.1},  # > 600 values: no gradcheck
-            {"batch": 2, "m": 16, "n": 20, "s": 5, "t": 1.0, "gamma_noise": 0.5}],
+            {"batch": 2, "m": 16, "n": 20, "s": 5, "t": 1.0, "gamma_noise": 0.5},
+            {"batch": 2, "m": 10, "n": 7, "s": 2, "center": True}],
     space={"batch": (0, 3), "m": (2, 30), "n": (2, 30), "s": (1, 2)},
     bad=_bad, tol={F64: (1e-9, 1e-8), torch.float32: (2e-5, 2e-4), torch.bfloat16: (3e-2, 3e-2),
                    torch.float16: (5e-3, 5e-3)},

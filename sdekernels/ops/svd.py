@@ -494,9 +494,12 @@ def _sigma_den(m: int, n: int) -> float:
     return math.sqrt(max(m, n) * mp_median(min(m, n) / max(m, n)))
 
 
-def partition_counts(S: Tensor, m: int, n: int, iqr_c: float):
+def partition_counts(S: Tensor, m: int, n: int, iqr_c: float, center: bool = False):
     """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, sorted-descending σ) in the work dtype.
-    Few small ops (one gather for the three quartiles): at r ~ 1000 the op costs dispatch, not flops."""
+    Few small ops (one gather for the three quartiles): at r ~ 1000 the op costs dispatch, not flops.
+    center: S is the spectrum of a row-centred matrix, fitted with m − 1 rows and its top
+    min(m − 1, n) values (SPEC §2)."""
+    m = m - 1 if center else m
     r = min(m, n)
     s = S.detach().to(work_dtype(S.dtype)).sort(-1, descending=True).values
     idx, frac = _quartile_taps(r, s.dtype, s.device)
@@ -530,30 +533,32 @@ def _energy_fractions(s: Tensor, n_strong: Tensor, n_weak: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("sdekernels::spectral_partition", mutates_args=())
-def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                            Tensor]:
+def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float, center: bool = False) -> tuple[
+        Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, energy fractions [..., 3])."""
-    if S.device.type == "cpu" and _ext.available() and S.shape[-1]:  # one C++ pass per sorted row
+    if S.device.type == "cpu" and _ext.available() and S.shape[-1] and not center:  # one C++ pass per sorted row
         s = S.to(work_dtype(S.dtype)).sort(-1, descending=True).values
         out = torch.ops.sdekernels_C.spectral_partition_fwd(s, iqr_c, _sigma_den(m, n), math.sqrt(m) + math.sqrt(n))
     else:
-        n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c)
+        n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c, center)
         out = n_strong, n_weak, tau_noise, tau_strong, sigma_hat, _energy_fractions(s, n_strong, n_weak)
     return (*out[:2], *(x.to(S.dtype) for x in out[2:]))
 
 
 @_spectral_partition.register_fake
-def _(S, m, n, iqr_c):
+def _(S, m, n, iqr_c, center=False):
     b = S.shape[:-1]
     return (S.new_empty(b, dtype=torch.long), S.new_empty(b, dtype=torch.long), *(S.new_empty(b) for _ in range(3)),
             S.new_empty(b + (3,)))
 
 
-def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> SpectralPartition:
+def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5, center: bool = False) -> SpectralPartition:
     """Strong / weak / noise partition of the r = min(m, n) singular values S [..., r] (SPEC §2).
 
     σ̂ = median(σ)/√(max(m, n)·μ_β) (μ_β the Marchenko–Pastur median, computed numerically and
     cached), τ_noise = σ̂(√m + √n), τ_strong = max(τ_noise, q3 + iqr_c(q3 − q1)); one sort per row.
+    center=True: S is the spectrum of the row-centred matrix; the fit uses m − 1 rows and the
+    min(m − 1, n) largest values.
     Returns a SpectralPartition of detached tensors of the batch shape (counts int64).
     """
     check(S, "S")
@@ -562,7 +567,11 @@ def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5) -> Spec
         raise ValueError(f"S must hold all min(m, n) = {min(m, n)} singular values in its last dimension, "
                          f"got shape {tuple(S.shape)}")
     iqr_c = check_real(iqr_c, "iqr_c", 0.0)
-    ns, nw, tn, ts, sh, e = _spectral_partition(S.detach(), m, n, iqr_c)
+    if not isinstance(center, bool):
+        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    if center and m < 2:
+        raise ValueError(f"center=True needs m >= 2 rows, got m={m}")
+    ns, nw, tn, ts, sh, e = _spectral_partition(S.detach(), m, n, iqr_c, center)
     return SpectralPartition(ns, nw, tn, ts, sh, e.unbind(-1))
 
 
@@ -699,21 +708,24 @@ def spiked(batch, m, n, s, strength, gen):
 def _make_partition(shape, device, dtype, gen):
     m, n = shape["m"], shape["n"]
     F = spiked(shape.get("batch", 0), m, n, shape.get("s", 2), 2.0, gen)
-    S = torch.linalg.svdvals(F)
-    return Sample((S.to(device=device, dtype=dtype), m, n), {"iqr_c": shape.get("iqr_c", 1.5)})
+    center = shape.get("center", False)
+    S = torch.linalg.svdvals(F - F.mean(-2, keepdim=True) if center else F)
+    return Sample((S.to(device=device, dtype=dtype), m, n), {"iqr_c": shape.get("iqr_c", 1.5), "center": center})
 
 
 def _bad_partition(device):
     S = torch.rand(3, 8, device=device)
     return [((S.tolist(), 8, 20), {}, "S"), ((S, 8, 7), {}, "S"), ((S.long(), 8, 20), {}, "S"),
             ((S, 0, 20), {}, "m"), ((S, 8, 2.5), {}, "n", TypeError), ((S, 8, 20), {"iqr_c": -1.0}, "iqr_c"),
-            ((S, 8, 20), {"iqr_c": float("inf")}, "iqr_c")]
+            ((S, 8, 20), {"iqr_c": float("inf")}, "iqr_c"), ((S[:, :1], 1, 20), {"center": True}, "center"),
+            ((S, 8, 20), {"center": 1}, "center", TypeError)]
 
 
 register(OpInfo(
     name="spectral_partition", op=spectral_partition, ref=ref.spectral_partition, make=_make_partition,
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 30, "n": 50}, {"batch": 2, "m": 64, "n": 64, "s": 3},
-            {"batch": 0, "m": 90, "n": 40, "s": 4, "iqr_c": 3.0}],
+            {"batch": 0, "m": 90, "n": 40, "s": 4, "iqr_c": 3.0}, {"batch": 2, "m": 30, "n": 50, "s": 3, "center": True},
+            {"batch": 0, "m": 70, "n": 40, "s": 2, "center": True}],
     space={"batch": (0, 3), "m": (4, 60), "n": (4, 60), "s": (1, 3)},
     bad=_bad_partition, differentiable=False,
     tol={F64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (2e-3, 2e-3)},

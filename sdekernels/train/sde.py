@@ -102,10 +102,12 @@ def image_features(model, x, device, batch=1000):
     return torch.cat([model.encode_image(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
 
 
-def spectral_energy(ops, F: torch.Tensor) -> dict:
-    """Strong/weak/noise energy fractions and counts of spectral_partition of a feature matrix [m, n]."""
-    S = ops.singular_values(F.double())
-    part = ops.spectral_partition(S, F.shape[0], F.shape[1])
+def spectral_energy(ops, F: torch.Tensor, center: bool = False) -> dict:
+    """Strong/weak/noise energy fractions and counts of spectral_partition of a feature matrix [m, n]
+    (of F − mean(F) with center=True)."""
+    F = F.double()
+    S = ops.singular_values(F - F.mean(0) if center else F)
+    part = ops.spectral_partition(S, F.shape[0], F.shape[1], center=center)
     e = [float(v) for v in part.energy]
     return {"energy_strong": e[0], "energy_weak": e[1], "energy_noise": e[2],
             "n_strong": int(part.n_strong), "n_weak": int(part.n_weak)}
@@ -123,7 +125,7 @@ def evaluate(model, ops, test_x, test_y, cap_emb, n_templates, device, seed, par
     F = image_features(model, test_x[:partition_batch], device)
     out.update(spectral_energy(ops, F))
     # the same without the batch-mean direction, which holds almost all the energy of normalised features
-    out.update({f"centered_{k}": v for k, v in spectral_energy(ops, F - F.mean(0)).items()})
+    out.update({f"centered_{k}": v for k, v in spectral_energy(ops, F, center=True).items()})
     model.train(was)
     return out
 
@@ -134,6 +136,15 @@ def main(argv=None) -> int:
     p.add_argument("--loss", choices=("sde", "infonce"), default="sde")
     p.add_argument("--dim", type=common.POSITIVE, default=128)
     p.add_argument("--width", type=common.POSITIVE, default=32)
+    g = p.add_argument_group("SDELoss variant (ablations)")
+    g.add_argument("--center", action="store_true", help="partition, enhancement and spectral terms on F − mean(F)")
+    g.add_argument("--mode", choices=("full", "augment"), default="full", help="enhancement mode (SPEC §4)")
+    g.add_argument("--no-enhance", action="store_true", help="no enhancement: δ = 0, F' = F")
+    g.add_argument("--spectral-terms", default="hellinger,subspace",
+                   help="comma-separated terms of L_spec: hellinger, subspace (empty: none)")
+    unit = common.float_range(0.0, 1.0)
+    g.add_argument("--lambda-start", type=unit, default=0.5, help="λ(0) of the curriculum (SPEC §3)")
+    g.add_argument("--lambda-end", type=unit, default=0.05, help="λ(1); equal to --lambda-start for a constant λ")
     p.add_argument("--templates", type=common.int_range(1, len(data.TEMPLATES)), default=len(data.TEMPLATES),
                    help=f"use the first N of the {len(data.TEMPLATES)} caption templates "
                         "(a class keeps at most N images per batch)")
@@ -167,7 +178,14 @@ def main(argv=None) -> int:
     sched = common.warmup_cosine(opt, args.steps, warmup=50)
     # SDELoss's random enhancement directions, drawn on the features' device
     gen = torch.Generator(device=device).manual_seed(args.seed + 1)
-    sde_loss = ops.SDELoss(args.steps, generator=gen) if args.loss == "sde" else None
+    terms = tuple(t for t in args.spectral_terms.split(",") if t)
+    if not set(terms) <= {"hellinger", "subspace"}:
+        p.error(f"--spectral-terms: expected hellinger and/or subspace, got {args.spectral_terms!r}")
+    variant = dict(center=args.center, mode=args.mode, spectral_terms=terms, lambda_start=args.lambda_start,
+                   lambda_end=args.lambda_end)
+    if args.no_enhance:
+        variant.update(eps_strong=0.0, gamma_weak=0.0, gamma_noise=0.0)
+    sde_loss = ops.SDELoss(args.steps, generator=gen, **variant) if args.loss == "sde" else None
     run = common.Run(args, {"model": model, "opt": opt, "sched": sched}, {"sde": gen})
     if run.restore() == 0:
         run.extra["before"] = evaluate(model, ops, test_x, test_y, cap_emb, T, device, args.seed)
@@ -204,6 +222,7 @@ def main(argv=None) -> int:
     metrics = common.read_metrics(run_dir)
     summary = {"driver": "sde", "loss": args.loss, "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks,
                "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
+               "variant": {**variant, "spectral_terms": list(terms)} if sde_loss is not None else None,
                "train_samples": train_n, "test_samples": len(test_x),
                "final_loss": metrics[-1]["loss"], "before": run.extra["before"], "after": after,
                "train_seconds_this_process": train_seconds}

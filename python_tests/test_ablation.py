@@ -1,0 +1,109 @@
+"""The SDE ablation's switches (center=True, spectral_terms, no enhancement) against the reference,
+and the ablation script's cells (benchmarks/sde_ablation.py): exact repeats of one command."""
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as Fn
+
+import sdekernels as sk
+import sdekernels.nn as snn
+import sdekernels.reference as ref
+from sdekernels.data import have_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = [{}, {"center": True}, {"center": True, "mode": "augment"}, {"spectral_terms": ("subspace",)},
+            {"spectral_terms": ("hellinger",)}, {"spectral_terms": ()},
+            {"eps_strong": 0.0, "gamma_weak": 0.0, "gamma_noise": 0.0}, {"lambda_start": 0.3, "lambda_end": 0.3}]
+
+
+def _features(gen, m=48, n=12):
+    """Normalised features sharing one mean direction (as a CLIP batch does) plus a rank-3 signal."""
+    a = torch.randn(m, n, generator=gen, dtype=torch.float64) * 0.3 + 2.0
+    a[:, :3] += torch.randn(m, 3, generator=gen, dtype=torch.float64) * 1.5
+    b = a + 0.2 * torch.randn(m, n, generator=gen, dtype=torch.float64)
+    return Fn.normalize(a, dim=-1), Fn.normalize(b, dim=-1)
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def test_sdeloss_variant_matches_reference(kw):
+    a, b = _features(torch.Generator().manual_seed(0))
+    out = []
+    for cls in (snn.SDELoss, ref.SDELoss):
+        A, B = a.clone().requires_grad_(), b.clone().requires_grad_()
+        loss = cls(10, generator=torch.Generator().manual_seed(3), **kw)
+        value = loss(A, B, torch.tensor(10.0, dtype=torch.float64), step=4)
+        value.backward()
+        out.append((value.detach(), A.grad, B.grad, loss.last_stats))
+    (l1, ga1, gb1, s1), (l2, ga2, gb2, s2) = out
+    torch.testing.assert_close(l1, l2, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ga1, ga2, atol=1e-11, rtol=1e-8)
+    torch.testing.assert_close(gb1, gb2, atol=1e-11, rtol=1e-8)
+    assert s1 == pytest.approx(s2, rel=1e-9, abs=1e-12)
+    if kw.get("spectral_terms") == ():
+        assert s1["loss_spec"] == 0.0
+
+
+def test_center_removes_the_mean_direction():
+    """Uncentred, the shared mean direction is one more signal value, holding almost all energy;
+    centred, the partition sees the planted rank-3 signal alone."""
+    a, _ = _features(torch.Generator().manual_seed(1), m=200, n=40)
+    plain = sk.spectral_partition(sk.singular_values(a), 200, 40)
+    S = sk.singular_values(a - a.mean(0))
+    centred = sk.spectral_partition(S, 200, 40, center=True)
+    assert float(plain.energy[0]) > 0.9 and int(plain.n_strong + plain.n_weak) == 4
+    assert int(centred.n_strong + centred.n_weak) == 3 and float(centred.energy[0]) < float(plain.energy[0])
+    want = ref.spectral_partition(S, 200, 40, center=True)
+    assert torch.equal(centred.n_strong, want.n_strong) and torch.equal(centred.n_weak, want.n_weak)
+
+
+def test_center_keeps_the_mean_rows():
+    a, _ = _features(torch.Generator().manual_seed(2))
+    for op in (sk.spectral_enhance, ref.spectral_enhance):
+        out = op(a, 0.5, generator=torch.Generator().manual_seed(0), center=True)
+        torch.testing.assert_close(out.mean(0), a.mean(0), atol=1e-12, rtol=0)
+        assert not torch.allclose(out, a)
+
+
+def test_center_argument_checks():
+    S = torch.rand(4, 3)
+    with pytest.raises(TypeError, match="center"):
+        sk.spectral_partition(S, 3, 5, center=1)
+    with pytest.raises(ValueError, match="center"):
+        sk.spectral_enhance(torch.randn(1, 4), 0.5, center=True)
+    with pytest.raises(ValueError, match="spectral_terms"):
+        snn.SDELoss(10, spectral_terms=("entropy",))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("sde_ablation", ROOT / "benchmarks" / "sde_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ablation_record_is_complete():
+    """Every recorded cell names its command, its metric key and the accuracies and energies."""
+    mod = _script()
+    record = ROOT / "benchmarks" / "results" / "training" / "sde_ablation.json"
+    if not record.exists():
+        pytest.skip("no ablation record yet")
+    cells = json.loads(record.read_text())["cells"]
+    assert {(c["variant"], c["seed"]) for c in cells} == {(v, s) for v in mod.VARIANTS for s in mod.SEEDS}
+    for c in cells:
+        assert c["command"] == shlex.join(mod.command(c["variant"], c["seed"], c["steps"]))
+        assert c["metric"] == mod.METRIC and 0.0 <= c["value"] <= 1.0
+        assert all(k in c for k in mod.EXTRA)
+
+
+@pytest.mark.skipif(not have_fashion_mnist(), reason="needs Fashion-MNIST")
+def test_ablation_cell_repeats_exactly(tmp_path, monkeypatch):
+    """One short cell (the centred variant, 3 steps) twice: identical accuracies and energies."""
+    mod = _script()
+    monkeypatch.chdir(tmp_path)
+    first, second = (mod.run_cell("center", 0, 3) for _ in range(2))
+    for k in ("value", *mod.EXTRA):
+        assert first[k] == second[k], k

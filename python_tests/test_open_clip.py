@@ -191,3 +191,88 @@ def test_readme_open_clip_swap_runs():
         resumed(**{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in model_out.items()})
     resumed(**{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in model_out.items()})
     assert resumed.last_stats["t"] == pytest.approx(1 / 40) and resumed.num_calls == 2
+
+
+@pytest.fixture
+def open_clip_train(monkeypatch):
+    """open_clip and its train_one_epoch importable without torchvision: stub modules stand in for
+    the torchvision names open_clip imports (its image transforms and FrozenBatchNorm2d, unused here);
+    open_clip's modules, bound to the stubs, are dropped afterwards."""
+    import importlib
+    import importlib.machinery
+    import sys
+    import types
+
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open-clip-torch is not installed (.ci/setup installs it)")
+
+    class Anything(type):
+        def __getattr__(cls, attr):
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return attr
+
+    def stub_attr(attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return Anything(attr, (), {"__init__": lambda self, *a, **k: None})
+
+    if importlib.util.find_spec("torchvision") is None:
+        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops",
+                     "torchvision.ops.misc"):
+            module = types.ModuleType(name)
+            module.__path__, module.__getattr__ = [], stub_attr
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            monkeypatch.setitem(sys.modules, name, module)
+            if "." in name:
+                parent, child = name.rsplit(".", 1)
+                setattr(sys.modules[parent], child, module)
+    import open_clip
+    from open_clip_train.train import train_one_epoch
+
+    yield open_clip, train_one_epoch
+    for name in [n for n in sys.modules if n.split(".")[0] in ("open_clip", "open_clip_train")]:
+        del sys.modules[name]
+
+
+def _train_tiny_clip(open_clip, train_one_epoch, loss, accum_freq=1, steps=3):
+    """`steps` optimizer steps of open_clip's own train_one_epoch on a tiny CLIP (one-layer ViT and
+    text transformer), fixed data; returns the parameters afterwards."""
+    import types
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=16, vision_cfg={"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
+                                                     "head_width": 16},
+                           text_cfg={"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+                           output_dict=True)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 64, (8, 8), generator=g))
+               for _ in range(steps * accum_freq)]
+    loader = type("Loader", (), {"num_batches": len(batches), "num_samples": 8 * len(batches),
+                                 "__iter__": lambda self: iter(batches)})()
+    data = {"train": types.SimpleNamespace(set_epoch=lambda epoch: None, dataloader=loader)}
+    args = types.SimpleNamespace(device="cpu", precision="fp32", accum_freq=accum_freq, distill=False,
+                                 skip_scheduler=True, grad_clip_norm=None, horovod=False, log_every_n_steps=1,
+                                 batch_size=8, world_size=1, rank=0, local_rank=0, wandb=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # Adam would amplify rounding-level gradients
+    train_one_epoch(model, data, loss, 0, optimizer, None, None, None, args)
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("accum_freq", [1, 2])
+def test_open_clip_train_one_epoch_with_sde_loss(open_clip_train, accum_freq):
+    """SDELoss swapped into open_clip's training loop: reduced to its instance term it trains the
+    tiny CLIP exactly as ClipLoss does; the full loss trains, and counts one step per call made
+    with gradients (accum_freq calls per optimizer step)."""
+    open_clip, train_one_epoch = open_clip_train
+    mod = open_clip_loss()
+    start = _train_tiny_clip(open_clip, train_one_epoch, mod.ClipLoss(), accum_freq, steps=0)
+    clip = _train_tiny_clip(open_clip, train_one_epoch, mod.ClipLoss(), accum_freq)
+    ours = _train_tiny_clip(open_clip, train_one_epoch, off_sde(), accum_freq)
+    # float32: the two losses' gradients differ by rounding (~1e-7 relative), 3 SGD steps of lr 0.5;
+    # a real difference in the loss moves parameters by ~1e-2
+    torch.testing.assert_close(ours, clip, atol=2e-5, rtol=1e-4)
+    full = SDELoss(3 * accum_freq)
+    trained = _train_tiny_clip(open_clip, train_one_epoch, full, accum_freq)
+    assert torch.isfinite(trained).all() and not torch.equal(trained, start)
+    assert full.num_calls == 3 * accum_freq and full.last_stats["t"] == pytest.approx((3 * accum_freq - 1) / (3 * accum_freq))

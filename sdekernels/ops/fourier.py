@@ -178,11 +178,12 @@ def _scale(norm: str, H: int, W: int) -> float:
 
 
 def _blocks(acc: torch.dtype):
-    """Tiles, warps and dot precision of both DFT stages (no spills under sm_90 in the compile
-    report: 64×64 tiles with K steps of 32 spilled ~280 B in the split stage). tf32x3 keeps fp32
-    accuracy (a phase is as sensitive as the smallest amplitude); fp64 runs on the fp64 MMA."""
+    """Tiles, warps and dot precision of both DFT stages (no spills for sm_90 under Triton 3.6 and
+    3.9: 64×64 tiles with K steps of 32 spilled ~280 B in the fp32 split stage, 32×32 ~2.5 KB in
+    fp64 under 3.6). tf32x3 keeps fp32 accuracy (a phase is as sensitive as the smallest
+    amplitude); fp64 runs on the fp64 MMA."""
     if acc == torch.float64:
-        return dict(PRECISION="ieee", BM=32, BN=32, BK=16, num_warps=4)
+        return dict(PRECISION="ieee", BM=16, BN=32, BK=16, num_warps=4)
     return dict(PRECISION=kt.precision(acc), BM=64, BN=32, BK=16, num_warps=4)
 
 
@@ -216,7 +217,7 @@ def _merge_half_triton(A: Tensor, P: Tensor, W: int, onesided: bool, centered: b
     Z = torch.empty((R, H, Wh, 2), device=A.device, dtype=acc)
     total = R * H * Wh
     if total:
-        BLOCK = 512  # 2 entries per thread: 4 per thread spilled (sin/cos of two points each)
+        BLOCK = 256  # one entry per thread: more spilled (two sin/cos pairs each; up to 1.2 KB in fp64)
         _merge_kernel[(triton.cdiv(total, BLOCK),)](A, P, Z, total, H, W, Wh, Wo, ONESIDED=onesided,
                                                     CENTERED=centered, ACC=kt.acc(acc), BLOCK=BLOCK, num_warps=8)
     return Z

@@ -82,6 +82,8 @@ def triton_bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
     if K == 0:
         return c.zero_()
     dot = kt.operand(a.dtype, b.dtype, out=out_dtype)
+    if dot == torch.float64:  # Triton 3.6 fails to compile a bf16/fp16 -> fp64 dot operand (MMAv2 lowering)
+        a, b = (t.float() if t.dtype in kt.LOW else t for t in (a, b))
     BM, BN, BK, warps = kt.gemm_tiles(M, N, K, dot)
     grid = (R, triton.cdiv(M, BM), triton.cdiv(N, BN))
     _bmm_kernel[grid](a, b, c, M, N, K, _bstride(a, 0), a.stride(1), a.stride(2), _bstride(b, 0), b.stride(1),

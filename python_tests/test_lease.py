@@ -44,3 +44,20 @@ def test_a_failing_or_slow_stage_is_reported_and_the_next_still_runs(tmp_path):
     rows = [line.split("\t") for line in (tmp_path / "out" / "stages.tsv").read_text().splitlines()[1:]]
     assert [(r[0], r[2]) for r in rows] == [("one", "3"), ("slow", "124"), ("two", "0")]
     assert (tmp_path / "out" / "two.txt").read_text() == "ran\n"
+
+
+def test_roofline_takes_each_case_at_its_slowest_dot_path():
+    import sys
+
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from roofline import RATES, path
+
+    fma = {"has_dot": True, "tensor_cores": "", "dot_dtypes": ["f32"], "dot_precision": "ieee", "tc_types": ""}
+    x3 = {"has_dot": True, "tensor_cores": "wgmma", "dot_dtypes": ["f32"], "dot_precision": "tf32x3", "tc_types": "tf32"}
+    bf = {"has_dot": True, "tensor_cores": "wgmma", "dot_dtypes": ["bf16"], "dot_precision": "", "tc_types": "bf16"}
+    dmma = {"has_dot": True, "tensor_cores": "mma", "dot_dtypes": ["f64"], "dot_precision": "", "tc_types": "f64"}
+    assert path([], torch.float32) == "fp32 FMA" and path([], torch.float64) == "fp64 FMA"
+    assert path([bf], torch.bfloat16) == "bf16" and path([bf, x3], torch.float32) == "tf32x3"
+    assert path([x3, fma], torch.float32) == "fp32 FMA" and path([dmma], torch.float64) == "f64 tensor"
+    assert RATES["tf32x3"] < RATES["tf32"] < RATES["bf16"]

@@ -1,12 +1,15 @@
 """`python -m sdekernels aot`: every Triton kernel compiled for a GPU, on a machine without one.
 
 The specialisations are the ones the ops really launch. Every registry op runs at its bench (or
-test) shapes on CPU tensors with each Triton launch recorded instead of run: the host launchers
-choose grids, tiles, warps and dtypes as they would, and Triton's own binder turns the arguments
-into the signature, constexprs and alignment attributes it would compile on the GPU. Each distinct
-specialisation is then compiled for the target (`triton.compile`), and the report gives ptxas's
-resource usage (registers, stack = spills, shared memory, from `cuobjdump`) and whether the dots
-lowered to tensor-core instructions (`wgmma`/`mma` in the PTX).
+test) shapes, in every dtype it is tested in, on CPU, with each Triton launch recorded instead of
+run: the host launchers choose grids, tiles, warps and dtypes as they would (their CUDA choices,
+through `_core.emulate_cuda`), and Triton's own binder turns the arguments into the signature,
+constexprs and alignment attributes it would compile on the GPU. The ops run on fake tensors (no
+storage: any size costs nothing); where host code reads data, on real tensors of zeros, the
+recorded kernels' outputs zeroed too, so a size computed from data (spectral_enhance's rank) is
+that of zeros, not of the bench's data. Each distinct specialisation is then compiled for the
+target (`triton.compile`), with ptxas's report of registers, spills and shared memory, and
+whether its dots became tensor-core instructions (`wgmma`/`mma` in the PTX).
 """
 import contextlib
 import io
@@ -49,6 +52,12 @@ class Spec:
         """The element types of the kernel's pointer arguments, in order of first use."""
         types = [t[1:] for t in self.signature.values() if isinstance(t, str) and t.startswith("*")]
         return ",".join(dict.fromkeys(types))
+
+    def div16(self) -> str:
+        """The integer arguments Triton specialised as multiples of 16 (they change the code)."""
+        names = self.fn.arg_names
+        return ",".join(names[k[0]] for k, v in self.attrs.items()
+                        if v and not str(self.signature.get(names[k[0]], "")).startswith("*"))
 
     def constants(self) -> str:
         names = self.fn.arg_names
@@ -282,7 +291,7 @@ def compile_spec(spec: Spec, target) -> dict:
     import triton
     from triton.compiler import ASTSource
 
-    row = {"kernel": spec.name, "dtype": spec.dtype(), "constexprs": spec.constants(),
+    row = {"kernel": spec.name, "dtype": spec.dtype(), "constexprs": spec.constants(), "div16": spec.div16(),
            "num_warps": spec.options.num_warps, "num_stages": spec.options.num_stages,
            "signature": {k: v for k, v in spec.signature.items() if v != "constexpr"}, "cases": spec.cases}
     t0 = time.perf_counter()
@@ -380,10 +389,10 @@ def report(shapes: str = "bench", arch: str = "sm_90", ops=None, progress=True) 
 
 
 def table(rows) -> str:
-    cols = ["kernel", "dtype", "constexprs", "num_warps", "status", "regs", "spill_bytes", "shared_bytes", "has_dot",
-            "tensor_cores", "problems"]
-    head = ["kernel", "dtype", "constexprs", "warps", "status", "regs", "spill B", "shared B", "dot", "tensor cores",
-            "problems"]
+    cols = ["kernel", "dtype", "constexprs", "div16", "num_warps", "num_stages", "status", "regs", "spill_bytes",
+            "shared_bytes", "has_dot", "tensor_cores", "problems"]
+    head = ["kernel", "dtype", "constexprs", "%16", "warps", "stages", "status", "regs", "spill B", "shared B", "dot",
+            "tensor cores", "problems"]
     fmt = lambda v: ",".join(v) if isinstance(v, list) else ("-" if v in ("", None) else str(v))  # noqa: E731
     cells = [head] + [[fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]

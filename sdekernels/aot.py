@@ -313,7 +313,9 @@ _PTXAS_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
 
 def ptxas_usage(log: str) -> list[dict]:
-    """Per kernel of an `nvcc -Xptxas -v` (or `ptxas -v`) log: registers, stack, spills, shared memory."""
+    """Per kernel of an `nvcc -Xptxas -v` (or `ptxas -v`) log: registers, stack frame, spills (bytes of
+    spill stores plus spill loads; a stack frame without them is a local array, not a spill) and
+    static shared memory."""
     rows = []
     for line in log.splitlines():
         if m := _PTXAS_FN.search(line):

@@ -9,6 +9,7 @@ import warnings
 import pytest
 
 from sdekernels import _ext
+from sdekernels.aot import SHARED_LIMIT, nvcc_command, ptxas_usage
 
 CI = os.environ.get("CI") == "true"
 
@@ -27,15 +28,20 @@ def _nvcc():
 
 @pytest.mark.parametrize("source", sorted(glob.glob(os.path.join(_ext.csrc_dir(), "cuda", "*.cu"))),
                          ids=os.path.basename)
-def test_cuda_source_compiles_for_sm90(source, tmp_path):
+def test_cuda_source_compiles_for_sm90_without_spills(source, tmp_path):
     nvcc = _nvcc()
     if nvcc is None:
         if CI:
             pytest.fail("CI must compile-check the CUDA sources, but nvcc is missing")
         pytest.skip("no nvcc here")
-    out = subprocess.run([nvcc, "-arch=sm_90", "-O3", "-std=c++17", "-c", source, "-o", str(tmp_path / "k.o")],
-                         capture_output=True, text=True)
+    out = subprocess.run(nvcc_command(nvcc, source, str(tmp_path / "k.o")), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-4000:]
+    kernels = ptxas_usage(out.stdout + out.stderr)  # nvcc -Xptxas -v: per kernel registers, spills, smem
+    assert kernels, "ptxas reported no kernel"
+    for k in kernels:
+        print(f"{k['kernel']}: {k['regs']} registers, {k['shared_bytes']} B shared, {k['stack_bytes']} B stack")
+    assert not [k for k in kernels if k["spill_bytes"]], f"register spills: {[k for k in kernels if k['spill_bytes']]}"
+    assert all(k["shared_bytes"] <= SHARED_LIMIT for k in kernels)
 
 
 def test_failed_build_warns_once_and_falls_back(monkeypatch):

@@ -1,4 +1,4 @@
-"""Command line: python -m sdekernels info | check | bench | train sde|farl|esm."""
+"""Command line: python -m sdekernels info | check | bench | aot | train sde|farl|esm."""
 import argparse
 import sys
 import time
@@ -110,6 +110,13 @@ def main(argv=None) -> int:
     b.add_argument("--cpu-time", action="store_true",
                    help="time by the process's CPU time, not the wall clock (CPU, one thread: for a shared, loaded machine)")
     b.add_argument("--no-progress", action="store_true")
+    a = sub.add_parser("aot", help="compile every Triton kernel at the specialisations the ops launch, for a GPU "
+                       "target, and report registers, spills, shared memory and tensor-core use (no GPU needed)")
+    a.add_argument("--arch", default="sm_90")
+    a.add_argument("--shapes", default="bench", choices=["bench", "test"])
+    a.add_argument("--op", action="append", help="only this op (repeatable)")
+    a.add_argument("--json", help="write the rows to this file")
+    a.add_argument("--no-progress", action="store_true")
     t = sub.add_parser("train", help="training drivers: train sde|farl|esm --help", add_help=False)
     t.add_argument("which", choices=("sde", "farl", "esm"))
     t.add_argument("rest", nargs=argparse.REMAINDER, help="the driver's own arguments")
@@ -125,6 +132,10 @@ def main(argv=None) -> int:
         from .train import main as train_main
 
         return train_main(args.which, args.rest)
+    if args.cmd == "aot":
+        from .aot import main as aot_main
+
+        return aot_main(args)
     return {"info": _info, "check": _check, "bench": _bench}[args.cmd](args)
 
 

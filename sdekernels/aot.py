@@ -1,0 +1,424 @@
+"""`python -m sdekernels aot`: every Triton kernel compiled for a GPU, on a machine without one.
+
+The specialisations are the ones the ops really launch. Every registry op runs at its bench (or
+test) shapes, in every dtype it is tested in, on CPU, with each Triton launch recorded instead of
+run: the host launchers choose grids, tiles, warps and dtypes as they would (their CUDA choices,
+through `_core.emulate_cuda`), and Triton's own binder turns the arguments into the signature,
+constexprs and alignment attributes it would compile on the GPU. The ops run on fake tensors (no
+storage: any size costs nothing); where host code reads data, on real tensors of zeros, the
+recorded kernels' outputs zeroed too, so a size computed from data (spectral_enhance's rank) is
+that of zeros, not of the bench's data. Each distinct specialisation is then compiled for the
+target (`triton.compile`), with ptxas's report of registers, spills and shared memory, and
+whether its dots became tensor-core instructions (`wgmma`/`mma` in the PTX).
+"""
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _core
+from .registry import Sample, all_ops, flat
+
+SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may use on Hopper
+
+
+@dataclass
+class Spec:
+    """One distinct specialisation of a kernel and the (op, shape, dtype) cases that launch it."""
+    fn: object                  # the JITFunction
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    options: object             # the backend's options (num_warps, num_stages, ...)
+    cases: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+    def key(self) -> str:
+        return repr((self.fn.fn.__module__, self.name, self.signature, sorted(self.constexprs.items()),
+                     sorted(self.attrs.items()), self.options))
+
+    def dtype(self) -> str:
+        """The element types of the kernel's pointer arguments, in order of first use."""
+        types = [t[1:] for t in self.signature.values() if isinstance(t, str) and t.startswith("*")]
+        return ",".join(dict.fromkeys(types))
+
+    def div16(self) -> str:
+        """The integer arguments Triton specialised as multiples of 16 (they change the code)."""
+        names = self.fn.arg_names
+        return ",".join(names[k[0]] for k, v in self.attrs.items()
+                        if v and not str(self.signature.get(names[k[0]], "")).startswith("*"))
+
+    def constants(self) -> str:
+        names = self.fn.arg_names
+        return " ".join(f"{names[k[0]] if isinstance(k, tuple) else k}={_short(v)}" for k, v in self.constexprs.items())
+
+
+def _short(v) -> str:
+    s = str(v)
+    return s[len("triton.language."):] if s.startswith("triton.language.") else s
+
+
+class _Ptr:
+    """What Triton's binder reads of a pointer argument (dtype, address) for a tensor without
+    storage: allocations are taken as 256-byte aligned, plus the view's offset."""
+
+    def __init__(self, t: torch.Tensor):
+        self.dtype, self.ptr = t.dtype, 256 + t.storage_offset() * t.element_size()
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+
+class _Recorder:
+    """Stands in for `JITFunction.run`: binds the arguments as Triton would for `target` and keeps
+    the specialisation. Nothing is launched; a real tensor argument is zeroed instead, so that what
+    follows stays finite."""
+
+    def __init__(self, target):
+        from triton.compiler import make_backend
+
+        self.target = target
+        self.backend = make_backend(target)
+        self.binders = {}
+        self.specs: dict[str, Spec] = {}
+        self.case = None
+
+    def bind(self, fn, args, kwargs):
+        from triton.runtime.jit import create_function_from_signature
+
+        if fn not in self.binders:
+            self.binders[fn] = create_function_from_signature(fn.signature, fn.params, self.backend)
+        kwargs = dict(kwargs, debug=kwargs.get("debug", fn.debug) or False)
+        bound, specialization, options = self.binders[fn](*args, **kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(self.backend, kwargs, bound, specialization, options)
+        return Spec(fn, signature, constexprs, attrs, options)
+
+    def __call__(self, fn, *args, grid, warmup, **kwargs):
+        spec = self.bind(fn, [_Ptr(a) if _is_fake(a) else a for a in args], kwargs)
+        spec = self.specs.setdefault(spec.key(), spec)
+        if self.case not in spec.cases:
+            spec.cases.append(self.case)
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and not _is_fake(a):
+                a.data.zero_()  # .data: autograd's version counters are not bumped
+
+
+def _is_fake(t) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+@contextlib.contextmanager
+def recording(recorder: _Recorder):
+    """Inside: Triton launches (of CPU tensors too) go to `recorder`; the library's custom ops run
+    their real host code on fake tensors too; the host code takes the branches it takes on a GPU
+    where the library offers that setting."""
+    from torch._library.custom_ops import OPDEFS
+    from triton.runtime.jit import JITFunction
+
+    if _core.INTERPRET:
+        raise RuntimeError("aot needs compiled kernels: run it without TRITON_INTERPRET=1")
+    ops = [d for name, d in OPDEFS.items() if name.startswith("sdekernels::")]
+    fakes = [d._abstract_fn for d in ops]
+    old_run, old_cpu = JITFunction.run, getattr(_core._state, "cpu", False)
+    JITFunction.run = lambda fn, *a, **k: recorder(fn, *a, **k)
+    _core._state.cpu = True  # use_triton() on CPU tensors; the launches never reach a device
+    for d in ops:
+        d._abstract_fn = d._init_fn
+    try:
+        with _cuda_host():
+            yield recorder
+    finally:
+        JITFunction.run, _core._state.cpu = old_run, old_cpu
+        for d, f in zip(ops, fakes):
+            d._abstract_fn = f
+
+
+def _cuda_host():
+    """The library's setting that makes host code take its CUDA choices on CPU tensors (tiles, warps,
+    dot precision, grid splits), where the library has it."""
+    setting = getattr(_core, "emulate_cuda", None)
+    return setting() if setting else contextlib.nullcontext()
+
+
+def cases(shapes: str, ops=None):
+    """(op info, shape, dtype, backward) for every op, shape of the set and dtype it is tested in."""
+    for name, info in sorted(all_ops().items()):
+        if ops and name not in ops:
+            continue
+        for shape in (info.bench if shapes == "bench" else info.shapes):
+            backward = info.differentiable and (shapes == "test" or bool(shape.get("backward")))
+            for dtype in info.tol:
+                yield info, shape, dtype, backward
+
+
+def label(info, shape, dtype, backward) -> str:
+    sh = ",".join(f"{k}={v}" for k, v in shape.items() if k not in ("quick", "backward"))
+    return f"{info.name}({sh}) {str(dtype).replace('torch.', '')}{' fwd+bwd' if backward else ''}"
+
+
+def run_case(info, shape, dtype, backward):
+    """One call of the op on CPU (forward, and backward when asked) with its launches recorded:
+    on fake tensors first (no storage, no arithmetic, any size in no time); where host code reads
+    data (a data-dependent size), again on real tensors of zeros."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def make():
+        return Sample(*info.make(shape, torch.device("cpu"), dtype, torch.Generator().manual_seed(0)).prepared())
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            _call(info, make(), backward)
+        return "fake"
+    except Exception:
+        pass
+    try:
+        with FakeTensorMode():
+            s = make()
+        s = s.map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype).zero_())
+    except Exception:  # a maker that reads its own data
+        s = make()
+    _call(info, s, backward)
+    return "zeros"
+
+
+def _call(info, s: Sample, backward: bool):
+    if not backward:
+        with torch.no_grad():
+            s.call(info.op)
+        return
+    s = info.leaves(s)
+    outs = [t for t in flat(s.call(info.op)) if t.is_floating_point() and t.requires_grad]
+    if outs:
+        sum(o.float().sum() for o in outs).backward()
+
+
+def capture(shapes: str, target, ops=None, progress=True):
+    """The distinct specialisations launched at `shapes`, and the cases that raised."""
+    recorder = _Recorder(target)
+    failed, timing = [], []
+    todo = list(cases(shapes, ops))
+    with recording(recorder), torch.random.fork_rng():
+        for case in _progress(todo, "capture", progress):
+            recorder.case = label(*case)
+            t0 = time.perf_counter()
+            try:
+                how = run_case(*case)
+            except Exception as e:
+                how = "failed"
+                failed.append((recorder.case, f"{type(e).__name__}: {str(e).strip()[:200]}"))
+            timing.append({"case": recorder.case, "tensors": how, "s": round(time.perf_counter() - t0, 3)})
+    return list(recorder.specs.values()), failed, timing
+
+
+def _progress(items, desc, enabled):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return items
+    return tqdm(items, desc=desc, disable=not enabled, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- compile and inspect
+
+
+def _bin(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers, stack and static shared memory of the one kernel in `cubin` (cuobjdump)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([_bin("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not m:
+        raise RuntimeError(f"no resource usage in cuobjdump's output: {out[-300:]}")
+    reg, stack, shared, local = map(int, m.groups())
+    return {"regs": reg, "stack_bytes": stack, "spill_bytes": stack + local, "shared_bytes": shared}
+
+
+_DOT = re.compile(r"tt\.dot(?:_scaled)?\s.*?:\s*tensor<[0-9x]+x(\w+)")
+
+
+def inspect(kernel, ptxas_log: str = "") -> dict:
+    """Row fields of a compiled kernel: registers and spills (ptxas's log, else cuobjdump), shared
+    memory, its dots and the tensor-core instructions they became."""
+    ptx, ttir = kernel.asm["ptx"], kernel.asm["ttir"]
+    usage = ptxas_usage(ptxas_log)
+    if usage:
+        row = {k: usage[0][k] for k in ("regs", "stack_bytes", "spill_bytes", "shared_bytes")}
+    else:
+        row = resource_usage(kernel.asm["cubin"])
+    dots = sorted(set(_DOT.findall(ttir)))
+    row.update(shared_bytes=max(int(kernel.metadata.shared), row["shared_bytes"]), has_dot=bool(dots),
+               dot_dtypes=dots, dot_precision=",".join(sorted(set(re.findall(r"inputPrecision = (\w+)", ttir)))),
+               tensor_cores=",".join(sorted(set(re.findall(r"\b(wgmma|mma)\.", ptx)))),
+               tc_types=",".join(sorted(set(re.findall(r"\b(?:wgmma\.mma_async|mma)\.\S*?\.(tf32|bf16|f16|f64|e4m3|e5m2)\b", ptx)))))
+    return row
+
+
+@contextlib.contextmanager
+def _ptxas_log():
+    """Triton prints ptxas's -v log (registers, stack, spill stores and loads) while this is on."""
+    from triton import knobs
+
+    old = knobs.nvidia.dump_ptxas_log
+    knobs.nvidia.dump_ptxas_log = True
+    try:
+        yield
+    finally:
+        knobs.nvidia.dump_ptxas_log = old
+
+
+def compile_spec(spec: Spec, target) -> dict:
+    import triton
+    from triton.compiler import ASTSource
+
+    row = {"kernel": spec.name, "dtype": spec.dtype(), "constexprs": spec.constants(), "div16": spec.div16(),
+           "num_warps": spec.options.num_warps, "num_stages": spec.options.num_stages,
+           "signature": {k: v for k, v in spec.signature.items() if v != "constexpr"}, "cases": spec.cases}
+    t0 = time.perf_counter()
+    log = io.StringIO()
+    try:
+        with _ptxas_log(), contextlib.redirect_stdout(log):
+            kernel = triton.compile(ASTSource(spec.fn, spec.signature, spec.constexprs, spec.attrs), target=target,
+                                    options=spec.options.__dict__)
+        row.update(status="ok", **inspect(kernel, log.getvalue()))
+    except Exception as e:
+        row.update(status="error", error=f"{type(e).__name__}: {str(e).strip()[-1500:]}")
+    row["compile_s"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+_PTXAS_FN = re.compile(r"Compiling entry function '(\S+)' for '(\w+)'")
+_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def ptxas_usage(log: str) -> list[dict]:
+    """Per kernel of an `nvcc -Xptxas -v` (or `ptxas -v`) log: registers, stack frame, spills (bytes of
+    spill stores plus spill loads; a stack frame without them is a local array, not a spill) and
+    static shared memory."""
+    rows = []
+    for line in log.splitlines():
+        if m := _PTXAS_FN.search(line):
+            rows.append({"kernel": m.group(1), "arch": m.group(2), "regs": 0, "stack_bytes": 0, "spill_bytes": 0,
+                         "shared_bytes": 0})
+        elif rows and (m := _PTXAS_FRAME.search(line)):
+            rows[-1].update(stack_bytes=int(m.group(1)), spill_bytes=int(m.group(2)) + int(m.group(3)))
+        elif rows and (m := _PTXAS_USED.search(line)):
+            rows[-1].update(regs=int(m.group(1)), shared_bytes=int(m.group(2) or 0))
+    return rows
+
+
+def nvcc_rows(arch: str = "sm_90") -> list[dict]:
+    """The CUDA kernels of csrc/cuda compiled by nvcc for `arch` (empty without nvcc)."""
+    import glob
+    import shutil
+
+    from ._ext import csrc_dir
+
+    nvcc = shutil.which("nvcc") or next(iter(glob.glob("/usr/local/cuda*/bin/nvcc")), None)
+    if nvcc is None:
+        return []
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sorted(glob.glob(os.path.join(csrc_dir(), "cuda", "*.cu"))):
+            out = subprocess.run(nvcc_command(nvcc, src, os.path.join(tmp, "k.o"), arch), capture_output=True, text=True)
+            if out.returncode:
+                rows.append({"kernel": os.path.basename(src), "status": "error", "error": out.stderr[-1500:]})
+                continue
+            rows += [dict(r, source=os.path.basename(src), status="ok") for r in ptxas_usage(out.stdout + out.stderr)]
+    return rows
+
+
+def nvcc_command(nvcc: str, source: str, output: str, arch: str = "sm_90") -> list[str]:
+    return [nvcc, f"-arch={arch}", "-O3", "-std=c++17", "-Xptxas", "-v", "-c", source, "-o", output]
+
+
+def problems(row: dict) -> list[str]:
+    """What the CI refuses in a row: a compile error, a spill, shared memory over the limit, a
+    dot other than float64 off the tensor cores."""
+    if row["status"] != "ok":
+        return ["error"]
+    out = []
+    if row["spill_bytes"]:
+        out.append("spill")
+    if row["shared_bytes"] > SHARED_LIMIT:
+        out.append("shared")
+    if row["has_dot"] and not row["tensor_cores"] and any(t != "f64" for t in row["dot_dtypes"]):
+        out.append("fma_dot")
+    return out
+
+
+def report(shapes: str = "bench", arch: str = "sm_90", ops=None, progress=True) -> dict:
+    """{"rows": one per specialisation, "failed": cases whose capture raised, "environment": ...}."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    m = re.fullmatch(r"sm_(\d+)a?", arch)
+    if not m:
+        raise ValueError(f"arch must look like sm_90, got {arch!r}")
+    target = GPUTarget("cuda", int(m.group(1)), 32)
+    t0 = time.perf_counter()
+    specs, failed, timing = capture(shapes, target, ops, progress)
+    t1 = time.perf_counter()
+    specs.sort(key=lambda s: (s.name, s.dtype(), s.constants(), s.options.num_warps))
+    rows = [compile_spec(s, target) for s in _progress(specs, f"compile {arch}", progress)]
+    for row in rows:
+        row["problems"] = problems(row)
+    env = {"triton": triton.__version__, "torch": torch.__version__, "arch": arch, "shapes": shapes,
+           "capture_s": round(t1 - t0, 1), "compile_s": round(time.perf_counter() - t1, 1)}
+    return {"environment": env, "failed": [{"case": c, "error": e} for c, e in failed], "cases": timing,
+            "rows": rows}
+
+
+def table(rows) -> str:
+    cols = ["kernel", "dtype", "constexprs", "div16", "num_warps", "num_stages", "status", "regs", "spill_bytes",
+            "shared_bytes", "has_dot", "tensor_cores", "problems"]
+    head = ["kernel", "dtype", "constexprs", "%16", "warps", "stages", "status", "regs", "spill B", "shared B", "dot",
+            "tensor cores", "problems"]
+    fmt = lambda v: ",".join(v) if isinstance(v, list) else ("-" if v in ("", None) else str(v))  # noqa: E731
+    cells = [head] + [[fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells)
+
+
+def main(args) -> int:
+    """The `aot` subcommand (args: arch, shapes, op, json, no_progress). Exit 1 on a compile error
+    or a case whose capture raised; the checks of the rows are the CI's (python_tests/test_aot.py)."""
+    if _core.INTERPRET:  # the kernels were built for the interpreter: start again without it
+        argv = ["aot", "--arch", args.arch, "--shapes", args.shapes, *(["--json", args.json] if args.json else []),
+                *[a for op in args.op or () for a in ("--op", op)], *(["--no-progress"] if args.no_progress else [])]
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        return subprocess.call([sys.executable, "-m", "sdekernels", *argv], env=env)
+    rep = report(args.shapes, args.arch, args.op, progress=not args.no_progress)
+    print(table(rep["rows"]))
+    for f in rep["failed"]:
+        print(f"capture failed: {f['case']}: {f['error']}")
+    bad = sum(bool(r["problems"]) for r in rep["rows"])
+    env = rep["environment"]
+    print(f"{len(rep['rows'])} specialisations, {bad} with problems; triton {env['triton']}, "
+          f"capture {env['capture_s']} s, compile {env['compile_s']} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rep, f, indent=1, default=str)
+        print(f"wrote {args.json}")
+    return 1 if rep["failed"] or any(r["status"] != "ok" for r in rep["rows"]) else 0

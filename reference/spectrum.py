@@ -8,6 +8,17 @@ import torch.nn.functional as Fn
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def sample_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per sample of x [R, ...]: the power of two c with max|x| / c in [1, 2) (1 for a zero or non-finite
+    sample), shaped [R, 1, ...]. The floors of radial_psd and dog act on x / c: relative to the
+    sample's scale, not absolute (SPEC §10), and piecewise constant in x (no gradient)."""
+    a = x.detach().abs().flatten(1).amax(1)
+    e = torch.where(torch.isfinite(a) & (a > 0), torch.frexp(a).exponent - 1, 0)
+    fi = torch.finfo(x.dtype)
+    e = e.clamp(round(math.log2(fi.tiny)) + 1, math.floor(math.log2(fi.max)) - 1)
+    return torch.exp2(e.to(x.dtype)).reshape(-1, *([1] * (x.dim() - 1)))
+
+
 def _work(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in _LOW_PRECISION else x
 
@@ -65,7 +76,8 @@ def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", cente
     r_max = √((H−1)² + (W−1)²); transform="fft": P = |FFT2|² / (HW), r = √(min(u, H−u)² +
     min(v, W−v)²), r_max = √(⌊H/2⌋² + ⌊W/2⌋²). Each sample-channel's spatial mean is removed
     first when center="mean" (center=None or "none": not). P is averaged over channels
-    (channel_reduce="mean") or kept per channel ("none"), clamped ≥ 1e-12, P[0, 0] = 0;
+    (channel_reduce="mean") or kept per channel ("none"), clamped ≥ 1e-12·c² with c =
+    sample_scale of the centred x (SPEC §9's absolute 1e-12 made relative, SPEC §10), P[0, 0] = 0;
     bin = min(⌊r / r_max · bins⌋, bins − 1) and the output [..., bins] (or [..., C, bins]) is
     the mean of P per bin, 0 for an empty bin (the DC entry counts, with value 0, in bin 0).
     """
@@ -85,7 +97,8 @@ def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", cente
         P = torch.fft.fft2(xw).abs() ** 2 / (H * W)
     if channel_reduce == "mean":
         P = P.mean(dim=-3)
-    P = P.clamp_min(1e-12)
+    c = sample_scale((xw - xw.mean(dim=(-2, -1), keepdim=True)).reshape(-1, *xw.shape[-3:]))
+    P = torch.maximum(P, 1e-12 * (c * c).reshape(*xw.shape[:-3], *([1] * (P.dim() - len(xw.shape[:-3])))))
     dc = torch.zeros(H, W, dtype=torch.bool, device=P.device)
     dc[0, 0] = True
     P = torch.where(dc, torch.zeros_like(P), P)
@@ -200,7 +213,10 @@ def dog(z: torch.Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> torch.Tens
     """Difference of Gaussians of z [..., C, H, W], normalised per sample (SPEC §9).
 
     d = G_σ1 ∗ z − G_σ2 ∗ z per channel (normalised Gaussians of radius ⌈3σ⌉, reflect
-    padding), returned as d / (population std of d over each sample's C·H·W values + 1e-6).
+    padding), returned as d / max(population std of d over each sample's C·H·W values, 1e-6·c),
+    c = sample_scale(z). SPEC §9's "+ 1e-6" is absolute; SPEC §10 wins: the floor is relative to
+    the sample's scale and acts only on a (near) constant d, so the output is invariant to the
+    scale of z.
     """
     _check_images(z, "z")
     if sigma1 <= 0 or sigma2 <= 0:
@@ -213,5 +229,5 @@ def dog(z: torch.Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> torch.Tens
         blurred.append(_blur(zw, _gaussian_kernel1d(2 * radius + 1, sigma, zw.dtype, zw.device), "z"))
     d = blurred[0] - blurred[1]
     std = d.flatten(1).std(dim=1, unbiased=False)
-    out = d / (std + 1e-6).reshape(-1, 1, 1, 1)
+    out = d / torch.maximum(std.reshape(-1, 1, 1, 1), 1e-6 * sample_scale(zw))
     return out.reshape(*batch, *out.shape[1:]).to(dtype)

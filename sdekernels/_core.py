@@ -1,5 +1,6 @@
 """Shared plumbing of every op: argument checks, dtype policy, and the choice of kernel path."""
 import contextlib
+import math
 import os
 import threading
 
@@ -92,6 +93,19 @@ def ref_vjp(fn, tensors, grad, **kwargs):
         used = [t for t in leaves if t is not None]
         grads = iter(torch.autograd.grad(out, used, grad, allow_unused=True))
         return tuple(None if t is None else next(grads) for t in leaves)
+
+
+def pow2_scale(x: torch.Tensor, dims) -> torch.Tensor:
+    """Per slice of x over `dims` (kept as size-1 dims): the power of two c with max|x| / c in [1, 2),
+    or 1 where the slice is zero or not finite. x / c is exact, so a Gram, an eigensolver or a
+    stabiliser can work on entries of order 1 whatever the scale of x (SPEC §10: results are
+    correct at every scale); the results then scale back by c. In the work dtype."""
+    a = x.detach().abs().amax(dims, keepdim=True).to(work_dtype(x.dtype))
+    fi = torch.finfo(a.dtype)
+    e = torch.frexp(a).exponent - 1
+    e = torch.where(torch.isfinite(a) & (a > 0), e, 0)
+    # both c and 1/c stay normal numbers
+    return torch.exp2(e.clamp(round(math.log2(fi.tiny)) + 1, math.floor(math.log2(fi.max)) - 1).to(a.dtype))
 
 
 def next_pow2(n: int) -> int:

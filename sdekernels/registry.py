@@ -63,6 +63,9 @@ class OpInfo:
     canon: Callable | None = None    # canon(output) -> what is compared (e.g. sign-free SVD factors)
     baselines: dict = field(default_factory=dict)  # {label: fn called like the op} timed beside the reference
     constant: tuple = ()             # positions in Sample.tensors() that take no gradient (e.g. a detached target)
+    # Every scale (SPEC §10): scaling(shape) -> (positions in Sample.tensors() multiplied by s, the degree d
+    # of each flat output: out(s·x) = s^d·out(x)), or None where that sample is not homogeneous.
+    scaling: Callable | None = None
 
     def leaves(self, sample: Sample) -> Sample:
         """The sample's tensors as fresh leaves, requiring grad where the op is differentiable in them."""

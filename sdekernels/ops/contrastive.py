@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_shape, grad_like, rows, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_shape, grad_like, pow2_scale, rows, use_triton, work_dtype
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
-NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps)
+NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
 
 if HAS_TRITON:
@@ -126,16 +126,21 @@ def _coefs(R: int, B: int, symmetric: bool) -> tuple[float, float]:
 def _normalized(z: Tensor, normalize: bool) -> Tensor:
     """[R, B, d] contiguous rows in the working dtype, L2-normalised when asked."""
     x = rows(z, 2).to(work_dtype(z.dtype))
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS) if normalize else x
+    if not normalize:
+        return x
+    x = x / pow2_scale(x, (-1,))  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
 
 
 def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool) -> Tensor:
     """dL/dz from dL/dẑ through ẑ = z / max(‖z‖, eps)."""
     if not normalize:
         return g
-    norm = rows(z, 2).to(zh.dtype).norm(dim=-1, keepdim=True)
+    x = rows(z, 2).to(zh.dtype)
+    c = pow2_scale(x, (-1,))  # as in _normalized: ‖z‖ = c·‖z/c‖
+    norm = (x / c).norm(dim=-1, keepdim=True)
     radial = torch.where(norm > NORM_EPS, zh * (zh * g).sum(-1, keepdim=True), 0.0)
-    return (g - radial) / norm.clamp_min(NORM_EPS)
+    return (g - radial) / norm.clamp_min(NORM_EPS) / c
 
 
 def _chunk(B: int) -> int:
@@ -365,6 +370,7 @@ def _explicit_fp32_logits(z_a, z_b, temperature=0.07, *, logit_scale=None, norma
 
 register(OpInfo(
     name="info_nce", op=info_nce, ref=ref.info_nce, make=_pairs,
+    scaling=lambda sh: ((0, 1), (0,)) if sh.get("normalize", 1) else None,
     shapes=[{"B": 1, "d": 1, "scale": 1}, {"batch": 2, "B": 9, "d": 5}, {"B": 40, "d": 33, "symmetric": 0},
             {"batch": 3, "B": 70, "d": 20, "scale": 1}, {"B": 37, "d": 70, "normalize": 0, "temperature": 0.5},
             {"B": 16, "d": 8, "scale": 1, "symmetric": 0, "normalize": 0}],

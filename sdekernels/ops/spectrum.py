@@ -210,7 +210,7 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     C, H, W = x.shape[-3:]
     w = work_dtype(x.dtype)
     fft = transform == "fft"
-    x4 = x.reshape(-1, C, H, W)
+    x4, c = _unit_samples(x)
     Y = x.new_empty(_spectrum_shape(x, fft, save), dtype=w)
     if use_triton(x):
         out = _psd_triton(x4.contiguous(), bins, fft, channel_mean, Y)
@@ -227,7 +227,18 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     else:
         out = ref.radial_psd(x4, bins=bins, transform=transform, channel_reduce="mean" if channel_mean else "none")
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
+    out = out.reshape(x4.shape[0], -1) * (c * c).reshape(-1, 1)
     return out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins))).to(x.dtype), Y
+
+
+def _unit_samples(x: Tensor):
+    """(centred x / c as [R, C, H, W] in the work dtype, c [R, 1, 1, 1]), c = ref_spec.sample_scale of the
+    centred x: the kernels' floor P >= 1e-12 on x/c is the reference's relative floor 1e-12·c², P(x) =
+    c²·P(x/c), and the spectrum never overflows (SPEC §10). Centring changes only the DC entry (0)."""
+    x4 = x.reshape(-1, *x.shape[-3:]).to(work_dtype(x.dtype))
+    x4 = x4 - x4.mean((-2, -1), keepdim=True)
+    c = ref_spec.sample_scale(x4)
+    return x4 / c, c
 
 
 @_radial_psd.register_fake
@@ -240,16 +251,16 @@ def _(x, bins, transform, channel_mean, save):
 def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transform: str, channel_mean: bool) -> Tensor:
     w = work_dtype(x.dtype)
     C, H, W = x.shape[-3:]
+    x4, c = _unit_samples(x)  # the forward's frame: dL/dx = c·dL/d(x/c) for the output c²·P(x/c)
     g = grad.to(w)
     if _ext.available() and Y.numel():
         idx, inv = _bin_map(H, W, bins, transform, w, x.device)
         D = (None, None) if transform == "fft" else (_dct(H, w, x.device), _dct(W, w, x.device))
         dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, g.reshape(Y.shape[0], -1).contiguous(), idx, inv, *D, channel_mean)
     else:
-        x4 = x.to(w).reshape(-1, C, H, W)
         (dx,) = ref_vjp(ref.radial_psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
                         transform=transform, channel_reduce="mean" if channel_mean else "none")
-    return grad_like(dx.reshape(x.shape), x)
+    return grad_like((dx.reshape(c.shape[0], -1) * c.reshape(-1, 1)).reshape(x.shape), x)
 
 
 @_radial_psd_backward.register_fake
@@ -414,16 +425,20 @@ def _blur_diff(z4: Tensor, sigma1: float, sigma2: float) -> Tensor:
 
 
 def _dog_stats(z: Tensor, sigma1: float, sigma2: float):
+    """(z/c, its DoG, their std, c) per sample, c = ref_spec.sample_scale(z): the output d/max(std, 1e-6)
+    of z/c is the reference's d/max(std, 1e-6·c) of z (a relative floor), and dL/dz = dL/d(z/c) / c."""
     z4 = _as_4d(z.to(work_dtype(z.dtype)))
+    c = ref_spec.sample_scale(z4)
+    z4 = z4 / c
     d = _blur_diff(z4, sigma1, sigma2)
     std = d.flatten(1).std(dim=1, unbiased=False).reshape(-1, 1, 1, 1)
-    return z4, d, std
+    return z4, d, std, c
 
 
 @torch.library.custom_op("sdekernels::dog", mutates_args=())
 def _dog(z: Tensor, sigma1: float, sigma2: float) -> Tensor:
-    _, d, std = _dog_stats(z, sigma1, sigma2)
-    return (d / (std + 1e-6)).reshape(z.shape).to(z.dtype)
+    _, d, std, _ = _dog_stats(z, sigma1, sigma2)
+    return (d / std.clamp_min(1e-6)).reshape(z.shape).to(z.dtype)
 
 
 @_dog.register_fake
@@ -433,17 +448,18 @@ def _(z, sigma1, sigma2):
 
 @torch.library.custom_op("sdekernels::dog_backward", mutates_args=())
 def _dog_backward(z: Tensor, grad: Tensor, sigma1: float, sigma2: float) -> Tensor:
-    # o = d / (s + ε), s = population std of d:  dL/dd = g/(s+ε) − Σ(g·d)/(s+ε)² · (d − mean d)/(N·s),
-    # the second term taken as 0 where s = 0 (a constant d) so that no input gives NaN.
-    z4, d, s = _dog_stats(z, sigma1, sigma2)
+    # o = d / max(s, ε), s = population std of d:  dL/dd = g/max(s, ε) − Σ(g·d)/s² · (d − mean d)/(N·s),
+    # the second term 0 where the floor acts (s <= ε, a near-constant d), so that no input gives NaN.
+    z4, d, s, c = _dog_stats(z, sigma1, sigma2)
     g = grad.to(d.dtype).reshape(d.shape)
     n = d[0].numel()
     gd = (g * d).flatten(1).sum(1).reshape(-1, 1, 1, 1)
     centred = d - d.mean((1, 2, 3), keepdim=True)
-    coef = torch.where(s > 0, gd / ((s + 1e-6) ** 2 * n * s.clamp_min(torch.finfo(s.dtype).tiny)), torch.zeros_like(s))
-    dd = g / (s + 1e-6) - coef * centred
+    den = s.clamp_min(1e-6)
+    coef = torch.where(s > 1e-6, gd / (den ** 3 * n), torch.zeros_like(s))
+    dd = g / den - coef * centred
     (dz,) = ref_vjp(_blur_diff, (z4,), dd, sigma1=sigma1, sigma2=sigma2)  # the adjoint of a linear map
-    return grad_like(dz.reshape(z.shape), z)
+    return grad_like((dz / c).reshape(z.shape), z)
 
 
 @_dog_backward.register_fake
@@ -465,8 +481,9 @@ _dog.register_autograd(_dog_grad, setup_context=_dog_setup)
 
 
 def dog(z: Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> Tensor:
-    """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by (its population
-    standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9)."""
+    """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by max(its population
+    standard deviation over each sample's C·H·W values, 1e-6·c) (SPEC §9, with the floor relative to the
+    sample's scale c = its max|z| rounded down to a power of two, SPEC §10)."""
     check(z, "z", min_dim=3)
     for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")):
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 or not math.isfinite(s):
@@ -505,6 +522,7 @@ def _psd_cost(s):
 
 register(OpInfo(
     name="radial_psd", op=radial_psd, ref=ref.radial_psd, make=_psd_sample,
+    scaling=lambda sh: ((0,), (2,)),
     shapes=[{"batch": 0, "C": 1, "H": 1, "W": 1}, {"batch": 2, "C": 4, "H": 32, "W": 32, "shift": 3.0},
             {"batch": 3, "C": 3, "H": 16, "W": 24, "transform": "fft"},
             {"batch": 2, "C": 2, "H": 8, "W": 8, "bins": 5, "channel_reduce": "none"},
@@ -563,6 +581,7 @@ def _bad_lowpass(device):
 
 register(OpInfo(
     name="block_dct_lowpass", op=block_dct_lowpass, ref=ref.block_dct_lowpass, make=_lowpass_sample,
+    scaling=lambda sh: ((0,), (1,)),
     shapes=[{"batch": 0, "C": 1, "H": 8, "W": 8, "k": 0}, {"batch": 2, "C": 3, "H": 16, "W": 16, "k": 8},
             {"batch": 3, "C": 2, "H": 8, "W": 24, "k": 3}, {"batch": 2, "C": 1, "H": 8, "W": 16, "k": 15},
             {"batch": 1, "C": 2, "H": 12, "W": 12, "k": 2, "block": 4}, {"batch": 1, "C": 1, "H": 8, "W": 16, "k": 10},
@@ -589,6 +608,7 @@ def _bad_dog(device):
 
 register(OpInfo(
     name="dog", op=dog, ref=ref.dog, make=_dog_sample,
+    scaling=lambda sh: ((0,), (0,)),
     shapes=[{"batch": 0, "C": 1, "H": 7, "W": 8}, {"batch": 2, "C": 3, "H": 16, "W": 16},
             {"batch": 3, "C": 2, "H": 12, "W": 20, "sigma1": 0.7, "sigma2": 1.5},
             {"batch": 2, "C": 2, "H": 12, "W": 14, "sigma1": 0.5, "sigma2": 1.0}],

@@ -85,12 +85,15 @@ SDK_HD void polar_grad(T a, T ph, T gr, T gi, T& gA, T& gP) {
   gP = a * (gi * c - gr * s);
 }
 
-// Truncated-SVD backward (SPEC §1): 1/(σ_l² − σ_j²) -> x/(x² + ε), ε = (kLorRel·σ_1²)² + kSvdFloor,
-// and 1/σ -> σ/(σ² + ε'), ε' = kInvRel·σ_1² + kSvdFloor (evaluated in double). Same constants as
-// sdekernels/ops/svd.py.
-constexpr double kLorRel = 1e-7, kInvRel = 1e-20, kSvdFloor = 1e-60;
-SDK_HD double svd_lorentz(double x, double s1) { const double e = kLorRel * s1 * s1; return x / (x * x + e * e + kSvdFloor); }
-SDK_HD double svd_inv(double s, double s1) { return s / (s * s + kInvRel * s1 * s1 + kSvdFloor); }
+// Truncated-SVD backward (SPEC §1): 1/(σ_l² − σ_j²) -> x/(x² + ε), ε = (kLorRel·σ_1²)², and
+// 1/σ -> σ/(σ² + ε'), ε' = kInvRel·σ_1² (evaluated in double); 0 where the denominator is 0 (σ_1 = 0).
+// Relative, never absolute (SPEC §10): the callers (sdekernels/ops/svd.py) pass the σ of each row
+// divided by its power-of-two scale, so σ_1 is of order 1 and ε stays far inside the double range.
+// Same constants as sdekernels/ops/svd.py.
+constexpr double kLorRel = 1e-7, kInvRel = 1e-20;
+SDK_HD double svd_damped(double x, double e) { const double d = x * x + e; return d > 0 ? x / d : 0.0; }
+SDK_HD double svd_lorentz(double x, double s1) { const double e = kLorRel * s1 * s1; return svd_damped(x, e * e); }
+SDK_HD double svd_inv(double s, double s1) { return svd_damped(s, kInvRel * s1 * s1); }
 // One entry (j, l) of the k×k core Kt of the backward, gF = (U·Kt + gU·diag(inv))·Vᵀ + U·diag(inv)·gVᵀ:
 // Kt_jl = L_jl[(A_jl − A_lj)σ_l + σ_j(B_jl − B_lj)] + δ_jl gS_j − A_jl inv_l − inv_j B_lj,
 // A = UᵀgU, B = VᵀgV.

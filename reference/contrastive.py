@@ -66,8 +66,9 @@ def info_nce(z_a, z_b, temperature=0.07, *, logit_scale=None, normalize=True, sy
     a, b = _work(z_a), _work(z_b)
     if gather:
         a, b = gather_batch(a), gather_batch(b)
-    if normalize:
-        a, b = Fn.normalize(a, dim=-1), Fn.normalize(b, dim=-1)
+    if normalize:  # z/‖z‖ (0 at z = 0); F.normalize's eps is absolute, so rows are first divided by max|z|
+        unit = lambda z: Fn.normalize(z / z.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny), dim=-1)  # noqa: E731
+        a, b = unit(a), unit(b)
     if logit_scale is None:
         scale = 1.0 / temperature
     elif isinstance(logit_scale, torch.Tensor):

@@ -7,9 +7,19 @@ def _work(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _unit_max(S: torch.Tensor) -> torch.Tensor:
+    """S / max S per row (0 for a zero row): normalised quantities then never overflow or underflow,
+    and their floors are relative, not absolute (SPEC §10)."""
+    top = S.amax(-1, keepdim=True)
+    return S / torch.where(top > 0, top, torch.ones_like(top))
+
+
 def _dist(S: torch.Tensor, power: float) -> torch.Tensor:
-    s = torch.where(S >= 0, S, float("nan")) ** power  # no S^power of a negative value: NaN
-    return (s / s.sum(-1, keepdim=True).clamp_min(1e-30)).clamp_min(1e-12)
+    """p = S^power / Σ S^power (p = 0 for S = 0), entries clamped ≥ 1e-12. SPEC §5's floor of the sum,
+    max(Σ, 1e-30), is absolute; SPEC §10 wins: S is first divided by its largest entry (p is
+    unchanged), so the sum is ≥ 1 and no floor is needed except at S = 0."""
+    s = _unit_max(torch.where(S >= 0, S, float("nan"))) ** power  # no S^power of a negative value: NaN
+    return (s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)).clamp_min(1e-12)
 
 
 def hellinger(S_a, S_b, *, power=1, squared=True):
@@ -22,8 +32,9 @@ def hellinger(S_a, S_b, *, power=1, squared=True):
 
 
 def _weights(S):
-    s2 = S * S
-    return s2 / s2.sum(-1, keepdim=True).clamp_min(1e-30)
+    """w = S² / ΣS² (0 for S = 0), from S / max S (same w, no overflow or absolute floor)."""
+    s2 = _unit_max(S) ** 2
+    return s2 / s2.sum(-1, keepdim=True).clamp_min(torch.finfo(s2.dtype).tiny)
 
 
 def subspace_distance(V_a, V_b, *, S_a=None, S_b=None):

@@ -5,6 +5,8 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .spectrum import sample_scale
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _NORMS = ("backward", "ortho", "forward")
 _TINY = 1e-30  # |X|² below this: amplitude and phase gradients are 0
@@ -51,7 +53,9 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
     log_amplitude), P = atan2(Im X, Re X) ∈ (−π, π] (−π, from a signed zero, is mapped to π),
     and P = 0 where |X| is zero up to round-off (``zero_phase_floor``).
     centered: fftshift over both dims (over the row dim only when onesided).
-    Where |X|² < 1e-30 the forward values are exact but the gradients of A and P are 0.
+    Where |X|² < 1e-30·c² the forward values are exact but the gradients of A and P are 0; c is
+    the image's max|x| rounded down to a power of two (SPEC §8's absolute 1e-30 made relative,
+    SPEC §10, so the gradients are right at any scale of x).
     """
     _check_image(x, "x")
     if norm not in _NORMS:
@@ -60,10 +64,12 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
     xw = _work(x)
     X = torch.fft.rfft2(xw, norm=norm) if onesided else torch.fft.fft2(xw, norm=norm)
     re, im = X.real, X.imag
+    c = sample_scale(xw.reshape(-1, xw.shape[-2] * xw.shape[-1])).reshape(*xw.shape[:-2], 1, 1)
+    re, im = re / c, im / c  # the spectrum of x/c: |X/c|² cannot overflow; A is rescaled below
     p = re * re + im * im
     ok = p >= _TINY
     # Differentiable branch on safe inputs; the tiny entries take a detached exact value.
-    A = torch.where(ok, torch.sqrt(torch.where(ok, p, torch.ones_like(p))), torch.sqrt(p).detach())
+    A = torch.where(ok, torch.sqrt(torch.where(ok, p, torch.ones_like(p))), torch.sqrt(p).detach()) * c
     P = torch.where(ok,
                     torch.atan2(torch.where(ok, im, torch.zeros_like(im)), torch.where(ok, re, torch.ones_like(re))),
                     torch.atan2(im, re).detach())

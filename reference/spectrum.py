@@ -8,6 +8,17 @@ import torch.nn.functional as Fn
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def sample_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per sample of x [R, ...]: the power of two c with max|x| / c in [1, 2) (1 for a zero or non-finite
+    sample), shaped [R, 1, ...]. The floors of radial_psd and dog act on x / c: relative to the
+    sample's scale, not absolute (SPEC §10), and piecewise constant in x (no gradient)."""
+    a = x.detach().abs().flatten(1).amax(1)
+    e = torch.where(torch.isfinite(a) & (a > 0), torch.frexp(a).exponent - 1, 0)
+    fi = torch.finfo(x.dtype)
+    e = e.clamp(round(math.log2(fi.tiny)) + 1, math.floor(math.log2(fi.max)) - 1)
+    return torch.exp2(e.to(x.dtype)).reshape(-1, *([1] * (x.dim() - 1)))
+
+
 def _work(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in _LOW_PRECISION else x
 
@@ -93,22 +104,25 @@ def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", cente
     r_max = √((H−1)² + (W−1)²); transform="fft": P = |FFT2|² / (HW), r = √(min(u, H−u)² +
     min(v, W−v)²), r_max = √(⌊H/2⌋² + ⌊W/2⌋²). Each sample-channel's spatial mean is removed
     first when center="mean" (center=None or "none": not). P is averaged over channels
-    (channel_reduce="mean") or kept per channel ("none"), clamped ≥ 1e-12, P[0, 0] = 0 unless
-    keep_dc; bin = min(⌊r / r_max · bins⌋, bins − 1) and the output [..., bins] (or [..., C, bins])
-    is the mean of P per bin, 0 for an empty bin (the DC entry counts in bin 0, with value 0 unless
-    keep_dc). keep_dc=True with center="none" gives the Spectrum Matching paper's analysis spectra.
+    (channel_reduce="mean") or kept per channel ("none"), clamped ≥ 1e-12·c² with c =
+    sample_scale of the centred x (SPEC §9's absolute 1e-12 made relative, SPEC §10), P[0, 0] = 0
+    unless keep_dc; bin = min(⌊r / r_max · bins⌋, bins − 1) and the output [..., bins] (or
+    [..., C, bins]) is the mean of P per bin, 0 for an empty bin (the DC entry counts in bin 0, with
+    value 0 unless keep_dc). keep_dc=True with center="none" gives the Spectrum Matching paper's
+    analysis spectra.
     """
     _check_images(x, "x")
     check_psd_options(transform, center, channel_reduce, keep_dc)
     if int(bins) < 1:
         raise ValueError(f"bins must be a positive int, got {bins}")
-    return _psd(x, int(bins), transform, center == "mean", channel_reduce == "mean", keep_dc, 1e-12, False)
+    return _psd(x, int(bins), transform, center == "mean", channel_reduce == "mean", keep_dc, None, False)
 
 
-def _psd(x: torch.Tensor, bins: int, transform: str, centre: bool, channel_mean: bool, keep_dc: bool, floor: float,
-         official: bool) -> torch.Tensor:
-    """radial_psd with the entry floor as a parameter; official=True: the official code's float32 bin
-    map and bin means sum / (count + 1e-8) (SPEC §9, esm_loss's official variant)."""
+def _psd(x: torch.Tensor, bins: int, transform: str, centre: bool, channel_mean: bool, keep_dc: bool,
+         floor: Optional[float], official: bool) -> torch.Tensor:
+    """radial_psd with the entry floor as a parameter (None: the library's relative 1e-12·c²; a number:
+    that absolute floor); official=True: the official code's float32 bin map and bin means
+    sum / (count + 1e-8) (SPEC §9, esm_loss's official variant)."""
     dtype = x.dtype
     xw = _work(x)
     H, W = xw.shape[-2:]
@@ -120,7 +134,11 @@ def _psd(x: torch.Tensor, bins: int, transform: str, centre: bool, channel_mean:
         P = torch.fft.fft2(xw).abs() ** 2 / (H * W)
     if channel_mean:
         P = P.mean(dim=-3)
-    P = P.clamp_min(floor)
+    if floor is None:  # the library's floor 1e-12·c², c = sample_scale of the centred x: relative (SPEC §10)
+        c = sample_scale((xw - xw.mean(dim=(-2, -1), keepdim=True)).reshape(-1, *xw.shape[-3:]))
+        P = torch.maximum(P, 1e-12 * (c * c).reshape(*xw.shape[:-3], *([1] * (P.dim() - len(xw.shape[:-3])))))
+    else:  # an absolute floor: the official Spectrum Matching code's
+        P = P.clamp_min(floor)
     if not keep_dc:
         dc = torch.zeros(H, W, dtype=torch.bool, device=P.device)
         dc[0, 0] = True
@@ -228,7 +246,7 @@ def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int 
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"z and x must have the same batch shape, got {tuple(z.shape[:-3])} and {tuple(x.shape[:-3])}")
     official = variant == "official"
-    floor = 1e-8 if official else 1e-12
+    floor = 1e-8 if official else None  # the library: radial_psd's relative floor
     dtype = z.dtype
     zw, _ = _as_4d(_work(z))
     with torch.no_grad():
@@ -279,9 +297,11 @@ def dog(z: torch.Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> torch.Tens
     """Difference of Gaussians of z [..., C, H, W], normalised per sample (SPEC §9).
 
     d = G_σ1 ∗ z − G_σ2 ∗ z per channel (normalised Gaussians of radius ⌈3σ⌉, reflect
-    padding), returned as d / (population std of d over each sample's C·H·W values + 1e-6).
-    σ1 = 1, σ2 = 2 and the std normalisation are this library's own choice: the papers give no
-    DoG formula and the official Spectrum Matching code has none.
+    padding), returned as d / max(population std of d over each sample's C·H·W values, 1e-6·c),
+    c = sample_scale(z). SPEC §9's "+ 1e-6" is absolute; SPEC §10 wins: the floor is relative to
+    the sample's scale and acts only on a (near) constant d, so the output is invariant to the
+    scale of z. σ1 = 1, σ2 = 2 and the std normalisation are this library's own choice: the papers
+    give no DoG formula and the official Spectrum Matching code has none.
     """
     _check_images(z, "z")
     if sigma1 <= 0 or sigma2 <= 0:
@@ -294,5 +314,5 @@ def dog(z: torch.Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> torch.Tens
         blurred.append(_blur(zw, _gaussian_kernel1d(2 * radius + 1, sigma, zw.dtype, zw.device), "z"))
     d = blurred[0] - blurred[1]
     std = d.flatten(1).std(dim=1, unbiased=False)
-    out = d / (std + 1e-6).reshape(-1, 1, 1, 1)
+    out = d / torch.maximum(std.reshape(-1, 1, 1, 1), 1e-6 * sample_scale(zw))
     return out.reshape(*batch, *out.shape[1:]).to(dtype)

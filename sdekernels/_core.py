@@ -183,6 +183,17 @@ def autocast_float32(namespace: str = "sdekernels"):
         if qualname.startswith(namespace + "::"):
             for device in ("cpu", "cuda"):
                 torch.library.register_autocast(qualname, device, torch.float32)
+def pow2_scale(x: torch.Tensor, dims) -> torch.Tensor:
+    """Per slice of x over `dims` (kept as size-1 dims): the power of two c with max|x| / c in [1, 2),
+    or 1 where the slice is zero or not finite. x / c is exact, so a Gram, an eigensolver or a
+    stabiliser can work on entries of order 1 whatever the scale of x (SPEC §10: results are
+    correct at every scale); the results then scale back by c. In the work dtype."""
+    a = x.detach().abs().amax(dims, keepdim=True).to(work_dtype(x.dtype))
+    fi = torch.finfo(a.dtype)
+    e = torch.frexp(a).exponent - 1
+    e = torch.where(torch.isfinite(a) & (a > 0), e, 0)
+    # both c and 1/c stay normal numbers
+    return torch.exp2(e.clamp(round(math.log2(fi.tiny)) + 1, math.floor(math.log2(fi.max)) - 1).to(a.dtype))
 
 
 def next_pow2(n: int) -> int:

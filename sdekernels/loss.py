@@ -26,7 +26,7 @@ from ._core import check, without_autocast, work_dtype
 from .ops.contrastive import info_nce, local_info_nce
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_coefs, spectral_enhance
-from .ops.svd import exact_grad_short, safe_inv, singular_values, spectral_partition, svd_topk
+from .ops.svd import exact_grad_short, safe_inv, scaled_rows, singular_values, spectral_partition, svd_topk
 from .schedules import alpha as _alpha
 
 _state = threading.local()
@@ -42,8 +42,10 @@ class _ThinSVD(torch.autograd.Function):
     def forward(ctx, F3, used):
         m, n = F3.shape[-2:]
         tall = m >= n
-        finite = torch.isfinite(F3).all(-1).all(-1)[:, None, None]
-        Fz = torch.where(finite, F3, torch.zeros((), dtype=F3.dtype, device=F3.device))
+        # Decomposed as Fz = F/c (c: each row's power-of-two scale, no overflow or underflow of the
+        # Gram at any scale of F; non-finite rows zeroed); σ(F) = c·σ(Fz).
+        finite, Fz, c = scaled_rows(F3)
+        finite = finite[:, None, None]
         Fd = Fz.double()
         lam, W = torch.linalg.eigh(Fd.mT @ Fd if tall else Fd @ Fd.mT)
         S = lam.flip(-1).clamp_min(0).sqrt()
@@ -55,8 +57,8 @@ class _ThinSVD(torch.autograd.Function):
         U, V = torch.where(finite, U, nan), torch.where(finite, V, nan)
         S = torch.where(finite[:, :, 0], S.to(F3.dtype), nan)
         ctx.used = used
-        ctx.save_for_backward(Fz, U, S, V)
-        return U, S, V
+        ctx.save_for_backward(Fz, U, S, V, c)
+        return U, S * c[:, None], V
 
     @staticmethod
     def backward(ctx, gU, gS, gV):
@@ -68,7 +70,7 @@ class _ThinSVD(torch.autograd.Function):
         # Linear in (gU, gS, gV): U diag(gS) Vᵀ over all r values, plus the exact top-k gradient of
         # ops/svd.py (shared with svd_topk's Gram path) for the first k columns of gU, gV, in the
         # short-side frame where W (all r eigenvectors of the Gram) is the square factor.
-        Fz, U, S, V = ctx.saved_tensors
+        Fz, U, S, V, c = ctx.saved_tensors  # S: the σ of Fz = F/c
         R, m, r = U.shape
         n, k = V.shape[-2], ctx.used.k
         gF = (U * gS.unsqueeze(-2)) @ V.mT if gS is not None else U.new_zeros(R, m, n)
@@ -77,6 +79,7 @@ class _ThinSVD(torch.autograd.Function):
         gUk = U.new_zeros(R, m, k) if gU is None else gU[..., :k]
         gVk = V.new_zeros(R, n, k) if gV is None else gV[..., :k]
         tall = m >= n  # as in forward: W = V, the long factor U
+        gUk, gVk = gUk / c[:, None, None], gVk / c[:, None, None]  # the gradient in Fz's frame, over c
         A, W, L, gW, gL = (Fz.mT, V, U, gVk, gUk) if tall else (Fz, U, V, gUk, gVk)
         gA = exact_grad_short(A, W[..., :k], L[..., :k], W, S, gW, S.new_zeros(R, k), gL)
         return gF + (gA.mT if tall else gA), None
@@ -171,9 +174,13 @@ def _spectral_enhance(F: Tensor, t: float, *, eps_strong=0.1, gamma_weak=0.3, ga
         sp.get(F, k)  # records that the top-k triplets carry a gradient
         Fw = F.reshape(-1, m, n).to(w)
         U3, S3, V3 = U.reshape(-1, m, r)[..., :k], S.reshape(-1, r)[:, :k], V.reshape(-1, n, r)[..., :k]
-        nf2 = (Fw * Fw).sum((-2, -1))
-        c, s_n, delta_k, _ = enhance_coefs(S3, nf2, n_strong, n_signal, xi.reshape(-1, r)[:, :k], _alpha(float(t)),
-                                           eps_strong, gamma_weak, gamma_noise, rho)
+        # The coefficients from σ/c and ‖F/c‖² (c: the row's power-of-two scale): no overflow of σ²
+        # or ‖F‖² at any scale; c (a constant) multiplies the top-k term back.
+        sc = scaled_rows(Fw.detach())[2][:, None]
+        nf2 = ((Fw / sc[..., None]) ** 2).sum((-2, -1))
+        c, s_n, delta_k, _ = enhance_coefs(S3 / sc, nf2, n_strong, n_signal, xi.reshape(-1, r)[:, :k],
+                                           _alpha(float(t)), eps_strong, gamma_weak, gamma_noise, rho)
+        c, delta_k = c * sc, delta_k * sc
         out = torch.baddbmm(Fw * s_n[:, None, None], U3 * c.unsqueeze(-2), V3.mT)
     if mode == "augment":  # dF = dF' (Fw above was taken without gradient)
         out = F0.reshape(-1, m, n).to(w) + (out - Fw).detach()

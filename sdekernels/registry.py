@@ -68,6 +68,9 @@ class OpInfo:
                                        # where a shape without "batch" still has batch dims (e.g. channels)
     debug_bad: Callable | None = None  # debug_bad(device) -> like bad: tensor values out of their domain, rejected
                                        # in debug mode only (a check of values costs a device sync)
+    # Every scale (SPEC §10): scaling(shape) -> (positions in Sample.tensors() multiplied by s, the degree d
+    # of each flat output: out(s·x) = s^d·out(x)), or None where that sample is not homogeneous.
+    scaling: Callable | None = None
 
     def leaves(self, sample: Sample) -> Sample:
         """The sample's tensors as fresh leaves, requiring grad where the op is differentiable in them."""

@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from .. import reference as ref
-from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_real, check_shape, grad_like, next_pow2, rows,
-                     use_triton, work_dtype)
+from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_real, check_shape, grad_like, next_pow2,
+                     pow2_scale, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
-NORM_EPS = 1e-12  # as F.normalize: ẑ = z / max(‖z‖, eps)
+NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
 LOW = (torch.bfloat16, torch.float16)
 # CUDA tiles {fp64?: ...}; BD caps the DX columns a gradient program holds in registers
@@ -217,16 +217,21 @@ def _no_autocast(fn):
 def _normalized(z: Tensor, normalize: bool) -> Tensor:
     """[R, B, d] contiguous rows in the working dtype, L2-normalised when asked."""
     x = rows(z, 2).to(work_dtype(z.dtype))
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS) if normalize else x
+    if not normalize:
+        return x
+    x = x / pow2_scale(x, (-1,))  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
 
 
 def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool) -> Tensor:
     """dL/dz from dL/dẑ through ẑ = z / max(‖z‖, eps)."""
     if not normalize:
         return g
-    norm = rows(z, 2).to(zh.dtype).norm(dim=-1, keepdim=True)
+    x = rows(z, 2).to(zh.dtype)
+    c = pow2_scale(x, (-1,))  # as in _normalized: ‖z‖ = c·‖z/c‖
+    norm = (x / c).norm(dim=-1, keepdim=True)
     radial = torch.where(norm > NORM_EPS, zh * (zh * g).sum(-1, keepdim=True), 0.0)
-    return (g - radial) / norm.clamp_min(NORM_EPS)
+    return (g - radial) / norm.clamp_min(NORM_EPS) / c
 
 
 def _chunk(n: int) -> int:
@@ -617,6 +622,7 @@ def _bad_scale_values(device):
 
 register(OpInfo(
     name="info_nce", op=info_nce, ref=ref.info_nce, make=_pairs,
+    scaling=lambda sh: ((0, 1), (0,)) if sh.get("normalize", 1) else None,
     shapes=[{"B": 1, "d": 1, "scale": 1}, {"batch": 2, "B": 9, "d": 5}, {"B": 40, "d": 33, "symmetric": 0},
             {"batch": 3, "B": 70, "d": 20, "scale": 1}, {"B": 37, "d": 70, "normalize": 0, "temperature": 0.5},
             {"B": 16, "d": 8, "scale": 1, "symmetric": 0, "normalize": 0}],

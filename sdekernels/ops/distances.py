@@ -11,7 +11,7 @@ from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
 from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like, next_pow2,
-                     ref_vjp, rows, use_triton, work_dtype)
+                     pow2_scale, ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 if HAS_TRITON:
@@ -93,13 +93,21 @@ def _hellinger_triton(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> 
     return out.reshape(S_a.shape[:-1])
 
 
+def _unit_rows(S: Tensor):
+    """(S / c, c) with c each row's power of two (exact): p and w are unchanged, Σ (S/c)^power ≥ 1, so
+    the kernels' floors of the sum never act (SPEC §10: relative, not absolute) and S^power never
+    overflows; gradients with respect to S are those with respect to S/c, divided by c."""
+    c = pow2_scale(S, (-1,))
+    return S.to(c.dtype) / c, c
+
+
 @torch.library.custom_op("sdekernels::hellinger", mutates_args=())
 def _hellinger(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
     if use_triton(S_a):
-        return _hellinger_triton(S_a, S_b, power, squared)
+        return _hellinger_triton(_unit_rows(S_a)[0].to(S_a.dtype), _unit_rows(S_b)[0].to(S_b.dtype), power, squared)
     if S_a.device.type == "cpu" and _ext.available():  # one pass per row, vectorised (csrc/cpu/distances.cpp)
-        w = work_dtype(S_a.dtype)
-        return torch.ops.sdekernels_C.hellinger_fwd(S_a.to(w), S_b.to(w), power, squared).to(S_a.dtype)
+        return torch.ops.sdekernels_C.hellinger_fwd(_unit_rows(S_a)[0], _unit_rows(S_b)[0], power,
+                                                    squared).to(S_a.dtype)
     return ref.hellinger(S_a, S_b, power=power, squared=squared)
 
 
@@ -111,7 +119,7 @@ def _(S_a, S_b, power, squared):
 @torch.library.custom_op("sdekernels::hellinger_backward", mutates_args=())
 def _hellinger_backward(S_a: Tensor, S_b: Tensor, grad: Tensor, power: float, squared: bool) -> tuple[Tensor, Tensor]:
     w = work_dtype(S_a.dtype)
-    a, b, g = S_a.to(w), S_b.to(w), grad.to(w)
+    (a, ca), (b, cb), g = _unit_rows(S_a), _unit_rows(S_b), grad.to(w)
     if _ext.available():
         da, db = torch.ops.sdekernels_C.hellinger_bwd(a, b, g, power, squared)
     else:
@@ -119,7 +127,7 @@ def _hellinger_backward(S_a: Tensor, S_b: Tensor, grad: Tensor, power: float, sq
     # A row with a negative or NaN value has a NaN distance (no S^power): NaN gradients, on every path.
     ok = (a >= 0).all(-1, keepdim=True) & (b >= 0).all(-1, keepdim=True)
     da, db = torch.where(ok, da, float("nan")), torch.where(ok, db, float("nan"))
-    return grad_like(da, S_a), grad_like(db, S_b)
+    return grad_like(da / ca, S_a), grad_like(db / cb, S_b)
 
 
 @_hellinger_backward.register_fake
@@ -162,8 +170,8 @@ def hellinger(S_a: Tensor, S_b: Tensor, *, power: float = 1, squared: bool = Tru
 
 
 def _weights(S: Tensor) -> Tensor:
-    s2 = S * S
-    return s2 / s2.sum(-1, keepdim=True).clamp_min(1e-30)
+    s2 = _unit_rows(S)[0] ** 2  # w = S²/ΣS², no overflow of S² at any scale
+    return s2 / s2.sum(-1, keepdim=True).clamp_min(torch.finfo(s2.dtype).tiny)
 
 
 def _subspace_from_m(M: Tensor, w_a: Tensor | None, w_b: Tensor | None) -> Tensor:
@@ -222,11 +230,15 @@ def _subspace_ref_m(V_a, V_b, S_a=None, S_b=None):
 def _subspace_backward(V_a: Tensor, V_b: Tensor, grad: Tensor, S_a: Tensor | None,
                        S_b: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     w = work_dtype(V_a.dtype)
-    cast = [None if t is None else t.to(w) for t in (V_a, V_b, grad, S_a, S_b)]
+    cast = [None if t is None else t.to(w) for t in (V_a, V_b, grad)]
+    scales = [None, None] if S_a is None else [_unit_rows(S) for S in (S_a, S_b)]  # w is unchanged by S/c
+    cast += [None if sc is None else sc[0] for sc in scales]
     if _ext.available():
         dva, dvb, dsa, dsb = torch.ops.sdekernels_C.subspace_bwd(*cast)
     else:
         dva, dvb, dsa, dsb = ref_vjp(_subspace_ref_m, cast[:2] + cast[3:], cast[2])
+    if S_a is not None:
+        dsa, dsb = dsa / scales[0][1], dsb / scales[1][1]
     return tuple(grad_like(g, t) if t is not None else V_a.new_empty(0) for g, t in ((dva, V_a), (dvb, V_b), (dsa, S_a), (dsb, S_b)))
 
 
@@ -299,6 +311,7 @@ def _negative_spectra(device):
 
 register(OpInfo(
     name="hellinger", op=hellinger, ref=ref.hellinger, make=_spectra,
+    scaling=lambda sh: ((0, 1), (0,)),
     shapes=[{"batch": 0, "r": 1}, {"batch": 5, "r": 7}, {"batch": 3, "r": 300, "squared": False},
             {"batch": 4, "r": 1500, "power": 2}, {"batch": 2, "r": 33, "power": 0.5}],
     space={"batch": (0, 6), "r": (1, 2100)},
@@ -339,6 +352,7 @@ def _bad_subspace(device):
 
 register(OpInfo(
     name="subspace_distance", op=subspace_distance, ref=ref.subspace_distance, make=_bases,
+    scaling=lambda sh: ((0, 1, 2, 3), (0,)),  # QR of s·X has the same Q; w = S²/ΣS²
     shapes=[{"batch": 0, "n": 1, "k": 1}, {"batch": 3, "n": 40, "k": 5}, {"batch": 2, "n": 70, "k": 20, "weighted": True},
             {"batch": 0, "n": 100, "k": 100}, {"batch": 2, "n": 300, "k": 17}],
     space={"batch": (0, 3), "n": (1, 120), "k": (1, 24), "weighted": (0, 1)},

@@ -34,8 +34,8 @@ from ..schedules import alpha as _alpha
 from . import _triton as kt
 from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, work_dtype
 from ..registry import F64, OpInfo, Sample, register
-from .svd import (DEFAULT_NITER, DEFAULT_SEED, SpectralPartition, energies, fast_gram, finite_mask, gram_eigh, lorentz, mm_for,
-                  partition_counts, planted, safe_inv, svd_topk_grad, topk_rows, use_gram)
+from .svd import (DEFAULT_SEED, SpectralPartition, energies, fast_gram, gram_eigh, lorentz, mm_for,
+                  partition_counts, planted, safe_inv, scaled_rows, svd_topk_grad, topk_rows, use_gram)
 
 __all__ = ["spectral_enhance"]
 
@@ -136,26 +136,28 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     w = work_dtype(F.dtype)
     batch, (m, n) = F.shape[:-2], F.shape[-2:]
     r = min(m, n)
-    # A non-finite row is not zeroed (a full copy): its Gram is, and s_n = NaN makes its F' NaN.
+    # Everything is computed for Fs = F/c (c: each row's power-of-two scale, svd.scaled_rows; the
+    # non-finite rows zeroed): σ, the thresholds and δ scale back by c, F' = c·F'(Fs) = s_n·F + U diag(c·c_s) Vᵀ.
     F3 = F.reshape(-1, m, n)
-    finite = finite_mask(F3)
+    finite, Fs, sc = scaled_rows(F3)
     R = F3.shape[0]
     mm = mm_for(F3)
     xi = (torch.sign(direction) if direction is not None else xi).to(w).expand(*batch, r).reshape(R, r)
     xi = xi.clone(memory_format=torch.contiguous_format)  # the layout the fake kernel declares
-    A = _short(F3)
+    A = _short(Fs)
     if use_gram(r):
         # One eigendecomposition of the short-side Gram gives every σ (partition) and the basis.
-        lam, W = gram_eigh(F3, finite, fast=fast_gram(r, F.dtype))
+        lam, W = gram_eigh(Fs, finite, fast=fast_gram(r, F.dtype))
         S_all = lam.sqrt()
     else:
-        S_all = gram_eigh(F3, finite, vectors=False, fast=fast_gram(r, F.dtype)).sqrt()
+        S_all = gram_eigh(Fs, finite, vectors=False, fast=fast_gram(r, F.dtype)).sqrt()
     S_all = torch.where(finite[:, None], S_all.to(w), float("nan"))
     n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s_sorted = partition_counts(S_all, m, n, 1.5, center)
+    tau_noise, tau_strong, sigma_hat = (t * sc for t in (tau_noise, tau_strong, sigma_hat))
     e = energies(s_sorted, n_strong, n_weak)
     n_signal = n_strong + n_weak
     k = int(n_signal.max()) if R else 1
-    nf2 = torch.linalg.vector_norm(F3, dim=(-2, -1), dtype=w) ** 2
+    nf2 = torch.linalg.vector_norm(Fs, dim=(-2, -1), dtype=w) ** 2
     if use_gram(r):
         S = torch.where(finite[:, None], lam[:, :k].sqrt(), 0.0).to(w)
         c, s_n, delta_k, _ = enhance_coefs(S, nf2, n_strong, n_signal, xi[:, :k], alpha, eps_strong, gamma_weak,
@@ -164,18 +166,19 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
         Wk = W[:, :, :k].to(w)
         L = mm(A.mT, Wk, w)
         U, V = (Wk, L) if m <= n else (L, Wk)
-        out = _reconstruct(F3, U, V, c * safe_inv(S, S[:, :1]), torch.where(finite, s_n, float("nan")))
+        out = _reconstruct(F3, U, V, c * safe_inv(S, S[:, :1]) * sc[:, None], torch.where(finite, s_n, float("nan")))
         saved = (W.to(w).contiguous(), S_all.clone(), F.new_empty(0, dtype=w))
     else:
-        U, S, V = topk_rows(torch.where(finite[:, None, None], F3, 0.0), k, DEFAULT_NITER, 8, DEFAULT_SEED)
+        U, S, V = topk_rows(Fs, k, None, 8, DEFAULT_SEED, gram=False)
         c, s_n, delta_k, _ = enhance_coefs(S, nf2, n_strong, n_signal, xi[:, :k], alpha, eps_strong, gamma_weak,
                                            gamma_noise, rho)
-        out = _reconstruct(F3, U, V, c, torch.where(finite, s_n, float("nan")))
+        out = _reconstruct(F3, U, V, c * sc[:, None], torch.where(finite, s_n, float("nan")))
         saved = tuple(t.contiguous() for t in (U, S, V))
     # δ over all r values (details): the top-k part, then −(1 − s_n)·σ for the noise.
     idx = torch.arange(r, device=F.device)
     delta = -(1.0 - s_n).unsqueeze(-1) * S_all
     delta[:, :k] = torch.where(idx[:k] < n_signal.unsqueeze(-1), delta_k, delta[:, :k])
+    delta = delta * sc[:, None]
     part = (n_strong, n_weak, tau_noise, tau_strong, sigma_hat, *e)
     part = [(p.long() if i < 2 else p.to(F.dtype)).reshape(batch) for i, p in enumerate(part)]
     return (out.reshape(F.shape), *saved, xi, *part, delta.reshape(*batch, r).to(F.dtype))
@@ -234,7 +237,10 @@ def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tenso
                       rho: float) -> Tensor:
     w = work_dtype(F.dtype)
     m, n = F.shape[-2:]
-    F3 = F.reshape(-1, m, n).to(w)  # a non-finite row gives non-finite gradients in that row only
+    # F' is homogeneous of degree 1 in F, so its Jacobian at F is the one at Fs = F/c (the forward's
+    # frame, whose saved σ are those of Fs). A non-finite row gives non-finite gradients in that row only.
+    finite, F3, _ = scaled_rows(F.reshape(-1, m, n))
+    F3 = torch.where(finite[:, None, None], F3, float("nan"))
     G = grad.reshape(-1, m, n).to(w)
     ns, nsig = n_strong.reshape(-1), (n_strong + n_weak).reshape(-1)
     params = (alpha, eps_strong, gamma_weak, gamma_noise, rho)
@@ -386,6 +392,7 @@ def _cost(s):
 
 register(OpInfo(
     name="spectral_enhance", op=spectral_enhance, ref=ref.spectral_enhance, make=_make,
+    scaling=lambda sh: ((0,), (1,)),
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 8, "n": 6, "s": 3},
             {"batch": 2, "m": 5, "n": 9, "s": 2, "t": 0.0, "direction": False},
             {"batch": 0, "m": 30, "n": 24, "s": 6, "mode": "augment", "rho": 0.1},  # > 600 values: no gradcheck

@@ -21,8 +21,8 @@ from torch import Tensor
 from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
-from .._core import (HAS_TRITON, check, check_domain, check_int, check_real, grad_like, ref_vjp,
-                     use_triton, work_dtype)
+from .._core import (HAS_TRITON, check, check_domain, check_int, check_real, grad_like, pow2_scale,
+                     ref_vjp, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 from ..reference.fourier import zero_phase_floor
 
@@ -237,13 +237,20 @@ def _split(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: 
     shape = x.shape[:-2] + (H, Wo)
     if x.numel() == 0:  # an empty batch (MKL's FFT rejects it)
         return x.new_empty(shape), x.new_empty(shape)
+    # Each image as x/c (c: its power of two, exact): |X|² never overflows or underflows (SPEC §10);
+    # A = c·|X(x/c)| (then log1p), P = P(x/c).
+    xf = _flat(x).to(work_dtype(x.dtype))
+    c = pow2_scale(xf, (-2, -1))
+    xf = xf / c
     if use_triton(x):
-        A, P = _split_triton(_flat(x), onesided, norm, centered, log_amplitude)
+        A, P = _split_triton(xf, onesided, norm, centered, False)
     elif _ext.available():
-        Xh = torch.fft.rfft2(_flat(x).to(work_dtype(x.dtype)), norm=norm)
-        A, P = torch.ops.sdekernels_C.fourier_split_fwd(torch.view_as_real(Xh), W, onesided, centered, log_amplitude)
+        Xh = torch.fft.rfft2(xf, norm=norm)
+        A, P = torch.ops.sdekernels_C.fourier_split_fwd(torch.view_as_real(Xh), W, onesided, centered, False)
     else:
-        A, P = ref.fourier_split(x, onesided=onesided, norm=norm, centered=centered, log_amplitude=log_amplitude)
+        A, P = ref.fourier_split(xf, onesided=onesided, norm=norm, centered=centered)
+    A = A.reshape(c.shape[0], H, Wo) * c
+    A = torch.log1p(A) if log_amplitude else A
     return A.reshape(shape).to(x.dtype), P.reshape(shape).to(x.dtype)
 
 
@@ -260,35 +267,42 @@ def _split_ref(x, gA, gP, onesided, norm, centered, log_amplitude):
 
 
 @torch.library.custom_op("sdekernels::fourier_split_backward", mutates_args=())
-def _split_backward(x: Tensor, gA: Tensor, gP: Tensor, onesided: bool, norm: str, centered: bool,
+def _split_backward(x: Tensor, A: Tensor, gA: Tensor, gP: Tensor, onesided: bool, norm: str, centered: bool,
                     log_amplitude: bool) -> Tensor:
     if x.numel() == 0:
         return torch.zeros_like(x)
     w = work_dtype(x.dtype)
     xw, ga, gp = _flat(x.to(w)), _flat(gA.to(w)), _flat(gP.to(w))
+    if log_amplitude:  # A = log1p|X| (the forward's output): dL/d|X| = gA / (1 + |X|) = gA·exp(−A)
+        ga = ga * torch.exp(-_flat(A.to(w)))
+    # Per image, in the forward's frame x/c: the |X|² threshold is relative (SPEC §10) and |X|² never
+    # overflows; |X| = c·|X(x/c)|, P = P(x/c), so gP scales by 1/c.
+    c = pow2_scale(xw, (-2, -1))
+    xw, gp = xw / c, gp / c
     if _ext.available():
-        gx = torch.ops.sdekernels_C.fourier_split_bwd(xw, ga, gp, onesided, norm, centered, log_amplitude)
+        gx = torch.ops.sdekernels_C.fourier_split_bwd(xw, ga, gp, onesided, norm, centered, False)
     else:
-        gx = _split_ref(xw, ga, gp, onesided, norm, centered, log_amplitude)
+        gx = _split_ref(xw, ga, gp, onesided, norm, centered, False)
     return grad_like(gx.reshape(x.shape), x)
 
 
 @_split_backward.register_fake
-def _(x, gA, gP, onesided, norm, centered, log_amplitude):
+def _(x, A, gA, gP, onesided, norm, centered, log_amplitude):
     return torch.empty_like(x)
 
 
 def _split_setup(ctx, inputs, output):
     x, ctx.onesided, ctx.norm, ctx.centered, ctx.log_amplitude = inputs
-    ctx.save_for_backward(x)
+    ctx.save_for_backward(x, output[0] if ctx.log_amplitude else None)
 
 
 def _split_grad(ctx, gA, gP):
-    (x,) = ctx.saved_tensors
+    x, A = ctx.saved_tensors
     shape = x.shape[:-1] + (x.shape[-1] // 2 + 1 if ctx.onesided else x.shape[-1],)
     gA = gA if gA is not None else x.new_zeros(shape)
     gP = gP if gP is not None else x.new_zeros(shape)
-    return _split_backward(x, gA, gP, ctx.onesided, ctx.norm, ctx.centered, ctx.log_amplitude), None, None, None, None
+    A = A if A is not None else x.new_empty(0)
+    return _split_backward(x, A, gA, gP, ctx.onesided, ctx.norm, ctx.centered, ctx.log_amplitude), None, None, None, None
 
 
 _split.register_autograd(_split_grad, setup_context=_split_setup)
@@ -312,7 +326,8 @@ def fourier_split(x: Tensor, *, onesided: bool = False, norm: str = "backward", 
     A = |X| (log1p|X| when log_amplitude), P = arg X ∈ (−π, π], X = fft2(x, norm) — the half
     spectrum [..., H, W//2 + 1] of rfft2 when onesided; centered applies fftshift (rows only when
     onesided). P = 0 where |X| is zero up to round-off (4·√(HW)·eps·‖x‖₂, so that every path
-    gives the same phase there). Where |X|² < 1e-30 the gradients of A and P are 0. No complex tensor is returned
+    gives the same phase there). Where |X|² < 1e-30·c² (c: the image's scale, as in the reference) the
+    gradients of A and P are 0. No complex tensor is returned
     or kept: the fused kernels write A and P directly.
     """
     _check_image(x, "x")
@@ -524,6 +539,7 @@ def _rfft2(x, **kw):
 
 register(OpInfo(
     name="fourier_split", op=fourier_split, ref=ref.fourier_split, make=_split_sample,
+    scaling=lambda sh: None if sh.get("log") else ((0,), (1, 0)),
     shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 8, "W": 9, "centered": 1},
             {"batch": 2, "H": 7, "W": 6, "onesided": 1, "centered": 1, "log": 1},
             {"batch": 2, "H": 5, "W": 5, "norm": 1, "log": 1}, {"batch": 0, "H": 1, "W": 12, "norm": 2, "onesided": 1},
@@ -568,6 +584,7 @@ def _bad_merge(device):
 
 register(OpInfo(
     name="fourier_merge", op=fourier_merge, ref=ref.fourier_merge, make=_merge_sample,
+    scaling=lambda sh: ((0,), (1,)),  # linear in A; P is a phase
     shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 6, "W": 7, "centered": 1},
             {"batch": 2, "H": 7, "W": 6, "onesided": 1, "centered": 1}, {"batch": 2, "H": 5, "W": 5, "norm": 1},
             {"batch": 1, "H": 6, "W": 11, "onesided": 1, "norm": 2}, {"batch": 2, "H": 16, "W": 20, "centered": 1}],
@@ -608,6 +625,7 @@ def _bad_lam_values(device):
 
 register(OpInfo(
     name="amplitude_mix", op=amplitude_mix, ref=ref.amplitude_mix, make=_mix_sample,
+    scaling=lambda sh: ((0, 1), (1,)),  # lam is a weight
     # gradcheck (inputs of <= 600 entries) runs on the first two only: three FFT ops per call.
     shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 5, "W": 6, "per_sample": 1},
             {"batch": 2, "c": 2, "H": 12, "W": 13, "ratio": 0.5},

@@ -218,7 +218,7 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     C, H, W = x.shape[-3:]
     w = work_dtype(x.dtype)
     fft = transform == "fft"
-    x4 = x.reshape(-1, C, H, W)
+    x4, c = _unit_samples(x, official)
     Y = x.new_empty(_spectrum_shape(x, fft, save), dtype=w)
     if use_triton(x):
         out = _psd_triton(x4.contiguous(), bins, fft, channel_mean, Y, official)
@@ -235,13 +235,31 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     else:
         out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, 1e-12, official)
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
-    out = out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins)))
+    out = (out.reshape(x4.shape[0], -1) * (c * c).reshape(-1, 1)).reshape(x.shape[:-3] + ((bins,) if channel_mean
+                                                                                     else (C, bins)))
     if keep_dc:
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         p0 = torch.zeros_like(out[..., 0], dtype=w) if centre else _dc_power(x, channel_mean)
         out = out.to(w).clone()
-        out[..., 0] += p0.clamp_min(1e-12) * inv[0]
+        out[..., 0] += torch.maximum(p0, _dc_floor(c, x, channel_mean)) * inv[0]
     return out.to(x.dtype), Y
+
+
+def _unit_samples(x: Tensor, official: bool = False):
+    """(centred x / c as [R, C, H, W] in the work dtype, c [R, 1, 1, 1]), c = ref_spec.sample_scale of the
+    centred x: the kernels' floor P >= 1e-12 on x/c is the reference's relative floor 1e-12·c², P(x) =
+    c²·P(x/c), and the spectrum never overflows (SPEC §10). Centring changes only the DC entry (0).
+    official: c = 1, since the official code's floor is absolute (esm_loss scales its input for it)."""
+    x4 = x.reshape(-1, *x.shape[-3:]).to(work_dtype(x.dtype))
+    x4 = x4 - x4.mean((-2, -1), keepdim=True)
+    c = torch.ones_like(x4[:, :1, :1, :1]) if official else ref_spec.sample_scale(x4)
+    return x4 / c, c
+
+
+def _dc_floor(c: Tensor, x: Tensor, channel_mean: bool) -> Tensor:
+    """The relative floor 1e-12·c² of P[0, 0], shaped like _dc_power(x, channel_mean)."""
+    cc = (1e-12 * c * c).reshape(x.shape[:-3])
+    return cc if channel_mean else cc.unsqueeze(-1)
 
 
 @_radial_psd.register_fake
@@ -255,21 +273,21 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transfor
                          official: bool = False, keep_dc: bool = False, centre: bool = True) -> Tensor:
     w = work_dtype(x.dtype)
     C, H, W = x.shape[-3:]
+    x4, c = _unit_samples(x, official)  # the forward's frame: dL/dx = c·dL/d(x/c) for the output c²·P(x/c)
     g = grad.to(w)
     if _ext.available() and Y.numel():
         idx, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         D = (None, None) if transform == "fft" else (_dct(H, w, x.device), _dct(W, w, x.device))
         dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, g.reshape(Y.shape[0], -1).contiguous(), idx, inv, *D, channel_mean)
     else:
-        x4 = x.to(w).reshape(-1, C, H, W)
         (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
                         transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
                         official=official)
-    dx = dx.reshape(x.shape)
+    dx = (dx.reshape(c.shape[0], -1) * c.reshape(-1, 1)).reshape(x.shape)
     if keep_dc and not centre:  # d(H·W·m²)/dx = 2m at every pixel, where the floor does not clamp P[0, 0]
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         m = x.to(w).mean((-2, -1))
-        g0 = g[..., 0] * inv[0] * (_dc_power(x, channel_mean) >= 1e-12)
+        g0 = g[..., 0] * inv[0] * (_dc_power(x, channel_mean) >= _dc_floor(c, x, channel_mean))
         coef = 2 * m * (g0.unsqueeze(-1) / C if channel_mean else g0)
         dx = dx + coef[..., None, None]
     return grad_like(dx, x)
@@ -466,6 +484,7 @@ def _dog_matrices(H: int, W: int, sigma1: float, sigma2: float, dtype: torch.dty
     return L.to(dtype=dtype, device=device), R.to(dtype=dtype, device=device)
 
 
+
 def _dog_map(z3: Tensor, sigma1: float, sigma2: float, adjoint: bool = False) -> Tensor:
     """d = G_σ1 ∗ z − G_σ2 ∗ z of z3 [N, H, W] by two GEMMs (the blurs as banded matrices); with
     `adjoint`, the adjoint map (the gradient of a linear map)."""
@@ -477,60 +496,67 @@ def _dog_map(z3: Tensor, sigma1: float, sigma2: float, adjoint: bool = False) ->
 
 
 @torch.library.custom_op("sdekernels::dog", mutates_args=())
-def _dog(z: Tensor, sigma1: float, sigma2: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(output, per-sample std s and mean of d, both [N] in the work dtype: the backward needs only these)."""
+def _dog(z: Tensor, sigma1: float, sigma2: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(output, per-sample std s and mean of d and scale c, each [N] in the work dtype: the backward
+    needs only these). Each sample is divided by c = ref_spec.sample_scale(z), a power of two (exact):
+    d/max(s, 1e-6) of z/c is the reference's d/max(std, 1e-6·c) of z, a relative floor (SPEC §10)."""
     C, H, W = z.shape[-3:]
-    d = _dog_map(z.to(work_dtype(z.dtype)).reshape(-1, H, W), sigma1, sigma2).reshape(-1, C * H * W)
+    z2 = z.to(work_dtype(z.dtype)).reshape(-1, C * H * W)
+    c = ref_spec.sample_scale(z2).reshape(-1)
+    d = _dog_map((z2 / c[:, None]).reshape(-1, H, W), sigma1, sigma2).reshape(-1, C * H * W)
     s, mean = torch.std_mean(d, dim=1, correction=0)
-    return (d / (s + 1e-6)[:, None]).reshape(z.shape).to(z.dtype), s, mean
+    return (d / s.clamp_min(1e-6)[:, None]).reshape(z.shape).to(z.dtype), s, mean, c
 
 
 @_dog.register_fake
 def _(z, sigma1, sigma2):
     n = z.numel() // max(math.prod(z.shape[-3:]), 1)
     w = work_dtype(z.dtype)
-    return z.new_empty(z.shape), z.new_empty(n, dtype=w), z.new_empty(n, dtype=w)
+    return z.new_empty(z.shape), *(z.new_empty(n, dtype=w) for _ in range(3))
 
 
 @torch.library.custom_op("sdekernels::dog_backward", mutates_args=())
-def _dog_backward(out: Tensor, s: Tensor, mean: Tensor, grad: Tensor, sigma1: float, sigma2: float) -> Tensor:
-    # o = d / (s + ε), s = population std of d:  dL/dd = g/(s+ε) − Σ(g·d)/(s+ε)² · (d − mean d)/(N·s)
-    #   = g/(s+ε) − Σ(g·o)/(N·s) · (o − mean o), from the saved output: no blur is recomputed.
-    # The second term is taken as 0 where s = 0 (a constant d) so that no input gives NaN.
+def _dog_backward(out: Tensor, s: Tensor, mean: Tensor, c: Tensor, grad: Tensor, sigma1: float,
+                  sigma2: float) -> Tensor:
+    # In the frame z/c: o = d / max(s, ε), s = population std of d. Where s > ε:
+    #   dL/dd = g/s − Σ(g·d)/s² · (d − mean d)/(N·s) = g/s − Σ(g·o)/(N·s) · (o − mean d/s),
+    # from the saved output: no blur is recomputed. Where the floor acts (s <= ε, a near-constant d)
+    # only g/ε remains, so that no input gives NaN. dL/dz = dL/d(z/c) / c.
     C, H, W = out.shape[-3:]
     o = out.to(s.dtype).reshape(s.shape[0], -1)
     g = grad.to(s.dtype).reshape(o.shape)
-    inv = (1.0 / (s + 1e-6))[:, None]
-    coef = torch.where(s > 0, (g * o).sum(1) / (o.shape[1] * s.clamp_min(torch.finfo(s.dtype).tiny)), 0.0)[:, None]
-    dd = torch.addcmul((coef * mean[:, None]) * inv, g, inv) - coef * o  # g/(s+ε) − coef·(o − mean d/(s+ε))
-    dz = _dog_map(dd.reshape(-1, H, W), sigma1, sigma2, adjoint=True)
+    den = s.clamp_min(1e-6)
+    inv = (1.0 / den)[:, None]
+    coef = torch.where(s > 1e-6, (g * o).sum(1) / (o.shape[1] * den), 0.0)[:, None]
+    dd = torch.addcmul((coef * mean[:, None]) * inv, g, inv) - coef * o  # g/s − coef·(o − mean d/s)
+    dz = _dog_map(dd.reshape(-1, H, W), sigma1, sigma2, adjoint=True).reshape(o.shape) / c[:, None]
     return dz.reshape(out.shape).to(out.dtype)
 
 
 @_dog_backward.register_fake
-def _(out, s, mean, grad, sigma1, sigma2):
+def _(out, s, mean, c, grad, sigma1, sigma2):
     return torch.empty_like(out)
 
 
 def _dog_setup(ctx, inputs, output):
     _, ctx.sigma1, ctx.sigma2 = inputs
-    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(*output)
 
 
-def _dog_grad(ctx, grad, _gs, _gm):
-    out, s, mean = ctx.saved_tensors
-    return _dog_backward(out, s, mean, grad, ctx.sigma1, ctx.sigma2), None, None
+def _dog_grad(ctx, grad, *_):
+    return _dog_backward(*ctx.saved_tensors, grad, ctx.sigma1, ctx.sigma2), None, None
 
 
 _dog.register_autograd(_dog_grad, setup_context=_dog_setup)
 
 
 def dog(z: Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> Tensor:
-    """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by (its population
-    standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9). The defaults σ1 = 1, σ2 = 2
-    and the std normalisation are this library's own choice (the official Spectrum Matching code
-    has no DoG)."""
+    """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by max(its population
+    standard deviation over each sample's C·H·W values, 1e-6·c) (SPEC §9, with the floor relative to the
+    sample's scale c = its max|z| rounded down to a power of two, SPEC §10). The defaults σ1 = 1,
+    σ2 = 2 and the std normalisation are this library's own choice (the official Spectrum Matching
+    code has no DoG)."""
     check(z, "z", min_dim=3)
     sigma1, sigma2 = (check_real(s, name, 0.0, open_lo=True) for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")))
     r = max(_radius(sigma1), _radius(sigma2))
@@ -568,6 +594,7 @@ def _psd_cost(s):
 
 register(OpInfo(
     name="radial_psd", op=radial_psd, ref=ref.radial_psd, make=_psd_sample,
+    scaling=lambda sh: ((0,), (2,)),
     shapes=[{"batch": 0, "C": 1, "H": 1, "W": 1}, {"batch": 2, "C": 4, "H": 32, "W": 32, "shift": 3.0},
             {"batch": 3, "C": 3, "H": 16, "W": 24, "transform": "fft"},
             {"batch": 2, "C": 2, "H": 8, "W": 8, "bins": 5, "channel_reduce": "none"},
@@ -639,6 +666,7 @@ def _bad_lowpass(device):
 
 register(OpInfo(
     name="block_dct_lowpass", op=block_dct_lowpass, ref=ref.block_dct_lowpass, make=_lowpass_sample,
+    scaling=lambda sh: ((0,), (1,)),
     shapes=[{"batch": 0, "C": 1, "H": 8, "W": 8, "k": 0}, {"batch": 2, "C": 3, "H": 16, "W": 16, "k": 8},
             {"batch": 3, "C": 2, "H": 8, "W": 24, "k": 3}, {"batch": 2, "C": 1, "H": 8, "W": 16, "k": 15},
             {"batch": 1, "C": 2, "H": 12, "W": 12, "k": 2, "block": 4}, {"batch": 1, "C": 1, "H": 8, "W": 16, "k": 10},
@@ -666,6 +694,7 @@ def _bad_dog(device):
 
 register(OpInfo(
     name="dog", op=dog, ref=ref.dog, make=_dog_sample,
+    scaling=lambda sh: ((0,), (0,)),
     shapes=[{"batch": 0, "C": 1, "H": 7, "W": 8}, {"batch": 2, "C": 3, "H": 16, "W": 16},
             {"batch": 3, "C": 2, "H": 12, "W": 20, "sigma1": 0.7, "sigma2": 1.5},
             {"batch": 2, "C": 2, "H": 12, "W": 14, "sigma1": 0.5, "sigma2": 1.0}],

@@ -24,21 +24,22 @@ from torch import Tensor
 from .. import _ext
 from .. import reference as ref
 from . import _triton as kt
-from .._core import HAS_TRITON, check, check_int, check_real, grad_like, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_int, check_real, grad_like, pow2_scale, use_triton, work_dtype
 from ..reference.svd import SpectralPartition, mp_median
 from ..registry import F64, OpInfo, Sample, register
 
 __all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition", "svd_topk_backward_math",
            "svd_topk_exact_backward_math"]
 
-DEFAULT_NITER = 8   # randomized subspace iterations (each: one F·X and one Fᵀ·Y product)
+DEFAULT_NITER = 8   # typical subspace iterations, for cost estimates (each: one F·X and one Fᵀ·Y product)
 GRAM_MAX_R = 2048   # up to this r = min(m, n) the Gram eigen-solver (exact, measured faster here) is used
 DEFAULT_SEED = 0x5DE
 
-# Stabilisers of the backward (SPEC §1), relative to σ_1: 1/(σ_j² − σ_i²) -> x/(x² + ε) with
-# ε = (LOR_REL·σ_1²)² + floor, and 1/σ -> σ/(σ² + ε') with ε' = INV_REL·σ_1² + floor.
-# The same constants are in csrc/spectral_math.h.
-LOR_REL, INV_REL, FLOOR = 1e-7, 1e-20, 1e-60
+# Stabilisers of the backward (SPEC §1), relative to σ_1 (never absolute, SPEC §10): 1/(σ_j² − σ_i²)
+# -> x/(x² + ε) with ε = (LOR_REL·σ_1²)², and 1/σ -> σ/(σ² + ε') with ε' = INV_REL·σ_1²; both 0
+# when σ_1 = 0. Callers first scale each batch element by a power of two (scaled_rows), so σ_1 is
+# of order 1 and ε stays far inside the float64 range. The same constants are in csrc/spectral_math.h.
+LOR_REL, INV_REL = 1e-7, 1e-20
 
 if HAS_TRITON:
     import triton
@@ -100,10 +101,27 @@ def mm_for(x: Tensor):
     return triton_bmm if use_triton(x) else _aten_bmm
 
 
+def _damped(x: Tensor, eps: Tensor) -> Tensor:
+    """x/(x² + ε), 0 where x² + ε = 0."""
+    den = x * x + eps
+    return torch.where(den > 0, x / torch.where(den > 0, den, 1.0), 0.0)
+
+
 def safe_inv(s: Tensor, s1: Tensor) -> Tensor:
-    """σ/(σ² + ε'): 1/σ where σ is not negligible, 0 at σ = 0, never Inf (s1: σ_1 per row)."""
+    """σ/(σ² + ε'): 1/σ where σ is not negligible next to σ_1, 0 at σ = 0, never Inf (s1: σ_1 per row)."""
     sd, s1 = s.double(), s1.double()
-    return (sd / (sd * sd + (INV_REL * s1 * s1 + FLOOR))).to(s.dtype)
+    return _damped(sd, INV_REL * s1 * s1).to(s.dtype)
+
+
+def scaled_rows(F3: Tensor):
+    """(finite [R], F3 / c in the work dtype with non-finite rows zeroed, c [R]) for F3 [R, m, n]: c is
+    the power of two that puts max|F| of each row in [1, 2) (an exact division), so the Gram, the
+    eigensolver and the stabilisers see entries of order 1 at any scale of F (SPEC §10) and each
+    row is decomposed independently of its neighbours' scale. σ(F) = c·σ(F/c); U, V are unchanged."""
+    c = pow2_scale(F3, (-2, -1))
+    finite = torch.isfinite(F3.abs().amax((-2, -1)))  # amax propagates NaN and Inf
+    Fs = torch.where(finite[:, None, None], F3.to(c.dtype) / c, 0.0)
+    return finite, Fs, c[:, 0, 0]
 
 
 def finite_mask(F3: Tensor) -> Tensor:
@@ -118,6 +136,11 @@ def finite_rows(F3: Tensor):
     return finite, torch.where(finite[:, None, None], F3, torch.zeros((), dtype=F3.dtype, device=F3.device))
 
 
+def _unscale(c: Tensor, *ts: Tensor):
+    """Tensors [R, ...] divided by the row scales c [R]."""
+    return tuple(t / c.reshape(-1, *([1] * (t.dim() - 1))).to(t.dtype) for t in ts)
+
+
 def _fix_signs(U: Tensor, V: Tensor):
     """Sign convention: the largest-magnitude entry of each column of U is positive."""
     idx = U.abs().argmax(-2, keepdim=True)
@@ -127,9 +150,9 @@ def _fix_signs(U: Tensor, V: Tensor):
 
 
 def lorentz(x: Tensor, s1: Tensor) -> Tensor:
-    """x/(x² + ε), ε = (LOR_REL·σ_1²)² + floor: 1/x for gaps x of squared singular values, bounded at 0."""
+    """x/(x² + ε), ε = (LOR_REL·σ_1²)²: 1/x for gaps x of squared singular values, bounded at 0."""
     x, s1 = x.double(), s1.double()
-    return x / (x * x + ((LOR_REL * s1 * s1) ** 2 + FLOOR))
+    return _damped(x, (LOR_REL * s1 * s1) ** 2)
 
 
 def _eigh_desc(G: Tensor):
@@ -171,12 +194,100 @@ def fast_gram(r: int, dtype: torch.dtype) -> bool:
     return r > 256 and work_dtype(dtype) == torch.float32
 
 
-def topk_rows(F3: Tensor, k: int, niter: int, oversample: int, seed: int, basis: bool = False):
+def default_tol(dtype: torch.dtype) -> float:
+    """Target of the a-posteriori bound on the relative σ error (sin∠ is held to 10× it): SPEC §1's bars
+    (1e-4 on σ, 1e-3 on sin∠) for float32 and below; near float64 accuracy for float64 input."""
+    return 1e-10 if dtype == torch.float64 else 1e-4
+
+
+def ritz_error(res: Tensor, s: Tensor, k: int) -> Tensor:
+    """A-posteriori error bound per row from the Ritz residuals res [R, k] = ‖A v_i − σ_i u_i‖ (Aᵀu_i = σ_i v_i
+    holds exactly after Rayleigh–Ritz) and the block's Ritz values s [R, l] (descending), in units of
+    the σ tolerance (SPEC §1 allows 10× more on sin∠ than on σ): the larger of
+    - the relative σ error bound min(ρ_i, ρ_i²/g_i), ρ_i = ‖r_i‖/σ_i, g_i the relative gap of σ_i to the
+      nearest other Ritz value (Weyl, and the quadratic Kato–Temple bound for AAᵀ);
+    - sin∠ between the computed and the true top-k subspaces, ‖(σ_i‖r_i‖)_i‖ / (σ_k² − σ_{k+1}²)
+      (Davis–Kahan for AAᵀ, with σ_{k+1} from the block), where σ_k/σ_{k+1} >= 1.1 (SPEC §1 asks no
+      subspace accuracy without that gap), divided by 10."""
+    s = s.double()
+    sk = s[:, :k]
+    rho = torch.where(sk > 0, res / torch.where(sk > 0, sk, 1.0), 0.0)
+    diff = (sk[:, :, None] - s[:, None, :]).abs()
+    diff[:, torch.arange(k), torch.arange(k)] = float("inf")
+    g = diff.amin(-1) / torch.where(sk > 0, sk, 1.0) if s.shape[-1] > 1 else torch.full_like(sk, float("inf"))
+    err = torch.minimum(rho, rho * rho / g.clamp_min(1e-300)).amax(-1)
+    if s.shape[-1] > k:
+        top, nxt = s[:, k - 1], s[:, k]
+        sep = top * top - nxt * nxt
+        sin = torch.linalg.vector_norm(sk * res, dim=-1) / torch.where(sep > 0, sep, 1.0)
+        err = torch.maximum(err, torch.where((top >= 1.1 * nxt) & (sep > 0), sin / 10, 0.0))
+    return err
+
+
+def _gram_basis(F3: Tensor, l: int, w) -> Tensor:
+    """Top-l eigenvectors of the short-side Gram (the Rayleigh–Ritz step restores full accuracy)."""
+    R, r = F3.shape[0], min(F3.shape[-2:])
+    return gram_eigh(F3, torch.ones(R, dtype=torch.bool, device=F3.device), fast=fast_gram(r, F3.dtype))[1][:, :, :l].to(w)
+
+
+def subspace_basis(F3: Tensor, k: int, l: int, niter: int | None, tol: float, seed: int):
+    """(Q, AᵀQ): an orthonormal basis Q [R, r, l] of the short side of F3 [R, m, n] whose Rayleigh–Ritz triplets meet
+    `tol` (ritz_error), by randomized block subspace iteration: B = AᵀQ, Rayleigh–Ritz on BᵀB (l×l, float64),
+    Z = qr(B), Y = AZ, Q ← qr(Y) (re-orthonormalised at every half step). The residuals come free from
+    Y: A v_i = Y R_B w_i / σ_i. A row stops (its Q frozen, so it never depends on its neighbours) as soon
+    as its bound holds. niter caps the iterations; niter=None runs until converged, and a row whose
+    predicted remaining iterations (from the observed rate (σ_l/σ_k)² per iteration) would cost more
+    than the Gram eigen-solver takes that solver instead."""
+    mm = mm_for(F3)
+    w = work_dtype(F3.dtype)
+    R, m, n = F3.shape
+    r, N = min(m, n), max(m, n)
+    A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
+    Q = torch.linalg.qr(mm(A, _omega(F3, N, l, seed, w), w))[0]
+    Qf, Bf = Q.clone(), None
+    done = torch.zeros(R, dtype=torch.bool, device=F3.device)
+    gram = torch.zeros_like(done)
+    cost_it, cost_gram = 4.0 * r * N * l, 4.0 * r * r * N + 12.0 * r ** 3  # in GEMM flops (measured eigh ≈ 12 r³)
+    cap = 200 if niter is None else niter
+    for it in range(cap + 1):
+        B = mm(At, Q, w)                                   # [R, N, l]
+        Bd = B.double()
+        lam, Wr = _eigh_desc(Bd.mT @ Bd)
+        s = lam.sqrt()
+        Z, Rb = torch.linalg.qr(B)
+        Y = mm(A, Z, w)                                    # A Aᵀ Q R_B⁻¹, [R, r, l]
+        Wk = Wr[:, :, :k]
+        sk = s[:, :k]
+        res = Y.double() @ (Rb.double() @ Wk) * safe_inv(sk, s[:, :1]).unsqueeze(-2) - Q.double() @ Wk * sk.unsqueeze(-2)
+        err = ritz_error(torch.linalg.vector_norm(res, dim=-2), s, k)
+        ok = (err <= tol) | ~torch.isfinite(err)
+        if niter is None and it >= 1:
+            rate = (s[:, l - 1] / s[:, k - 1].clamp_min(1e-300)) ** 2
+            more = torch.log(torch.as_tensor(tol, dtype=err.dtype) / err.clamp_min(1e-300)) / torch.log(rate.clamp(1e-300, 1 - 1e-9))
+            gram |= ~done & ~ok & (more * cost_it > cost_gram)
+        new = ~done & (ok | gram | (it == cap))
+        Qf = torch.where(new[:, None, None], Q, Qf)
+        Bf = B if Bf is None else torch.where(new[:, None, None], B, Bf)
+        done |= new
+        if bool(done.all()):
+            break
+        Q = torch.linalg.qr(Y)[0]
+    if bool(gram.any()):
+        idx = gram.nonzero()[:, 0]
+        Qf[idx] = _gram_basis(F3[idx], l, w)
+        Bf[idx] = mm(At[idx], Qf[idx], w)
+    return Qf, Bf
+
+
+def topk_rows(F3: Tensor, k: int, niter: int | None, oversample: int, seed: int, basis: bool = False,
+              tol: float | None = None, gram: bool = True):
     """U [R, m, k], S [R, k], V [R, n, k] in the work dtype for F3 [R, m, n] (non-finite rows zeroed).
 
     Works on the short side: A = F (m <= n) or Fᵀ, so the basis Q [R, r, l] is the small one.
-    basis=True also returns the full short-side Gram eigenbasis W [R, r, r] and all r singular
-    values [R, r] (work dtype) on the Gram path, empty [R, 0, 0] and [R, 0] on the randomized one.
+    gram: the Gram path, else the adaptive subspace iteration (subspace_basis; the Gram basis anyway
+    when k + oversample >= r or r <= 32). basis=True also returns the full short-side Gram eigenbasis
+    W [R, r, r] and all r singular values [R, r] (work dtype) for the exact backward on the Gram
+    path, empty [R, 0, 0] and [R, 0] otherwise.
     """
     mm = mm_for(F3)
     w = work_dtype(F3.dtype)
@@ -184,21 +295,18 @@ def topk_rows(F3: Tensor, k: int, niter: int, oversample: int, seed: int, basis:
     r = min(m, n)
     A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
     l = min(k + oversample, r)
-    if use_gram(r):
+    extra = (F3.new_empty((R, 0, 0), dtype=w), F3.new_empty((R, 0), dtype=w))
+    B = None
+    if gram or l >= r or r <= 32:
         # Top-l eigenvectors of the short-side Gram AAᵀ (float32 for large r: the Rayleigh–Ritz step
         # below restores full accuracy of σ and of the subspace).
         lam_all, W_all = gram_eigh(F3, torch.ones(R, dtype=torch.bool, device=F3.device), fast=fast_gram(r, F3.dtype))
         Q = W_all[:, :, :l].to(w)
-        extra = (W_all.to(w), lam_all.sqrt().to(w))
+        extra = (W_all.to(w), lam_all.sqrt().to(w)) if gram else extra
     else:
-        extra = (F3.new_empty((R, 0, 0), dtype=w), F3.new_empty((R, 0), dtype=w))
-        # Randomized subspace iteration, re-orthonormalised by QR at every half step.
-        Q = torch.linalg.qr(mm(A, _omega(F3, A.shape[-1], l, seed, w), w))[0]
-        for _ in range(niter):
-            Z = torch.linalg.qr(mm(At, Q, w))[0]
-            Q = torch.linalg.qr(mm(A, Z, w))[0]
-    # Rayleigh–Ritz: SVD of QᵀA through its l×l Gram in float64.
-    Bd = mm(At, Q, w).double()             # (QᵀA)ᵀ, [R, long, l]
+        Q, B = subspace_basis(F3, k, l, niter, default_tol(F3.dtype) if tol is None else tol, seed)
+    # Rayleigh–Ritz: SVD of QᵀA through its l×l Gram in float64 (B = AᵀQ known on the iterative path).
+    Bd = (B if B is not None else mm(At, Q, w)).double()             # (QᵀA)ᵀ, [R, long, l]
     lam, W = _eigh_desc(Bd.mT @ Bd)
     S = lam[:, :k].sqrt()
     W = W[:, :, :k]
@@ -208,15 +316,18 @@ def topk_rows(F3: Tensor, k: int, niter: int, oversample: int, seed: int, basis:
     return (U, S.to(w), V, *extra) if basis else (U, S.to(w), V)
 
 
-def _svd_topk_impl(F: Tensor, k: int, niter: int, oversample: int, seed: int):
+def _svd_topk_impl(F: Tensor, k: int, niter: int, oversample: int, seed: int, exact: bool, tol: float):
     m, n = F.shape[-2:]
     batch = F.shape[:-2]
     F3 = F.reshape(-1, m, n)
-    finite, F3 = finite_rows(F3)
     if F3.shape[0] == 0:
         e = F.new_empty
-        return e((*batch, m, k)), e((*batch, k)), e((*batch, n, k)), *_basis_empty(F, m, n)
-    U, S, V, W, S_all = topk_rows(F3, k, niter, oversample, seed, basis=True)
+        return e((*batch, m, k)), e((*batch, k)), e((*batch, n, k)), *_basis_empty(F, m, n, exact)
+    finite, F3, c = scaled_rows(F3)
+    # W and all σ are saved in the scaled frame (the backward recomputes c from F).
+    U, S, V, W, S_all = topk_rows(F3, k, None if niter < 0 else niter, oversample, seed, basis=True,
+                                  tol=None if tol < 0 else tol, gram=exact)
+    S = S * c[:, None]
     U, V = _fix_signs(U, V)
     nan = torch.tensor(float("nan"), dtype=U.dtype, device=U.device)
     U = torch.where(finite[:, None, None], U, nan)
@@ -227,24 +338,25 @@ def _svd_topk_impl(F: Tensor, k: int, niter: int, oversample: int, seed: int):
             W.contiguous(), S_all.contiguous())
 
 
-def _basis_empty(F: Tensor, m: int, n: int):
+def _basis_empty(F: Tensor, m: int, n: int, exact: bool):
     """Empty saved basis (W [R, r|0, r|0], all σ [R, r|0]) of the shapes the forward returns."""
     R, r, w = math.prod(F.shape[:-2]), min(m, n), work_dtype(F.dtype)
-    rb = r if use_gram(r) else 0
+    rb = r if exact else 0
     return F.new_empty((R, rb, rb), dtype=w), F.new_empty((R, rb), dtype=w)
 
 
 @torch.library.custom_op("sdekernels::svd_topk", mutates_args=())
-def _svd_topk(F: Tensor, k: int, niter: int, oversample: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor,
-                                                                                   Tensor]:
-    """(U, S, V) and, for the exact backward, the short-side eigenbasis W and all σ (Gram path)."""
-    return _svd_topk_impl(F, k, niter, oversample, seed)
+def _svd_topk(F: Tensor, k: int, niter: int, oversample: int, seed: int, exact: bool,
+              tol: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(U, S, V) and, for the exact backward, the short-side eigenbasis W and all σ (Gram path, `exact`).
+    niter < 0: until converged; tol < 0: default_tol."""
+    return _svd_topk_impl(F, k, niter, oversample, seed, exact, tol)
 
 
 @_svd_topk.register_fake
-def _(F, k, niter, oversample, seed):
+def _(F, k, niter, oversample, seed, exact, tol):
     b, (m, n) = F.shape[:-2], F.shape[-2:]
-    return F.new_empty((*b, m, k)), F.new_empty((*b, k)), F.new_empty((*b, n, k)), *_basis_empty(F, m, n)
+    return F.new_empty((*b, m, k)), F.new_empty((*b, k)), F.new_empty((*b, n, k)), *_basis_empty(F, m, n, exact)
 
 
 def svd_topk_backward_math(U: Tensor, S: Tensor, V: Tensor, gU: Tensor, gS: Tensor, gV: Tensor) -> Tensor:
@@ -272,6 +384,9 @@ def svd_topk_backward_math(U: Tensor, S: Tensor, V: Tensor, gU: Tensor, gS: Tens
 @torch.library.custom_op("sdekernels::svd_topk_backward", mutates_args=())
 def _svd_topk_backward(U: Tensor, S: Tensor, V: Tensor, gU: Tensor, gS: Tensor, gV: Tensor) -> Tensor:
     w = work_dtype(U.dtype)
+    # Scale-free (SPEC §10): with c = σ_1's power of two, the gradient is that of S/c with gU/c, gV/c.
+    c = pow2_scale(S, (-1,))[..., 0]
+    S, gU, gV = S / c[..., None], gU / c[..., None, None], gV / c[..., None, None]
     args = [t.to(w).contiguous() for t in (U, S, V, gU, gS, gV)]
     if _ext.available():
         return torch.ops.sdekernels_C.svd_topk_bwd(*args)
@@ -335,8 +450,11 @@ def _svd_topk_exact_backward(F: Tensor, U: Tensor, S: Tensor, V: Tensor, W: Tens
                              gS: Tensor, gV: Tensor) -> Tensor:
     w = work_dtype(F.dtype)
     (m, n), k, R = F.shape[-2:], U.shape[-1], W.shape[0]
-    F3, U3, V3, gU3, gV3 = (t.reshape(R, *t.shape[-2:]).to(w) for t in (F, U, V, gU, gV))
+    U3, V3, gU3, gV3 = (t.reshape(R, *t.shape[-2:]).to(w) for t in (U, V, gU, gV))
     S2, gS2 = S.reshape(R, k).to(w), gS.reshape(R, k).to(w)
+    # In the forward's scaled frame F/c: the gradient is that of (U, σ/c, V) with gU/c, gS, gV/c.
+    _, F3, c = scaled_rows(F.reshape(R, m, n))
+    S2, gU3, gV3 = _unscale(c, S2, gU3, gV3)
     # The short side (W's frame): Fᵀ for tall F, as in topk_rows; a non-finite row of F (its U, V are
     # NaN) gives a NaN gradient in that row only.
     tall = m > n
@@ -365,7 +483,7 @@ def _svd_topk_grad(ctx, gU, gS, gV, *_):
                                       z(V) if gV is None else gV)
     else:
         gF = svd_topk_grad(U, S, V, gU, gS, gV, ctx.dtype)
-    return gF, None, None, None, None
+    return gF, None, None, None, None, None, None
 
 
 _svd_topk.register_autograd(_svd_topk_grad, setup_context=_svd_topk_setup)
@@ -384,31 +502,50 @@ def _seed(generator) -> int:
 
 
 def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8,
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+             generator: torch.Generator | None = None, tol: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k singular triplets of F [..., m, n] (SPEC §1): (U [..., m, k], S [..., k], V [..., n, k]),
     S descending, the largest-magnitude entry of each column of U positive.
 
-    niter: subspace iterations of the randomized solver (default 8); oversample: extra columns
-    of the sketch; generator seeds the sketch (default: a fixed seed, so results are
-    reproducible). r = min(m, n) <= GRAM_MAX_R uses the Gram eigen-solver instead (exact, ignores both).
+    Solvers (all scale each batch element by a power of two first, SPEC §10):
+    - adaptive randomized block subspace iteration (subspace_basis): sketch A·Ω with k + oversample
+      columns, then per iteration B = AᵀQ, Rayleigh–Ritz, Y = A·qr(B), Q = qr(Y). After each
+      iteration the Ritz residuals ‖A v_i − σ_i u_i‖ (free from Y) give a-posteriori bounds on the
+      relative error of σ_1..k and on sin∠ of the top-k subspace (where σ_k/σ_{k+1} >= 1.1; see
+      ritz_error); a batch element stops as soon as the σ bound is <= tol and the sin∠ bound <= 10·tol
+      (default tol: 1e-4 for float32 and below, SPEC §1's bars; 1e-10 for float64). niter=None: until converged, and an
+      element whose observed convergence rate predicts more work than the Gram eigen-solver switches
+      to it; an int caps the iterations (stopping earlier once converged). Spiked spectra stop after
+      a few passes over F; slow spectra (small gap, flat tail) take the Gram solver.
+    - Gram eigen-solver (float64, or float32 above r = 256 for float32 input, then Rayleigh–Ritz):
+      when F takes a gradient with niter=None and r <= GRAM_MAX_R (the exact backward needs the full
+      short-side eigenbasis), and when k + oversample >= r or r <= 32.
+    generator seeds the sketch (default: a fixed seed, so results are reproducible).
 
     Differentiable, finite for every finite F. Backward:
-    - r <= GRAM_MAX_R (Gram path): the exact gradient of the top-k triplets of the full SVD. The
+    - Gram path: the exact gradient of the top-k triplets of the full SVD. The
       forward keeps the short-side Gram eigenbasis (r×r) and all r singular values; the backward
       applies the chain rule through the long-side factor and Daleckii–Krein over all r values,
       1/(σ_j² − σ_i²) for j <= k and every i (the values past k included), stabilised as in SPEC §1.
       It agrees with autograd through torch.linalg.svd to ~1e-10 relative in float64 on full-rank
       F wherever the gaps exceed 1e-3·σ_1². Products are k×r, r×r·r×k and of F's shape only.
-    - r > GRAM_MAX_R (randomized path): the truncated-SVD gradient of SPEC §1 with complement terms
+    - iterative path (an int niter, or r > GRAM_MAX_R): the truncated-SVD gradient of SPEC §1 with complement terms
       (I − UUᵀ)·gU·diag(1/σ)·Vᵀ and U·diag(1/σ)·gVᵀ·(I − VVᵀ), exact only when σ_{k+1..r} = 0
       (otherwise the part of the gradient coupling the top k to the rest is approximated).
     """
     _check_matrix(F)
     r = min(F.shape[-2:])
     k = check_int(k, "k", 1, r)  # in [1, min(m, n)]
-    niter = DEFAULT_NITER if niter is None else check_int(niter, "niter", 0)
+    if niter is not None:
+        niter = check_int(niter, "niter", 0)
     oversample = check_int(oversample, "oversample", 0)
-    return _svd_topk(F, k, niter, oversample, _seed(generator))[:3]
+    if tol is not None:
+        tol = check_real(tol, "tol", 0.0, 1.0, open_lo=True)
+        if tol == 1.0:
+            raise ValueError(f"tol must be a number in (0, 1) or None, got {tol!r}")
+    # The exact gradient needs the full short-side eigenbasis: the Gram path when F takes a gradient.
+    exact = niter is None and use_gram(r) and torch.is_grad_enabled() and F.requires_grad
+    return _svd_topk(F, k, -1 if niter is None else niter, oversample, _seed(generator), exact,
+                     -1.0 if tol is None else float(tol))[:3]
 
 
 # ---------------------------------------------------------------- singular_values
@@ -419,9 +556,8 @@ def _singular_values(F: Tensor) -> Tensor:
     batch, r = F.shape[:-2], min(F.shape[-2:])
     if F.numel() == 0:
         return F.new_zeros((*batch, r))
-    F3 = F.reshape(-1, *F.shape[-2:])
-    finite = finite_mask(F3)
-    S = torch.where(finite[:, None], gram_eigh(F3, finite, vectors=False).sqrt(), float("nan"))
+    finite, F3, c = scaled_rows(F.reshape(-1, *F.shape[-2:]))
+    S = torch.where(finite[:, None], gram_eigh(F3, finite, vectors=False).sqrt() * c[:, None], float("nan"))
     return S.reshape(*batch, r).to(F.dtype)
 
 
@@ -436,8 +572,7 @@ def _singular_values_backward(F: Tensor, grad: Tensor) -> Tensor:
     # (or w_i w_iᵀ F/σ_i): the stabilised 1/σ keeps zero singular values finite.
     w = work_dtype(F.dtype)
     m, n = F.shape[-2:]
-    F3 = F.reshape(-1, m, n)
-    finite = finite_mask(F3)
+    finite, F3, _ = scaled_rows(F.reshape(-1, m, n))  # u_i v_iᵀ is the same for F/c
     tall = m > n  # gram_eigh works on the short side: FᵀF (W = V) when m > n, else FFᵀ (W = U)
     lam, W = gram_eigh(F3, finite)
     S = lam.sqrt()
@@ -524,7 +659,9 @@ def energies(s: Tensor, n_strong: Tensor, n_weak: Tensor):
 
 
 def _energy_fractions(s: Tensor, n_strong: Tensor, n_weak: Tensor) -> Tensor:
-    """energies() as one [..., 3] tensor."""
+    """energies() as one [..., 3] tensor. σ is divided by its power-of-two scale first (exact): no
+    overflow of σ² at any scale (SPEC §10)."""
+    s = s / pow2_scale(s, (-1,))
     c = (s * s).cumsum(-1)
     ends = torch.stack([n_strong - 1, n_strong + n_weak - 1, n_strong.new_full((), s.shape[-1] - 1).expand_as(n_strong)], -1)
     cum = c.gather(-1, ends)  # Σσ² up to the strong, the weak and the last entry
@@ -538,13 +675,17 @@ def _energy_fractions(s: Tensor, n_strong: Tensor, n_weak: Tensor) -> Tensor:
 def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float, center: bool = False) -> tuple[
         Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, energy fractions [..., 3])."""
+    # σ / c with c each row's power of two (exact): no overflow of σ² at any scale (SPEC §10)
+    c = pow2_scale(S, (-1,))
+    Su = S.to(c.dtype) / c
     if S.device.type == "cpu" and _ext.available() and S.shape[-1] and not center:  # one C++ pass per sorted row
-        s = S.to(work_dtype(S.dtype)).sort(-1, descending=True).values
+        s = Su.sort(-1, descending=True).values
         out = torch.ops.sdekernels_C.spectral_partition_fwd(s, iqr_c, _sigma_den(m, n), math.sqrt(m) + math.sqrt(n))
     else:
-        n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S, m, n, iqr_c, center)
+        n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(Su, m, n, iqr_c, center)
         out = n_strong, n_weak, tau_noise, tau_strong, sigma_hat, _energy_fractions(s, n_strong, n_weak)
-    return (*out[:2], *(x.to(S.dtype) for x in out[2:]))
+    c = c.squeeze(-1)
+    return (*out[:2], *(x.to(S.dtype) for x in (out[2] * c, out[3] * c, out[4] * c, out[5])))
 
 
 @_spectral_partition.register_fake
@@ -651,6 +792,7 @@ _FIELD = [{"batch": 0, "m": B, "n": D, "k": k} for B in (256, 1024, 4096) for D 
 
 register(OpInfo(
     name="svd_topk", op=svd_topk, ref=_ref_topk, make=_make_topk,
+    scaling=lambda sh: ((0,), (0, 1, 0)),
     shapes=[{"batch": 0, "m": 1, "n": 1, "k": 1}, {"batch": 3, "m": 8, "n": 6, "k": 3},
             {"batch": 2, "m": 5, "n": 12, "k": 4}, {"batch": 0, "m": 80, "n": 72, "k": 5},
             {"batch": 2, "m": 40, "n": 100, "k": 6, "niter": 3}],
@@ -684,6 +826,7 @@ def _sv_cost(s):
 
 register(OpInfo(
     name="singular_values", op=singular_values, ref=ref.singular_values, make=_make_sv,
+    scaling=lambda sh: ((0,), (1,)),
     shapes=[{"batch": 0, "m": 1, "n": 1}, {"batch": 3, "m": 12, "n": 9}, {"batch": 2, "m": 5, "n": 17},
             {"batch": 0, "m": 70, "n": 70}],
     space={"batch": (0, 3), "m": (1, 40), "n": (1, 40)},
@@ -725,6 +868,7 @@ def _bad_partition(device):
 
 register(OpInfo(
     name="spectral_partition", op=spectral_partition, ref=ref.spectral_partition, make=_make_partition,
+    scaling=lambda sh: ((0,), (0, 0, 1, 1, 1, 0, 0, 0)),  # counts and energies invariant, thresholds ∝ S
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 30, "n": 50}, {"batch": 2, "m": 64, "n": 64, "s": 3},
             {"batch": 0, "m": 90, "n": 40, "s": 4, "iqr_c": 3.0}, {"batch": 2, "m": 30, "n": 50, "s": 3, "center": True},
             {"batch": 0, "m": 70, "n": 40, "s": 2, "center": True}],

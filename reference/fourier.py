@@ -109,6 +109,8 @@ def amplitude_mix(x1: torch.Tensor, x2: torch.Tensor, lam, *, ratio: float = 1.0
     h = ⌊H√ratio⌋ rows starting at ⌊H/2⌋ − ⌊h/2⌋ (likewise w columns), A = A1 elsewhere; the
     phase of x1 is kept and the output is Re IFFT2(A e^{iP1}). ``lam`` is a float or a tensor
     whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]).
+    Expects un-normalised pixels, as FACT mixes images before the mean/std normalisation: on
+    normalised images |DC| folds the sign of a channel whose mean is below the normalisation mean.
     """
     _check_image(x1, "x1")
     _check_image(x2, "x2")

@@ -47,8 +47,36 @@ def _radius(H: int, W: int, transform: str, device) -> tuple:
     return r, r_max
 
 
-def check_psd_options(transform: str, center: Optional[str], channel_reduce: str) -> None:
-    """The string options of radial_psd (shared by the reference and the fused op)."""
+def bin_index(H: int, W: int, bins: int, transform: str, official: bool = False) -> torch.Tensor:
+    """Bin of every (u, v) [H, W] (int64): min(⌊r / r_max · bins⌋, bins − 1).
+
+    official=True computes r, r_max and the quotient in float32 with r_max = max(r_max, 1), as the
+    official Spectrum Matching code does (utils_DCT.py, radial_bin_map): an entry whose r / r_max ·
+    bins is an integer in exact arithmetic may land one bin apart from the float64 map (e.g. 5×5).
+    """
+    if official:
+        u = torch.arange(H, dtype=torch.float32).unsqueeze(1)
+        v = torch.arange(W, dtype=torch.float32).unsqueeze(0)
+        r = torch.sqrt(u * u + v * v)
+        return torch.floor(r / r.max().clamp_min(1.0) * bins).long().clamp(0, bins - 1)
+    r, r_max = _radius(H, W, transform, "cpu")
+    return torch.floor(r / max(r_max, 1e-12) * bins).long().clamp_max(bins - 1)
+
+
+def _bin_means(P: torch.Tensor, idx: torch.Tensor, bins: int, count_eps: float = 0.0) -> torch.Tensor:
+    """Mean of P [..., H, W] per bin of idx [H, W] (empty bins: 0); count_eps > 0: sum / (count + count_eps)."""
+    onehot = Fn.one_hot(idx.reshape(-1).to(P.device), bins).to(P.dtype)  # [H*W, bins]
+    counts = onehot.sum(0)
+    sums = P.flatten(-2) @ onehot  # [..., bins]
+    if count_eps:
+        return sums / (counts.clamp_min(1) + count_eps)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
+
+
+def check_psd_options(transform: str, center: Optional[str], channel_reduce: str, keep_dc: bool = False) -> None:
+    """The options of radial_psd (shared by the reference and the fused op)."""
+    if not isinstance(keep_dc, bool):
+        raise TypeError(f"keep_dc must be a bool, got {type(keep_dc).__name__}")
     if transform not in ("dct", "fft"):
         raise ValueError(f"transform must be 'dct' or 'fft', got {transform!r}")
     if center not in ("mean", None, "none"):
@@ -58,45 +86,47 @@ def check_psd_options(transform: str, center: Optional[str], channel_reduce: str
 
 
 def radial_psd(x: torch.Tensor, *, bins: int = 16, transform: str = "dct", center: Optional[str] = "mean",
-               channel_reduce: str = "mean") -> torch.Tensor:
+               channel_reduce: str = "mean", keep_dc: bool = False) -> torch.Tensor:
     """Radially binned power spectrum of x [..., C, H, W] (SPEC §9).
 
     transform="dct": P = (2-D orthonormal DCT-II coefficient)², r = √(u² + v²),
     r_max = √((H−1)² + (W−1)²); transform="fft": P = |FFT2|² / (HW), r = √(min(u, H−u)² +
     min(v, W−v)²), r_max = √(⌊H/2⌋² + ⌊W/2⌋²). Each sample-channel's spatial mean is removed
     first when center="mean" (center=None or "none": not). P is averaged over channels
-    (channel_reduce="mean") or kept per channel ("none"), clamped ≥ 1e-12, P[0, 0] = 0;
-    bin = min(⌊r / r_max · bins⌋, bins − 1) and the output [..., bins] (or [..., C, bins]) is
-    the mean of P per bin, 0 for an empty bin (the DC entry counts, with value 0, in bin 0).
+    (channel_reduce="mean") or kept per channel ("none"), clamped ≥ 1e-12, P[0, 0] = 0 unless
+    keep_dc; bin = min(⌊r / r_max · bins⌋, bins − 1) and the output [..., bins] (or [..., C, bins])
+    is the mean of P per bin, 0 for an empty bin (the DC entry counts in bin 0, with value 0 unless
+    keep_dc). keep_dc=True with center="none" gives the Spectrum Matching paper's analysis spectra.
     """
     _check_images(x, "x")
-    check_psd_options(transform, center, channel_reduce)
+    check_psd_options(transform, center, channel_reduce, keep_dc)
     if int(bins) < 1:
         raise ValueError(f"bins must be a positive int, got {bins}")
-    bins = int(bins)
+    return _psd(x, int(bins), transform, center == "mean", channel_reduce == "mean", keep_dc, 1e-12, False)
+
+
+def _psd(x: torch.Tensor, bins: int, transform: str, centre: bool, channel_mean: bool, keep_dc: bool, floor: float,
+         official: bool) -> torch.Tensor:
+    """radial_psd with the entry floor as a parameter; official=True: the official code's float32 bin
+    map and bin means sum / (count + 1e-8) (SPEC §9, esm_loss's official variant)."""
     dtype = x.dtype
     xw = _work(x)
     H, W = xw.shape[-2:]
-    if center == "mean":
+    if centre:
         xw = xw - xw.mean(dim=(-2, -1), keepdim=True)
     if transform == "dct":
         P = _dct2(xw) ** 2
     else:
         P = torch.fft.fft2(xw).abs() ** 2 / (H * W)
-    if channel_reduce == "mean":
+    if channel_mean:
         P = P.mean(dim=-3)
-    P = P.clamp_min(1e-12)
-    dc = torch.zeros(H, W, dtype=torch.bool, device=P.device)
-    dc[0, 0] = True
-    P = torch.where(dc, torch.zeros_like(P), P)
-
-    r, r_max = _radius(H, W, transform, P.device)
-    idx = torch.floor(r / max(r_max, 1e-12) * bins).long().clamp_max(bins - 1).reshape(-1)
-    onehot = Fn.one_hot(idx, bins).to(P.dtype)  # [H*W, bins]
-    counts = onehot.sum(0)
-    sums = P.flatten(-2) @ onehot  # [..., bins]
-    out = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
-    return out.to(dtype)
+    P = P.clamp_min(floor)
+    if not keep_dc:
+        dc = torch.zeros(H, W, dtype=torch.bool, device=P.device)
+        dc[0, 0] = True
+        P = torch.where(dc, torch.zeros_like(P), P)
+    idx = bin_index(H, W, bins, transform, official)
+    return _bin_means(P, idx, bins, 1e-8 if official else 0.0).to(dtype)
 
 
 def _gaussian_kernel1d(size: int, sigma: float, dtype, device) -> torch.Tensor:
@@ -105,17 +135,18 @@ def _gaussian_kernel1d(size: int, sigma: float, dtype, device) -> torch.Tensor:
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
-def _blur(x: torch.Tensor, kernel: torch.Tensor, name: str) -> torch.Tensor:
-    """Separable per-channel blur of x [N, C, H, W] with an odd 1-D kernel, reflect padding."""
+def _blur(x: torch.Tensor, kernel: torch.Tensor, name: str, padding: str = "reflect") -> torch.Tensor:
+    """Separable per-channel blur of x [N, C, H, W] with an odd 1-D kernel, reflect (or zero) padding."""
     C = x.shape[1]
     K = kernel.numel()
     pad = K // 2
-    if pad >= x.shape[-2] or pad >= x.shape[-1]:
+    if padding == "reflect" and (pad >= x.shape[-2] or pad >= x.shape[-1]):
         raise ValueError(f"{name}'s H and W must exceed the blur radius {pad}, got {tuple(x.shape[-2:])}")
     kh = kernel.reshape(1, 1, K, 1).expand(C, 1, K, 1)
     kw = kernel.reshape(1, 1, 1, K).expand(C, 1, 1, K)
-    x = Fn.conv2d(Fn.pad(x, (0, 0, pad, pad), mode="reflect"), kh, groups=C)
-    x = Fn.conv2d(Fn.pad(x, (pad, pad, 0, 0), mode="reflect"), kw, groups=C)
+    mode = "reflect" if padding == "reflect" else "constant"
+    x = Fn.conv2d(Fn.pad(x, (0, 0, pad, pad), mode=mode), kh, groups=C)
+    x = Fn.conv2d(Fn.pad(x, (pad, pad, 0, 0), mode=mode), kw, groups=C)
     return x
 
 
@@ -124,41 +155,93 @@ def _as_4d(x: torch.Tensor):
     return x.reshape(-1, *x.shape[-3:]), batch
 
 
+def check_esm_options(variant: str, loss: str, blur, log_power: bool = True) -> None:
+    """The options of esm_loss (shared by the reference and the fused op)."""
+    if not isinstance(log_power, bool):
+        raise TypeError(f"log_power must be a bool, got {type(log_power).__name__}")
+    if variant not in ("library", "official"):
+        raise ValueError(f"variant must be 'library' or 'official', got {variant!r}")
+    if loss not in ("kl", "l2"):
+        raise ValueError(f"loss must be 'kl' or 'l2', got {loss!r}")
+    if blur is not None and (len(blur) != 2 or int(blur[0]) < 1 or int(blur[0]) % 2 == 0 or float(blur[1]) <= 0):
+        raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur!r}")
+
+
+def esm_blur(blur, size, official: bool):
+    """The blur esm_loss applies to the target images: none for 32-px latents in the official variant."""
+    return None if official and size[0] == 32 else blur
+
+
+def esm_target_images(x: torch.Tensor, size, blur, official: bool) -> torch.Tensor:
+    """x [N, C, H, W] blurred and resized to `size` as esm_loss's target side (SPEC §9)."""
+    blur = esm_blur(blur, size, official)
+    if blur is not None:
+        kernel = _gaussian_kernel1d(int(blur[0]), float(blur[1]), x.dtype, x.device)
+        x = _blur(x, kernel, "x", "zeros" if official else "reflect")
+    if x.shape[-2:] != tuple(size):  # a bicubic resize to the same size is the identity
+        x = Fn.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+    return x
+
+
+def esm_distance(s_x: torch.Tensor, s_z: torch.Tensor, loss: str, log_power: bool, official: bool) -> torch.Tensor:
+    """esm_loss from the two binned spectra [N, bins] (s_x the target, already times f^delta) (SPEC §9)."""
+    eps = 1e-8 if official else 0.0
+
+    def normalise(s):
+        if log_power:
+            s = torch.log1p(s + 1e-8)  # log(1 + s + 1e-8); log1p keeps every entry > 0 in float32 too
+        s = s.clamp_min(0)
+        total = s.sum(-1, keepdim=True)
+        return s / (total + eps) if official else s / total.clamp_min(torch.finfo(s.dtype).tiny)
+
+    p, q = normalise(s_x), normalise(s_z)
+    if loss == "l2":
+        return ((q - p) ** 2).mean()
+    if official:
+        return (p * (torch.log(p + eps) - torch.log(q + eps))).sum(-1).mean()
+    # 0 · log 0 = 0: bins empty in both spectra (or holding only the zeroed DC entry) add nothing.
+    pos = p > 0
+    one = torch.ones_like(p)
+    kl = torch.where(pos, p * (torch.log(torch.where(pos, p, one)) - torch.log(torch.where(pos, q, one))), 0 * p)
+    return kl.sum(-1).mean()
+
+
 def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int = 16,
-             blur: Optional[Sequence] = (7, 1.2)) -> torch.Tensor:
+             blur: Optional[Sequence] = (7, 1.2), variant: str = "library", loss: str = "kl",
+             log_power: bool = True) -> torch.Tensor:
     """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
 
-    x is blurred (separable normalised Gaussian of blur = (size, sigma), size odd, reflect
-    padding; blur=None: none), resized to (h, w) by bicubic interpolation (align_corners=False;
-    skipped when the size already matches, where it is the identity), and
+    variant="library": x is blurred (separable normalised Gaussian of blur = (size, sigma), size
+    odd, reflect padding; blur=None: none), resized to (h, w) by bicubic interpolation
+    (align_corners=False; skipped when the size already matches, where it is the identity), and
     s_x = radial_psd(x) · f^delta, f = 1..bins, is the detached target; s_z = radial_psd(z).
-    Each s ← max(log(1 + s + 1e-8), 0) (computed as log1p(s + 1e-8), which keeps every entry
-    > 0 in float32 too), normalised to sum 1; L = mean over the batch of Σ s_x (log s_x − log s_z).
+    Each s ← max(log(1 + s + 1e-8), 0) (log_power=False: max(s, 0)), normalised to sum 1;
+    loss="kl": L = mean over the batch of Σ s_x (log s_x − log s_z) (0 · log 0 = 0);
+    loss="l2": the mean of (s_z − s_x)² over batch and bins.
+    variant="official" is the official Spectrum Matching code: no blur when h = 32, zero padding,
+    the power floored at 1e-8 with the float32 bin map, bin means sum / (count + 1e-8),
+    s / (Σ s + 1e-8), and the KL as Σ s_x (log(s_x + 1e-8) − log(s_z + 1e-8)).
+    Not scale-invariant: the log and the floors are absolute, so z and x belong in [−1, 1] as in the paper.
     """
     _check_images(z, "z")
     _check_images(x, "x")
+    check_esm_options(variant, loss, blur, log_power)
+    if int(bins) < 1:
+        raise ValueError(f"bins must be a positive int, got {bins}")
+    bins = int(bins)
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"z and x must have the same batch shape, got {tuple(z.shape[:-3])} and {tuple(x.shape[:-3])}")
+    official = variant == "official"
+    floor = 1e-8 if official else 1e-12
     dtype = z.dtype
     zw, _ = _as_4d(_work(z))
     with torch.no_grad():
         xw, _ = _as_4d(_work(x.detach()).to(zw.dtype))
-        if blur is not None:
-            size, sigma = int(blur[0]), float(blur[1])
-            if size < 1 or size % 2 == 0 or sigma <= 0:
-                raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur}")
-            xw = _blur(xw, _gaussian_kernel1d(size, sigma, xw.dtype, xw.device), "x")
-        if xw.shape[-2:] != zw.shape[-2:]:
-            xw = Fn.interpolate(xw, size=tuple(zw.shape[-2:]), mode="bicubic", align_corners=False)
+        xw = esm_target_images(xw, zw.shape[-2:], blur, official)
         f = torch.arange(1, bins + 1, dtype=xw.dtype, device=xw.device)
-        s_x = radial_psd(xw, bins=bins) * f ** delta
-        s_x = torch.log1p(s_x + 1e-8).clamp_min(0)
-        s_x = s_x / s_x.sum(-1, keepdim=True)
-    s_z = radial_psd(zw, bins=bins)
-    s_z = torch.log1p(s_z + 1e-8).clamp_min(0)
-    s_z = s_z / s_z.sum(-1, keepdim=True)
-    kl = (s_x * (torch.log(s_x) - torch.log(s_z))).sum(-1)
-    return kl.mean().to(dtype)
+        s_x = _psd(xw, bins, "dct", True, True, False, floor, official) * f ** delta
+    s_z = _psd(zw, bins, "dct", True, True, False, floor, official)
+    return esm_distance(s_x, s_z, loss, log_power, official).to(dtype)
 
 
 def _check_block(H: int, W: int, block: int) -> None:
@@ -201,6 +284,8 @@ def dog(z: torch.Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> torch.Tens
 
     d = G_σ1 ∗ z − G_σ2 ∗ z per channel (normalised Gaussians of radius ⌈3σ⌉, reflect
     padding), returned as d / (population std of d over each sample's C·H·W values + 1e-6).
+    σ1 = 1, σ2 = 2 and the std normalisation are this library's own choice: the papers give no
+    DoG formula and the official Spectrum Matching code has none.
     """
     _check_images(z, "z")
     if sigma1 <= 0 or sigma2 <= 0:

@@ -10,14 +10,18 @@ __all__: list[str] = ["SDELoss", "FourierAttentiveTokens", "DeepPromptEncoder", 
 
 
 class ESMLoss(torch.nn.Module):
-    """Explicit spectrum matching loss (SPEC §9): `loss(z, x)` = esm_loss(z, x, delta, bins, blur)."""
+    """Explicit spectrum matching loss (SPEC §9): `loss(z, x)` = esm_loss(z, x, ...) with the
+    constructor's options (variant="official" for the official Spectrum Matching code)."""
 
-    def __init__(self, delta: float = 1.0, bins: int = 16, blur=(7, 1.2)):
+    def __init__(self, delta: float = 1.0, bins: int = 16, blur=(7, 1.2), variant: str = "library", loss: str = "kl",
+                 log_power: bool = True):
         super().__init__()
         self.delta, self.bins, self.blur = delta, bins, blur
+        self.variant, self.loss, self.log_power = variant, loss, log_power
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return esm_loss(z, x, delta=self.delta, bins=self.bins, blur=self.blur)
+        return esm_loss(z, x, delta=self.delta, bins=self.bins, blur=self.blur, variant=self.variant, loss=self.loss,
+                        log_power=self.log_power)
 
 
 class BlockDCTLowpass(torch.nn.Module):

@@ -423,6 +423,8 @@ def amplitude_mix(x1: Tensor, x2: Tensor, lam, *, ratio: float = 1.0) -> Tensor:
     frequencies around DC, A1 elsewhere; the phase of x1 is kept. ``lam``: a float, or a tensor
     whose shape is a prefix of the batch shape (e.g. [B] for x [B, C, H, W]). Built from the fused
     split and merge (one split per image, one merge).
+    Expects un-normalised pixels, as FACT mixes images before the mean/std normalisation: on
+    normalised images |DC| folds the sign of a channel whose mean is below the normalisation mean.
     """
     _check_image(x1, "x1")
     check(x2, "x2", min_dim=2, like=x1)

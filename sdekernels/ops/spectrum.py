@@ -4,13 +4,16 @@ radial_psd — forward: one fused Triton kernel (transform as products with DCT 
 power, channel reduction and radial binning in one pass over x), or on CPU the transform by
 GEMMs / FFT followed by the fused power-and-bin kernel of csrc/cpu/spectrum.cpp. Backward:
 csrc (cpu/spectrum.cpp, cuda/spectrum.cu): the transform recomputed by ATen, the bin gradients
-scattered onto it by an elementwise kernel, the adjoint transform back to x.
+scattered onto it by an elementwise kernel, the adjoint transform back to x. keep_dc: the kernels
+zero P[0, 0]; the op adds it back to bin 0 (and its gradient) in ATen.
 block_dct_lowpass — one block²×block² projector applied to every block by a single matmul
 kernel; the projector is symmetric and idempotent, so the op is its own backward.
-esm_loss — ATen around the fused radial_psd. dog — both blurs and their difference as two GEMMs
+esm_loss — the target side's blur and bicubic resize as two GEMMs (both are separable linear maps),
+ATen around the fused radial_psd, both variants. dog — both blurs and their difference as two GEMMs
 (the reflect-padded blurs as banded matrices); the analytic backward works from the saved output and
 per-sample std, so it blurs once (the adjoint map) and never recomputes the forward.
-Reference: reference/spectrum.py. Tests: python_tests/test_ops.py (generic) and test_spectrum.py.
+Reference: reference/spectrum.py. Tests: python_tests/test_ops.py (generic), test_spectrum.py and
+test_official.py (against the official Spectrum Matching / FACT formulas).
 """
 import functools
 import math
@@ -153,12 +156,15 @@ def _dft(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _bin_map(H: int, W: int, bins: int, transform: str, dtype: torch.dtype, device: torch.device):
-    """Bin index of every (u, v) (row-major, int64) and 1 / count per bin (0 for an empty bin)."""
-    r, r_max = ref_spec._radius(H, W, transform, "cpu")
-    idx = torch.floor(r / max(r_max, 1e-12) * bins).long().clamp_max(bins - 1).reshape(-1)
+def _bin_map(H: int, W: int, bins: int, transform: str, dtype: torch.dtype, device: torch.device, official: bool = False):
+    """Bin index of every (u, v) (row-major, int64) and 1 / count per bin (0 for an empty bin);
+    official: the official code's float32 map and 1 / (count + 1e-8) (SPEC §9, esm_loss)."""
+    idx = ref_spec.bin_index(H, W, bins, transform, official).reshape(-1)
     count = torch.bincount(idx, minlength=bins).double()
-    inv = torch.where(count > 0, 1.0 / count.clamp_min(1), torch.zeros_like(count))
+    if official:  # an empty bin's sum is 0, so any factor does there
+        inv = 1.0 / (count.clamp_min(1) + 1e-8)
+    else:
+        inv = torch.where(count > 0, 1.0 / count.clamp_min(1), torch.zeros_like(count))
     return idx.to(device), inv.to(dtype=dtype, device=device)
 
 
@@ -172,15 +178,38 @@ def _projector(block: int, k: int, dtype: torch.dtype, device: torch.device) -> 
     return (K.mT @ (keep[:, None] * K)).to(dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def _blur_matrix(n: int, size: int, sigma: float, padding: str = "reflect") -> Tensor:
+    """[n, n] float64: the 1-D normalised Gaussian blur (odd `size`) with reflect (edge not repeated)
+    or zero padding as a banded matrix."""
+    r = size // 2
+    g = ref_spec._gaussian_kernel1d(size, sigma, torch.float64, "cpu").expand(n, -1)
+    pos = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
+    if padding == "reflect":
+        pos = torch.where(pos < 0, -pos, torch.where(pos > n - 1, 2 * (n - 1) - pos, pos))
+    else:  # taps outside the image drop out
+        g = torch.where((pos >= 0) & (pos < n), g, 0.0)
+        pos = pos.clamp(0, n - 1)
+    return torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, pos, g.contiguous())
+
+
+@functools.lru_cache(maxsize=64)
+def _bicubic_matrix(n: int, out: int) -> Tensor:
+    """[out, n] float64: Fn.interpolate(mode="bicubic", align_corners=False) along one axis (the 2-D
+    resize is separable: its weights are products of per-axis weights, with clamped indices)."""
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, n, 1)
+    return Fn.interpolate(eye, size=(out, 1), mode="bicubic", align_corners=False).reshape(n, out).T
+
+
 # ---------------------------------------------------------------- radial_psd
 
 
-def _psd_triton(x4: Tensor, bins: int, fft: bool, mean: bool, Y: Tensor) -> Tensor:
+def _psd_triton(x4: Tensor, bins: int, fft: bool, mean: bool, Y: Tensor, official: bool) -> Tensor:
     B, C, H, W = x4.shape
     w = work_dtype(x4.dtype)
     mats = _dft if fft else _dct
     AH, AW = mats(H, w, x4.device), mats(W, w, x4.device)
-    idx, inv = _bin_map(H, W, bins, "fft" if fft else "dct", w, x4.device)
+    idx, inv = _bin_map(H, W, bins, "fft" if fft else "dct", w, x4.device, official)
     use_dot = w != torch.float64
     blk = 32 if use_dot and max(H, W) > 16 else 16
     n_tu, n_tv = triton.cdiv(H, blk), triton.cdiv(W, blk)
@@ -206,18 +235,28 @@ def _spectrum_shape(x: Tensor, fft: bool, save: bool):
     return ((x.numel() // max(C * H * W, 1), C, H, W) + ((2,) if fft else ())) if save else (0,)
 
 
+def _dc_power(x: Tensor, channel_mean: bool) -> Tensor:
+    """P[0, 0] of the uncentred x [..., C, H, W] for both transforms: H·W·mean², per channel or averaged."""
+    H, W = x.shape[-2:]
+    p0 = x.to(work_dtype(x.dtype)).mean((-2, -1)).square() * (H * W)
+    return p0.mean(-1) if channel_mean else p0
+
+
 @torch.library.custom_op("sdekernels::radial_psd", mutates_args=())
-def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: bool) -> tuple[Tensor, Tensor]:
-    """(binned power spectrum, the spectrum of the centred x for the backward when `save`, else empty)."""
+def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: bool,
+                official: bool = False, keep_dc: bool = False, centre: bool = True) -> tuple[Tensor, Tensor]:
+    """(binned power spectrum, the spectrum of the centred x for the backward when `save`, else empty);
+    official: the bin map and means of esm_loss's official variant (see _bin_map). The kernels give
+    P[0, 0] = 0; keep_dc adds the clamped P[0, 0] to bin 0 here (0 for a centred x, H·W·mean² else)."""
     C, H, W = x.shape[-3:]
     w = work_dtype(x.dtype)
     fft = transform == "fft"
     x4 = x.reshape(-1, C, H, W)
     Y = x.new_empty(_spectrum_shape(x, fft, save), dtype=w)
     if use_triton(x):
-        out = _psd_triton(x4.contiguous(), bins, fft, channel_mean, Y)
+        out = _psd_triton(x4.contiguous(), bins, fft, channel_mean, Y, official)
     elif _ext.available():
-        idx, inv = _bin_map(H, W, bins, transform, w, x.device)
+        idx, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         if fft:
             S = _spectrum(x4.to(w), True)
             out = torch.ops.sdekernels_C.radial_bin_fwd(S.reshape(S.shape[0], C, -1), idx, inv, 2, 1.0 / (H * W),
@@ -227,40 +266,55 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
             out, Y = torch.ops.sdekernels_C.radial_psd_fwd(x4.to(w), idx, inv, _dct(H, w, x.device), _dct(W, w, x.device),
                                                            channel_mean, save)
     else:
-        out = ref.radial_psd(x4, bins=bins, transform=transform, channel_reduce="mean" if channel_mean else "none")
+        out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, 1e-12, official)
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
-    return out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins))).to(x.dtype), Y
+    out = out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins)))
+    if keep_dc:
+        _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
+        p0 = torch.zeros_like(out[..., 0], dtype=w) if centre else _dc_power(x, channel_mean)
+        out = out.to(w).clone()
+        out[..., 0] += p0.clamp_min(1e-12) * inv[0]
+    return out.to(x.dtype), Y
 
 
 @_radial_psd.register_fake
-def _(x, bins, transform, channel_mean, save):
+def _(x, bins, transform, channel_mean, save, official=False, keep_dc=False, centre=True):
     out = x.new_empty(x.shape[:-3] + ((bins,) if channel_mean else (x.shape[-3], bins)))
     return out, x.new_empty(_spectrum_shape(x, transform == "fft", save), dtype=work_dtype(x.dtype))
 
 
 @torch.library.custom_op("sdekernels::radial_psd_backward", mutates_args=())
-def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transform: str, channel_mean: bool) -> Tensor:
+def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transform: str, channel_mean: bool,
+                         official: bool = False, keep_dc: bool = False, centre: bool = True) -> Tensor:
     w = work_dtype(x.dtype)
     C, H, W = x.shape[-3:]
     g = grad.to(w)
     if _ext.available() and Y.numel():
-        idx, inv = _bin_map(H, W, bins, transform, w, x.device)
+        idx, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         D = (None, None) if transform == "fft" else (_dct(H, w, x.device), _dct(W, w, x.device))
         dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, g.reshape(Y.shape[0], -1).contiguous(), idx, inv, *D, channel_mean)
     else:
         x4 = x.to(w).reshape(-1, C, H, W)
-        (dx,) = ref_vjp(ref.radial_psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
-                        transform=transform, channel_reduce="mean" if channel_mean else "none")
-    return grad_like(dx.reshape(x.shape), x)
+        (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
+                        transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
+                        official=official)
+    dx = dx.reshape(x.shape)
+    if keep_dc and not centre:  # d(H·W·m²)/dx = 2m at every pixel, where the floor does not clamp P[0, 0]
+        _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
+        m = x.to(w).mean((-2, -1))
+        g0 = g[..., 0] * inv[0] * (_dc_power(x, channel_mean) >= 1e-12)
+        coef = 2 * m * (g0.unsqueeze(-1) / C if channel_mean else g0)
+        dx = dx + coef[..., None, None]
+    return grad_like(dx, x)
 
 
 @_radial_psd_backward.register_fake
-def _(x, Y, grad, bins, transform, channel_mean):
+def _(x, Y, grad, bins, transform, channel_mean, official=False, keep_dc=False, centre=True):
     return torch.empty_like(x)
 
 
 def _radial_psd_setup(ctx, inputs, output):
-    x, ctx.bins, ctx.transform, ctx.channel_mean, _ = inputs
+    x, ctx.bins, ctx.transform, ctx.channel_mean, _, ctx.official, ctx.keep_dc, ctx.centre = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the spectrum output
     ctx.save_for_backward(x, output[1])
@@ -269,8 +323,10 @@ def _radial_psd_setup(ctx, inputs, output):
 def _radial_psd_grad(ctx, grad, _grad_spectrum):
     x, Y = ctx.saved_tensors
     if grad is None:  # the spectrum alone was used (gradients are not materialised)
-        return None, None, None, None, None
-    return _radial_psd_backward(x, Y, grad, ctx.bins, ctx.transform, ctx.channel_mean), None, None, None, None
+        return (None,) * 8
+    dx = _radial_psd_backward(x, Y, grad, ctx.bins, ctx.transform, ctx.channel_mean, ctx.official, ctx.keep_dc,
+                              ctx.centre)
+    return (dx,) + (None,) * 7
 
 
 _radial_psd.register_autograd(_radial_psd_grad, setup_context=_radial_psd_setup)
@@ -282,20 +338,21 @@ def _check_bins(bins):
 
 
 def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str | None = "mean",
-               channel_reduce: str = "mean") -> Tensor:
+               channel_reduce: str = "mean", keep_dc: bool = False) -> Tensor:
     """Radially binned power spectrum of x [..., C, H, W] (SPEC §9): [..., bins] (or [..., C, bins]).
 
     transform="dct": orthonormal 2-D DCT-II; "fft": |FFT2|² / (HW) with wrapped frequencies.
-    P[0, 0] = 0 by definition, and removing each channel's spatial mean changes only the (0, 0)
-    coefficient of either transform (every other basis function sums to zero), so center="mean"
-    and center=None give the same spectrum (and gradient); the fused paths always centre, which
-    keeps fp32 accurate for inputs with a large mean.
+    P[0, 0] = 0 unless keep_dc, and removing each channel's spatial mean changes only the (0, 0)
+    coefficient of either transform (every other basis function sums to zero), so without keep_dc
+    center="mean" and center=None give the same spectrum (and gradient); the fused paths always
+    centre, which keeps fp32 accurate for inputs with a large mean. keep_dc=True keeps P[0, 0]
+    (with center="none": the Spectrum Matching paper's analysis spectra).
     """
     check(x, "x", min_dim=3)
     _check_bins(bins)
-    ref_spec.check_psd_options(transform, center, channel_reduce)
+    ref_spec.check_psd_options(transform, center, channel_reduce, keep_dc)
     save = torch.is_grad_enabled() and x.requires_grad  # keep the spectrum only when a backward may follow
-    return _radial_psd(x, bins, transform, channel_reduce == "mean", save)[0]
+    return _radial_psd(x, bins, transform, channel_reduce == "mean", save, False, keep_dc, center == "mean")[0]
 
 
 # ---------------------------------------------------------------- esm_loss
@@ -305,36 +362,70 @@ def _as_4d(x: Tensor) -> Tensor:
     return x.reshape(-1, *x.shape[-3:])
 
 
-def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(7, 1.2)) -> Tensor:
+# The official variant floors each power entry at 1e-8 where radial_psd floors at 1e-12: the op is
+# evaluated at z·1e-2 and scaled back by 1e4, since clamp(P·1e-4, 1e-12)·1e4 = clamp(P, 1e-8).
+_OFFICIAL_SCALE = 1e-2
+
+
+def _esm_spectrum(x4: Tensor, bins: int, official: bool) -> Tensor:
+    if not official:
+        return radial_psd(x4, bins=bins)
+    save = torch.is_grad_enabled() and x4.requires_grad
+    out = _radial_psd(x4 * _OFFICIAL_SCALE, bins, "dct", True, save, True)[0]
+    return out / _OFFICIAL_SCALE ** 2
+
+
+@functools.lru_cache(maxsize=64)
+def _esm_axis(n: int, out: int, blur, padding: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[out, n]: the target side's blur (if any) then bicubic resize (if any) along one axis."""
+    M = torch.eye(n, dtype=torch.float64) if blur is None else _blur_matrix(n, *blur, padding)
+    if out != n:
+        M = _bicubic_matrix(n, out) @ M
+    return M.to(dtype=dtype, device=device)
+
+
+def _esm_target(x4: Tensor, size, blur, official: bool) -> Tensor:
+    """reference esm_target_images by two GEMMs: blur and bicubic resize are both separable linear
+    maps, so the whole target side is M_H x M_Wᵀ per image (the W side first, which shrinks it)."""
+    blur = ref_spec.esm_blur(blur, size, official)
+    (H, W), (h, w) = x4.shape[-2:], tuple(size)
+    if blur is None and (H, W) == (h, w):
+        return x4
+    key = None if blur is None else (int(blur[0]), float(blur[1]))
+    pad = "zeros" if official else "reflect"
+    MH, MW = (_esm_axis(n, o, key, pad, x4.dtype, x4.device) for n, o in ((H, h), (W, w)))
+    t = x4.reshape(-1, W) @ MW.mT
+    return (MH @ t.reshape(-1, H, w)).reshape(*x4.shape[:-2], h, w)
+
+
+def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(7, 1.2), variant: str = "library",
+             loss: str = "kl", log_power: bool = True) -> Tensor:
     """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
 
     The target s_x (x blurred, resized to h×w, radial_psd · f^delta) is detached; both spectra go
-    through log1p, are normalised to sum 1, and L = mean over the batch of KL(s_x ‖ s_z).
+    through log(1 + s + 1e-8) (unless log_power=False), are normalised to sum 1, and L = mean over
+    the batch of KL(s_x ‖ s_z) (loss="kl") or the mean of (s_z − s_x)² (loss="l2").
+    variant="official" reproduces the official Spectrum Matching code (no blur for 32-px latents,
+    zero padding, and its 1e-8 terms); "library" (the default) is the SPEC's own definition.
+    The loss is not scale-invariant (absolute log and floors): z and x belong in [−1, 1], as in the paper.
     """
     check(z, "z", min_dim=3)
     check(x, "x", min_dim=3, like=z)
     _check_bins(bins)
+    ref_spec.check_esm_options(variant, loss, blur, log_power)
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"x must have z's batch shape {tuple(z.shape[:-3])}, got {tuple(x.shape[:-3])}")
-    if blur is not None:
-        if len(blur) != 2 or int(blur[0]) < 1 or int(blur[0]) % 2 == 0 or float(blur[1]) <= 0:
-            raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur!r}")
-        if int(blur[0]) // 2 >= min(x.shape[-2:]):
-            raise ValueError(f"x's H and W must exceed the blur radius {int(blur[0]) // 2}, got {tuple(x.shape[-2:])}")
+    official = variant == "official"
+    if blur is not None and not official and int(blur[0]) // 2 >= min(x.shape[-2:]):
+        raise ValueError(f"x's H and W must exceed the blur radius {int(blur[0]) // 2}, got {tuple(x.shape[-2:])}")
     w = work_dtype(z.dtype)
     zw = _as_4d(z.to(w))
     with torch.no_grad():
-        xw = _as_4d(x.detach().to(w))
-        if blur is not None:
-            xw = ref_spec._blur(xw, ref_spec._gaussian_kernel1d(int(blur[0]), float(blur[1]), w, xw.device), "x")
-        if xw.shape[-2:] != zw.shape[-2:]:
-            xw = Fn.interpolate(xw, size=tuple(zw.shape[-2:]), mode="bicubic", align_corners=False)
+        xw = _esm_target(_as_4d(x.detach().to(w)), zw.shape[-2:], blur, official)
         f = torch.arange(1, bins + 1, dtype=w, device=xw.device)
-        s_x = torch.log1p(radial_psd(xw, bins=bins) * f ** delta + 1e-8).clamp_min(0)
-        s_x = s_x / s_x.sum(-1, keepdim=True)
-    s_z = torch.log1p(radial_psd(zw, bins=bins) + 1e-8).clamp_min(0)
-    s_z = s_z / s_z.sum(-1, keepdim=True)
-    return (s_x * (torch.log(s_x) - torch.log(s_z))).sum(-1).mean().to(z.dtype)
+        s_x = _esm_spectrum(xw, bins, official) * f ** delta
+    s_z = _esm_spectrum(zw, bins, official)
+    return ref_spec.esm_distance(s_x, s_z, loss, log_power, official).to(z.dtype)
 
 
 # ---------------------------------------------------------------- block_dct_lowpass
@@ -406,13 +497,8 @@ def _radius(sigma: float) -> int:
     return int(math.ceil(3.0 * sigma))
 
 
-def _blur_matrix(n: int, sigma: float) -> Tensor:
-    """[n, n] float64: the 1-D normalised Gaussian blur of radius ⌈3σ⌉ with reflect padding as a matrix."""
-    r = _radius(sigma)
-    g = ref_spec._gaussian_kernel1d(2 * r + 1, sigma, torch.float64, "cpu")
-    pos = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
-    pos = torch.where(pos < 0, -pos, torch.where(pos > n - 1, 2 * (n - 1) - pos, pos))  # reflect (edge not repeated)
-    return torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, pos, g.expand(n, -1).contiguous())
+def _dog_blur(n: int, sigma: float) -> Tensor:
+    return _blur_matrix(n, 2 * _radius(sigma) + 1, sigma)
 
 
 @functools.lru_cache(maxsize=64)
@@ -420,8 +506,8 @@ def _dog_matrices(H: int, W: int, sigma1: float, sigma2: float, dtype: torch.dty
     """(L [H, 2H], R [W, 2W]) with d = L · (z R).view(2H, W) = G1_H z G1_Wᵀ − G2_H z G2_Wᵀ per image:
     R = [G1_Wᵀ, G2_Wᵀ] blurs the rows with both kernels side by side, so (z R) viewed as [2H, W]
     interleaves the two results row by row, and L's columns interleave G1_H and −G2_H to match."""
-    R = torch.cat([_blur_matrix(W, sigma1).mT, _blur_matrix(W, sigma2).mT], 1)
-    L = torch.stack([_blur_matrix(H, sigma1), -_blur_matrix(H, sigma2)], 2).reshape(H, 2 * H)
+    R = torch.cat([_dog_blur(W, sigma1).mT, _dog_blur(W, sigma2).mT], 1)
+    L = torch.stack([_dog_blur(H, sigma1), -_dog_blur(H, sigma2)], 2).reshape(H, 2 * H)
     return L.to(dtype=dtype, device=device), R.to(dtype=dtype, device=device)
 
 
@@ -487,7 +573,9 @@ _dog.register_autograd(_dog_grad, setup_context=_dog_setup)
 
 def dog(z: Tensor, sigma1: float = 1.0, sigma2: float = 2.0) -> Tensor:
     """Difference of Gaussians of z [..., C, H, W] over the spatial grid, divided by (its population
-    standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9)."""
+    standard deviation over each sample's C·H·W values + 1e-6) (SPEC §9). The defaults σ1 = 1, σ2 = 2
+    and the std normalisation are this library's own choice (the official Spectrum Matching code
+    has no DoG)."""
     check(z, "z", min_dim=3)
     for s, name in ((sigma1, "sigma1"), (sigma2, "sigma2")):
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 or not math.isfinite(s):
@@ -507,7 +595,7 @@ def _images(shape, device, dtype, gen, shift=0.0):
 
 
 def _psd_sample(shape, device, dtype, gen):
-    kwargs = {k: shape[k] for k in ("bins", "transform", "channel_reduce") if k in shape}
+    kwargs = {k: shape[k] for k in ("bins", "transform", "center", "channel_reduce", "keep_dc") if k in shape}
     return Sample((_images(shape, device, dtype, gen, shift=shape.get("shift", 0.0)),), kwargs)
 
 
@@ -530,7 +618,10 @@ register(OpInfo(
             {"batch": 3, "C": 3, "H": 16, "W": 24, "transform": "fft"},
             {"batch": 2, "C": 2, "H": 8, "W": 8, "bins": 5, "channel_reduce": "none"},
             {"batch": 2, "C": 1, "H": 5, "W": 7, "transform": "fft", "channel_reduce": "none", "bins": 40},
-            {"batch": 2, "C": 3, "H": 6, "W": 9, "bins": 7}],
+            {"batch": 2, "C": 3, "H": 6, "W": 9, "bins": 7},
+            {"batch": 2, "C": 3, "H": 8, "W": 8, "keep_dc": True, "center": "none", "shift": 0.5},
+            {"batch": 2, "C": 2, "H": 6, "W": 7, "keep_dc": True, "transform": "fft", "channel_reduce": "none",
+             "center": "none", "shift": -0.3}],
     space={"batch": (0, 3), "C": (1, 4), "H": (1, 40), "W": (1, 40), "bins": (1, 24)},
     bad=_bad_psd,
     bench=[{"batch": 256, "C": 4, "H": 32, "W": 32, "backward": True, "quick": True},
@@ -543,7 +634,7 @@ register(OpInfo(
 def _esm_sample(shape, device, dtype, gen):
     z = _images({**shape, "C": shape["Cz"], "H": shape["h"], "W": shape["w"]}, device, dtype, gen)
     x = _images(shape, device, dtype, gen, shift=0.5)
-    kwargs = {k: shape[k] for k in ("delta", "bins", "blur") if k in shape}
+    kwargs = {k: shape[k] for k in ("delta", "bins", "blur", "variant", "loss", "log_power") if k in shape}
     return Sample((z, x), kwargs)
 
 
@@ -551,7 +642,7 @@ def _bad_esm(device):
     z, x = torch.randn(2, 4, 8, 8, device=device), torch.randn(2, 3, 32, 32, device=device)
     return [((z[0, 0], x), {}, "z"), ((z, x[:1]), {}, "x"), ((z, x.double()), {}, "x"),
             ((z, x), {"blur": (4, 1.0)}, "blur"), ((z, x), {"bins": 0}, "bins"),
-            ((z, x[..., :3, :3]), {}, "x")]
+            ((z, x[..., :3, :3]), {}, "x"), ((z, x), {"variant": "paper"}, "variant"), ((z, x), {"loss": "l1"}, "loss")]
 
 
 register(OpInfo(
@@ -559,7 +650,11 @@ register(OpInfo(
     shapes=[{"batch": 0, "Cz": 1, "h": 4, "w": 4, "C": 1, "H": 8, "W": 8},
             {"batch": 2, "Cz": 4, "h": 8, "w": 8, "C": 3, "H": 32, "W": 32},
             {"batch": 3, "Cz": 2, "h": 16, "w": 12, "C": 3, "H": 16, "W": 12, "blur": None, "delta": 0.5},
-            {"batch": 2, "Cz": 4, "h": 16, "w": 16, "C": 3, "H": 40, "W": 24, "bins": 8, "blur": (5, 0.8)}],
+            {"batch": 2, "Cz": 4, "h": 16, "w": 16, "C": 3, "H": 40, "W": 24, "bins": 8, "blur": (5, 0.8)},
+            {"batch": 2, "Cz": 3, "h": 8, "w": 8, "C": 3, "H": 32, "W": 32, "variant": "official"},
+            {"batch": 2, "Cz": 2, "h": 5, "w": 5, "C": 1, "H": 15, "W": 15, "variant": "official", "loss": "l2",
+             "log_power": False, "delta": 0.4},
+            {"batch": 2, "Cz": 2, "h": 12, "w": 10, "C": 2, "H": 24, "W": 20, "loss": "l2", "log_power": False}],
     space={"batch": (0, 3), "Cz": (1, 4), "h": (2, 16), "w": (2, 16), "C": (1, 3), "H": (8, 40), "W": (8, 40)},
     bad=_bad_esm,
     constant=(1,), batch_key=None,  # the target side x is detached: gradients flow to z only

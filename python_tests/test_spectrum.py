@@ -213,3 +213,18 @@ def test_modules():
     assert torch.equal(BlockDCTLowpass(8)(z), sdekernels.block_dct_lowpass(z, 8))
     assert torch.equal(BlockDCTLowpass(8)(z, k=10), sdekernels.block_dct_lowpass(z, 10))
     assert torch.equal(DoG(0.5, 1.5)(z), sdekernels.dog(z, 0.5, 1.5))
+
+
+@pytest.mark.parametrize("H,W,h,w,blur,official", [(64, 48, 16, 16, (7, 1.2), False), (20, 30, 8, 12, (5, 0.8), True),
+                                                   (12, 12, 12, 12, (3, 0.5), False), (10, 14, 16, 20, None, False),
+                                                   (64, 64, 32, 32, (7, 1.2), True)])
+def test_esm_target_as_two_gemms(H, W, h, w, blur, official):
+    """esm_loss's target side (blur, then bicubic resize) as per-axis matrices equals the convolution
+    and interpolate of the reference, down- and upsampling, reflect and zero padding."""
+    from sdekernels.ops.spectrum import _esm_target
+    from sdekernels.reference.spectrum import esm_target_images
+
+    x = torch.randn(2, 3, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(H * W))
+    got, want = _esm_target(x, (h, w), blur, official), esm_target_images(x, (h, w), blur, official)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-13, rtol=0)

@@ -185,9 +185,15 @@ def check_esm_options(variant: str, loss: str, blur, log_power: bool = True) -> 
         raise ValueError(f"blur must be (odd size, sigma > 0) or None, got {blur!r}")
 
 
+def esm_blur(blur, size, official: bool):
+    """The blur esm_loss applies to the target images: none for 32-px latents in the official variant."""
+    return None if official and size[0] == 32 else blur
+
+
 def esm_target_images(x: torch.Tensor, size, blur, official: bool) -> torch.Tensor:
     """x [N, C, H, W] blurred and resized to `size` as esm_loss's target side (SPEC §9)."""
-    if blur is not None and not (official and size[0] == 32):  # official: no blur for 32-px latents
+    blur = esm_blur(blur, size, official)
+    if blur is not None:
         kernel = _gaussian_kernel1d(int(blur[0]), float(blur[1]), x.dtype, x.device)
         x = _blur(x, kernel, "x", "zeros" if official else "reflect")
     if x.shape[-2:] != tuple(size):  # a bicubic resize to the same size is the identity

@@ -8,9 +8,10 @@ scattered onto it by an elementwise kernel, the adjoint transform back to x. kee
 zero P[0, 0]; the op adds it back to bin 0 (and its gradient) in ATen.
 block_dct_lowpass — one block²×block² projector applied to every block by a single matmul
 kernel; the projector is symmetric and idempotent, so the op is its own backward.
-esm_loss — ATen around the fused radial_psd, both variants. dog — both blurs and their difference as
-two GEMMs (the reflect-padded blurs as banded matrices); the analytic backward works from the saved
-output and per-sample std, so it blurs once (the adjoint map) and never recomputes the forward.
+esm_loss — the target side's blur and bicubic resize as two GEMMs (both are separable linear maps),
+ATen around the fused radial_psd, both variants. dog — both blurs and their difference as two GEMMs
+(the reflect-padded blurs as banded matrices); the analytic backward works from the saved output and
+per-sample std, so it blurs once (the adjoint map) and never recomputes the forward.
 Reference: reference/spectrum.py. Tests: python_tests/test_ops.py (generic), test_spectrum.py and
 test_official.py (against the official Spectrum Matching / FACT formulas).
 """
@@ -167,6 +168,29 @@ def _projector(block: int, k: int, dtype: torch.dtype, device: torch.device) -> 
     u = torch.arange(block)
     keep = ((u[:, None] + u[None, :]) < (2 * block - 1 - k)).reshape(-1).double()
     return (K.mT @ (keep[:, None] * K)).to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _blur_matrix(n: int, size: int, sigma: float, padding: str = "reflect") -> Tensor:
+    """[n, n] float64: the 1-D normalised Gaussian blur (odd `size`) with reflect (edge not repeated)
+    or zero padding as a banded matrix."""
+    r = size // 2
+    g = ref_spec._gaussian_kernel1d(size, sigma, torch.float64, "cpu").expand(n, -1)
+    pos = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
+    if padding == "reflect":
+        pos = torch.where(pos < 0, -pos, torch.where(pos > n - 1, 2 * (n - 1) - pos, pos))
+    else:  # taps outside the image drop out
+        g = torch.where((pos >= 0) & (pos < n), g, 0.0)
+        pos = pos.clamp(0, n - 1)
+    return torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, pos, g.contiguous())
+
+
+@functools.lru_cache(maxsize=64)
+def _bicubic_matrix(n: int, out: int) -> Tensor:
+    """[out, n] float64: Fn.interpolate(mode="bicubic", align_corners=False) along one axis (the 2-D
+    resize is separable: its weights are products of per-axis weights, with clamped indices)."""
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, n, 1)
+    return Fn.interpolate(eye, size=(out, 1), mode="bicubic", align_corners=False).reshape(n, out).T
 
 
 # ---------------------------------------------------------------- radial_psd
@@ -359,6 +383,29 @@ def _esm_spectrum(x4: Tensor, bins: int, official: bool) -> Tensor:
     return out / _OFFICIAL_SCALE ** 2
 
 
+@functools.lru_cache(maxsize=64)
+def _esm_axis(n: int, out: int, blur, padding: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[out, n]: the target side's blur (if any) then bicubic resize (if any) along one axis."""
+    M = torch.eye(n, dtype=torch.float64) if blur is None else _blur_matrix(n, *blur, padding)
+    if out != n:
+        M = _bicubic_matrix(n, out) @ M
+    return M.to(dtype=dtype, device=device)
+
+
+def _esm_target(x4: Tensor, size, blur, official: bool) -> Tensor:
+    """reference esm_target_images by two GEMMs: blur and bicubic resize are both separable linear
+    maps, so the whole target side is M_H x M_Wᵀ per image (the W side first, which shrinks it)."""
+    blur = ref_spec.esm_blur(blur, size, official)
+    (H, W), (h, w) = x4.shape[-2:], tuple(size)
+    if blur is None and (H, W) == (h, w):
+        return x4
+    key = None if blur is None else (int(blur[0]), float(blur[1]))
+    pad = "zeros" if official else "reflect"
+    MH, MW = (_esm_axis(n, o, key, pad, x4.dtype, x4.device) for n, o in ((H, h), (W, w)))
+    t = x4.reshape(-1, W) @ MW.mT
+    return (MH @ t.reshape(-1, H, w)).reshape(*x4.shape[:-2], h, w)
+
+
 def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(7, 1.2), variant: str = "library",
              loss: str = "kl", log_power: bool = True) -> Tensor:
     """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
@@ -390,7 +437,7 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
     w = work_dtype(z.dtype)
     zw = _as_4d(z.to(w))
     with torch.no_grad():
-        xw = ref_spec.esm_target_images(_as_4d(x.detach().to(w)), zw.shape[-2:], blur, official)
+        xw = _esm_target(_as_4d(x.detach().to(w)), zw.shape[-2:], blur, official)
         f = torch.arange(1, bins + 1, dtype=w, device=xw.device)
         s_x = _esm_spectrum(xw, bins, official) * f ** delta
     s_z = _esm_spectrum(zw, bins, official)
@@ -465,13 +512,8 @@ def _radius(sigma: float) -> int:
     return int(math.ceil(3.0 * sigma))
 
 
-def _blur_matrix(n: int, sigma: float) -> Tensor:
-    """[n, n] float64: the 1-D normalised Gaussian blur of radius ⌈3σ⌉ with reflect padding as a matrix."""
-    r = _radius(sigma)
-    g = ref_spec._gaussian_kernel1d(2 * r + 1, sigma, torch.float64, "cpu")
-    pos = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
-    pos = torch.where(pos < 0, -pos, torch.where(pos > n - 1, 2 * (n - 1) - pos, pos))  # reflect (edge not repeated)
-    return torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, pos, g.expand(n, -1).contiguous())
+def _dog_blur(n: int, sigma: float) -> Tensor:
+    return _blur_matrix(n, 2 * _radius(sigma) + 1, sigma)
 
 
 @functools.lru_cache(maxsize=64)
@@ -479,8 +521,8 @@ def _dog_matrices(H: int, W: int, sigma1: float, sigma2: float, dtype: torch.dty
     """(L [H, 2H], R [W, 2W]) with d = L · (z R).view(2H, W) = G1_H z G1_Wᵀ − G2_H z G2_Wᵀ per image:
     R = [G1_Wᵀ, G2_Wᵀ] blurs the rows with both kernels side by side, so (z R) viewed as [2H, W]
     interleaves the two results row by row, and L's columns interleave G1_H and −G2_H to match."""
-    R = torch.cat([_blur_matrix(W, sigma1).mT, _blur_matrix(W, sigma2).mT], 1)
-    L = torch.stack([_blur_matrix(H, sigma1), -_blur_matrix(H, sigma2)], 2).reshape(H, 2 * H)
+    R = torch.cat([_dog_blur(W, sigma1).mT, _dog_blur(W, sigma2).mT], 1)
+    L = torch.stack([_dog_blur(H, sigma1), -_dog_blur(H, sigma2)], 2).reshape(H, 2 * H)
     return L.to(dtype=dtype, device=device), R.to(dtype=dtype, device=device)
 
 

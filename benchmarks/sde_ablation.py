@@ -37,7 +37,12 @@ VARIANTS = {
     "const_lambda": ["--loss", "sde", "--lambda-start", "0.275", "--lambda-end", "0.275"],
     "augment": ["--loss", "sde", "--mode", "augment"],
     "center": ["--loss", "sde", "--center"],
+    # the setting of the earlier runs: 128-d features from a width-16 encoder, rank <= 65 of 128
+    "infonce_dim128": ["--loss", "infonce"],
+    "sde_dim128": ["--loss", "sde"],
+    "no_hellinger_dim128": ["--loss", "sde", "--spectral-terms", "subspace"],
 }
+LATE = {v: ["--dim", "128"] for v in VARIANTS if v.endswith("_dim128")}  # after SHARED: the last --dim wins
 SEEDS = (0, 1, 2)
 STEPS = 300
 # --dim 64: the width-16 CNN's image features have rank <= 4·16 + 1 = 65, so a wider projection would
@@ -52,7 +57,7 @@ EXTRA = ("acc_noise", "acc_blur", "acc_contrast", "energy_strong", "energy_weak"
 def command(variant: str, seed: int, steps: int) -> list:
     out = RUNS / f"{variant}_s{seed}"
     return ["python", "-m", "sdekernels", "train", "sde", *VARIANTS[variant], "--steps", str(steps),
-            "--seed", str(seed), *SHARED, "--out", str(out)]
+            "--seed", str(seed), *SHARED, *LATE.get(variant, []), "--out", str(out)]
 
 
 def lookup(summary: dict, key: str):

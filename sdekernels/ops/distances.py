@@ -106,8 +106,9 @@ def _hellinger(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
     if use_triton(S_a):
         return _hellinger_triton(_unit_rows(S_a)[0].to(S_a.dtype), _unit_rows(S_b)[0].to(S_b.dtype), power, squared)
     if S_a.device.type == "cpu" and _ext.available():  # one pass per row, vectorised (csrc/cpu/distances.cpp)
-        return torch.ops.sdekernels_C.hellinger_fwd(_unit_rows(S_a)[0], _unit_rows(S_b)[0], power,
-                                                    squared).to(S_a.dtype)
+        # no S^power of a negative value: NaN (as the reference), which the C++ pass carries to the row
+        a, b = (torch.where(S >= 0, _unit_rows(S)[0], float("nan")) for S in (S_a, S_b))
+        return torch.ops.sdekernels_C.hellinger_fwd(a, b, power, squared).to(S_a.dtype)
     return ref.hellinger(S_a, S_b, power=power, squared=squared)
 
 

@@ -19,6 +19,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as Fn
 from torch import Tensor
 
 from . import _triton as kt
@@ -259,7 +260,7 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     else:
         out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, 1e-12, official)
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
-    out = (out.reshape(x4.shape[0], -1) * (c * c).reshape(-1, 1)).reshape(x.shape[:-3] + ((bins,) if channel_mean
+    out = (out.reshape(x4.shape[0], (1 if channel_mean else C) * bins) * (c * c).reshape(-1, 1)).reshape(x.shape[:-3] + ((bins,) if channel_mean
                                                                                      else (C, bins)))
     if keep_dc:
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
@@ -307,7 +308,7 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transfor
         (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
                         transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
                         official=official)
-    dx = (dx.reshape(c.shape[0], -1) * c.reshape(-1, 1)).reshape(x.shape)
+    dx = (dx.reshape(c.shape[0], C * H * W) * c.reshape(-1, 1)).reshape(x.shape)
     if keep_dc and not centre:  # d(H·W·m²)/dx = 2m at every pixel, where the floor does not clamp P[0, 0]
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         m = x.to(w).mean((-2, -1))
@@ -565,7 +566,7 @@ def _dog_backward(out: Tensor, s: Tensor, mean: Tensor, c: Tensor, grad: Tensor,
     # from the saved output: no blur is recomputed. Where the floor acts (s <= ε, a near-constant d)
     # only g/ε remains, so that no input gives NaN. dL/dz = dL/d(z/c) / c.
     C, H, W = out.shape[-3:]
-    o = out.to(s.dtype).reshape(s.shape[0], -1)
+    o = out.to(s.dtype).reshape(s.shape[0], C * H * W)
     g = grad.to(s.dtype).reshape(o.shape)
     den = s.clamp_min(1e-6)
     inv = (1.0 / den)[:, None]

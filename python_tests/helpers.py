@@ -1,6 +1,7 @@
 """What the generic tests share: the device under test, the kernel paths on it, comparisons."""
 import contextlib
 import os
+import socket
 
 import torch
 
@@ -34,3 +35,19 @@ def weighted_sum(out, gen):
             w = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)
             total = total + (t * w).sum()
     return total
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (torch.distributed's rendezvous in the tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def average_over_ranks(grads, world: int) -> None:
+    """DDP's gradient averaging, in place: all-reduce, then divide by the world size."""
+    import torch.distributed as dist
+
+    for g in grads:
+        dist.all_reduce(g)
+        g /= world

@@ -8,12 +8,13 @@ exact. The test checks both: the local feature gradients / world_size, and the p
 linear encoder after averaging their gradients over the ranks as DDP does.
 """
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from helpers import average_over_ranks, free_port
 
 WORLD = 2
 B, D_IN, D = 24, 12, 10
@@ -61,23 +62,15 @@ def _worker(rank, init, path):
         part = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
         out = _run(x_a[part], x_b[part], w_a, w_b, gather=True)
         for res in out.values():
-            for g in res[3:]:  # DDP: parameter gradients averaged over the ranks
-                dist.all_reduce(g)
-                g /= WORLD
+            average_over_ranks(res[3:], WORLD)  # DDP: parameter gradients averaged over the ranks
         torch.save(out, os.path.join(path, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(f"tcp://127.0.0.1:{_free_port()}", str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(f"tcp://127.0.0.1:{free_port()}", str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     whole = _run(*_data(), gather=False)
     for name, (loss, dF_a, dF_b, dW_a, dW_b, ds) in whole.items():

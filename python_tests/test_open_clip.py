@@ -9,7 +9,6 @@ our losses normalise again, which changes only the radial part of the feature gr
 that part vanishes through the model's own normalisation.
 """
 import os
-import socket
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ import sdekernels
 from sdekernels.bench import load_open_clip_loss
 from sdekernels.nn import SDELoss, SigLipLoss
 
-from helpers import PATHS, on_path
+from helpers import PATHS, average_over_ranks, free_port, on_path
 
 WORLD = 2
 B, D_IN, D = 24, 12, 10
@@ -129,19 +128,11 @@ def _worker(rank, init, path):
                 for name, ours, theirs in losses(mod, local_loss, with_grad, rank, WORLD):
                     for who, fn in (("ours", ours), ("open_clip", theirs)):
                         res = run(fn, x_a[part], x_b[part], w_a, w_b)
-                        for g in res[3:]:  # DDP: parameter gradients averaged over the ranks
-                            dist.all_reduce(g)
-                            g /= WORLD
+                        average_over_ranks(res[3:], WORLD)  # DDP: parameter gradients averaged over the ranks
                         out[name, local_loss, with_grad, who] = res
         torch.save(out, os.path.join(path, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -149,7 +140,7 @@ def test_two_processes_match_open_clip(tmp_path):
     """Per rank, ours and open_clip's give the same loss, local feature gradients and DDP-averaged
     parameter gradients, for local_loss and gather_with_grad both ways."""
     open_clip_loss()
-    mp.spawn(_worker, args=(f"tcp://127.0.0.1:{_free_port()}", str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(f"tcp://127.0.0.1:{free_port()}", str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for r, out in enumerate(ranks):
         keys = [k for k in out if k[-1:] == ("ours",)]

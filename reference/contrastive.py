@@ -51,6 +51,20 @@ def rank_offset(z: torch.Tensor) -> int:
     return torch.distributed.get_rank() * z.shape[-2] if _distributed() else 0
 
 
+def _pair(z_a, z_b, normalize: bool, gather: bool):
+    """Checked paired features [..., B, d] in the work dtype, all-gathered and L2-normalised on request:
+    z/‖z‖ (0 at z = 0); F.normalize's eps is absolute, so rows are first divided by max|z|."""
+    if z_a.dim() < 2 or z_a.shape != z_b.shape:
+        raise ValueError(f"z_a and z_b must have the same shape [..., B, d], got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    a, b = _work(z_a), _work(z_b)
+    if gather:
+        a, b = gather_batch(a), gather_batch(b)
+    if normalize:
+        unit = lambda z: Fn.normalize(z / z.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny), dim=-1)  # noqa: E731
+        a, b = unit(a), unit(b)
+    return a, b
+
+
 def info_nce(z_a, z_b, temperature=0.07, *, logit_scale=None, normalize=True, symmetric=True, gather=False):
     """InfoNCE of paired features z_a, z_b [..., B, d] with explicit B×B logits (SPEC §6).
 
@@ -60,15 +74,8 @@ def info_nce(z_a, z_b, temperature=0.07, *, logit_scale=None, normalize=True, sy
     alone when not symmetric; CE is averaged over the B rows (and any leading batch dims).
     gather=True with an initialised process group: the loss of the all-gathered batch.
     """
-    if z_a.dim() < 2 or z_a.shape != z_b.shape:
-        raise ValueError(f"z_a and z_b must have the same shape [..., B, d], got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    a, b = _pair(z_a, z_b, normalize, gather)
     dtype = z_a.dtype
-    a, b = _work(z_a), _work(z_b)
-    if gather:
-        a, b = gather_batch(a), gather_batch(b)
-    if normalize:  # z/‖z‖ (0 at z = 0); F.normalize's eps is absolute, so rows are first divided by max|z|
-        unit = lambda z: Fn.normalize(z / z.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny), dim=-1)  # noqa: E731
-        a, b = unit(a), unit(b)
     if logit_scale is None:
         scale = 1.0 / temperature
     elif isinstance(logit_scale, torch.Tensor):
@@ -115,14 +122,8 @@ def siglip_loss(z_a, z_b, logit_scale, logit_bias, *, normalize=True, gather=Fal
     averaged over any leading batch dims; s and b floats or tensors (gradients flow through them).
     gather=True with an initialised process group: the loss of the all-gathered batch.
     """
-    if z_a.dim() < 2 or z_a.shape != z_b.shape:
-        raise ValueError(f"z_a and z_b must have the same shape [..., B, d], got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    a, b = _pair(z_a, z_b, normalize, gather)
     dtype = z_a.dtype
-    a, b = _work(z_a), _work(z_b)
-    if gather:
-        a, b = gather_batch(a), gather_batch(b)
-    if normalize:
-        a, b = Fn.normalize(a, dim=-1), Fn.normalize(b, dim=-1)
     s = _work(logit_scale) if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
     bias = _work(logit_bias) if isinstance(logit_bias, torch.Tensor) else float(logit_bias)
     logits = s * (a @ b.mT) + bias

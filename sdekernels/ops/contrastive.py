@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from .. import reference as ref
-from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_real, check_shape, grad_like, next_pow2,
-                     pow2_scale, rows, use_triton, work_dtype)
+from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_real, check_shape, cuda_like, grad_like,
+                     next_pow2, pow2_scale, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
@@ -162,9 +162,9 @@ def _config(x: Tensor) -> dict:
     fp64 = x.dtype == torch.float64
     cfg = dict(PREC="tf32x3" if x.dtype == torch.float32 else "ieee", ACC=tl.float64 if fp64 else tl.float32,
                UPCAST=INTERPRET and x.dtype in LOW)
-    if x.is_cuda:
+    if cuda_like(x):
         tiles = CUDA_TILES[x.dtype]
-        return dict(cfg, **tiles, BD=min(next_pow2(max(d, 16)), tiles["BD"]))
+        return dict(cfg, **{**tiles, "BD": min(next_pow2(max(d, 16)), tiles["BD"])})
     return dict(cfg, BM=32, BN=32, BK=32, BD=next_pow2(max(d, 16)), num_warps=1)
 
 

@@ -24,27 +24,26 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
+def _scoped(name: str, value: bool, default: bool):
+    """Set the thread-local flag `name` for the duration of a with-block."""
+    old = getattr(_state, name, default)
+    setattr(_state, name, value)
+    try:
+        yield
+    finally:
+        setattr(_state, name, old)
+
+
 def triton_on_cpu(enabled: bool = True):
     """Run the Triton kernels on CPU tensors (needs TRITON_INTERPRET=1): how tests reach them."""
     if enabled and not (HAS_TRITON and INTERPRET):
         raise RuntimeError("triton_on_cpu needs triton and TRITON_INTERPRET=1 set before import")
-    old = getattr(_state, "cpu", False)
-    _state.cpu = enabled
-    try:
-        yield
-    finally:
-        _state.cpu = old
+    return _scoped("cpu", enabled, False)
 
 
-@contextlib.contextmanager
 def emulate_cuda(enabled: bool = True):
     """Inside, `cuda_like` holds for CPU tensors too (the scoped form of SDEKERNELS_EMULATE_CUDA=1)."""
-    old = getattr(_state, "cuda", EMULATE_CUDA)
-    _state.cuda = enabled
-    try:
-        yield
-    finally:
-        _state.cuda = old
+    return _scoped("cuda", enabled, EMULATE_CUDA)
 
 
 def cuda_like(x: torch.Tensor) -> bool:

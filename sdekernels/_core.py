@@ -3,9 +3,12 @@ import contextlib
 import math
 import numbers
 import os
+import sys
 import threading
 
 import torch
+
+from ._torch import autograd_on
 
 FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 DEBUG = os.environ.get("SDEKERNELS_DEBUG") == "1"
@@ -125,20 +128,9 @@ def rows(x: torch.Tensor, inner: int) -> torch.Tensor:
     return x.reshape((-1,) + tuple(x.shape[x.dim() - inner:])).contiguous()
 
 
-@contextlib.contextmanager
-def _autograd_on():
-    """Record autograd again inside a custom op's body (the dispatcher excludes autograd there)."""
-    K = torch._C.DispatchKey
-    exclude = torch._C._dispatch_tls_local_exclude_set()
-    for key in (K.AutogradCPU, K.AutogradCUDA, K.AutogradOther, K.ADInplaceOrView):
-        exclude = exclude.remove(key)
-    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
-        yield
-
-
 def ref_vjp(fn, tensors, grad, **kwargs):
     """Backward by autograd through the reference: the path used when the C++ extension is absent."""
-    with _autograd_on():
+    with autograd_on():
         leaves = [None if t is None else t.detach().requires_grad_(True) for t in tensors]
         out = fn(*leaves, **kwargs)
         used = [t for t in leaves if t is not None]
@@ -149,14 +141,14 @@ def ref_vjp(fn, tensors, grad, **kwargs):
 def vjp(fn, *primals):
     """(fn(*primals), pullback) as torch.func.vjp, by autograd: usable inside a custom op's body under
     any dispatch mode (fake tensors, torch.library.opcheck), where functorch's wrappers are not."""
-    with _autograd_on():
+    with autograd_on():
         leaves = [p.detach().requires_grad_(True) for p in primals]
         out = fn(*leaves)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
 
     def pullback(cotangents):
         cots = list(cotangents) if isinstance(cotangents, (tuple, list)) else [cotangents]
-        with _autograd_on():
+        with autograd_on():
             grads = torch.autograd.grad(outs, leaves, cots, allow_unused=True)
         return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads))
 
@@ -175,13 +167,18 @@ def without_autocast(device_type: str, *tensors):
     return torch.autocast(device_type, enabled=False), up
 
 
-def autocast_float32(namespace: str = "sdekernels"):
-    """Autocast policy of every custom op in `namespace`, as torch's numerically sensitive ops: under
-    torch.autocast they run with autocast off, fp16/bf16 inputs up-cast to float32 (float64 kept)."""
-    for qualname in torch._C._dispatch_get_all_op_names():
-        if qualname.startswith(namespace + "::"):
-            for device in ("cpu", "cuda"):
-                torch.library.register_autocast(qualname, device, torch.float32)
+def autocast_float32(package: str = "sdekernels"):
+    """Autocast policy of every custom op defined in `package`'s loaded modules, as torch's numerically
+    sensitive ops: under torch.autocast they run with autocast off, fp16/bf16 inputs up-cast to
+    float32 (float64 kept)."""
+    for name, module in list(sys.modules.items()):
+        if name == package or name.startswith(package + "."):
+            for op in vars(module).values():
+                if isinstance(op, torch.library.CustomOpDef):
+                    for device in ("cpu", "cuda"):
+                        torch.library.register_autocast(op, device, torch.float32)
+
+
 def pow2_scale(x: torch.Tensor, dims) -> torch.Tensor:
     """Per slice of x over `dims` (kept as size-1 dims): the power of two c with max|x| / c in [1, 2),
     or 1 where the slice is zero or not finite. x / c is exact, so a Gram, an eigensolver or a

@@ -61,7 +61,8 @@ def notes(out: str, dry: bool) -> int:
         try:
             r, limits = bench.run([name], device=device, progress=False)
         except Exception as e:  # one case that breaks must not lose the others
-            r, limits, failed = [{"op": name, "shape": bench._label(shape), "error": f"{type(e).__name__}: {e}"}], {}, failed + 1
+            error = f"{type(e).__name__}: {e}"
+            r, limits, failed = [{"op": name, "shape": bench._label(shape), "error": error}], {}, failed + 1
         finally:
             info.bench = saved
         rows += r

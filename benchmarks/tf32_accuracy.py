@@ -33,9 +33,11 @@ SHAPES = {
                    {"batch": 1, "C": 1, "H": 64, "W": 64, "transform": "fft"}],
     "block_dct_lowpass": [{"batch": 1, "C": 3, "H": 256, "W": 256, "k": 8}],
 }
-QUICK = {"svd_topk": [{"batch": 0, "m": 256, "n": 128, "k": 16}], "subspace_distance": [{"batch": 0, "n": 1024, "k": 64}],
+QUICK = {"svd_topk": [{"batch": 0, "m": 256, "n": 128, "k": 16}],
+         "subspace_distance": [{"batch": 0, "n": 1024, "k": 64}],
          "fourier_split": [{"batch": 1, "H": 64, "W": 64}], "radial_psd": [{"batch": 1, "C": 2, "H": 32, "W": 32}],
-         "spectral_enhance": [{"batch": 0, "m": 128, "n": 256}], "block_dct_lowpass": [{"batch": 1, "C": 1, "H": 64, "W": 64, "k": 8}]}
+         "spectral_enhance": [{"batch": 0, "m": 128, "n": 256}],
+         "block_dct_lowpass": [{"batch": 1, "C": 1, "H": 64, "W": 64, "k": 8}]}
 
 
 def measure(name: str, shape: dict, dtype: torch.dtype, precision: str | None) -> float:

@@ -36,7 +36,8 @@ def command(name: str, runs: str) -> list:
 
 
 def load(runs: Path) -> dict:
-    return {n: json.loads((runs / n / "summary.json").read_text()) for n in RUNS if (runs / n / "summary.json").exists()}
+    files = {n: runs / n / "summary.json" for n in RUNS}
+    return {n: json.loads(f.read_text()) for n, f in files.items() if f.exists()}
 
 
 def pct(x: float) -> str:
@@ -53,7 +54,8 @@ def tables(s: dict) -> str:
             b, a = s[n]["before"], s[n]["after"]
             out.append(f"| {s[n]['loss']} | {pct(a['acc_clean'])} | {pct(a['acc_noise'])} | {pct(a['acc_blur'])} | "
                        f"{pct(a['acc_contrast'])} | {pct(b['energy_strong'])} → {pct(a['energy_strong'])} | "
-                       f"{pct(b['energy_weak'])} → {pct(a['energy_weak'])} | {pct(b['energy_noise'])} → {pct(a['energy_noise'])} |")
+                       f"{pct(b['energy_weak'])} → {pct(a['energy_weak'])} | "
+                       f"{pct(b['energy_noise'])} → {pct(a['energy_noise'])} |")
         out += ["", "| loss | centred: strong energy % (before → after) | weak % | noise % | n_strong | n_weak |",
                 "|---|---|---|---|---|---|"]
         for n in sde:
@@ -82,7 +84,8 @@ def tables(s: dict) -> str:
                 "|---|---|---|---|" + "---|" * (len(sig) + 1)]
         for n in esm:
             a = s[n]["after"]
-            out.append(f"| {s[n]['variant']} | {a['psnr']:.2f} | {a['esm_test']:.3f} | {pct(a['latent_high_freq_fraction'])} | " +
+            out.append(f"| {s[n]['variant']} | {a['psnr']:.2f} | {a['esm_test']:.3f} | "
+                       f"{pct(a['latent_high_freq_fraction'])} | " +
                        " | ".join(f"{a[k]:.4f}" for k in sig) + f" | {a['probe_mse_mean']:.4f} |")
         img = s[esm[0]]["after"]["image_high_freq_fraction"]
         out.append(f"\n(image high-frequency power: {pct(img)} %)")

@@ -55,7 +55,8 @@ def _pair(z_a, z_b, normalize: bool, gather: bool):
     """Checked paired features [..., B, d] in the work dtype, all-gathered and L2-normalised on request:
     z/‖z‖ (0 at z = 0); F.normalize's eps is absolute, so rows are first divided by max|z|."""
     if z_a.dim() < 2 or z_a.shape != z_b.shape:
-        raise ValueError(f"z_a and z_b must have the same shape [..., B, d], got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(f"z_a and z_b must have the same shape [..., B, d], "
+                         f"got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
     a, b = _work(z_a), _work(z_b)
     if gather:
         a, b = gather_batch(a), gather_batch(b)

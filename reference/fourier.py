@@ -150,7 +150,8 @@ def amplitude_mix(x1: torch.Tensor, x2: torch.Tensor, lam, *, ratio: float = 1.0
     if isinstance(lam, torch.Tensor):
         lam = _work(lam).to(device=a.device)
         if lam.dim() > a.dim() - 2 or tuple(lam.shape) != tuple(a.shape[:lam.dim()]):
-            raise ValueError(f"lam must be a float or have a prefix of the batch shape {tuple(a.shape[:-2])}, got {tuple(lam.shape)}")
+            raise ValueError(f"lam must be a float or have a prefix of the batch shape {tuple(a.shape[:-2])}, "
+                             f"got {tuple(lam.shape)}")
         lam = lam.reshape(*lam.shape, *([1] * (a.dim() - lam.dim())))
     mixed = (1.0 - lam) * A1 + lam * A2
     A = torch.where(_window(H, W, ratio, a.device), mixed, A1)

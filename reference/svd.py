@@ -127,7 +127,8 @@ class SpectralPartition(NamedTuple):
     energy: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (E_strong, E_weak, E_noise)
 
 
-def spectral_partition(S: torch.Tensor, m: int, n: int, *, iqr_c: float = 1.5, center: bool = False) -> SpectralPartition:
+def spectral_partition(S: torch.Tensor, m: int, n: int, *, iqr_c: float = 1.5,
+                       center: bool = False) -> SpectralPartition:
     """Strong / weak / noise partition of the singular values S [..., r] of an m×n matrix (SPEC §2).
 
     S must hold all r = min(m, n) singular values (any order; the sets refer to sorted order).

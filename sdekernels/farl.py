@@ -85,7 +85,8 @@ class DeepPromptEncoder(nn.Module):
             if p.dim() == 2:
                 p = p.unsqueeze(0).expand(batch, -1, -1)
             if p.dim() != 3 or p.shape[0] != batch or p.shape[1] != prompts[0].shape[-2]:
-                raise ValueError(f"prompts[{i}] must be [B={batch}, n, d] or [n, d] with the same n, got {tuple(p.shape)}")
+                raise ValueError(f"prompts[{i}] must be [B={batch}, n, d] or [n, d] with the same n, "
+                                 f"got {tuple(p.shape)}")
             out.append(self.proj[i](p) if self.proj is not None else p)
         return out
 
@@ -130,11 +131,13 @@ class FARLPromptedEncoders(nn.Module):
     so its output does not depend on the spectral attention or the fusion.
     """
 
-    def __init__(self, tokens: FourierAttentiveTokens, text_encoder: DeepPromptEncoder, image_encoder: DeepPromptEncoder):
+    def __init__(self, tokens: FourierAttentiveTokens, text_encoder: DeepPromptEncoder,
+                 image_encoder: DeepPromptEncoder):
         super().__init__()
         self.tokens, self.text_encoder, self.image_encoder = tokens, text_encoder, image_encoder
 
-    def forward(self, x: Tensor, text: Tensor, image: Tensor, *, text_padding_mask: Optional[Tensor] = None) -> FARLOutput:
+    def forward(self, x: Tensor, text: Tensor, image: Tensor, *,
+                text_padding_mask: Optional[Tensor] = None) -> FARLOutput:
         if text.dim() != 3 or image.dim() != 3 or image.shape[0] != x.shape[0]:
             raise ValueError(f"text must be [n_text, N, d] and image [B={x.shape[0]}, N, d], got "
                              f"{tuple(text.shape)} and {tuple(image.shape)}")

@@ -6,7 +6,6 @@ from .ops.spectrum import block_dct_lowpass, dog, esm_loss, radial_psd
 from .ops.enhance import spectral_enhance
 from .ops.svd import singular_values, spectral_partition, svd_topk
 
-__all__ = ["hellinger", "subspace_distance", "fourier_split", "fourier_merge", "amplitude_mix", "sample_mix_lam", "info_nce",
-           "siglip_loss",
-           "radial_psd", "esm_loss", "block_dct_lowpass", "dog", "svd_topk", "singular_values", "spectral_partition",
-           "spectral_enhance"]
+__all__ = ["hellinger", "subspace_distance", "fourier_split", "fourier_merge", "amplitude_mix", "sample_mix_lam",
+           "info_nce", "siglip_loss", "radial_psd", "esm_loss", "block_dct_lowpass", "dog", "svd_topk",
+           "singular_values", "spectral_partition", "spectral_enhance"]

@@ -6,8 +6,8 @@ from .loss import SDELoss
 from .ops.contrastive import siglip_loss
 from .ops.spectrum import block_dct_lowpass, dog, esm_loss
 
-__all__: list[str] = ["SDELoss", "SigLipLoss", "FourierAttentiveTokens", "DeepPromptEncoder", "FARLPromptedEncoders", "ESMLoss",
-                      "BlockDCTLowpass", "DoG"]
+__all__: list[str] = ["SDELoss", "SigLipLoss", "FourierAttentiveTokens", "DeepPromptEncoder", "FARLPromptedEncoders",
+                      "ESMLoss", "BlockDCTLowpass", "DoG"]
 
 
 class SigLipLoss(torch.nn.Module):
@@ -29,7 +29,8 @@ class SigLipLoss(torch.nn.Module):
         if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
             raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, "
                              f"world_size={world_size}")
-        self.cache_labels, self.rank, self.world_size, self.dist_impl = cache_labels, int(rank), int(world_size), dist_impl
+        self.cache_labels, self.dist_impl = cache_labels, dist_impl
+        self.rank, self.world_size = int(rank), int(world_size)
         self.normalize = normalize
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False, **model_outputs):

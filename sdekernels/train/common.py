@@ -27,7 +27,8 @@ NAMES = ("info_nce", "SDELoss", "singular_values", "spectral_partition", "svd_to
 
 
 def backend(name: str, needed=NAMES) -> types.SimpleNamespace:
-    """The ops for ``--backend``: ``sdekernels`` (functional) + ``sdekernels.nn`` (modules), or ``sdekernels.reference``.
+    """The ops for ``--backend``: ``sdekernels`` (functional) + ``sdekernels.nn`` (modules), or
+    ``sdekernels.reference``.
 
     A name the fused library does not provide yet falls back to the reference with a warning;
     the namespace's ``fallbacks`` lists those names (it is recorded in summary.json).
@@ -104,8 +105,11 @@ def float_range(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Ca
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-            where = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"{'>' if lo_open else '>='} {lo:g}"
-            raise argparse.ArgumentTypeError(f"must be finite and {'in ' if math.isfinite(hi) else ''}{where}, got {text}")
+            if math.isfinite(hi):
+                where = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+            else:
+                where = f"{'>' if lo_open else '>='} {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be finite and {where}, got {text}")
         return v
 
     return parse
@@ -142,7 +146,8 @@ def parser(prog: str, description: str, *, steps: int, batch_size: int, lr: floa
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--batch-size", type=POSITIVE, default=batch_size)
     p.add_argument("--lr", type=float_range(0.0, lo_open=True), default=lr)
-    p.add_argument("--limit", type=POSITIVE, default=None, help="use only this many training samples (tests, quick runs)")
+    p.add_argument("--limit", type=POSITIVE, default=None,
+                   help="use only this many training samples (tests, quick runs)")
     p.add_argument("--test-limit", type=POSITIVE, default=None, help="evaluate on only this many test samples")
     p.add_argument("--log-every", type=POSITIVE, default=1)
     p.add_argument("--ckpt-every", type=POSITIVE, default=100)
@@ -285,7 +290,8 @@ class Run:
             try:
                 made_with = ck["args"].get("dtype", "float32")
                 if made_with != self.args.dtype:
-                    raise CheckpointError(f"{self.ckpt}: written with --dtype {made_with}; resume with the same --dtype")
+                    raise CheckpointError(f"{self.ckpt}: written with --dtype {made_with}; "
+                                          "resume with the same --dtype")
                 for k, obj in self.state.items():
                     obj.load_state_dict(ck["state"][k])
                 set_rng_states(ck["rng"], self.generators)

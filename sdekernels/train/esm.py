@@ -172,7 +172,8 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
         sched.step()
-        return {"loss": float(loss.detach()), "loss_rec": float(loss_rec.detach()), "loss_esm": float(loss_esm.detach()),
+        return {"loss": float(loss.detach()), "loss_rec": float(loss_rec.detach()),
+                "loss_esm": float(loss_esm.detach()),
                 "k": k, "psnr_train": float(psnr(rec.detach(), target).mean())}
 
     t0 = time.perf_counter()
@@ -182,11 +183,13 @@ def main(argv=None) -> int:
     after = evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device)
     metrics = common.read_metrics(out)
     summary = {"driver": "esm", "variant": variant, "esm_weight": args.esm_weight, "dsm": args.dsm,
-               "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks, "steps": args.steps, "batch_size": args.batch_size,
+               "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks, "steps": args.steps,
+               "batch_size": args.batch_size,
                "seed": args.seed, "device": str(device), "test_crops": n_test, "final_loss": metrics[-1]["loss"],
                "before": run.extra["before"], "after": after, "train_seconds_this_process": train_seconds}
     common.write_json(out / "summary.json", summary)
-    common.plot_curves(metrics, ["loss", "loss_rec", "loss_esm", "psnr_train"], out / "curves.png", f"train esm ({variant})")
+    common.plot_curves(metrics, ["loss", "loss_rec", "loss_esm", "psnr_train"], out / "curves.png",
+                       f"train esm ({variant})")
     plot_spectra({f"latent ({variant})": after["psd_latent"], "image": after["psd_image"]}, out / "spectra.png",
                  f"radial spectra, test crops ({variant})")
     print(f"{variant}: PSNR {after['psnr']:.2f} dB, esm_loss {after['esm_test']:.4f}, latent high-frequency fraction "

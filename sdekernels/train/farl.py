@@ -16,8 +16,8 @@ Both heads start as the identity, so step 0 is the zero-shot model. Training: 16
 of the 5 base classes, cross-entropy over the base classes, on flipped shots whose Fourier
 amplitude is mixed with another shot's with probability --amp-mix (FACT's augmentation through
 ``amplitude_mix``: on raw pixels in [0, 1], lam ~ U(0, --amp-alpha), clipped to [0, 1], then
-normalised). Evaluation: base test images among base classes, novel among novel classes, their harmonic mean, and the same on a style-shifted
-test set (inverted images).
+normalised). Evaluation: base test images among base classes, novel among novel classes, their
+harmonic mean, and the same on a style-shifted test set (inverted images).
 
     python -m sdekernels train farl --init runs/sde --method farl --steps 200 --out runs/farl
 """
@@ -244,7 +244,8 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
         sched.step()
-        return {"loss": float(loss.detach()), "train_acc": float((logits.argmax(-1).cpu() == targets[idx]).double().mean())}
+        acc = (logits.argmax(-1).cpu() == targets[idx]).double().mean()
+        return {"loss": float(loss.detach()), "train_acc": float(acc)}
 
     t0 = time.perf_counter()
     if not run.loop(step_fn):

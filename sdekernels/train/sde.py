@@ -220,7 +220,8 @@ def main(argv=None) -> int:
     torch.save({"config": model.config, "model": model.state_dict(), "templates": list(templates),
                 "classes": list(data.FASHION_CLASSES)}, run_dir / "model.pt")
     metrics = common.read_metrics(run_dir)
-    summary = {"driver": "sde", "loss": args.loss, "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks,
+    summary = {"driver": "sde", "loss": args.loss, "backend": args.backend, "dtype": args.dtype,
+               "fallbacks": ops.fallbacks,
                "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
                "variant": {**variant, "spectral_terms": list(terms)} if sde_loss is not None else None,
                "train_samples": train_n, "test_samples": len(test_x),
@@ -235,7 +236,8 @@ def main(argv=None) -> int:
     en = ("energy_strong", "energy_weak", "energy_noise")
     common.plot_bars({"before": {k[7:]: run.extra["before"][k] for k in en}, "after": {k[7:]: after[k] for k in en}},
                      run_dir / "energy.png", f"image-feature energy fractions ({args.loss})", "fraction of Σσ²")
-    print(f"zero-shot accuracy clean {after['acc_clean']:.4f} noise {after['acc_noise']:.4f} blur {after['acc_blur']:.4f} "
+    print(f"zero-shot accuracy clean {after['acc_clean']:.4f} noise {after['acc_noise']:.4f} "
+          f"blur {after['acc_blur']:.4f} "
           f"contrast {after['acc_contrast']:.4f}; energy strong/weak/noise {after['energy_strong']:.3f}/"
           f"{after['energy_weak']:.3f}/{after['energy_noise']:.3f} (before {run.extra['before']['energy_strong']:.3f}/"
           f"{run.extra['before']['energy_weak']:.3f}/{run.extra['before']['energy_noise']:.3f})")

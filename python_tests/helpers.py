@@ -1,8 +1,10 @@
 """What the generic tests share: the device under test, the kernel paths on it, comparisons."""
 import contextlib
+import itertools
 import os
 import socket
 
+import pytest
 import torch
 
 from sdekernels._core import HAS_TRITON, INTERPRET, triton_on_cpu
@@ -24,7 +26,28 @@ def assert_close(actual, expected, atol, rtol, what=""):
     for i, (x, y) in enumerate(zip(a, e)):
         assert x.shape == y.shape, f"{what} output {i}: shape {tuple(x.shape)} != {tuple(y.shape)}"
         torch.testing.assert_close(x.double().cpu(), y.double().cpu(), atol=atol, rtol=rtol, equal_nan=True,
-                                   msg=lambda m: f"{what} output {i}: {m}")
+                                   msg=lambda m, i=i: f"{what} output {i}: {m}")
+
+
+def param_id(value) -> str:
+    """A readable test id: float32 for a dtype, batch=3,m=40,n=24 for a shape."""
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()).replace(" ", "")
+    return str(value)
+
+
+def param(*values):
+    """One pytest parameter set with the id of its values, e.g. svd_topk-float32-triton-batch=3,m=8,n=6,k=3."""
+    return pytest.param(*values, id="-".join(map(param_id, values)))
+
+
+def cases(ops: dict, *axes, shapes=lambda info: info.shapes, where=lambda info: True) -> list:
+    """Parameters (name, *one value per axis, shape) for every op (where `where(info)`) × axis values ×
+    shape of `shapes(info)`: one test id per shape."""
+    return [param(name, *values, shape) for name, info in sorted(ops.items()) if where(info)
+            for values in itertools.product(*axes) for shape in shapes(info)]
 
 
 def weighted_sum(out, gen):

@@ -72,7 +72,8 @@ def test_injection_reaches_exactly_the_first_depth_layers():
     enc = DeepPromptEncoder(_layers(4), depth=depth, position=a)
     seen = []
     for layer in enc.layers:
-        layer.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(args[0].detach().clone()), with_kwargs=True)
+        layer.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(args[0].detach().clone()),
+                                        with_kwargs=True)
     outs = []
     for layer in enc.layers:
         layer.register_forward_hook(lambda mod, args, out: outs.append(out.detach().clone()))

@@ -13,7 +13,8 @@ from sdekernels import reference as ref
 from helpers import DEVICE, PATHS, on_path
 
 OPTIONS = [dict(onesided=o, centered=c, norm=n, log_amplitude=lg)
-           for o, c, n, lg in itertools.product((False, True), (False, True), ("backward", "ortho", "forward"), (False, True))]
+           for o, c, n, lg in itertools.product((False, True), (False, True), ("backward", "ortho", "forward"),
+                                                (False, True))]
 
 
 def _x(*shape, dtype=torch.float32, seed=0):
@@ -89,7 +90,8 @@ def test_merge_inverts_split_every_option(path):
             kw_m = dict(kw)
             del kw_m["log_amplitude"]
             y = sdekernels.fourier_merge(A, P, size=(H, W) if kw["onesided"] else None, **kw_m)
-        torch.testing.assert_close(y, x, atol=1e-10, rtol=1e-10, msg=lambda m: f"{kw} {(H, W)}: {m}")
+        what = f"{kw} {(H, W)}"
+        torch.testing.assert_close(y, x, atol=1e-10, rtol=1e-10, msg=lambda m, what=what: f"{what}: {m}")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -152,7 +154,8 @@ def test_split_gradcheck_options(kw):
     assert torch.autograd.gradcheck(lambda t: sdekernels.fourier_split(t, **kw), (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("onesided,centered,norm", [(False, True, "ortho"), (True, True, "backward"), (True, False, "forward")])
+@pytest.mark.parametrize("onesided,centered,norm",
+                         [(False, True, "ortho"), (True, True, "backward"), (True, False, "forward")])
 def test_merge_gradcheck_options(onesided, centered, norm):
     H, W = 4, 5
     Wo = W // 2 + 1 if onesided else W
@@ -168,7 +171,8 @@ def test_merge_gradcheck_options(onesided, centered, norm):
 def test_finite_gradients_on_constant_images(value, path):
     """All but the DC coefficient are 0 (up to round-off): the |X| = 0 rule keeps the gradients finite."""
     for kw in OPTIONS[::2]:
-        leaves = [torch.full((2, 6, 5), value, dtype=torch.float64, device=DEVICE, requires_grad=True) for _ in range(2)]
+        leaves = [torch.full((2, 6, 5), value, dtype=torch.float64, device=DEVICE, requires_grad=True)
+                  for _ in range(2)]
         w = torch.randn(2, 6, 5 // 2 + 1 if kw["onesided"] else 5, generator=torch.Generator().manual_seed(3),
                         dtype=torch.float64).to(DEVICE)
         with on_path(path):

@@ -14,7 +14,7 @@ from sdekernels.reference import hellinger as ref_hellinger
 from sdekernels.registry import all_ops, flat
 from sdekernels.schedules import alpha, lam
 
-from helpers import DEVICE, PATHS, on_path, weighted_sum
+from helpers import DEVICE, PATHS, cases, on_path, param_id, weighted_sum
 
 OPS = all_ops()
 NAMES = sorted(OPS)
@@ -42,7 +42,7 @@ def _named(name):
 def _batched(info):
     """A shape with a batch dim, its bound arguments, and each tensor argument's number of batch dims
     (its dims beyond those of the same argument without a batch, or beyond the entry's own_dims)."""
-    shape = next((sh for sh in info.shapes if sh.get("batch", 0) >= 1), None)
+    shape = info.batched_shape(1, key="batch")
     if shape is None:
         pytest.skip("no batched sample")
     bound, single = _bound(info, shape), _bound(info, {**shape, "batch": 0})
@@ -132,14 +132,14 @@ def _assert_scaled_close(got, want, atol, rtol, what):
 
 
 @pytest.mark.parametrize("inputs", ["float32", "low"])
-@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("dtype", LOW, ids=param_id)
 @pytest.mark.parametrize("name", NAMES)
 def test_autocast(name, dtype, inputs):
     """Forward under torch.autocast and backward after it, on float32 inputs (as a model's parameters)
     and on inputs in the autocast dtype (as an autocast layer's outputs): finite, close to the op
     without autocast, gradients in each input's dtype."""
     info = OPS[name]
-    bound = _bound(info, info.shapes[1], torch.float32 if inputs == "float32" else dtype)
+    bound = _bound(info, info.typical_shape, torch.float32 if inputs == "float32" else dtype)
     want_out, _, want_grads = _grads(info, bound)
     with torch.autocast(DEVICE.type, dtype=dtype):
         out, leaves, grads = _grads(info, bound)
@@ -162,25 +162,24 @@ def _numbers(v):
     return []
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_non_finite_scalar_is_rejected(name):
+@pytest.mark.parametrize("name,shape", cases(OPS))
+def test_non_finite_scalar_is_rejected(name, shape):
     """NaN or ±Inf in any number an op takes (sizes included) is a ValueError or TypeError naming it."""
     info = OPS[name]
-    for shape in info.shapes:
-        bound = _bound(info, shape)
-        for k, v in bound.arguments.items():
-            for pos in _numbers(v):
-                for bad in (math.nan, math.inf, -math.inf):
-                    value = bad if pos is None else type(v)(bad if i == pos else x for i, x in enumerate(v))
-                    with pytest.raises((ValueError, TypeError), match=_named(k)):
-                        _call(info, bound, **{k: value})
+    bound = _bound(info, shape)
+    for k, v in bound.arguments.items():
+        for pos in _numbers(v):
+            for bad in (math.nan, math.inf, -math.inf):
+                value = bad if pos is None else type(v)(bad if i == pos else x for i, x in enumerate(v))
+                with pytest.raises((ValueError, TypeError), match=_named(k)):
+                    _call(info, bound, **{k: value})
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_debug_mode_names_the_argument(name, monkeypatch):
     """In debug mode a non-finite value in any tensor argument is a ValueError naming that argument."""
     info = OPS[name]
-    bound = _bound(info, info.shapes[1])
+    bound = _bound(info, info.typical_shape)
     monkeypatch.setattr(core, "DEBUG", True)
     for k, v in bound.arguments.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel():
@@ -250,7 +249,7 @@ def _sde_step(a, b, **kwargs):
 
 
 @pytest.mark.parametrize("inputs", ["float32", "low"])
-@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("dtype", LOW, ids=param_id)
 def test_sde_loss_under_autocast(dtype, inputs):
     a, b = _features(torch.float32 if inputs == "float32" else dtype)
     want, want_g = _sde_step(a, b)

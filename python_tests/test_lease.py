@@ -54,7 +54,8 @@ def test_roofline_takes_each_case_at_its_slowest_dot_path():
     from roofline import RATES, path
 
     fma = {"has_dot": True, "tensor_cores": "", "dot_dtypes": ["f32"], "dot_precision": "ieee", "tc_types": ""}
-    x3 = {"has_dot": True, "tensor_cores": "wgmma", "dot_dtypes": ["f32"], "dot_precision": "tf32x3", "tc_types": "tf32"}
+    x3 = {"has_dot": True, "tensor_cores": "wgmma", "dot_dtypes": ["f32"], "dot_precision": "tf32x3",
+          "tc_types": "tf32"}
     bf = {"has_dot": True, "tensor_cores": "wgmma", "dot_dtypes": ["bf16"], "dot_precision": "", "tc_types": "bf16"}
     dmma = {"has_dot": True, "tensor_cores": "mma", "dot_dtypes": ["f64"], "dot_precision": "", "tc_types": "f64"}
     assert path([], torch.float32) == "fp32 FMA" and path([], torch.float64) == "fp64 FMA"

@@ -25,7 +25,7 @@ def _column_major(t: torch.Tensor) -> torch.Tensor:
 
 def _record(info, path, layout, monkeypatch) -> dict:
     """{qualname: (op, args, kwargs)}: the first call of each custom op while the entry's op runs
-    forward and backward on its second sample."""
+    forward and backward on its typical sample."""
     calls = {}
     call = CustomOpDef.__call__
 
@@ -35,7 +35,7 @@ def _record(info, path, layout, monkeypatch) -> dict:
             calls[op._qualname] = (op, tree_map(snap, args), tree_map(snap, kwargs))
         return call(op, *args, **kwargs)
 
-    sample = info.make(info.shapes[1], DEVICE, torch.float32, torch.Generator().manual_seed(0)).bare()
+    sample = info.make(info.typical_shape, DEVICE, torch.float32, torch.Generator().manual_seed(0)).bare()
     s = info.leaves(sample.map(layout))
     with monkeypatch.context() as m, on_path(path):
         m.setattr(CustomOpDef, "__call__", recording)
@@ -66,7 +66,7 @@ def test_opcheck(name, path, layout, solver, monkeypatch):
     for qualname, (op, args, kwargs) in calls.items():
         grad = info.differentiable and not op._name.endswith("backward")  # forward ops: through their autograd
 
-        def req(v):
+        def req(v, grad=grad):
             return v.requires_grad_(grad and v.is_floating_point()) if isinstance(v, torch.Tensor) else v
 
         with on_path(path):

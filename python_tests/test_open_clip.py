@@ -84,7 +84,8 @@ def run(fn, x_a, x_b, w_a, w_b, autocast=False):
 def assert_same(got, want, atol, rtol, what):
     names = ["loss", "d image", "d text", "dW_a", "dW_b", "d log_scale", "d bias"]
     for name, g, w in zip(names, got, want):
-        torch.testing.assert_close(g.double(), w.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what} {name}: {m}")
+        torch.testing.assert_close(g.double(), w.double(), atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"{what} {name}: {m}")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -266,4 +267,5 @@ def test_open_clip_train_one_epoch_with_sde_loss(open_clip_train, accum_freq):
     full = SDELoss(3 * accum_freq)
     trained = _train_tiny_clip(open_clip, train_one_epoch, full, accum_freq)
     assert torch.isfinite(trained).all() and not torch.equal(trained, start)
-    assert full.num_calls == 3 * accum_freq and full.last_stats["t"] == pytest.approx((3 * accum_freq - 1) / (3 * accum_freq))
+    steps = 3 * accum_freq
+    assert full.num_calls == steps and full.last_stats["t"] == pytest.approx((steps - 1) / steps)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import sdekernels._core as core
 from sdekernels.registry import all_ops, parity
 
-from helpers import DEVICE, DTYPES, PATHS, assert_close, flat, on_path, weighted_sum
+from helpers import DEVICE, DTYPES, PATHS, assert_close, cases, flat, on_path, param_id, weighted_sum
 
 OPS = all_ops()
 NAMES = sorted(OPS)
@@ -29,13 +29,9 @@ def _check_parity(info, shape, dtype, path, seed=0):
     assert ratio <= 1.0, f"{info.name} {shape} {dtype} {path}: {msg}"
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", NAMES)
-def test_parity(name, dtype, path):
-    info = OPS[name]
-    for shape in info.shapes:
-        _check_parity(info, shape, dtype, path)
+@pytest.mark.parametrize("name,dtype,path,shape", cases(OPS, DTYPES, PATHS))
+def test_parity(name, dtype, path, shape):
+    _check_parity(OPS[name], shape, dtype, path)
 
 
 def _differentiable(sample):
@@ -43,46 +39,47 @@ def _differentiable(sample):
 
 
 def _small(info, limit=600):
+    """The shapes whose inputs have at most `limit` entries (gradcheck's cost grows with their square)."""
     return [sh for sh in info.shapes if sum(t.numel() for t in _sample(info, sh).tensors()) <= limit]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_gradcheck(name):
+def _differentiable_op(info):
+    return info.differentiable
+
+
+@pytest.mark.parametrize("name,shape", cases(OPS, shapes=_small, where=_differentiable_op))
+def test_gradcheck(name, shape):
     info = OPS[name]
-    if not info.differentiable:
-        pytest.skip("not differentiable")
-    for shape in _small(info):
-        s = info.leaves(_sample(info, shape).bare())
-        fn = lambda *ts: s.with_tensors(ts).call(info.op)  # noqa: E731
-        assert torch.autograd.gradcheck(fn, s.tensors(), eps=1e-6, atol=1e-6, rtol=1e-5), f"{name} {shape}"
+    s = info.leaves(_sample(info, shape).bare())
+
+    def fn(*ts):
+        return s.with_tensors(ts).call(info.op)
+
+    assert torch.autograd.gradcheck(fn, s.tensors(), eps=1e-6, atol=1e-6, rtol=1e-5), f"{name} {shape}"
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name", NAMES)
-def test_grad_vs_reference(name, path):
+@pytest.mark.parametrize("name,path,shape", cases(OPS, PATHS, where=_differentiable_op))
+def test_grad_vs_reference(name, path, shape):
     info = OPS[name]
-    if not info.differentiable:
-        pytest.skip("not differentiable")
-    for shape in info.shapes:
-        grads = []
-        for fn in (info.op, info.ref):
-            s = info.leaves(_sample(info, shape))
-            with on_path(path):
-                loss = weighted_sum(s.call(fn), torch.Generator().manual_seed(1))
-            grads.append(torch.autograd.grad(loss, _differentiable(s), allow_unused=True))
-        for g, r in zip(*grads):
-            assert g is not None and torch.isfinite(g).all(), f"{name} {shape}: missing or non-finite gradient"
-            assert_close(g, r, *info.grad_tol, f"{name} {shape} gradient")
+    grads = []
+    for fn in (info.op, info.ref):
+        s = info.leaves(_sample(info, shape))
+        with on_path(path):
+            loss = weighted_sum(s.call(fn), torch.Generator().manual_seed(1))
+        grads.append(torch.autograd.grad(loss, _differentiable(s), allow_unused=True))
+    for g, r in zip(*grads):
+        assert g is not None and torch.isfinite(g).all(), f"{name} {shape}: missing or non-finite gradient"
+        assert_close(g, r, *info.grad_tol, f"{name} {shape} gradient")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=param_id)
 @pytest.mark.parametrize("name", NAMES)
 def test_low_precision_backward(name, dtype):
     """Low precision gradients are computed in float32 and come back in the input dtype."""
     info = OPS[name]
     if not info.differentiable:
         pytest.skip("not differentiable")
-    s = info.leaves(_sample(info, info.shapes[1], dtype))
+    s = info.leaves(_sample(info, info.typical_shape, dtype))
     loss = weighted_sum(s.call(info.op), torch.Generator().manual_seed(1))
     for leaf, g in zip(_differentiable(s), torch.autograd.grad(loss.float(), _differentiable(s))):
         assert g.dtype == dtype and torch.isfinite(g).all()
@@ -100,7 +97,7 @@ def test_bad_inputs(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_inputs_not_written(name, path):
     info = OPS[name]
-    s = info.leaves(_sample(info, info.shapes[1], torch.float32).bare())
+    s = info.leaves(_sample(info, info.typical_shape, torch.float32).bare())
     before = [t.detach().clone() for t in s.tensors()]
     with on_path(path):
         out = s.call(info.op)
@@ -115,31 +112,28 @@ def _strided(t):
     return torch.stack([t, torch.full_like(t, float("nan"))], -1)[..., 0]
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name", NAMES)
-def test_non_contiguous(name, path):
+@pytest.mark.parametrize("name,path,shape", cases(OPS, PATHS, shapes=lambda info: info.typical_shapes(2)))
+def test_non_contiguous(name, path, shape):
     info = OPS[name]
-    for shape in info.shapes[1:3]:
-        s = _sample(info, shape, torch.float32)
-        nc = s.map(_strided)
-        assert not any(t.is_contiguous() for t in nc.tensors())
-        with on_path(path):
-            assert_close(nc.call(info.op), s.call(info.op), 1e-6, 1e-6, f"{name} {shape}")
+    s = _sample(info, shape, torch.float32)
+    nc = s.map(_strided)
+    assert not any(t.is_contiguous() for t in nc.tensors())
+    with on_path(path):
+        assert_close(nc.call(info.op), s.call(info.op), 1e-6, 1e-6, f"{name} {shape}")
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", NAMES)
 def test_non_finite_stays_in_its_batch_element(name, path):
     info = OPS[name]
-    shape = next((sh for sh in info.shapes if (sh.get(info.batch_key) or 0) >= 2), None) if info.batch_key else None
+    shape = info.batched_shape(2)
     if shape is None:
         pytest.skip("no batched sample")
-    s = _sample(info, shape, torch.float32)
-    args, kwargs = s.prepared()
-    poisoned = args[0].clone()
+    s = _sample(info, shape, torch.float32).bare()
+    poisoned = info.main_input(s).clone()
     poisoned[0] = float("nan")
     with on_path(path):
-        clean, dirty = flat(info.op(*args, **kwargs)), flat(info.op(poisoned, *args[1:], **kwargs))
+        clean, dirty = flat(s.call(info.op)), flat(info.with_main_input(s, poisoned).call(info.op))
     for c, d in zip(clean, dirty):
         assert torch.equal(c[1:], d[1:]), f"{name}: a NaN in batch element 0 changed element 1+"
 
@@ -147,20 +141,20 @@ def test_non_finite_stays_in_its_batch_element(name, path):
 @pytest.mark.parametrize("name", NAMES)
 def test_debug_mode_rejects_non_finite(name, monkeypatch):
     info = OPS[name]
-    s = _sample(info, info.shapes[1], torch.float32)
-    args, kwargs = s.prepared()
-    bad = args[0].clone()
+    s = _sample(info, info.typical_shape, torch.float32)
+    bad = info.main_input(s).clone()
     bad[(0,) * bad.dim()] = float("inf")
-    info.op(bad, *args[1:], **kwargs)  # no check (and no device sync) outside debug mode
+    s = info.with_main_input(s, bad)
+    s.call(info.op)  # no check (and no device sync) outside debug mode
     monkeypatch.setattr(core, "DEBUG", True)
     with pytest.raises(ValueError, match="NaN or Inf"):
-        info.op(bad, *args[1:], **kwargs)
+        s.call(info.op)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_compile_fullgraph(name):
     info = OPS[name]
-    s = _sample(info, info.shapes[1], torch.float32).bare()
+    s = _sample(info, info.typical_shape, torch.float32).bare()
     compiled = torch.compile(info.op, fullgraph=True)
     results = []
     for fn in (info.op, compiled):
@@ -202,7 +196,8 @@ def test_backward_without_extension_agrees(name, monkeypatch):
         pytest.skip("needs a differentiable op and the extension to compare with")
     grads = []
     for available in (True, False):
-        monkeypatch.setattr(ext, "available", lambda: available)
-        s = info.leaves(_sample(info, info.shapes[1]))
-        grads.append(torch.autograd.grad(weighted_sum(s.call(info.op), torch.Generator().manual_seed(1)), _differentiable(s)))
+        monkeypatch.setattr(ext, "available", lambda available=available: available)
+        s = info.leaves(_sample(info, info.typical_shape))
+        loss = weighted_sum(s.call(info.op), torch.Generator().manual_seed(1))
+        grads.append(torch.autograd.grad(loss, _differentiable(s)))
     assert_close(grads[0], grads[1], *info.grad_tol, f"{name}: extension vs fallback")

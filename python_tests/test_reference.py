@@ -50,13 +50,24 @@ def test_mp_median_beta1_closed_form():
     assert abs(ref.mp_median(1.0) - exact) / exact < 1e-9
 
 
-def test_mp_median_vs_scipy_quadrature():
+def _mp_median_by_quadrature(beta):
+    """The median of the Marchenko–Pastur density of ratio beta, by scipy's quadrature and root finding."""
     from scipy import integrate, optimize
 
+    a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
+
+    def density(x):
+        return math.sqrt(max((b - x) * (x - a), 0.0)) / (2 * math.pi * beta * x)
+
+    def below(q):
+        return integrate.quad(density, a, q, epsabs=1e-13, limit=200)[0] - 0.5
+
+    return optimize.brentq(below, a, b, xtol=1e-14)
+
+
+def test_mp_median_vs_scipy_quadrature():
     for beta in (0.05, 0.25, 0.5, 0.9):
-        a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
-        dens = lambda x: math.sqrt(max((b - x) * (x - a), 0.0)) / (2 * math.pi * beta * x)  # noqa: E731
-        med = optimize.brentq(lambda q: integrate.quad(dens, a, q, epsabs=1e-13, limit=200)[0] - 0.5, a, b, xtol=1e-14)
+        med = _mp_median_by_quadrature(beta)
         assert abs(ref.mp_median(beta) - med) / med < 1e-6, beta
 
 
@@ -196,7 +207,8 @@ def test_partition_flat_spectrum_forces_one_strong():
 
 def test_partition_zero_spectrum_is_finite():
     p = ref.spectral_partition(torch.zeros(2, 8), 8, 20)
-    assert torch.equal(p.n_strong, torch.ones(2, dtype=torch.long)) and torch.equal(p.n_weak, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(p.n_strong, torch.ones(2, dtype=torch.long))
+    assert torch.equal(p.n_weak, torch.zeros(2, dtype=torch.long))
     for e, want in zip(p.energy, (1.0, 0.0, 0.0)):
         assert torch.equal(e, torch.full((2,), want))
     assert torch.isfinite(p.tau_noise).all() and torch.isfinite(p.sigma_hat).all()
@@ -284,7 +296,8 @@ def test_enhance_random_direction_generator_and_low_precision():
     # a given direction enters through its sign only
     direction = torch.tensor([-7.0, 0.01] + [1.0] * 28, dtype=torch.float64)
     _, _, d_dir = ref.spectral_enhance(F, 0.7, direction=direction, rho=10.0, return_details=True)
-    assert torch.allclose(d_dir[:ns], 0.1 * alpha(0.7) * S[:ns] ** 2 / S[0] * torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    sign = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(d_dir[:ns], 0.1 * alpha(0.7) * S[:ns] ** 2 / S[0] * sign)
     h = ref.spectral_enhance(F.bfloat16(), 0.7, generator=_gen(1))
     assert h.dtype == torch.bfloat16 and (h.float() - a).abs().max() < 0.05 * a.abs().max()
 
@@ -325,10 +338,11 @@ def test_info_nce_matches_explicit_cross_entropy():
     # normalize=False uses the raw dot products
     raw = ref.info_nce(za, zb, logit_scale=1.0, normalize=False)
     logits = za @ zb.T
-    want = 0.5 * (torch.nn.functional.cross_entropy(logits, torch.arange(9)) + torch.nn.functional.cross_entropy(logits.T, torch.arange(9)))
+    ce = torch.nn.functional.cross_entropy
+    want = 0.5 * (ce(logits, torch.arange(9)) + ce(logits.T, torch.arange(9)))
     assert torch.allclose(raw, want)
     # leading batch dims: mean of the per-problem losses
-    zs_a, zs_b = torch.randn(2, 6, 4, generator=g, dtype=torch.float64), torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
+    zs_a, zs_b = (torch.randn(2, 6, 4, generator=g, dtype=torch.float64) for _ in range(2))
     want = (_explicit_ce(zs_a[0], zs_b[0], 1 / 0.07) + _explicit_ce(zs_a[1], zs_b[1], 1 / 0.07)) / 2
     assert torch.allclose(ref.info_nce(zs_a, zs_b), want)
     # gather without a process group is the plain loss

@@ -10,7 +10,7 @@ import torch
 
 from sdekernels.registry import BF16, F16, F32, F64, all_ops
 
-from helpers import DEVICE, PATHS, flat, on_path
+from helpers import DEVICE, PATHS, cases, flat, on_path, param, param_id
 
 OPS = all_ops()
 SCALED = sorted(name for name, info in OPS.items() if info.scaling)
@@ -20,8 +20,8 @@ GRAD_DTYPES = (F64, F32)
 
 
 def _shape(info):
-    """The first sample with a batch of at least 2 (else the second sample)."""
-    return next((sh for sh in info.shapes if (sh.get(info.batch_key or "batch") or 0) >= 2), info.shapes[1])
+    """The first sample with a batch of at least 2 (else the typical sample)."""
+    return info.batched_shape(2, key=info.batch_key or "batch") or info.typical_shape
 
 
 def _case(info, shape, dtype, k):
@@ -125,7 +125,7 @@ def _check_scales(info, shape, dtype, path, ks):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", list(KS), ids=str)
+@pytest.mark.parametrize("dtype", list(KS), ids=param_id)
 @pytest.mark.parametrize("name", SCALED)
 def test_every_scale(name, dtype, path):
     info = OPS[name]
@@ -136,17 +136,18 @@ def test_every_scale(name, dtype, path):
     assert not failures, f"{name} {shape} {dtype} {path}:\n" + "\n".join(failures[:12])
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name", SCALED)
-def test_every_sample_at_the_extremes(name, path):
+def _other_samples(info):
+    """The homogeneous samples besides test_every_scale's."""
+    return [sh for sh in info.shapes if sh is not _shape(info) and info.scaling(sh) is not None]
+
+
+@pytest.mark.parametrize("name,dtype,path,shape",
+                         cases({n: OPS[n] for n in SCALED}, GRAD_DTYPES, PATHS, shapes=_other_samples))
+def test_every_sample_at_the_extremes(name, dtype, path, shape):
     """Every other homogeneous sample (other options, other code paths) at the ends of the range."""
     info = OPS[name]
-    failures = []
-    for shape in info.shapes:
-        if shape is not _shape(info) and info.scaling(shape) is not None:
-            for dtype in GRAD_DTYPES:
-                failures += [f"{shape} {dtype}: {f}" for f in _check_scales(info, shape, dtype, path, KS[dtype][::len(KS[dtype]) - 1])]
-    assert not failures, f"{name} {path}:\n" + "\n".join(failures[:12])
+    failures = _check_scales(info, shape, dtype, path, KS[dtype][::len(KS[dtype]) - 1])
+    assert not failures, f"{name} {shape} {dtype} {path}:\n" + "\n".join(failures[:12])
 
 
 # ---------------------------------------------------------------- isolation of huge values
@@ -158,19 +159,20 @@ WIDE = {"svd_topk": {"batch": 3, "m": 300, "n": 270, "k": 4}, "singular_values":
 
 
 def _isolation_cases():
+    """(name, dtype, path, shape): every batched op's batched sample, and the SVD ops' wide one in float32."""
     for name in SCALED:
         info = OPS[name]
         if info.batch_key is None:
             continue
         for dtype in HUGE:
-            yield name, dtype, _shape(info)
-            if name in WIDE and dtype == F32:
-                yield name, dtype, WIDE[name]
+            wide = [WIDE[name]] if name in WIDE and dtype == F32 else []
+            for path in PATHS:
+                for shape in (_shape(info), *wide):
+                    yield param(name, dtype, path, shape)
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name,dtype,shape", list(_isolation_cases()), ids=str)
-def test_huge_element_leaves_neighbours_unchanged(name, dtype, shape, path):
+@pytest.mark.parametrize("name,dtype,path,shape", list(_isolation_cases()))
+def test_huge_element_leaves_neighbours_unchanged(name, dtype, path, shape):
     info = OPS[name]
     if (shape.get(info.batch_key) or 0) < 2:
         pytest.skip("no batched sample")

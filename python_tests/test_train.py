@@ -327,7 +327,8 @@ def test_farl_refuses_malicious_init_and_cache(sde_run, tmp_path, capsys, monkey
     out.mkdir()
     torch.save({"texts": [], "embeddings": _Payload(marker)}, out / "captions.pt")
     monkeypatch.setattr(data, "_EMBED_CACHE", {})  # read the files, not this process's memory
-    _assert_refused(_main("farl", out, "--init", sde_dir, *FARL_ARGS, "--steps", 1), capsys, out / "captions.pt", marker)
+    _assert_refused(_main("farl", out, "--init", sde_dir, *FARL_ARGS, "--steps", 1), capsys,
+                    out / "captions.pt", marker)
 
 
 # -- FACT: amplitude mixing of raw pixels, lam ~ U(0, alpha) ------------------------------------

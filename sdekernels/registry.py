@@ -56,7 +56,8 @@ class OpInfo:
                                      # each call raises a ValueError (or the given type) naming the argument
     bench: list                      # bench shapes; "quick": True puts one in --quick, "backward": True times fwd+bwd
     cost: Callable                   # cost(sample) -> (bytes moved, flops) of one forward
-    tol: dict = field(default_factory=lambda: {F64: (1e-10, 1e-9), F32: (1e-5, 1e-4), BF16: (2e-2, 2e-2), F16: (5e-3, 5e-3)})
+    tol: dict = field(default_factory=lambda: {F64: (1e-10, 1e-9), F32: (1e-5, 1e-4),
+                                               BF16: (2e-2, 2e-2), F16: (5e-3, 5e-3)})
     grad_tol: tuple = (1e-8, 1e-7)   # (atol, rtol) of float64 gradients against the reference
     differentiable: bool = True
     batch_key: str | None = "batch"  # shape key of the leading batch dim (non-finite isolation test)
@@ -71,6 +72,36 @@ class OpInfo:
     # Every scale (SPEC §10): scaling(shape) -> (positions in Sample.tensors() multiplied by s, the degree d
     # of each flat output: out(s·x) = s^d·out(x)), or None where that sample is not homogeneous.
     scaling: Callable | None = None
+    typical: int = 1                 # index in `shapes` of the typical shape (see typical_shape)
+    main: int = 0                    # position of the main input among the call's tensors (see main_input)
+
+    @property
+    def typical_shape(self) -> dict:
+        """The shape of the tests that run one shape only (dtypes, layouts, autocast, compile, debug mode):
+        small but not degenerate. By default the second of `shapes`: the first is by convention the
+        degenerate edge (an empty batch, 1×1)."""
+        return self.shapes[self.typical]
+
+    def typical_shapes(self, n: int) -> list:
+        """The typical shape and the n - 1 shapes after it: the shapes of tests too slow for every shape."""
+        return self.shapes[self.typical:self.typical + n]
+
+    def batched_shape(self, min_batch: int = 2, key: str | None = None) -> dict | None:
+        """The first of `shapes` whose batch dim (`key`, default batch_key) is at least min_batch, or None."""
+        key = key or self.batch_key
+        return next((sh for sh in self.shapes if (sh.get(key) or 0) >= min_batch), None) if key else None
+
+    def main_input(self, sample: Sample) -> torch.Tensor:
+        """The sample's main input: the data tensor the op is called with (prep applied), the one the
+        tests poison with a non-finite value. By default the call's first tensor."""
+        return sample.bare().tensors()[self.main]
+
+    def with_main_input(self, sample: Sample, tensor: torch.Tensor) -> Sample:
+        """The sample's call (prep applied, no prep left) with its main input replaced by `tensor`."""
+        bare = sample.bare()
+        tensors = bare.tensors()
+        tensors[self.main] = tensor
+        return bare.with_tensors(tensors)
 
     def leaves(self, sample: Sample) -> Sample:
         """The sample's tensors as fresh leaves, requiring grad where the op is differentiable in them."""

@@ -74,6 +74,13 @@ TORCH_LIBRARY(sdekernels_C, m) {
   m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");
   m.def("svd_topk_bwd(Tensor U, Tensor S, Tensor V, Tensor gU, Tensor gS, Tensor gV) -> Tensor");
   m.def("svd_topk_exact_bwd(Tensor A, Tensor Ws, Tensor Wl, Tensor W, Tensor sigma, Tensor gWs, Tensor gS, Tensor gWl) -> Tensor");
+  // The kernel twins themselves (ops.h), for tests that hold the CPU and CUDA twins to each other.
+  m.def("subspace_coef(Tensor M, Tensor grad, Tensor? S_a, Tensor? S_b) -> (Tensor, Tensor, Tensor)");
+  m.def("radial_bin_bwd(Tensor Y, Tensor grad, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
+  m.def("fourier_split_grad(Tensor Xh, Tensor gA, Tensor gP, int W, bool onesided, bool centered, bool log_amplitude) -> Tensor");
+  m.def("fourier_merge_grad(Tensor G, Tensor A, Tensor P, int W, bool onesided, bool centered) -> (Tensor, Tensor)");
+  m.def("svd_core(Tensor A, Tensor B, Tensor S, Tensor gS) -> (Tensor, Tensor)");
+  m.def("svd_exact_core(Tensor P, Tensor Q, Tensor sigma, Tensor gS) -> (Tensor, Tensor)");
   m.def("cuda_built() -> bool", &sdekernels::cuda_built);
 }
 
@@ -91,6 +98,12 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
   m.impl("radial_bin_fwd", &sdekernels::radial_bin_fwd_cpu);
   m.impl("radial_psd_fwd", &sdekernels::radial_psd_fwd_cpu);
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
+  m.impl("subspace_coef", &sdekernels::subspace_coef_cpu);
+  m.impl("radial_bin_bwd", &sdekernels::radial_bin_bwd_cpu);
+  m.impl("fourier_split_grad", &sdekernels::fourier_split_grad_cpu);
+  m.impl("fourier_merge_grad", &sdekernels::fourier_merge_grad_cpu);
+  m.impl("svd_core", &sdekernels::svd_core_cpu);
+  m.impl("svd_exact_core", &sdekernels::svd_exact_core_cpu);
 }
 
 #ifdef SDEKERNELS_CUDA
@@ -102,5 +115,11 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CUDA, m) {
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
   m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
+  m.impl("subspace_coef", &sdekernels::subspace_coef_cuda);
+  m.impl("radial_bin_bwd", &sdekernels::radial_bin_bwd_cuda);
+  m.impl("fourier_split_grad", &sdekernels::fourier_split_grad_cuda);
+  m.impl("fourier_merge_grad", &sdekernels::fourier_merge_grad_cuda);
+  m.impl("svd_core", &sdekernels::svd_core_cuda);
+  m.impl("svd_exact_core", &sdekernels::svd_exact_core_cuda);
 }
 #endif

@@ -230,12 +230,17 @@ SHARED = {
 _HEADER = re.compile(r"^(?:\.visible\s+|\.weak\s+)*\.(entry|func)\b[^\n]*?(_Z\w+)", re.M)
 
 
+def _ptx_blocks(ptx: str) -> list:
+    """(kind, mangled name, text) of each .entry / .func of a PTX listing, up to the next one."""
+    starts = [(m.start(), m.group(1), m.group(2)) for m in _HEADER.finditer(ptx)] + [(len(ptx), "", "")]
+    return [(kind, name, ptx[s:e]) for (s, kind, name), (e, _, _) in zip(starts, starts[1:])]
+
+
 def _ptx_calls(ptx: str) -> dict:
     """{demangled kernel: set of sdekernels:: functions it calls, transitively} of a PTX listing."""
-    starts = [(m.start(), m.group(1), m.group(2)) for m in _HEADER.finditer(ptx)] + [(len(ptx), "", "")]
     direct, kernels = {}, []
-    for (s, kind, name), (e, _, _) in zip(starts, starts[1:]):
-        direct.setdefault(name, set()).update(t for t in re.findall(r"_Z\w+", ptx[s:e]) if t != name)
+    for kind, name, text in _ptx_blocks(ptx):
+        direct.setdefault(name, set()).update(t for t in re.findall(r"_Z\w+", text) if t != name)
         if kind == "entry":
             kernels.append(name)
     names = sorted({n for calls in direct.values() for n in calls} | set(direct))
@@ -284,10 +289,8 @@ def test_cuda_kernel_and_cpu_twin_call_the_shared_functions(ptx, kernel):
 
 @pytest.mark.parametrize("kernel", ["hellinger_bwd_kernel", "subspace_coef_kernel"])
 def test_cuda_distance_kernels_accumulate_float_rows_in_double(ptx, kernel):
-    body = ptx["distances.cu"]
-    starts = [m.start() for m in re.finditer(r"^(?:\.visible\s+)?\.entry", body, re.M)] + [len(body)]
-    entries = [body[s:e] for s, e in zip(starts, starts[1:])]
-    (f32,) = [e for e in entries if kernel in e.split("(")[0] and "IfE" in e.split("(")[0]]
+    (f32,) = [text for kind, name, text in _ptx_blocks(ptx["distances.cu"])
+              if kind == "entry" and f"{kernel}IfE" in name]
     assert re.search(r"\badd\.(rn\.)?f64\b", f32), f"{kernel}<float> has no double adds: acc_t not used"
 
 

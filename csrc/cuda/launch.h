@@ -1,8 +1,9 @@
-// The launchers of the CUDA kernels, declared once for both sides: csrc/cuda/*.cu define them
-// (under these qualified names, so a definition that drifts from its declaration here does not
-// compile) and instantiate them for float and double with SDK_INSTANTIATE; cuda_bridge.cpp calls
-// them as cuda::name<scalar_t>. Raw pointers and the cudaStream_t as void*, so the .cu files build
-// with plain nvcc and no torch header. Each returns the launch's cudaError_t (0: success).
+// The launchers of the CUDA kernels, declared once for both sides: csrc/cuda/*.cu define them and
+// instantiate them for float and double with SDK_INSTANTIATE, which takes each instance's type from
+// the declaration here (a definition that drifts from it leaves that type ambiguous or undefined: a
+// compile error, not a silent mismatch); cuda_bridge.cpp calls them as cuda::name<T>. Raw pointers
+// and the cudaStream_t as void*, so the .cu files build with plain nvcc and no torch header. Each
+// returns the launch's cudaError_t (0: success).
 #pragma once
 #include <cstdint>
 

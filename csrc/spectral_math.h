@@ -91,6 +91,9 @@ template <typename T>
 SDK_HD T spectrum_weight(T S, T iz) { return S * S * iz; }
 template <typename T>
 SDK_HD T subspace_grad_weighted(T g, T wa, T wb, T m) { return T(-4) * g * wa * wb * m; }
+// One term w'_j·M_ij² of the sums below (over a row of M for w_b, a column for w_a).
+template <typename T>
+SDK_HD T subspace_term(T w, T m) { return w * m * m; }
 // dL/dw_i = g(2w_i − 2Σ_j w'_j M_ij²) from the accumulated sum over the other side's weights w'.
 template <typename T>
 SDK_HD T subspace_grad_w(T g, T w, acc_t<T> wm2) { return g * (T(2) * w - T(2) * T(wm2)); }

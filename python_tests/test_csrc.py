@@ -220,7 +220,7 @@ SHARED = {
     "hellinger_bwd_kernel": ("distances", {"spow", "dspow", "inv_sum", "hellinger_root", "hellinger_live",
                                            "hellinger_c", "hellinger_scale", "dh2_dp", "hellinger_entry_grad"}),
     "subspace_coef_kernel": ("distances", {"subspace_grad", "inv_sum", "spectrum_weight", "subspace_grad_weighted",
-                                           "subspace_grad_w", "sum_term", "weight_grad"}),
+                                           "subspace_grad_w", "subspace_term", "sum_term", "weight_grad"}),
     "split_grad_kernel": ("fourier", {"split_entry_grad"}),
     "merge_grad_kernel": ("fourier", {"merge_entry_grad", "polar_grad"}),
     "radial_bin_bwd_kernel": ("spectrum", {"entry_power", "psd_power", "psd_bin_factor", "psd_grad_factor"}),

@@ -1,7 +1,6 @@
 // CPU backward kernels of the spectral distances (SPEC §5): one batch row per task. The per-entry
 // math and the accumulation policy are spectral_math.h's, shared with cuda/distances.cu.
 #include <ATen/Parallel.h>
-#include <ATen/Dispatch.h>
 
 #include <vector>
 
@@ -159,8 +158,8 @@ static void subspace_row(const T* M, T g, const T* Sa, const T* Sb, int64_t k, T
     for (int64_t j = 0; j < k; ++j) {
       const T m = M[i * k + j];
       G[i * k + j] = subspace_grad_weighted(g, wa[i], wb[j], m);
-      acc += wb[j] * m * m;
-      col[j] += wa[i] * m * m;
+      acc += subspace_term(wb[j], m);
+      col[j] += subspace_term(wa[i], m);
     }
     ga[i] = subspace_grad_w(g, wa[i], acc);
   }

@@ -62,8 +62,8 @@ __global__ void subspace_coef_kernel(const T* __restrict__ Ms, const T* __restri
   for (int64_t i = threadIdx.x; i < k; i += kThreads) {
     Acc row_acc = 0, col_acc = 0;
     for (int64_t j = 0; j < k; ++j) {
-      row_acc += wb[j] * M[i * k + j] * M[i * k + j];
-      col_acc += wa[j] * M[j * k + i] * M[j * k + i];
+      row_acc += subspace_term(wb[j], M[i * k + j]);
+      col_acc += subspace_term(wa[j], M[j * k + i]);
     }
     ga[i] = subspace_grad_w(g, wa[i], row_acc);
     gb[i] = subspace_grad_w(g, wb[i], col_acc);

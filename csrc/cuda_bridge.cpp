@@ -2,6 +2,7 @@
 // that defines it and for this file) to tensors, through `launch`. Compiled only into a CUDA build
 // of the extension (SDEKERNELS_CUDA). Buffers and checks come from the same *_bufs as the CPU twin.
 #ifdef SDEKERNELS_CUDA
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "cuda/launch.h"
@@ -12,9 +13,10 @@ namespace sdekernels {
 namespace {
 
 // The one way a launcher is called: f.operator()<T>(stream) with T the dtype of `like`, on the
-// current CUDA stream, its error code checked.
+// current stream of like's device (made current for the launch), its error code checked.
 template <typename F>
 void launch(const at::Tensor& like, const char* what, F&& f) {
+  const c10::cuda::CUDAGuard guard(like.device());
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch(like, what, [&]<typename T>() {
     const int err = f.template operator()<T>(stream);

@@ -26,11 +26,11 @@ if os.environ.get("SDEKERNELS_BUILD_EXT") == "1":
     cuda = torch.cuda.is_available() or os.environ.get("SDEKERNELS_CUDA") == "1"
     if cuda:
         ext = cpp_extension.CUDAExtension("sdekernels._C", _ext.sources(True), define_macros=[(_ext.CUDA_MACRO, None)],
-                                          extra_compile_args={"cxx": _ext.CFLAGS, "nvcc": _ext.NVCC_FLAGS},
-                                          extra_link_args=_ext.LDFLAGS)
+                                          extra_compile_args={"cxx": list(_ext.CFLAGS), "nvcc": list(_ext.NVCC_FLAGS)},
+                                          extra_link_args=list(_ext.LDFLAGS))
     else:
-        ext = cpp_extension.CppExtension("sdekernels._C", _ext.sources(False), extra_compile_args=_ext.CFLAGS,
-                                         extra_link_args=_ext.LDFLAGS)
+        ext = cpp_extension.CppExtension("sdekernels._C", _ext.sources(False), extra_compile_args=list(_ext.CFLAGS),
+                                         extra_link_args=list(_ext.LDFLAGS))
     kwargs = {"ext_modules": [ext], "cmdclass": {"build_ext": cpp_extension.BuildExtension}}
 
 setup(packages=packages, package_dir=package_dir, package_data=package_data, **kwargs)

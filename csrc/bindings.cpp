@@ -1,20 +1,13 @@
-// Operator schemas of the extension (namespace sdekernels_C) and their CPU/CUDA kernels.
-// Python wraps each in a torch.library custom op (sdekernels/ops/), which owns fake tensors,
-// dtype policy and argument checks; the kernels here see contiguous float32/float64 only.
+// Operator schemas of the extension (namespace sdekernels_C) and their kernels. A kernel twin
+// (ops.h) registers as itself under its dispatch key (CPU: op_cpu, CUDA: op_cuda); a composite of
+// GEMMs / FFTs around a twin registers one device-generic function under both keys, which picks
+// the twin with SDK_TWIN. Python wraps each op in a torch.library custom op (sdekernels/ops/), which
+// owns fake tensors, dtype policy and argument checks; the kernels see float32/float64 only.
 #include <torch/library.h>
 
 #include "ops.h"
 
 namespace sdekernels {
-
-static std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef(const at::Tensor& M, const at::Tensor& grad,
-                                                                    const std::optional<at::Tensor>& S_a,
-                                                                    const std::optional<at::Tensor>& S_b) {
-#ifdef SDEKERNELS_CUDA
-  if (M.is_cuda()) return subspace_coef_cuda(M, grad, S_a, S_b);
-#endif
-  return subspace_coef_cpu(M, grad, S_a, S_b);
-}
 
 // Subspace distance backward: the k×k coefficient kernel between two pairs of GEMMs
 // (M = V_aᵀV_b, then dV_a = V_b Gᵀ, dV_b = V_a G): never an n×n matrix.
@@ -23,7 +16,7 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subspace_bwd(
     const std::optional<at::Tensor>& S_b) {
   TORCH_CHECK(S_a.has_value() == S_b.has_value(), "S_a and S_b must be given together");
   auto M = at::matmul(V_a.mT(), V_b);
-  auto [G, dSa, dSb] = subspace_coef(M, grad, S_a, S_b);
+  auto [G, dSa, dSb] = SDK_TWIN(subspace_coef, M, M, grad, S_a, S_b);
   return {at::matmul(V_b, G.mT()), at::matmul(V_a, G), dSa, dSb};
 }
 
@@ -32,11 +25,7 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subspace_bwd(
 static at::Tensor svd_topk_bwd(const at::Tensor& U, const at::Tensor& S, const at::Tensor& V, const at::Tensor& gU,
                                const at::Tensor& gS, const at::Tensor& gV) {
   auto A = at::matmul(U.mT(), gU), B = at::matmul(V.mT(), gV);
-#ifdef SDEKERNELS_CUDA
-  auto [Kt, inv] = U.is_cuda() ? svd_core_cuda(A, B, S, gS) : svd_core_cpu(A, B, S, gS);
-#else
-  auto [Kt, inv] = svd_core_cpu(A, B, S, gS);
-#endif
+  auto [Kt, inv] = SDK_TWIN(svd_core, U, A, B, S, gS);
   auto iv = inv.unsqueeze(-2);
   auto left = at::cat({at::matmul(U, Kt) + gU * iv, U * iv}, -1);
   return at::matmul(left, at::cat({V, gV}, -1).mT());
@@ -53,11 +42,7 @@ static at::Tensor svd_topk_exact_bwd(const at::Tensor& A, const at::Tensor& Ws, 
   const int64_t k = Ws.size(-1);
   auto Wt = W.mT();
   auto P = at::matmul(Wt, gWs), Q = at::matmul(Wt, at::matmul(A, gWl));
-#ifdef SDEKERNELS_CUDA
-  auto [C, inv] = A.is_cuda() ? svd_exact_core_cuda(P, Q, sigma, gS) : svd_exact_core_cpu(P, Q, sigma, gS);
-#else
-  auto [C, inv] = svd_exact_core_cpu(P, Q, sigma, gS);
-#endif
+  auto [C, inv] = SDK_TWIN(svd_exact_core, A, P, Q, sigma, gS);
   auto s1 = sigma.abs().amax(-1, true);
   auto rs = at::where(s1 > 0, s1.reciprocal(), at::zeros_like(s1));
   auto T = at::matmul(W, C);  // σ_1·W C
@@ -89,6 +74,13 @@ TORCH_LIBRARY(sdekernels_C, m) {
   m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");
   m.def("svd_topk_bwd(Tensor U, Tensor S, Tensor V, Tensor gU, Tensor gS, Tensor gV) -> Tensor");
   m.def("svd_topk_exact_bwd(Tensor A, Tensor Ws, Tensor Wl, Tensor W, Tensor sigma, Tensor gWs, Tensor gS, Tensor gWl) -> Tensor");
+  // The kernel twins themselves (ops.h), for tests that hold the CPU and CUDA twins to each other.
+  m.def("subspace_coef(Tensor M, Tensor grad, Tensor? S_a, Tensor? S_b) -> (Tensor, Tensor, Tensor)");
+  m.def("radial_bin_bwd(Tensor Y, Tensor grad, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
+  m.def("fourier_split_grad(Tensor Xh, Tensor gA, Tensor gP, int W, bool onesided, bool centered, bool log_amplitude) -> Tensor");
+  m.def("fourier_merge_grad(Tensor G, Tensor A, Tensor P, int W, bool onesided, bool centered) -> (Tensor, Tensor)");
+  m.def("svd_core(Tensor A, Tensor B, Tensor S, Tensor gS) -> (Tensor, Tensor)");
+  m.def("svd_exact_core(Tensor P, Tensor Q, Tensor sigma, Tensor gS) -> (Tensor, Tensor)");
   m.def("cuda_built() -> bool", &sdekernels::cuda_built);
 }
 
@@ -106,6 +98,12 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CPU, m) {
   m.impl("radial_bin_fwd", &sdekernels::radial_bin_fwd_cpu);
   m.impl("radial_psd_fwd", &sdekernels::radial_psd_fwd_cpu);
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
+  m.impl("subspace_coef", &sdekernels::subspace_coef_cpu);
+  m.impl("radial_bin_bwd", &sdekernels::radial_bin_bwd_cpu);
+  m.impl("fourier_split_grad", &sdekernels::fourier_split_grad_cpu);
+  m.impl("fourier_merge_grad", &sdekernels::fourier_merge_grad_cpu);
+  m.impl("svd_core", &sdekernels::svd_core_cpu);
+  m.impl("svd_exact_core", &sdekernels::svd_exact_core_cpu);
 }
 
 #ifdef SDEKERNELS_CUDA
@@ -117,5 +115,11 @@ TORCH_LIBRARY_IMPL(sdekernels_C, CUDA, m) {
   m.impl("fourier_split_bwd", &sdekernels::fourier_split_bwd);
   m.impl("fourier_merge_bwd", &sdekernels::fourier_merge_bwd);
   m.impl("radial_psd_bwd", &sdekernels::radial_psd_bwd);
+  m.impl("subspace_coef", &sdekernels::subspace_coef_cuda);
+  m.impl("radial_bin_bwd", &sdekernels::radial_bin_bwd_cuda);
+  m.impl("fourier_split_grad", &sdekernels::fourier_split_grad_cuda);
+  m.impl("fourier_merge_grad", &sdekernels::fourier_merge_grad_cuda);
+  m.impl("svd_core", &sdekernels::svd_core_cuda);
+  m.impl("svd_exact_core", &sdekernels::svd_exact_core_cuda);
 }
 #endif

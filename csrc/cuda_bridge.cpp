@@ -1,90 +1,68 @@
-// Binds the C launchers of csrc/cuda/*.cu to tensors on the current CUDA stream.
-// Compiled only into a CUDA build of the extension (SDEKERNELS_CUDA).
+// The CUDA twins of ops.h: each binds a launcher of cuda/launch.h (declared once, for the .cu file
+// that defines it and for this file) to tensors, through `launch`. Compiled only into a CUDA build
+// of the extension (SDEKERNELS_CUDA). Buffers and checks come from the same *_bufs as the CPU twin.
 #ifdef SDEKERNELS_CUDA
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/launch.h"
 #include "ops.h"
 
 namespace sdekernels {
 
-template <typename T> struct Launch;
-template <> struct Launch<float> {
-  static constexpr auto hellinger = sdk_hellinger_bwd_f32;
-  static constexpr auto subspace = sdk_subspace_coef_f32;
-  static constexpr auto fourier_split_grad = sdk_fourier_split_grad_f32;
-  static constexpr auto fourier_merge_grad = sdk_fourier_merge_grad_f32;
-};
-template <> struct Launch<double> {
-  static constexpr auto hellinger = sdk_hellinger_bwd_f64;
-  static constexpr auto subspace = sdk_subspace_coef_f64;
-  static constexpr auto fourier_split_grad = sdk_fourier_split_grad_f64;
-  static constexpr auto fourier_merge_grad = sdk_fourier_merge_grad_f64;
-};
+namespace {
 
-static void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
-static void ok(int err, const char* what) { TORCH_CHECK(err == 0, what, ": CUDA error ", err); }
+// The one way a launcher is called: f.operator()<T>(stream) with T the dtype of `like`, on the
+// current stream of like's device (made current for the launch), its error code checked.
+template <typename F>
+void launch(const at::Tensor& like, const char* what, F&& f) {
+  const c10::cuda::CUDAGuard guard(like.device());
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
+  dispatch(like, what, [&]<typename T>() {
+    const int err = f.template operator()<T>(stream);
+    TORCH_CHECK(err == 0, what, ": CUDA error ", err);
+  });
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> hellinger_bwd_cuda(const at::Tensor& S_a, const at::Tensor& S_b,
                                                       const at::Tensor& grad, double power, bool squared) {
   auto t = hellinger_bufs(S_a, S_b, grad);
-  AT_DISPATCH_FLOATING_TYPES(t.a.scalar_type(), "hellinger_bwd_cuda", [&] {
-    ok(Launch<scalar_t>::hellinger(t.a.const_data_ptr<scalar_t>(), t.b.const_data_ptr<scalar_t>(), t.g.const_data_ptr<scalar_t>(),
-                                   t.da.data_ptr<scalar_t>(), t.db.data_ptr<scalar_t>(), t.rows, t.r, power, squared, stream()),
-       "hellinger_bwd");
+  launch(t.a, "hellinger_bwd", [&]<typename T>(void* s) {
+    return cuda::hellinger_bwd<T>(in<T>(t.a), in<T>(t.b), in<T>(t.g), out<T>(t.da), out<T>(t.db), t.rows, t.r, power,
+                                  squared, s);
   });
   return {t.da, t.db};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cuda(const at::Tensor& M_, const at::Tensor& grad,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> subspace_coef_cuda(const at::Tensor& M, const at::Tensor& grad,
                                                                   const std::optional<at::Tensor>& S_a,
                                                                   const std::optional<at::Tensor>& S_b) {
-  auto t = subspace_bufs(M_, grad, S_a, S_b);
-  AT_DISPATCH_FLOATING_TYPES(t.M.scalar_type(), "subspace_coef_cuda", [&] {
-    auto ptr = [&](const at::Tensor& x) { return t.weighted ? x.data_ptr<scalar_t>() : nullptr; };
-    ok(Launch<scalar_t>::subspace(t.M.const_data_ptr<scalar_t>(), t.g.const_data_ptr<scalar_t>(), ptr(t.Sa), ptr(t.Sb),
-                                  t.G.data_ptr<scalar_t>(), ptr(t.dSa), ptr(t.dSb), t.rows, t.k, stream()),
-       "subspace_coef");
+  auto t = subspace_bufs(M, grad, S_a, S_b);
+  launch(t.M, "subspace_coef", [&]<typename T>(void* s) {
+    return cuda::subspace_coef<T>(in<T>(t.M), in<T>(t.g), in<T>(t.Sa), in<T>(t.Sb), out<T>(t.G), out<T>(t.dSa),
+                                  out<T>(t.dSb), t.rows, t.k, s);
   });
   return {t.G, t.dSa, t.dSb};
 }
 
-static int radial_bin_bwd_launch(const float* Y, const float* g, const int64_t* index, const float* ic, float* dY,
-                                 int64_t groups, int64_t nc, int64_t HW, int comp, int64_t bins, double scale, void* s) {
-  return sdk_radial_bin_bwd_f32(Y, g, index, ic, dY, groups, nc, HW, comp, bins, scale, s);
-}
-static int radial_bin_bwd_launch(const double* Y, const double* g, const int64_t* index, const double* ic, double* dY,
-                                 int64_t groups, int64_t nc, int64_t HW, int comp, int64_t bins, double scale, void* s) {
-  return sdk_radial_bin_bwd_f64(Y, g, index, ic, dY, groups, nc, HW, comp, bins, scale, s);
-}
-
-at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y_, const at::Tensor& grad_, const at::Tensor& index_,
-                               const at::Tensor& inv_count_, int64_t comp, double scale, bool channel_mean) {
-  auto Y = Y_.contiguous(), g = grad_.contiguous(), index = index_.contiguous(), ic = inv_count_.contiguous();
-  const int64_t B = Y.size(0), C = Y.size(1), HW = Y.size(2) / comp, bins = ic.numel();
-  const int64_t groups = channel_mean ? B : B * C, nc = channel_mean ? C : 1;
-  TORCH_CHECK(index.scalar_type() == at::kLong && index.numel() == HW, "radial_bin_bwd: bad bin index map");
-  TORCH_CHECK(g.numel() == groups * bins, "radial_bin_bwd: grad must be [B, bins] or [B, C, bins]");
-  auto dY = at::empty_like(Y);
-  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "radial_bin_bwd_cuda", [&] {
-    ok(radial_bin_bwd_launch(Y.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), index.const_data_ptr<int64_t>(),
-                             ic.const_data_ptr<scalar_t>(), dY.data_ptr<scalar_t>(), groups, nc, HW, int(comp), bins,
-                             scale, stream()),
-       "radial_bin_bwd");
+at::Tensor radial_bin_bwd_cuda(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                               const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean) {
+  auto t = radial_bin_bwd_bufs(Y, grad, index, inv_count, comp, channel_mean);
+  launch(t.Y, "radial_bin_bwd", [&]<typename T>(void* s) {
+    return cuda::radial_bin_bwd<T>(in<T>(t.Y), in<T>(t.g), in<int64_t>(t.index), in<T>(t.ic), out<T>(t.dY), t.groups,
+                                   t.nc, t.HW, int(comp), t.bins, scale, s);
   });
-  return dY;
+  return t.dY;
 }
 
 at::Tensor fourier_split_grad_cuda(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                    bool onesided, bool centered, bool log_amplitude) {
   auto Z = at::empty_like(Xh);
-  const int64_t rows = Xh.size(0), H = Xh.size(1);
-  AT_DISPATCH_FLOATING_TYPES(Xh.scalar_type(), "fourier_split_grad_cuda", [&] {
-    ok(Launch<scalar_t>::fourier_split_grad(Xh.const_data_ptr<scalar_t>(), gA.const_data_ptr<scalar_t>(),
-                                            gP.const_data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), rows, H, W,
-                                            onesided, centered, log_amplitude, stream()),
-       "fourier_split_grad");
+  launch(Xh, "fourier_split_grad", [&]<typename T>(void* s) {
+    return cuda::fourier_split_grad<T>(in<T>(Xh), in<T>(gA), in<T>(gP), out<T>(Z), Xh.size(0), Xh.size(1), W, onesided,
+                                       centered, log_amplitude, s);
   });
   return Z;
 }
@@ -93,48 +71,31 @@ std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cuda(const at::Tensor& G, 
                                                            const at::Tensor& P, int64_t W, bool onesided,
                                                            bool centered) {
   auto gA = at::empty_like(A), gP = at::empty_like(P);
-  const int64_t rows = A.size(0), H = A.size(1);
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "fourier_merge_grad_cuda", [&] {
-    ok(Launch<scalar_t>::fourier_merge_grad(G.const_data_ptr<scalar_t>(), A.const_data_ptr<scalar_t>(),
-                                            P.const_data_ptr<scalar_t>(), gA.data_ptr<scalar_t>(),
-                                            gP.data_ptr<scalar_t>(), rows, H, W, onesided, centered, stream()),
-       "fourier_merge_grad");
+  launch(A, "fourier_merge_grad", [&]<typename T>(void* s) {
+    return cuda::fourier_merge_grad<T>(in<T>(G), in<T>(A), in<T>(P), out<T>(gA), out<T>(gP), A.size(0), A.size(1), W,
+                                       onesided, centered, s);
   });
   return {gA, gP};
 }
 
-std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A_, const at::Tensor& B_, const at::Tensor& S_,
-                                                 const at::Tensor& gS_) {
-  auto A = A_.contiguous(), B = B_.contiguous(), S = S_.contiguous(), gS = gS_.contiguous();
-  auto Kt = at::empty_like(A), inv = at::empty_like(S);
-  const int64_t k = S.size(-1), rows = k ? S.numel() / k : 0;
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "svd_core_cuda", [&] {
-    auto launch = std::is_same_v<scalar_t, float> ? (void*)&sdk_svd_core_f32 : (void*)&sdk_svd_core_f64;
-    using Fn = int (*)(const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int64_t,
-                       int64_t, void*);
-    ok(reinterpret_cast<Fn>(launch)(A.const_data_ptr<scalar_t>(), B.const_data_ptr<scalar_t>(), S.const_data_ptr<scalar_t>(),
-                                    gS.const_data_ptr<scalar_t>(), Kt.data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(), rows, k,
-                                    stream()),
-       "svd_core");
+std::tuple<at::Tensor, at::Tensor> svd_core_cuda(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
+                                                 const at::Tensor& gS) {
+  auto t = svd_core_bufs(A, B, S, gS);
+  launch(t.A, "svd_core", [&]<typename T>(void* s) {
+    return cuda::svd_core<T>(in<T>(t.A), in<T>(t.B), in<T>(t.S), in<T>(t.gS), out<T>(t.Kt), out<T>(t.inv), t.rows, t.k,
+                             s);
   });
-  return {Kt, inv};
+  return {t.Kt, t.inv};
 }
 
-std::tuple<at::Tensor, at::Tensor> svd_exact_core_cuda(const at::Tensor& P_, const at::Tensor& Q_,
-                                                       const at::Tensor& sigma_, const at::Tensor& gS_) {
-  auto P = P_.contiguous(), Q = Q_.contiguous(), sigma = sigma_.contiguous(), gS = gS_.contiguous();
-  auto C = at::empty_like(P), inv = at::empty_like(gS);
-  const int64_t r = P.size(-2), k = P.size(-1), rows = r * k ? P.numel() / (r * k) : 0;
-  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "svd_exact_core_cuda", [&] {
-    auto launch = std::is_same_v<scalar_t, float> ? (void*)&sdk_svd_exact_core_f32 : (void*)&sdk_svd_exact_core_f64;
-    using Fn = int (*)(const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int64_t,
-                       int64_t, int64_t, void*);
-    ok(reinterpret_cast<Fn>(launch)(P.const_data_ptr<scalar_t>(), Q.const_data_ptr<scalar_t>(),
-                                    sigma.const_data_ptr<scalar_t>(), gS.const_data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
-                                    inv.data_ptr<scalar_t>(), rows, r, k, stream()),
-       "svd_exact_core");
+std::tuple<at::Tensor, at::Tensor> svd_exact_core_cuda(const at::Tensor& P, const at::Tensor& Q,
+                                                       const at::Tensor& sigma, const at::Tensor& gS) {
+  auto t = svd_exact_bufs(P, Q, sigma, gS);
+  launch(t.P, "svd_exact_core", [&]<typename T>(void* s) {
+    return cuda::svd_exact_core<T>(in<T>(t.P), in<T>(t.Q), in<T>(t.sigma), in<T>(t.gS), out<T>(t.C), out<T>(t.inv),
+                                   t.rows, t.r, t.k, s);
   });
-  return {C, inv};
+  return {t.C, t.inv};
 }
 
 }  // namespace sdekernels

@@ -55,9 +55,10 @@ def test_hellinger_sqrt_form():
 @pytest.mark.parametrize("path", PATHS)
 def test_subspace_known_values(path):
     Q = torch.linalg.qr(torch.randn(30, 8, dtype=torch.float64))[0].to(DEVICE)
+    R = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0].to(DEVICE)
     with on_path(path):
         same = sk.subspace_distance(Q[:, :4], Q[:, :4])
-        rotated = sk.subspace_distance(Q[:, :4], Q[:, :4] @ torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0].to(DEVICE))
+        rotated = sk.subspace_distance(Q[:, :4], Q[:, :4] @ R)
         orthogonal = sk.subspace_distance(Q[:, :4], Q[:, 4:])
     assert float(same) < 1e-12 and float(rotated) < 1e-12  # a rotation inside the subspace changes nothing
     assert abs(float(orthogonal) - 1.0) < 1e-12
@@ -78,7 +79,8 @@ def test_subspace_weighted_matches_explicit_projectors(path):
 
 def test_subspace_gradient_finite_for_zero_weights():
     V = torch.linalg.qr(torch.randn(20, 3, dtype=torch.float64))[0]
-    _, grads = _grad(sk.subspace_distance, V, V, S_a=torch.zeros(3, dtype=torch.float64), S_b=torch.zeros(3, dtype=torch.float64))
+    zeros = torch.zeros(3, dtype=torch.float64)
+    _, grads = _grad(sk.subspace_distance, V, V, S_a=zeros, S_b=zeros)
     assert all(torch.isfinite(g).all() for g in grads)
 
 

@@ -14,7 +14,11 @@ import torch
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # at::parallel_for is a header template: without OpenMP in this build it runs on one thread.
 # -fno-math-errno lets sqrt vectorise (nothing reads errno).
-CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
+# Tuples: cpp_extension appends to the lists it is given, and a changed list is a new build.
+CFLAGS = ("-O3", "-fopenmp", "-fno-math-errno")
+LDFLAGS = ("-fopenmp",)
+NVCC_FLAGS = ("-O3",)
+CUDA_MACRO = "SDEKERNELS_CUDA"  # defined in a CUDA build: compiles cuda_bridge.cpp and the CUDA twins in
 
 
 def csrc_dir() -> str:
@@ -47,9 +51,9 @@ def status() -> str:
         cpp_extension.load(
             name="sdekernels_C" + ("_cuda" if cuda else ""),
             sources=sources(cuda),
-            extra_cflags=CFLAGS + (["-DSDEKERNELS_CUDA"] if cuda else []),
-            extra_ldflags=["-fopenmp"],
-            extra_cuda_cflags=["-O3", "-DSDEKERNELS_CUDA"],
+            extra_cflags=[*CFLAGS, *([f"-D{CUDA_MACRO}"] if cuda else [])],
+            extra_ldflags=list(LDFLAGS),
+            extra_cuda_cflags=[*NVCC_FLAGS, f"-D{CUDA_MACRO}"],
             is_python_module=False,
             verbose=os.environ.get("SDEKERNELS_VERBOSE") == "1",
         )

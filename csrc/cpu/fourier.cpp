@@ -4,7 +4,6 @@
 // layout. Backward (CPU and CUDA): a pointwise kernel maps (gA, gP) to the Hermitian part of the
 // complex gradient on the half spectrum, then one irfft2 (merge: one rfft2, then pointwise).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <c10/util/bit_cast.h>
@@ -63,11 +62,6 @@ inline void sqrt_row(float* a, int64_t n) {
 }
 inline void sqrt_row(double* a, int64_t n) {
   for (int64_t k = 0; k < n; ++k) a[k] = std::sqrt(a[k]);
-}
-
-SpectrumLayout layout(int64_t H, int64_t W, bool onesided, bool centered) {
-  const int64_t Wh = W / 2 + 1;
-  return SpectrumLayout{H, W, Wh, onesided ? Wh : W, onesided, centered};
 }
 
 std::string flipped(c10::string_view norm) {
@@ -129,25 +123,13 @@ void split_rows(const T* X, T* A, T* P, int64_t R, const SpectrumLayout& L, bool
 
 template <typename T>
 void split_grad_rows(const T* X, const T* GA, const T* GP, T* Z, int64_t R, const SpectrumLayout& L, bool log_amp) {
-  const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
+  const int64_t H = L.H, Wh = L.Wh, Wo = L.Wo;
   at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
     for (int64_t row = lo; row < hi; ++row) {
-      const int64_t r = row / H, k1 = row % H, m1 = (H - k1) % H;
+      const int64_t r = row / H, k1 = row % H;
       const T *x = X + row * Wh * 2, *gA = GA + r * H * Wo, *gP = GP + r * H * Wo;
       T* z = Z + row * Wh * 2;
-      for (int64_t k2 = 0; k2 < Wh; ++k2) {
-        const T re = x[2 * k2];
-        const T im = fft_real_bin(k1, H) && fft_real_bin(k2, W) ? T(0) : x[2 * k2 + 1];
-        T gr, gi, mr = 0, mi = 0;
-        const int64_t o = L.pos(k1, k2);
-        split_point_grad(re, im, gA[o], gP[o], log_amp, gr, gi);
-        if (L.mirror_stored(k2)) {
-          const int64_t om = L.pos(m1, (W - k2) % W);
-          split_point_grad(re, -im, gA[om], gP[om], log_amp, mr, mi);
-        }
-        z[2 * k2] = T(0.5) * (gr + mr);  // Hermitian part of the gradient: Re F^H g = F^H Herm(g)
-        z[2 * k2 + 1] = T(0.5) * (gi - mi);
-      }
+      for (int64_t k2 = 0; k2 < Wh; ++k2) split_entry_grad(x + 2 * k2, gA, gP, L, k1, k2, log_amp, z + 2 * k2);
     }
   });
 }
@@ -177,29 +159,18 @@ void merge_rows(const T* A, const T* C, const T* S, T* Z, int64_t R, const Spect
   });
 }
 
+// polar_grad with the cos and sin of P computed beforehand (see merge_rows).
 template <typename T>
 void merge_grad_rows(const T* G, const T* A, const T* C, const T* S, T* GA, T* GP, int64_t R, const SpectrumLayout& L) {
-  const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
+  const int64_t H = L.H, Wh = L.Wh, Wo = L.Wo;
   at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
     for (int64_t row = lo; row < hi; ++row) {
-      const int64_t r = row / H, s1 = row % H, k1 = L.freq_row(s1);
-      const int64_t o0 = row * Wo;
-      for (int64_t s2 = 0; s2 < Wo; ++s2) {
-        const int64_t k2 = L.freq_col(s2);
+      const int64_t r = row / H, k1 = L.freq_row(row % H);
+      const T* g = G + r * H * Wh * 2;
+      for (int64_t o = row * Wo; o < (row + 1) * Wo; ++o) {
         T gr, gi;
-        if (k2 < Wh) {  // onesided: irfft2 counts the unmirrored columns twice
-          const T* g = G + ((r * H + k1) * Wh + k2) * 2;
-          const T m = L.mirror_stored(k2) ? T(1) : T(2);
-          gr = m * g[0];
-          gi = m * g[1];
-        } else {  // the gradient spectrum of a real gx is Hermitian
-          const T* g = G + ((r * H + (H - k1) % H) * Wh + (W - k2)) * 2;
-          gr = g[0];
-          gi = -g[1];
-        }
-        const int64_t o = o0 + s2;  // polar_grad with cos and sin given
-        GA[o] = gr * C[o] + gi * S[o];
-        GP[o] = A[o] * (gi * C[o] - gr * S[o]);
+        merge_entry_grad(g, L, k1, L.freq_col(o - row * Wo), gr, gi);
+        polar_grad(A[o], C[o], S[o], gr, gi, GA[o], GP[o]);
       }
     }
   });
@@ -215,12 +186,11 @@ std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, i
                                                          bool centered, bool log_amplitude) {
   check_rows(Xh, 4, "Xh");
   const int64_t R = Xh.size(0), H = Xh.size(1);
-  const auto L = layout(H, W, onesided, centered);
+  const auto L = SpectrumLayout::make(H, W, onesided, centered);
   TORCH_CHECK(Xh.size(2) == L.Wh && Xh.size(3) == 2, "Xh must be the real view of a half spectrum");
   auto A = at::empty({R, H, L.Wo}, Xh.options()), P = at::empty_like(A);
-  AT_DISPATCH_FLOATING_TYPES(Xh.scalar_type(), "fourier_split_fwd_cpu", [&] {
-    split_rows<scalar_t>(Xh.const_data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), P.data_ptr<scalar_t>(), R, L,
-                         log_amplitude);
+  dispatch(Xh, "fourier_split_fwd_cpu", [&]<typename T>() {
+    split_rows<T>(in<T>(Xh), out<T>(A), out<T>(P), R, L, log_amplitude);
   });
   return {A, P};
 }
@@ -228,11 +198,10 @@ std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, i
 at::Tensor fourier_split_grad_cpu(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                   bool onesided, bool centered, bool log_amplitude) {
   const int64_t R = Xh.size(0), H = Xh.size(1);
-  const auto L = layout(H, W, onesided, centered);
+  const auto L = SpectrumLayout::make(H, W, onesided, centered);
   auto Z = at::empty_like(Xh);
-  AT_DISPATCH_FLOATING_TYPES(Xh.scalar_type(), "fourier_split_grad_cpu", [&] {
-    split_grad_rows<scalar_t>(Xh.const_data_ptr<scalar_t>(), gA.const_data_ptr<scalar_t>(),
-                              gP.const_data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), R, L, log_amplitude);
+  dispatch(Xh, "fourier_split_grad_cpu", [&]<typename T>() {
+    split_grad_rows<T>(in<T>(Xh), in<T>(gA), in<T>(gP), out<T>(Z), R, L, log_amplitude);
   });
   return Z;
 }
@@ -241,13 +210,12 @@ at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64
   check_rows(A, 3, "A");
   check_rows(P, 3, "P");
   const int64_t R = A.size(0), H = A.size(1);
-  const auto L = layout(H, W, onesided, centered);
+  const auto L = SpectrumLayout::make(H, W, onesided, centered);
   TORCH_CHECK(A.size(2) == L.Wo && P.sizes() == A.sizes(), "A and P must hold the stored spectrum");
   auto Z = at::empty({R, H, L.Wh, 2}, A.options());
   const auto C = at::cos(P), S = at::sin(P);
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "fourier_merge_fwd_cpu", [&] {
-    merge_rows<scalar_t>(A.const_data_ptr<scalar_t>(), C.const_data_ptr<scalar_t>(), S.const_data_ptr<scalar_t>(),
-                         Z.data_ptr<scalar_t>(), R, L);
+  dispatch(A, "fourier_merge_fwd_cpu", [&]<typename T>() {
+    merge_rows<T>(in<T>(A), in<T>(C), in<T>(S), out<T>(Z), R, L);
   });
   return Z;
 }
@@ -256,12 +224,11 @@ std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cpu(const at::Tensor& G, c
                                                           const at::Tensor& P, int64_t W, bool onesided,
                                                           bool centered) {
   const int64_t R = A.size(0), H = A.size(1);
-  const auto L = layout(H, W, onesided, centered);
+  const auto L = SpectrumLayout::make(H, W, onesided, centered);
   auto gA = at::empty_like(A), gP = at::empty_like(P);
   const auto C = at::cos(P), S = at::sin(P);
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "fourier_merge_grad_cpu", [&] {
-    merge_grad_rows<scalar_t>(G.const_data_ptr<scalar_t>(), A.const_data_ptr<scalar_t>(), C.const_data_ptr<scalar_t>(),
-                              S.const_data_ptr<scalar_t>(), gA.data_ptr<scalar_t>(), gP.data_ptr<scalar_t>(), R, L);
+  dispatch(A, "fourier_merge_grad_cpu", [&]<typename T>() {
+    merge_grad_rows<T>(in<T>(G), in<T>(A), in<T>(C), in<T>(S), out<T>(gA), out<T>(gP), R, L);
   });
   return {gA, gP};
 }
@@ -274,12 +241,7 @@ at::Tensor fourier_split_bwd(const at::Tensor& x, const at::Tensor& gA, const at
   const int64_t H = x.size(1), W = x.size(2);
   auto Xh = at::view_as_real(at::fft_rfft2(x, c10::nullopt, {-2, -1}, norm)).contiguous();
   auto ga = gA.contiguous(), gp = gP.contiguous();
-#ifdef SDEKERNELS_CUDA
-  auto Z = x.is_cuda() ? fourier_split_grad_cuda(Xh, ga, gp, W, onesided, centered, log_amplitude)
-                       : fourier_split_grad_cpu(Xh, ga, gp, W, onesided, centered, log_amplitude);
-#else
-  auto Z = fourier_split_grad_cpu(Xh, ga, gp, W, onesided, centered, log_amplitude);
-#endif
+  auto Z = SDK_TWIN(fourier_split_grad, x, Xh, ga, gp, W, onesided, centered, log_amplitude);
   return at::fft_irfft2(at::view_as_complex(Z), c10::IntArrayRef{H, W}, {-2, -1}, flipped(norm));
 }
 
@@ -291,10 +253,7 @@ std::tuple<at::Tensor, at::Tensor> fourier_merge_bwd(const at::Tensor& A, const 
   check_rows(P, 3, "P");
   const int64_t W = gx.size(-1);
   auto G = at::view_as_real(at::fft_rfft2(gx.contiguous(), c10::nullopt, {-2, -1}, flipped(norm))).contiguous();
-#ifdef SDEKERNELS_CUDA
-  if (A.is_cuda()) return fourier_merge_grad_cuda(G, A, P, W, onesided, centered);
-#endif
-  return fourier_merge_grad_cpu(G, A, P, W, onesided, centered);
+  return SDK_TWIN(fourier_merge_grad, A, G, A, P, W, onesided, centered);
 }
 
 }  // namespace sdekernels

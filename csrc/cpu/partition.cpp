@@ -2,7 +2,6 @@
 // per row for the quartiles, thresholds, counts and energy fractions, where the same formula in
 // ATen costs some 40 small dispatches for r ~ 1000. Roundings follow the ATen formula in
 // sdekernels/ops/svd.py (partition_counts, energies): T arithmetic, Σσ² accumulated in double.
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -31,8 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     hi[k] = std::min(lo[k] + 1, r - 1);
     frac[k] = pos - double(lo[k]);
   }
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "spectral_partition_fwd_cpu", [&] {
-    using T = scalar_t;
+  dispatch(s, "spectral_partition_fwd_cpu", [&]<typename T>() {
     const T* ps = s.const_data_ptr<T>();
     int64_t *pns = n_strong.data_ptr<int64_t>(), *pnw = n_weak.data_ptr<int64_t>();
     T *ptn = tau_noise.data_ptr<T>(), *pts = tau_strong.data_ptr<T>(), *psh = sigma_hat.data_ptr<T>(),

@@ -2,7 +2,6 @@
 // The spectrum Y of x [B, C, H, W] is stored as [B, C, H·W·comp] (comp = 1: DCT, 2: re/im of the
 // FFT); entry hw of the power is scale·Σ_comp y², averaged over channels when channel_mean.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -13,85 +12,69 @@
 
 namespace sdekernels {
 
-// Power of one (sample, channel group) at every hw into P [HW]: Σ over `nc` channels of scale·Σ_comp y² / nc.
+// Channel sums of entry_power of one (sample, channel group) at every hw into P [HW] (in T, as the
+// CUDA twin); psd_power of them is the entry's power.
 template <typename T>
-static void group_power(const T* Y, int64_t nc, int64_t HW, int64_t comp, T scale, T* P) {
+static void group_power(const T* Y, int64_t nc, int64_t HW, int comp, T* P) {
   std::fill(P, P + HW, T(0));
-  const T w = scale / T(nc);
   for (int64_t c = 0; c < nc; ++c) {
     const T* y = Y + c * HW * comp;
     if (comp == 1) {
-      for (int64_t i = 0; i < HW; ++i) P[i] += w * y[i] * y[i];
+      for (int64_t i = 0; i < HW; ++i) P[i] += entry_power(y + i, 1);
     } else {
-      for (int64_t i = 0; i < HW; ++i) P[i] += w * (y[2 * i] * y[2 * i] + y[2 * i + 1] * y[2 * i + 1]);
+      for (int64_t i = 0; i < HW; ++i) P[i] += entry_power(y + 2 * i, 2);
     }
   }
 }
 
-template <typename T>
-static void check_args(const at::Tensor& Y, const at::Tensor& index, const at::Tensor& inv_count, int64_t comp) {
-  TORCH_CHECK(Y.dim() == 3 && Y.is_contiguous(), "radial_psd: Y must be a contiguous [B, C, H*W*comp] tensor");
-  TORCH_CHECK(comp == 1 || comp == 2, "radial_psd: comp must be 1 or 2");
-  TORCH_CHECK(index.scalar_type() == at::kLong && index.numel() * comp == Y.size(2), "radial_psd: bad bin index map");
-  TORCH_CHECK(inv_count.scalar_type() == Y.scalar_type(), "radial_psd: inv_count dtype must match Y");
-}
-
-at::Tensor radial_bin_fwd_cpu(const at::Tensor& Y_, const at::Tensor& index_, const at::Tensor& inv_count_,
+at::Tensor radial_bin_fwd_cpu(const at::Tensor& Y, const at::Tensor& index, const at::Tensor& inv_count,
                               int64_t comp, double scale, bool channel_mean) {
-  auto Y = Y_.contiguous(), index = index_.contiguous(), inv_count = inv_count_.contiguous();
-  const int64_t B = Y.size(0), C = Y.size(1), HW = Y.size(2) / comp, bins = inv_count.numel();
-  const int64_t G = channel_mean ? 1 : C, nc = channel_mean ? C : 1;  // groups per sample, channels per group
-  auto out = at::zeros({B, G, bins}, Y.options());
-  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "radial_bin_fwd_cpu", [&] {
-    check_args<scalar_t>(Y, index, inv_count, comp);
-    const scalar_t* py = Y.const_data_ptr<scalar_t>();
-    const int64_t* idx = index.const_data_ptr<int64_t>();
-    const scalar_t* ic = inv_count.const_data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * G, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<scalar_t> P(HW);
+  auto t = radial_bufs(Y, index, inv_count, comp, channel_mean);
+  const int64_t HW = t.HW, bins = t.bins, nc = t.nc;
+  auto res = at::zeros({t.Y.size(0), channel_mean ? 1 : t.Y.size(1), bins}, t.Y.options());
+  dispatch(t.Y, "radial_bin_fwd_cpu", [&]<typename T>() {
+    const T *py = in<T>(t.Y), *ic = in<T>(t.ic);
+    const int64_t* idx = in<int64_t>(t.index);
+    T* po = out<T>(res);
+    at::parallel_for(0, t.groups, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<T> P(HW);
       for (int64_t r = lo; r < hi; ++r) {
-        group_power<scalar_t>(py + r * nc * HW * comp, nc, HW, comp, scalar_t(scale), P.data());
-        scalar_t* o = po + r * bins;
-        for (int64_t i = 0; i < HW; ++i) o[idx[i]] += psd_value(P[i], i);
+        group_power<T>(py + r * nc * HW * comp, nc, HW, int(comp), P.data());
+        T* o = po + r * bins;
+        for (int64_t i = 0; i < HW; ++i) o[idx[i]] += psd_value(psd_power(P[i], T(scale), nc), i);
         for (int64_t j = 0; j < bins; ++j) o[j] *= ic[j];
       }
     });
   });
-  return channel_mean ? out.squeeze(1) : out;
+  return channel_mean ? res.squeeze(1) : res;
 }
 
-at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y_, const at::Tensor& grad_, const at::Tensor& index_,
-                              const at::Tensor& inv_count_, int64_t comp, double scale, bool channel_mean) {
-  auto Y = Y_.contiguous(), grad = grad_.contiguous(), index = index_.contiguous(), inv_count = inv_count_.contiguous();
-  const int64_t B = Y.size(0), C = Y.size(1), HW = Y.size(2) / comp, bins = inv_count.numel();
-  const int64_t G = channel_mean ? 1 : C, nc = channel_mean ? C : 1;
-  TORCH_CHECK(grad.numel() == B * G * bins, "radial_bin_bwd: grad must be [B, bins] or [B, C, bins]");
-  auto dY = at::empty_like(Y);
-  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "radial_bin_bwd_cpu", [&] {
-    check_args<scalar_t>(Y, index, inv_count, comp);
-    const scalar_t *py = Y.const_data_ptr<scalar_t>(), *pg = grad.const_data_ptr<scalar_t>();
-    const int64_t* idx = index.const_data_ptr<int64_t>();
-    const scalar_t* ic = inv_count.const_data_ptr<scalar_t>();
-    scalar_t* pd = dY.data_ptr<scalar_t>();
-    at::parallel_for(0, B * G, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<scalar_t> P(HW);
+at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
+                              const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean) {
+  auto t = radial_bin_bwd_bufs(Y, grad, index, inv_count, comp, channel_mean);
+  const int64_t HW = t.HW, bins = t.bins, nc = t.nc;
+  dispatch(t.Y, "radial_bin_bwd_cpu", [&]<typename T>() {
+    const T *py = in<T>(t.Y), *pg = in<T>(t.g), *ic = in<T>(t.ic);
+    const int64_t* idx = in<int64_t>(t.index);
+    T* pd = out<T>(t.dY);
+    at::parallel_for(0, t.groups, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<T> P(HW), F(bins);
       for (int64_t r = lo; r < hi; ++r) {
         const int64_t off = r * nc * HW * comp;
-        group_power<scalar_t>(py + off, nc, HW, comp, scalar_t(scale), P.data());
-        // P becomes the factor dL/dy / y of every entry at hw (the same for each channel of the group).
-        const scalar_t* g = pg + r * bins;
-        const scalar_t w = scalar_t(2) * scalar_t(scale) / scalar_t(nc);
-        for (int64_t i = 0; i < HW; ++i) P[i] = psd_pass(P[i], i) * w * g[idx[i]] * ic[idx[i]];
+        group_power<T>(py + off, nc, HW, int(comp), P.data());
+        const T* g = pg + r * bins;
+        for (int64_t j = 0; j < bins; ++j) F[j] = psd_bin_factor(T(scale), nc, g[j], ic[j]);
+        // P becomes the factor dL/dy ÷ y of every entry at hw (the same for each channel of the group).
+        for (int64_t i = 0; i < HW; ++i) P[i] = psd_grad_factor(psd_power(P[i], T(scale), nc), i, F[idx[i]]);
         for (int64_t c = 0; c < nc; ++c) {
-          const scalar_t* y = py + off + c * HW * comp;
-          scalar_t* d = pd + off + c * HW * comp;
+          const T* y = py + off + c * HW * comp;
+          T* d = pd + off + c * HW * comp;
           for (int64_t i = 0; i < HW * comp; ++i) d[i] = P[i / comp] * y[i];
         }
       }
     });
   });
-  return dY;
+  return t.dY;
 }
 
 // ---- Fused 2-D DCT path (CPU): one sample's planes stay in cache from x to the bins.
@@ -291,16 +274,16 @@ SDK_INLINE void psd_fwd_range(const T* x, T* Y, T* out, const int64_t* idx, cons
       T* y = Y ? Y + off : Yl;
       dct2_plane(x + off, y, ah, aw, S, A, Tm, row);
       if (channel_mean) {
-        for (int64_t i = 0; i < HW; ++i) P[i] += y[i] * y[i];
+        for (int64_t i = 0; i < HW; ++i) P[i] += entry_power(y + i, 1);
       } else {
         T* o = out + (b * C + c) * bins;
-        for (int64_t i = 0; i < HW; ++i) o[idx[i]] += psd_value(y[i] * y[i], i);
+        for (int64_t i = 0; i < HW; ++i) o[idx[i]] += psd_value(entry_power(y + i, 1), i);
         for (int64_t j = 0; j < bins; ++j) o[j] *= ic[j];
       }
     }
     if (channel_mean) {
       T* o = out + b * bins;
-      for (int64_t i = 0; i < HW; ++i) o[idx[i]] += psd_value(P[i] / T(C), i);
+      for (int64_t i = 0; i < HW; ++i) o[idx[i]] += psd_value(psd_power(P[i], T(1), C), i);
       for (int64_t j = 0; j < bins; ++j) o[j] *= ic[j];
     }
   }
@@ -318,11 +301,11 @@ SDK_INLINE void psd_bwd_range(const T* Y, const T* g, T* dx, const int64_t* idx,
       std::fill(F, F + HW, T(0));
       for (int64_t c = 0; c < C; ++c) {
         const T* y = Y + (b * C + c) * HW;
-        for (int64_t i = 0; i < HW; ++i) F[i] += y[i] * y[i];
+        for (int64_t i = 0; i < HW; ++i) F[i] += entry_power(y + i, 1);
       }
       const T* gb = g + b * bins;
-      for (int64_t j = 0; j < bins; ++j) fb[j] = T(2) / T(C) * gb[j] * ic[j];
-      for (int64_t i = 0; i < HW; ++i) F[i] = psd_pass(F[i] / T(C), i) * fb[idx[i]];
+      for (int64_t j = 0; j < bins; ++j) fb[j] = psd_bin_factor(T(1), C, gb[j], ic[j]);
+      for (int64_t i = 0; i < HW; ++i) F[i] = psd_grad_factor(psd_power(F[i], T(1), C), i, fb[idx[i]]);
     }
     for (int64_t c = 0; c < C; ++c) {
       const int64_t off = (b * C + c) * HW;
@@ -331,7 +314,8 @@ SDK_INLINE void psd_bwd_range(const T* Y, const T* g, T* dx, const int64_t* idx,
         for (int64_t i = 0; i < HW; ++i) dY[i] = F[i] * y[i];
       } else {
         const T* gb = g + (b * C + c) * bins;
-        for (int64_t i = 0; i < HW; ++i) dY[i] = psd_pass(y[i] * y[i], i) * T(2) * gb[idx[i]] * ic[idx[i]] * y[i];
+        for (int64_t i = 0; i < HW; ++i)
+          dY[i] = psd_grad_factor(entry_power(y + i, 1), i, psd_bin_factor(T(1), 1, gb[idx[i]], ic[idx[i]])) * y[i];
       }
       idct2_plane(dY, dx + off, ah, aw, U, Ve, Vo, row);
     }
@@ -380,13 +364,13 @@ std::tuple<at::Tensor, at::Tensor> radial_psd_fwd_cpu(const at::Tensor& x_, cons
               "radial_psd_fwd: DH, DW, inv_count must match x");
   auto out = at::zeros({B, channel_mean ? 1 : C, bins}, x.options());
   auto Y = save_spectrum ? at::empty_like(x) : at::empty({0}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "radial_psd_fwd_cpu", [&] {
-    const Axis<scalar_t> ah(DH.const_data_ptr<scalar_t>(), H), aw(DW.const_data_ptr<scalar_t>(), W);
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    scalar_t* py = save_spectrum ? Y.data_ptr<scalar_t>() : nullptr;
-    scalar_t* po = out.data_ptr<scalar_t>();
+  dispatch(x, "radial_psd_fwd_cpu", [&]<typename T>() {
+    const Axis<T> ah(DH.const_data_ptr<T>(), H), aw(DW.const_data_ptr<T>(), W);
+    const T* px = x.const_data_ptr<T>();
+    T* py = save_spectrum ? Y.data_ptr<T>() : nullptr;
+    T* po = out.data_ptr<T>();
     const int64_t* idx = index.const_data_ptr<int64_t>();
-    const scalar_t* pic = ic.const_data_ptr<scalar_t>();
+    const T* pic = ic.const_data_ptr<T>();
     at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
       psd_fwd(px, py, po, idx, pic, ah, aw, C, bins, channel_mean, lo, hi);
     });
@@ -402,25 +386,17 @@ static at::Tensor radial_psd_bwd_dct_cpu(const at::Tensor& Y_, const at::Tensor&
   const int64_t B = Y.size(0), C = Y.size(1), H = Y.size(2), W = Y.size(3), bins = ic.numel();
   TORCH_CHECK(g.numel() == B * (channel_mean ? 1 : C) * bins, "radial_psd_bwd: grad must be [B, bins] or [B, C, bins]");
   auto dx = at::empty_like(Y);
-  AT_DISPATCH_FLOATING_TYPES(Y.scalar_type(), "radial_psd_bwd_cpu", [&] {
-    const Axis<scalar_t> ah(DH.const_data_ptr<scalar_t>(), H), aw(DW.const_data_ptr<scalar_t>(), W);
-    const scalar_t *py = Y.const_data_ptr<scalar_t>(), *pg = g.const_data_ptr<scalar_t>();
-    scalar_t* pd = dx.data_ptr<scalar_t>();
+  dispatch(Y, "radial_psd_bwd_cpu", [&]<typename T>() {
+    const Axis<T> ah(DH.const_data_ptr<T>(), H), aw(DW.const_data_ptr<T>(), W);
+    const T *py = Y.const_data_ptr<T>(), *pg = g.const_data_ptr<T>();
+    T* pd = dx.data_ptr<T>();
     const int64_t* idx = index.const_data_ptr<int64_t>();
-    const scalar_t* pic = ic.const_data_ptr<scalar_t>();
+    const T* pic = ic.const_data_ptr<T>();
     at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
       psd_bwd(py, pg, pd, idx, pic, ah, aw, C, bins, channel_mean, lo, hi);
     });
   });
   return dx;
-}
-
-static at::Tensor radial_bin_bwd(const at::Tensor& Y, const at::Tensor& grad, const at::Tensor& index,
-                                 const at::Tensor& inv_count, int64_t comp, double scale, bool channel_mean) {
-#ifdef SDEKERNELS_CUDA
-  if (Y.is_cuda()) return radial_bin_bwd_cuda(Y, grad, index, inv_count, comp, scale, channel_mean);
-#endif
-  return radial_bin_bwd_cpu(Y, grad, index, inv_count, comp, scale, channel_mean);
 }
 
 // dL/dx of the binned power spectrum from the saved spectrum Y of the centred x (DCT: Y [B, C, H, W]
@@ -436,11 +412,12 @@ at::Tensor radial_psd_bwd(const at::Tensor& Y_, const at::Tensor& grad, const at
   if (DH.has_value()) {
     TORCH_CHECK(Y.dim() == 4, "radial_psd_bwd: Y must be [B, C, H, W] for the DCT");
     if (!Y.is_cuda()) return radial_psd_bwd_dct_cpu(Y, grad, index, inv_count, *DH, *DW, channel_mean);
-    auto dY = radial_bin_bwd(Y.view({B, C, H * W}), grad, index, inv_count, 1, 1.0, channel_mean);
+    auto dY = SDK_TWIN(radial_bin_bwd, Y, Y.view({B, C, H * W}), grad, index, inv_count, 1, 1.0, channel_mean);
     return at::matmul(at::matmul(DH->mT(), dY.view({B, C, H, W})), *DW);
   }
   TORCH_CHECK(Y.dim() == 5 && Y.size(4) == 2, "radial_psd_bwd: Y must be [B, C, H, W, 2] for the FFT");
-  auto dY = radial_bin_bwd(Y.view({B, C, H * W * 2}), grad, index, inv_count, 2, 1.0 / double(H * W), channel_mean);
+  auto dY = SDK_TWIN(radial_bin_bwd, Y, Y.view({B, C, H * W * 2}), grad, index, inv_count, 2, 1.0 / double(H * W),
+                     channel_mean);
   auto dYc = at::view_as_complex(dY.view({B, C, H, W, 2}));
   return at::real(at::fft_ifft2(dYc)).mul(double(H * W)).contiguous();
 }

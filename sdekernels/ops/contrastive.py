@@ -15,7 +15,6 @@ Tensor cores: bf16/fp16 enter tl.dot as they are (fp32 accumulation), fp32 as tf
 DMMA. Reference: reference/contrastive.py. Tests: python_tests/test_ops.py (generic),
 test_contrastive.py, test_open_clip.py.
 """
-import functools
 import math
 
 import torch
@@ -198,15 +197,6 @@ def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Te
 # ---------------------------------------------------------------- shared pieces
 
 
-def _no_autocast(fn):
-    """Run an op's body outside autocast: it picks its own precision (fp32 for bf16/fp16 inputs)."""
-    @functools.wraps(fn)
-    def body(*args, **kwargs):
-        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return fn(*args, **kwargs)
-    return body
-
-
 def _normalized(z: Tensor, normalize: bool) -> Tensor:
     """[R, B, d] contiguous rows in the working dtype, L2-normalised when asked."""
     x = rows(z, 2).to(work_dtype(z.dtype))
@@ -317,7 +307,6 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits, off):
 
 
 @torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())
-@_no_autocast
 def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: bool,
               symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # rows z_a [..., nx, d] against columns z_b [..., ny, d]; the label of row i is column i + offset
@@ -352,7 +341,6 @@ def _(z_a, z_b, scale, offset, normalize, symmetric):
 
 
 @torch.library.custom_op("sdekernels::info_nce_loss_backward", mutates_args=())
-@_no_autocast
 def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
                        grad: Tensor, offset: int, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
     a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
@@ -470,7 +458,6 @@ def _siglip_saves(z_a: Tensor, need_grad: bool) -> bool:
 
 
 @torch.library.custom_op("sdekernels::siglip_loss", mutates_args=())
-@_no_autocast
 def _siglip(z_a: Tensor, z_b: Tensor, scale: Tensor, bias: Tensor, offset: int, normalize: bool,
             need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     # rows z_a [..., nx, d] against columns z_b [..., ny, d]; the label of row i is column i + offset
@@ -499,7 +486,6 @@ def _(z_a, z_b, scale, bias, offset, normalize, need_grad):
 
 
 @torch.library.custom_op("sdekernels::siglip_loss_backward", mutates_args=())
-@_no_autocast
 def _siglip_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, bias: Tensor, ga: Tensor, gb: Tensor, gs: Tensor,
                      gt: Tensor, grad: Tensor, offset: int, normalize: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = grad.to(work_dtype(z_a.dtype))

@@ -41,18 +41,18 @@ if HAS_TRITON:
     from ._triton import mma
 
     @triton.jit
-    def _load(P, idx, n, k, d):
-        """Rows idx (< n) of a row-major [n, d] matrix at columns k (< d); 0 outside."""
-        return tl.load(P + idx[:, None] * d + k[None, :], mask=(idx[:, None] < n) & (k[None, :] < d), other=0)
+    def _load(P, idx, n, k, d, stride):
+        """Rows idx (< n) of an [n, d] matrix with unit column stride at columns k (< d); 0 outside."""
+        return tl.load(P + idx[:, None] * stride + k[None, :], mask=(idx[:, None] < n) & (k[None, :] < d), other=0)
 
     @triton.jit
-    def _tile_dot(X, Y, i, j, nx, ny, d, PREC: tl.constexpr, ACC: tl.constexpr,
+    def _tile_dot(X, Y, i, j, nx, ny, d, sxn, syn, PREC: tl.constexpr, ACC: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         """X[i] · Y[j]ᵀ for a BM×BN tile, over d in chunks of BK (masked rows/columns read 0)."""
         qk = tl.zeros([BM, BN], ACC)
         for k0 in range(0, d, BK):
             k = k0 + tl.arange(0, BK)
-            qk = mma(qk, _load(X, i, nx, k, d), tl.trans(_load(Y, j, ny, k, d)), PREC)
+            qk = mma(qk, _load(X, i, nx, k, d, sxn), tl.trans(_load(Y, j, ny, k, d, syn)), PREC)
         return qk
 
     @triton.jit
@@ -63,14 +63,15 @@ if HAS_TRITON:
         return tl.maximum(-z, 0.0) + tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
 
     @triton.jit(do_not_specialize=["nx", "ny", "off"])
-    def _fwd_kernel(X, Y, S, BIAS, OUT, nx, ny, d, off, SIGLIP: tl.constexpr, PREC: tl.constexpr,
-                    ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    def _fwd_kernel(X, Y, S, BIAS, OUT, nx, ny, d, sxr, sxn, syr, syn, off, SIGLIP: tl.constexpr,
+                    PREC: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # X [R, nx, d], Y [R, ny, d] with strides (sxr, sxn, 1), (syr, syn, 1): row-strided views are read in place.
         # Program (r, rb), rows i of block rb. info_nce: OUT[r, i] = log Σ_j exp(s·x_i·y_j), online over
         # column tiles. siglip: OUT[r, rb] = Σ_{i, j} −log σ(y_ij (s·x_i·y_j + b)), y = +1 at j = i + off, else −1.
         r = tl.program_id(0).to(tl.int64)
         rb = tl.program_id(1)
         i = rb * BM + tl.arange(0, BM)
-        X, Y = X + r * nx * d, Y + r * ny * d
+        X, Y = X + r * sxr, Y + r * syr
         s = tl.load(S).to(ACC)
         if SIGLIP:
             b = tl.load(BIAS).to(ACC)
@@ -80,7 +81,7 @@ if HAS_TRITON:
             acc = tl.zeros([BM], ACC)
         for j0 in range(0, ny, BN):
             j = j0 + tl.arange(0, BN)
-            qk = _tile_dot(X, Y, i, j, nx, ny, d, PREC, ACC, BM, BN, BK)
+            qk = _tile_dot(X, Y, i, j, nx, ny, d, sxn, syn, PREC, ACC, BM, BN, BK)
             if SIGLIP:
                 L = s * qk + b
                 z = tl.where(j[None, :] == i[:, None] + off, L, -L)
@@ -96,7 +97,7 @@ if HAS_TRITON:
             tl.store(OUT + r * nx + i, m + tl.log(acc), mask=i < nx)
 
     @triton.jit(do_not_specialize=["nx", "ny", "off"])
-    def _grad_kernel(X, Y, S, BIAS, LSE_X, LSE_Y, DX, DS, nx, ny, d, off, c_x, c_y,
+    def _grad_kernel(X, Y, S, BIAS, LSE_X, LSE_Y, DX, DS, nx, ny, d, sxr, sxn, syr, syn, off, c_x, c_y,
                      SIGLIP: tl.constexpr, USE_X: tl.constexpr, USE_Y: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
         # Program (r, rb, kb) owns DX[i, kb·BD : (kb+1)·BD] for the rows i of block rb:
@@ -109,7 +110,7 @@ if HAS_TRITON:
         kb = tl.program_id(2)
         i = rb * BM + tl.arange(0, BM)
         kd = kb * BD + tl.arange(0, BD)
-        X, Y = X + r * nx * d, Y + r * ny * d
+        X, Y = X + r * sxr, Y + r * syr
         s = tl.load(S).to(ACC)
         if SIGLIP:
             b = tl.load(BIAS).to(ACC)
@@ -120,7 +121,7 @@ if HAS_TRITON:
         db = tl.zeros([BM], ACC)
         for j0 in range(0, ny, BN):
             j = j0 + tl.arange(0, BN)
-            qk = _tile_dot(X, Y, i, j, nx, ny, d, PREC, ACC, BM, BN, BK)
+            qk = _tile_dot(X, Y, i, j, nx, ny, d, sxn, syn, PREC, ACC, BM, BN, BK)
             label = j[None, :] == i[:, None] + off
             if SIGLIP:
                 L = s * qk + b
@@ -138,7 +139,7 @@ if HAS_TRITON:
             D = tl.where((i[:, None] < nx) & (j[None, :] < ny), D, 0.0)
             ds += tl.sum(D * qk, 1)
             db += tl.sum(D, 1)
-            y = _load(Y, j, ny, kd, d)
+            y = _load(Y, j, ny, kd, d, syn)
             dx = mma(dx, D.to(y.dtype), y, PREC)
         msk = (i[:, None] < nx) & (kd[None, :] < d)
         tl.store(DX + r * nx * d + i[:, None] * d + kd[None, :], s * dx, mask=msk)
@@ -174,7 +175,8 @@ def _fwd_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, off: int, 
     cfg.pop("BD")
     grid = (R, triton.cdiv(nx, cfg["BM"]))
     out = x.new_empty(grid if siglip else (R, nx), dtype=out_dtype)
-    _fwd_kernel[grid](x, y, s, bias if siglip else s, out, nx, y.shape[1], d, off, SIGLIP=siglip, **cfg)
+    _fwd_kernel[grid](x, y, s, bias if siglip else s, out, nx, y.shape[1], d, *x.stride()[:2], *y.stride()[:2], off,
+                      SIGLIP=siglip, **cfg)
     return out
 
 
@@ -183,13 +185,14 @@ def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Te
     """(DX [R, nx, d], [Σ D·x·y, Σ D]) of one side; w_x, w_y: exact weights of the two softmax terms
     (1/n is applied by the caller: the kernel's float arguments are fp32)."""
     R, nx, d = x.shape
-    dx = torch.empty_like(x)
+    dx = x.new_empty(x.shape)  # contiguous, whatever x's strides
     x, y = _kernel_input(x, dtype), _kernel_input(y, dtype)
     cfg = _config(x)
     grid = (R, triton.cdiv(nx, cfg["BM"]), triton.cdiv(d, cfg["BD"]))
     parts = dx.new_empty((R, grid[1], 2))
     _grad_kernel[grid](x, y, s, s if bias is None else bias, s if lse_x is None else lse_x,
-                       s if lse_y is None else lse_y, dx, parts, nx, y.shape[1], d, off, w_x, w_y,
+                       s if lse_y is None else lse_y, dx, parts, nx, y.shape[1], d, *x.stride()[:2], *y.stride()[:2],
+                       off, w_x, w_y,
                        SIGLIP=bias is not None, USE_X=lse_x is not None, USE_Y=lse_y is not None, **cfg)
     return dx, parts.sum((0, 1))
 
@@ -198,7 +201,7 @@ def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Te
 
 
 def _normalized(z: Tensor, normalize: bool) -> Tensor:
-    """[R, B, d] contiguous rows in the working dtype, L2-normalised when asked."""
+    """[R, B, d] rows in the working dtype (unit column stride), L2-normalised when asked."""
     x = rows(z, 2).to(work_dtype(z.dtype))
     if not normalize:
         return x

@@ -110,7 +110,8 @@ def test_cross_gram_splits_on_emulated_gpu():
     distances._cross_gram_kernel = Spy()
     try:
         with triton_on_cpu():
-            plain = distances._cross_gram_triton(V, V)
+            with emulate_cuda(False):  # the plain interpreter, also under SDEKERNELS_EMULATE_CUDA=1
+                plain = distances._cross_gram_triton(V, V)
             with emulate_cuda():
                 split = distances._cross_gram_triton(V, V)
     finally:

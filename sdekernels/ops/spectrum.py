@@ -44,7 +44,7 @@ if HAS_TRITON:
         for j in range(bins):
             tl.store(OUT + j, tl.sum(tl.sum(tl.where(idx == j, p, 0.0), 1), 0))
 
-    @triton.jit(do_not_specialize=["C", "H", "W", "bins", "n_tv"])
+    @triton.jit(do_not_specialize=["C", "H", "W", "sxb", "sxc", "sxh", "bins", "n_tv"])
     def _radial_psd_kernel(X, AH, AW, IDX, PART, Y, C, H, W, sxb, sxc, sxh, bins, n_tv,
                            FFT: tl.constexpr, MEAN: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
                            ACC: tl.constexpr,
@@ -54,7 +54,8 @@ if HAS_TRITON:
         # channels and writes the tile's per-bin sums to PART. The spatial mean is subtracted first:
         # it only moves the (0, 0) coefficient, but the products then round like the centred input.
         # SAVE stores the spectrum tile for the backward (DCT: Y [B, C, H, W]; FFT: [B, C, H, W, 2]).
-        # X [B, C, H, W] has strides (sxb, sxc, sxh, 1); Y is contiguous.
+        # X [B, C, H, W] has strides (sxb, sxc, sxh, 1); Y is contiguous. The strides are not specialised:
+        # with sxh known to be a multiple of 16, Triton 3.6 vectorised the loads and spilled (fp64, 156 B).
         b = tl.program_id(0).to(tl.int64)
         tile = tl.program_id(1)
         u = (tile // n_tv) * BU + tl.arange(0, BU)
@@ -113,7 +114,7 @@ if HAS_TRITON:
         if MEAN:
             _bin_store(acc_p / C, u, v, H, W, IDX, PART + (b * n_tiles + tile) * bins, bins)
 
-    @triton.jit(do_not_specialize=["n_blocks", "nbh", "nbw", "H", "W"])
+    @triton.jit(do_not_specialize=["n_blocks", "nbh", "nbw", "H", "W", "sp", "sh"])
     def _block_proj_kernel(X, P, Y, n_blocks, nbh, nbw, H, W, sp, sh, E, BLOCK: tl.constexpr,
                            PRECISION: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                            BK: tl.constexpr):

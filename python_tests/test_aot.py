@@ -18,40 +18,9 @@ CI = os.environ.get("CI") == "true"
 
 # The one place for what the kernels still get wrong: (kernel, dtype, problem) -> the worst figure
 # measured (spill or shared bytes; None for a dot on FMA units). A row may show a listed problem up
-# to its figure; anything else fails. Empty this as the kernels are fixed
-# (test_known_issues_still_occur says which entries no longer occur).
-KNOWN = {
-    ("_block_proj_kernel", "bf16,fp32", "fma_dot"): None,
-    ("_block_proj_kernel", "bf16,fp32", "spill"): 24,
-    ("_block_proj_kernel", "fp16,fp32", "fma_dot"): None,
-    ("_block_proj_kernel", "fp16,fp32", "spill"): 32,  # 3.9: 32, 3.6: 24
-    ("_block_proj_kernel", "fp32", "fma_dot"): None,
-    ("_block_proj_kernel", "fp32", "spill"): 8,  # Triton 3.9 only
-    ("_bmm_kernel", "bf16,fp32", "fma_dot"): None,
-    ("_bmm_kernel", "fp16,fp32", "fma_dot"): None,
-    ("_bmm_kernel", "fp32", "fma_dot"): None,
-    ("_bmm_kernel", "fp32", "spill"): 36,  # Triton 3.9 only
-    ("_cross_gram_kernel", "bf16,fp32", "fma_dot"): None,
-    ("_cross_gram_kernel", "fp16,fp32", "fma_dot"): None,
-    ("_cross_gram_kernel", "fp32", "fma_dot"): None,
-    ("_grad_kernel", "fp32", "fma_dot"): None,
-    ("_grad_kernel", "fp32", "spill"): 228,  # 3.9: 228, 3.6: 176
-    ("_lse_kernel", "fp32", "fma_dot"): None,
-    ("_lse_kernel", "fp32", "spill"): 32,  # Triton 3.6 only
-    ("_merge_kernel", "fp64", "spill"): 24,  # 3.9: 24, 3.6: 16
-    ("_radial_psd_kernel", "bf16,fp32,i64", "fma_dot"): None,
-    ("_radial_psd_kernel", "bf16,fp32,i64", "spill"): 44,  # Triton 3.6 only
-    ("_radial_psd_kernel", "fp16,fp32,i64", "fma_dot"): None,
-    ("_radial_psd_kernel", "fp16,fp32,i64", "spill"): 44,  # Triton 3.6 only
-    ("_radial_psd_kernel", "fp32,i64", "fma_dot"): None,
-    ("_radial_psd_kernel", "fp32,i64", "spill"): 72,  # Triton 3.6 only
-    ("_reconstruct_kernel", "bf16,fp32", "fma_dot"): None,
-    ("_reconstruct_kernel", "fp16,fp32", "fma_dot"): None,
-    ("_reconstruct_kernel", "fp32", "fma_dot"): None,
-    ("_split_kernel", "fp32", "spill"): 508,  # 3.9: 488, 3.6: 508
-    ("_split_kernel", "fp32,bf16", "spill"): 564,  # 3.9: 564, 3.6: 392
-    ("_split_kernel", "fp32,fp16", "spill"): 564,  # 3.9: 564, 3.6: 392
-}
+# to its figure; anything else fails. Empty: every bench specialisation is clean under both Tritons;
+# test_known_issues_still_occur removes an entry once its kernel is fixed.
+KNOWN: dict = {}
 
 _seen: dict[str, set] = {}
 
@@ -66,14 +35,6 @@ def _figure(row, problem):
     return {"spill": row.get("spill_bytes"), "shared": row.get("shared_bytes")}.get(problem)
 
 
-# Open: the contrastive kernels (info_nce, siglip_loss) have only now been switched to their GPU tiles under the
-# capture's CUDA emulation, and their report (spills at the interpreter tiles; an fp64 forward that Triton 3.6
-# does not compile) has not been re-read since; KNOWN is stale after the other kernels were retiled. Until
-# both are re-read from a fresh report, the two checks below report instead of gating.
-OPEN = pytest.mark.xfail(reason="contrastive kernels' sm_90 report not yet re-read; KNOWN stale", strict=False)
-
-
-@OPEN
 @pytest.mark.slow
 @pytest.mark.parametrize("triton_env", ["installed", "3.6"])
 def test_kernels_compile_for_sm90(triton_env, tmp_path):
@@ -115,7 +76,6 @@ def test_kernels_compile_for_sm90(triton_env, tmp_path):
                      + "\n".join(bad))
 
 
-@OPEN
 @pytest.mark.slow
 def test_known_issues_still_occur():
     """Each KNOWN entry still happens under some Triton: a fixed kernel leaves the list."""

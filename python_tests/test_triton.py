@@ -4,6 +4,7 @@ runtime bounds under every supported Triton's interpreter."""
 import pytest
 import torch
 
+import sdekernels as sdk
 from sdekernels._core import HAS_TRITON, INTERPRET, cuda_like, emulate_cuda, triton_on_cpu
 from sdekernels.registry import all_ops, parity
 
@@ -109,7 +110,8 @@ def test_cross_gram_splits_on_emulated_gpu():
     distances._cross_gram_kernel = Spy()
     try:
         with triton_on_cpu():
-            plain = distances._cross_gram_triton(V, V)
+            with emulate_cuda(False):  # the plain interpreter, also under SDEKERNELS_EMULATE_CUDA=1
+                plain = distances._cross_gram_triton(V, V)
             with emulate_cuda():
                 split = distances._cross_gram_triton(V, V)
     finally:
@@ -117,3 +119,69 @@ def test_cross_gram_splits_on_emulated_gpu():
     assert calls[0][2] == 1 and calls[1][2] == 3
     torch.testing.assert_close(split, plain, atol=1e-13, rtol=0)
     torch.testing.assert_close(split, V.mT @ V, atol=1e-13, rtol=0)
+
+
+# Row-strided views (a column slice, a batch-transposed stack) with a unit inner stride: the kernels
+# take the strides, so they read the caller's memory in place and give bit-identical results.
+def _col_slice(shape, keep, seed=0, positive=False):
+    """A view of shape[:-1] + (keep,) cut from a wider tensor: row stride shape[-1], not keep."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return (x.abs() if positive else x)[..., :keep]
+
+
+def _batch_transposed(shape, seed=0):
+    """[b, n, d] stored as [n, b, d]: a dense view whose batch stride is d and row stride b·d."""
+    b, n, d = shape
+    return torch.randn(n, b, d, generator=torch.Generator().manual_seed(seed)).transpose(0, 1)
+
+
+def _orthonormal(shape, keep):
+    q = torch.linalg.qr(torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64))[0]
+    return q.contiguous()[..., :keep]
+
+
+def _images():
+    """[2, 3, 16, 16] crops of [2, 3, 20, 24] images: row stride 24."""
+    return torch.randn(2, 3, 20, 24, generator=torch.Generator().manual_seed(2))[..., 2:18, 3:19]
+
+
+STRIDED = {  # name: (op on the inputs, inputs, whether the kernels read the inputs themselves)
+    "info_nce": (lambda a, b: sdk.info_nce(a, b, normalize=False),
+                 lambda: (_batch_transposed((2, 40, 24)), _col_slice((2, 40, 40), 24, seed=1)), True),
+    "siglip_loss": (lambda a, b: sdk.siglip_loss(a, b, 10.0, -5.0, normalize=False),
+                    lambda: (_col_slice((40, 40), 24), _batch_transposed((2, 40, 24), seed=1)[0]), True),
+    "subspace_distance": (sdk.subspace_distance, lambda: (_orthonormal((2, 70, 70), 9), _orthonormal((2, 70, 70), 9)),
+                          True),
+    "hellinger": (sdk.hellinger, lambda: (_col_slice((3, 30), 20, 0, True), _col_slice((3, 30), 20, 1, True)), False),
+    "fourier_merge": (lambda a, p: sdk.fourier_merge(a, p, onesided=True, size=(12, 10)),
+                      lambda: tuple(_col_slice((2, 12, 9), 6, seed=s) for s in (0, 1)), True),
+    "block_dct_lowpass": (lambda x: sdk.block_dct_lowpass(x, 5), lambda: (_images(),), True),
+    "radial_psd": (lambda x: sdk.radial_psd(x, bins=8), lambda: (_images(),), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRIDED))
+def test_strided_views_are_read_in_place(name, monkeypatch):
+    from triton.runtime.interpreter import InterpretedFunction
+
+    op, make, in_place = STRIDED[name]
+    views = make()
+    assert all(v.stride(-1) == 1 and not v.is_contiguous() for v in views)
+    pointers = []
+    run = InterpretedFunction.run
+
+    def spy(self, *args, **kwargs):
+        pointers.extend(a.data_ptr() for a in args if isinstance(a, torch.Tensor))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", spy)
+    with triton_on_cpu():
+        out = op(*views)
+        assert pointers, "the op did not launch a Triton kernel"
+        if in_place:
+            assert all(v.data_ptr() in pointers for v in views), "a kernel was given a copy of a strided input"
+        expected = op(*(v.contiguous() for v in views))
+    if in_place:
+        assert torch.equal(out, expected)
+    else:  # ATen scales or centres the input first, and its reductions round by layout
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=0)

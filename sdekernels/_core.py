@@ -124,8 +124,10 @@ def check_shape(x: torch.Tensor, name: str, shape, what: str = ""):
 
 
 def rows(x: torch.Tensor, inner: int) -> torch.Tensor:
-    """Contiguous view with the batch dims flattened: [..., *inner dims] -> [R, *inner dims]."""
-    return x.reshape((-1,) + tuple(x.shape[x.dim() - inner:])).contiguous()
+    """x with the batch dims flattened, [..., *inner dims] -> [R, *inner dims]: a view where one exists
+    and the innermost dim has unit stride (the kernels take the other strides), else a contiguous copy."""
+    r = x.reshape((-1,) + tuple(x.shape[x.dim() - inner:]))
+    return r if r.stride(-1) == 1 or r.shape[-1] <= 1 else r.contiguous()
 
 
 def ref_vjp(fn, tensors, grad, **kwargs):

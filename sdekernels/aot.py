@@ -266,6 +266,7 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 _DOT = re.compile(r"tt\.dot(?:_scaled)?\s.*?:\s*tensor<[0-9x]+x(\w+)")
+_TC_TYPE = re.compile(r"\b(?:wgmma\.mma_async|mma)\.\S*?\.(tf32|bf16|f16|f64|e4m3|e5m2)\b")  # operand type of an MMA
 
 
 def inspect(kernel, ptxas_log: str = "") -> dict:
@@ -281,7 +282,7 @@ def inspect(kernel, ptxas_log: str = "") -> dict:
     row.update(shared_bytes=max(int(kernel.metadata.shared), row["shared_bytes"]), has_dot=bool(dots),
                dot_dtypes=dots, dot_precision=",".join(sorted(set(re.findall(r"inputPrecision = (\w+)", ttir)))),
                tensor_cores=",".join(sorted(set(re.findall(r"\b(wgmma|mma)\.", ptx)))),
-               tc_types=",".join(sorted(set(re.findall(r"\b(?:wgmma\.mma_async|mma)\.\S*?\.(tf32|bf16|f16|f64|e4m3|e5m2)\b", ptx)))))
+               tc_types=",".join(sorted(set(_TC_TYPE.findall(ptx)))))
     return row
 
 
@@ -352,7 +353,8 @@ def nvcc_rows(arch: str = "sm_90") -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for src in sorted(glob.glob(os.path.join(csrc_dir(), "cuda", "*.cu"))):
-            out = subprocess.run(nvcc_command(nvcc, src, os.path.join(tmp, "k.o"), arch), capture_output=True, text=True)
+            out = subprocess.run(nvcc_command(nvcc, src, os.path.join(tmp, "k.o"), arch), capture_output=True,
+                                 text=True)
             if out.returncode:
                 rows.append({"kernel": os.path.basename(src), "status": "error", "error": out.stderr[-1500:]})
                 continue

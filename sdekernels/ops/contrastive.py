@@ -15,20 +15,19 @@ Tensor cores: bf16/fp16 enter tl.dot as they are (fp32 accumulation), fp32 as tf
 DMMA. Reference: reference/contrastive.py. Tests: python_tests/test_ops.py (generic),
 test_contrastive.py, test_open_clip.py.
 """
-import functools
 import math
 
 import torch
 from torch import Tensor
 
+from . import _triton as kt
 from .. import reference as ref
-from .._core import (HAS_TRITON, INTERPRET, check, check_domain, check_real, check_shape, cuda_like, grad_like,
+from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like,
                      next_pow2, pow2_scale, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
-LOW = (torch.bfloat16, torch.float16)
 # CUDA tiles {fp64?: ...}; BD caps the DX columns a gradient program holds in registers
 CUDA_TILES = {torch.float32: dict(BM=64, BN=32, BK=32, BD=128, num_warps=8),  # tf32x3: three dots' operands
               torch.bfloat16: dict(BM=64, BN=64, BK=32, BD=128, num_warps=8),
@@ -39,26 +38,21 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _load(P, idx, n, k, d):
-        """Rows idx (< n) of a row-major [n, d] matrix at columns k (< d); 0 outside."""
-        return tl.load(P + idx[:, None] * d + k[None, :], mask=(idx[:, None] < n) & (k[None, :] < d), other=0)
+    from ._triton import mma
 
     @triton.jit
-    def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
-        # UPCAST: the interpreter's bf16/fp16 dot gives wrong numbers, so there they go in as fp32
-        if UPCAST:
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
-        return tl.dot(a, b, acc, input_precision=PREC)
+    def _load(P, idx, n, k, d, stride):
+        """Rows idx (< n) of an [n, d] matrix with unit column stride at columns k (< d); 0 outside."""
+        return tl.load(P + idx[:, None] * stride + k[None, :], mask=(idx[:, None] < n) & (k[None, :] < d), other=0)
 
     @triton.jit
-    def _tile_dot(X, Y, i, j, nx, ny, d, PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    def _tile_dot(X, Y, i, j, nx, ny, d, sxn, syn, PREC: tl.constexpr, ACC: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         """X[i] · Y[j]ᵀ for a BM×BN tile, over d in chunks of BK (masked rows/columns read 0)."""
         qk = tl.zeros([BM, BN], ACC)
         for k0 in range(0, d, BK):
             k = k0 + tl.arange(0, BK)
-            qk = _dot(_load(X, i, nx, k, d), tl.trans(_load(Y, j, ny, k, d)), qk, PREC, UPCAST)
+            qk = mma(qk, _load(X, i, nx, k, d, sxn), tl.trans(_load(Y, j, ny, k, d, syn)), PREC)
         return qk
 
     @triton.jit
@@ -69,14 +63,15 @@ if HAS_TRITON:
         return tl.maximum(-z, 0.0) + tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
 
     @triton.jit(do_not_specialize=["nx", "ny", "off"])
-    def _fwd_kernel(X, Y, S, BIAS, OUT, nx, ny, d, off, SIGLIP: tl.constexpr, PREC: tl.constexpr,
-                    UPCAST: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    def _fwd_kernel(X, Y, S, BIAS, OUT, nx, ny, d, sxr, sxn, syr, syn, off, SIGLIP: tl.constexpr,
+                    PREC: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # X [R, nx, d], Y [R, ny, d] with strides (sxr, sxn, 1), (syr, syn, 1): row-strided views are read in place.
         # Program (r, rb), rows i of block rb. info_nce: OUT[r, i] = log Σ_j exp(s·x_i·y_j), online over
         # column tiles. siglip: OUT[r, rb] = Σ_{i, j} −log σ(y_ij (s·x_i·y_j + b)), y = +1 at j = i + off, else −1.
         r = tl.program_id(0).to(tl.int64)
         rb = tl.program_id(1)
         i = rb * BM + tl.arange(0, BM)
-        X, Y = X + r * nx * d, Y + r * ny * d
+        X, Y = X + r * sxr, Y + r * syr
         s = tl.load(S).to(ACC)
         if SIGLIP:
             b = tl.load(BIAS).to(ACC)
@@ -86,7 +81,7 @@ if HAS_TRITON:
             acc = tl.zeros([BM], ACC)
         for j0 in range(0, ny, BN):
             j = j0 + tl.arange(0, BN)
-            qk = _tile_dot(X, Y, i, j, nx, ny, d, PREC, UPCAST, ACC, BM, BN, BK)
+            qk = _tile_dot(X, Y, i, j, nx, ny, d, sxn, syn, PREC, ACC, BM, BN, BK)
             if SIGLIP:
                 L = s * qk + b
                 z = tl.where(j[None, :] == i[:, None] + off, L, -L)
@@ -102,10 +97,9 @@ if HAS_TRITON:
             tl.store(OUT + r * nx + i, m + tl.log(acc), mask=i < nx)
 
     @triton.jit(do_not_specialize=["nx", "ny", "off"])
-    def _grad_kernel(X, Y, S, BIAS, LSE_X, LSE_Y, DX, DS, nx, ny, d, off, c_x, c_y,
+    def _grad_kernel(X, Y, S, BIAS, LSE_X, LSE_Y, DX, DS, nx, ny, d, sxr, sxn, syr, syn, off, c_x, c_y,
                      SIGLIP: tl.constexpr, USE_X: tl.constexpr, USE_Y: tl.constexpr, PREC: tl.constexpr,
-                     UPCAST: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr, BD: tl.constexpr):
+                     ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
         # Program (r, rb, kb) owns DX[i, kb·BD : (kb+1)·BD] for the rows i of block rb:
         # DX_i = s Σ_j D_ij y_j, accumulated in registers over all column tiles and stored once, with
         # info_nce: D_ij = c_x exp(l_ij − lse_x_i) + c_y exp(l_ij − lse_y_j) − (c_x + c_y)[j = i + off],
@@ -116,7 +110,7 @@ if HAS_TRITON:
         kb = tl.program_id(2)
         i = rb * BM + tl.arange(0, BM)
         kd = kb * BD + tl.arange(0, BD)
-        X, Y = X + r * nx * d, Y + r * ny * d
+        X, Y = X + r * sxr, Y + r * syr
         s = tl.load(S).to(ACC)
         if SIGLIP:
             b = tl.load(BIAS).to(ACC)
@@ -127,7 +121,7 @@ if HAS_TRITON:
         db = tl.zeros([BM], ACC)
         for j0 in range(0, ny, BN):
             j = j0 + tl.arange(0, BN)
-            qk = _tile_dot(X, Y, i, j, nx, ny, d, PREC, UPCAST, ACC, BM, BN, BK)
+            qk = _tile_dot(X, Y, i, j, nx, ny, d, sxn, syn, PREC, ACC, BM, BN, BK)
             label = j[None, :] == i[:, None] + off
             if SIGLIP:
                 L = s * qk + b
@@ -145,8 +139,8 @@ if HAS_TRITON:
             D = tl.where((i[:, None] < nx) & (j[None, :] < ny), D, 0.0)
             ds += tl.sum(D * qk, 1)
             db += tl.sum(D, 1)
-            y = _load(Y, j, ny, kd, d)
-            dx = _dot(D.to(y.dtype), y, dx, PREC, UPCAST)
+            y = _load(Y, j, ny, kd, d, syn)
+            dx = mma(dx, D.to(y.dtype), y, PREC)
         msk = (i[:, None] < nx) & (kd[None, :] < d)
         tl.store(DX + r * nx * d + i[:, None] * d + kd[None, :], s * dx, mask=msk)
         out = DS + 2 * (r * tl.num_programs(1) + rb)
@@ -159,30 +153,30 @@ def _config(x: Tensor) -> dict:
     (tf32x3 for fp32, native bf16/fp16, DMMA for fp64) sized from the sm_90 compile report (no
     spills); the interpreter runs numpy per program, so there larger tiles mean fewer programs."""
     d = x.shape[-1]
-    fp64 = x.dtype == torch.float64
-    cfg = dict(PREC="tf32x3" if x.dtype == torch.float32 else "ieee", ACC=tl.float64 if fp64 else tl.float32,
-               UPCAST=INTERPRET and x.dtype in LOW)
+    cfg = dict(PREC=kt.precision(x.dtype), ACC=kt.acc(x.dtype))
     if cuda_like(x):
         tiles = CUDA_TILES[x.dtype]
-        return dict(cfg, **{**tiles, "BD": min(next_pow2(max(d, 16)), tiles["BD"])})
+        return dict(cfg, **{**tiles, "BD": kt.tile(d, tiles["BD"])})
     return dict(cfg, BM=32, BN=32, BK=32, BD=next_pow2(max(d, 16)), num_warps=1)
 
 
 def _kernel_input(x: Tensor, dtype: torch.dtype) -> Tensor:
     """What the Triton kernels read: the normalised rows, rounded back to bf16/fp16 for the tensor cores."""
-    return x.to(dtype) if dtype in LOW else x
+    return x.to(dtype) if dtype in kt.LOW else x
 
 
 def _fwd_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, off: int, dtype: torch.dtype) -> Tensor:
     """info_nce (bias None): the row log-sum-exps [R, nx]; siglip: per row block Σ −log σ [R, blocks]."""
     R, nx, d = x.shape
     siglip = bias is not None
-    grid = (R, triton.cdiv(nx, _config(x)["BM"]))
-    out = x.new_empty(grid if siglip else (R, nx))
+    out_dtype = x.dtype
     x, y = _kernel_input(x, dtype), _kernel_input(y, dtype)
     cfg = _config(x)
     cfg.pop("BD")
-    _fwd_kernel[grid](x, y, s, bias if siglip else s, out, nx, y.shape[1], d, off, SIGLIP=siglip, **cfg)
+    grid = (R, triton.cdiv(nx, cfg["BM"]))
+    out = x.new_empty(grid if siglip else (R, nx), dtype=out_dtype)
+    _fwd_kernel[grid](x, y, s, bias if siglip else s, out, nx, y.shape[1], d, *x.stride()[:2], *y.stride()[:2], off,
+                      SIGLIP=siglip, **cfg)
     return out
 
 
@@ -191,13 +185,14 @@ def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Te
     """(DX [R, nx, d], [Σ D·x·y, Σ D]) of one side; w_x, w_y: exact weights of the two softmax terms
     (1/n is applied by the caller: the kernel's float arguments are fp32)."""
     R, nx, d = x.shape
-    dx = torch.empty_like(x)
+    dx = x.new_empty(x.shape)  # contiguous, whatever x's strides
     x, y = _kernel_input(x, dtype), _kernel_input(y, dtype)
     cfg = _config(x)
     grid = (R, triton.cdiv(nx, cfg["BM"]), triton.cdiv(d, cfg["BD"]))
     parts = dx.new_empty((R, grid[1], 2))
     _grad_kernel[grid](x, y, s, s if bias is None else bias, s if lse_x is None else lse_x,
-                       s if lse_y is None else lse_y, dx, parts, nx, y.shape[1], d, off, w_x, w_y,
+                       s if lse_y is None else lse_y, dx, parts, nx, y.shape[1], d, *x.stride()[:2], *y.stride()[:2],
+                       off, w_x, w_y,
                        SIGLIP=bias is not None, USE_X=lse_x is not None, USE_Y=lse_y is not None, **cfg)
     return dx, parts.sum((0, 1))
 
@@ -205,17 +200,8 @@ def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Te
 # ---------------------------------------------------------------- shared pieces
 
 
-def _no_autocast(fn):
-    """Run an op's body outside autocast: it picks its own precision (fp32 for bf16/fp16 inputs)."""
-    @functools.wraps(fn)
-    def body(*args, **kwargs):
-        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return fn(*args, **kwargs)
-    return body
-
-
 def _normalized(z: Tensor, normalize: bool) -> Tensor:
-    """[R, B, d] contiguous rows in the working dtype, L2-normalised when asked."""
+    """[R, B, d] rows in the working dtype (unit column stride), L2-normalised when asked."""
     x = rows(z, 2).to(work_dtype(z.dtype))
     if not normalize:
         return x
@@ -324,7 +310,6 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits, off):
 
 
 @torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())
-@_no_autocast
 def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: bool,
               symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # rows z_a [..., nx, d] against columns z_b [..., ny, d]; the label of row i is column i + offset
@@ -335,7 +320,8 @@ def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: b
     if use_triton(a):
         lse_r = _fwd_triton(a, b, s, None, offset, z_a.dtype)
         lse_c = _fwd_triton(b, a, s, None, -offset, z_a.dtype) if symmetric else a.new_empty(0)
-        a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)  # as the kernels saw them
+        # as the kernels saw them
+        a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)
     else:
         lse_r, lse_c, last = _lse_cpu(a, b, s, symmetric)
         if _keeps_logits(z_a, z_b):
@@ -358,7 +344,6 @@ def _(z_a, z_b, scale, offset, normalize, symmetric):
 
 
 @torch.library.custom_op("sdekernels::info_nce_loss_backward", mutates_args=())
-@_no_autocast
 def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
                        grad: Tensor, offset: int, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
     a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
@@ -476,7 +461,6 @@ def _siglip_saves(z_a: Tensor, need_grad: bool) -> bool:
 
 
 @torch.library.custom_op("sdekernels::siglip_loss", mutates_args=())
-@_no_autocast
 def _siglip(z_a: Tensor, z_b: Tensor, scale: Tensor, bias: Tensor, offset: int, normalize: bool,
             need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     # rows z_a [..., nx, d] against columns z_b [..., ny, d]; the label of row i is column i + offset
@@ -505,7 +489,6 @@ def _(z_a, z_b, scale, bias, offset, normalize, need_grad):
 
 
 @torch.library.custom_op("sdekernels::siglip_loss_backward", mutates_args=())
-@_no_autocast
 def _siglip_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, bias: Tensor, ga: Tensor, gb: Tensor, gs: Tensor,
                      gt: Tensor, grad: Tensor, offset: int, normalize: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = grad.to(work_dtype(z_a.dtype))

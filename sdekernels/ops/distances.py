@@ -27,11 +27,12 @@ if HAS_TRITON:
         return tl.where(s > 0, tl.exp(power * tl.log(tl.where(s > 0, s, 1.0))), tl.where(s == 0, 0.0, float("nan")))
 
     @triton.jit
-    def _hellinger_kernel(A, B, OUT, r, power, POWER_ONE: tl.constexpr, SQUARED: tl.constexpr,
+    def _hellinger_kernel(A, B, OUT, r, sa, sb, power, POWER_ONE: tl.constexpr, SQUARED: tl.constexpr,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
-        # One program per row: pass 1 sums S^power of both spectra, pass 2 the Bhattacharyya sum.
+        # One program per row (row strides sa, sb; unit column stride): pass 1 sums S^power of both
+        # spectra, pass 2 the Bhattacharyya sum.
         row = tl.program_id(0).to(tl.int64)
-        a_row, b_row = A + row * r, B + row * r
+        a_row, b_row = A + row * sa, B + row * sb
         za = tl.zeros([BLOCK], ACC)
         zb = tl.zeros([BLOCK], ACC)
         for start in range(0, r, BLOCK):
@@ -58,23 +59,24 @@ if HAS_TRITON:
         tl.store(OUT + row, h2.to(OUT.dtype.element_ty))
 
     @triton.jit(do_not_specialize=["n", "k", "n_per_split", "tiles_j"])
-    def _cross_gram_kernel(VA, VB, OUT, n, k, n_per_split, tiles_j, PRECISION: tl.constexpr, ACC: tl.constexpr,
-                           BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr):
+    def _cross_gram_kernel(VA, VB, OUT, n, k, sar, san, sbr, sbn, n_per_split, tiles_j, PRECISION: tl.constexpr,
+                           ACC: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BN: tl.constexpr):
         # Program (row, tile, split) forms one BI×BJ tile of M = V_aᵀ V_b over its slice of the n
-        # rows and stores it in OUT[row, split]: only k×k tiles, never an n×n matrix. Splitting n
+        # rows and stores it in OUT[row, split]: only k×k tiles, never an n×n matrix. V_a, V_b [R, n, k]
+        # with strides (sar, san, 1), (sbr, sbn, 1): column slices such as V[..., :k] are read in place. Splitting n
         # keeps a GPU busy when there are few matrices; partials are summed in a fixed order.
         row = tl.program_id(0).to(tl.int64)
         tile, split = tl.program_id(1), tl.program_id(2)
         i = (tile // tiles_j) * BI + tl.arange(0, BI)
         j = (tile % tiles_j) * BJ + tl.arange(0, BJ)
-        va, vb = VA + row * n * k, VB + row * n * k
+        va, vb = VA + row * sar, VB + row * sbr
         lo = split * n_per_split
         hi = tl.minimum(lo + n_per_split, n)
         acc = tl.zeros([BI, BJ], ACC)
         for start in range(lo, hi, BN):
             m = start + tl.arange(0, BN)
-            at = tl.load(va + i[:, None] + m[None, :] * k, mask=(m[None, :] < hi) & (i[:, None] < k), other=0)
-            b = tl.load(vb + m[:, None] * k + j[None, :], mask=(m[:, None] < hi) & (j[None, :] < k), other=0)
+            at = tl.load(va + i[:, None] + m[None, :] * san, mask=(m[None, :] < hi) & (i[:, None] < k), other=0)
+            b = tl.load(vb + m[:, None] * sbn + j[None, :], mask=(m[:, None] < hi) & (j[None, :] < k), other=0)
             acc = mma(acc, at, b, PRECISION)
         out = OUT + (row * tl.num_programs(2) + split) * k * k
         tl.store(out + i[:, None] * k + j[None, :], acc, mask=(i[:, None] < k) & (j[None, :] < k))
@@ -88,8 +90,8 @@ def _hellinger_triton(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> 
     out = torch.empty(a.shape[0], device=a.device, dtype=a.dtype)
     r = a.shape[1]
     if out.numel():
-        _hellinger_kernel[(a.shape[0],)](a, b, out, r, power, POWER_ONE=power == 1.0, SQUARED=squared,
-                                         ACC=kt.acc(a.dtype), BLOCK=min(next_pow2(r), 1024))
+        _hellinger_kernel[(a.shape[0],)](a, b, out, r, a.stride(0), b.stride(0), power, POWER_ONE=power == 1.0,
+                                         SQUARED=squared, ACC=kt.acc(a.dtype), BLOCK=min(next_pow2(r), 1024))
     return out.reshape(S_a.shape[:-1])
 
 
@@ -201,8 +203,9 @@ def _cross_gram_triton(V_a: Tensor, V_b: Tensor) -> Tensor:
     acc = work_dtype(va.dtype)
     part = torch.empty((R, splits, k, k), device=va.device, dtype=acc)
     if R:
-        _cross_gram_kernel[(R, tiles * tiles, splits)](va, vb, part, n, k, n_per, tiles, PRECISION=kt.precision(va.dtype),
-                                                       ACC=kt.acc(acc), BI=bk, BJ=bk, BN=bn)
+        _cross_gram_kernel[(R, tiles * tiles, splits)](va, vb, part, n, k, *va.stride()[:2], *vb.stride()[:2], n_per,
+                                                       tiles, PRECISION=kt.precision(va.dtype), ACC=kt.acc(acc),
+                                                       BI=bk, BJ=bk, BN=bn)
     return part.sum(1).reshape(V_a.shape[:-2] + (k, k))
 
 
@@ -240,7 +243,8 @@ def _subspace_backward(V_a: Tensor, V_b: Tensor, grad: Tensor, S_a: Tensor | Non
         dva, dvb, dsa, dsb = ref_vjp(_subspace_ref_m, cast[:2] + cast[3:], cast[2])
     if S_a is not None:
         dsa, dsb = dsa / scales[0][1], dsb / scales[1][1]
-    return tuple(grad_like(g, t) if t is not None else V_a.new_empty(0) for g, t in ((dva, V_a), (dvb, V_b), (dsa, S_a), (dsb, S_b)))
+    return tuple(grad_like(g, t) if t is not None else V_a.new_empty(0)
+                 for g, t in ((dva, V_a), (dvb, V_b), (dsa, S_a), (dsb, S_b)))
 
 
 @_subspace_backward.register_fake
@@ -354,8 +358,9 @@ def _bad_subspace(device):
 register(OpInfo(
     name="subspace_distance", op=subspace_distance, ref=ref.subspace_distance, make=_bases,
     scaling=lambda sh: ((0, 1, 2, 3), (0,)),  # QR of s·X has the same Q; w = S²/ΣS²
-    shapes=[{"batch": 0, "n": 1, "k": 1}, {"batch": 3, "n": 40, "k": 5}, {"batch": 2, "n": 70, "k": 20, "weighted": True},
-            {"batch": 0, "n": 100, "k": 100}, {"batch": 2, "n": 300, "k": 17}],
+    shapes=[{"batch": 0, "n": 1, "k": 1}, {"batch": 3, "n": 40, "k": 5},
+            {"batch": 2, "n": 70, "k": 20, "weighted": True}, {"batch": 0, "n": 100, "k": 100},
+            {"batch": 2, "n": 300, "k": 17}],
     space={"batch": (0, 3), "n": (1, 120), "k": (1, 24), "weighted": (0, 1)},
     bad=_bad_subspace, valid=lambda sh: sh["k"] <= sh["n"],
     bench=[{"batch": 0, "n": 4096, "k": 64, "quick": True}, {"batch": 64, "n": 1024, "k": 64},

@@ -22,7 +22,7 @@ from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
 from .._core import (HAS_TRITON, check, check_domain, check_int, check_real, grad_like, pow2_scale,
-                     ref_vjp, use_triton, work_dtype)
+                     ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 from ..reference.fourier import zero_phase_floor
 
@@ -36,7 +36,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _pos(k1, k2, H, W, Wo, ONESIDED: tl.constexpr, CENTERED: tl.constexpr):
-        """Offset of frequency (k1, k2) in the stored [H, Wo] map (fftshifted when CENTERED)."""
+        """Offset of frequency (k1, k2) in the stored [H, ·] map of row stride Wo (fftshifted when CENTERED)."""
         if CENTERED:
             if ONESIDED:
                 return ((k1 + H // 2) % H) * Wo + k2
@@ -130,18 +130,19 @@ if HAS_TRITON:
             tl.store(a_img + om, amp.to(A.dtype.element_ty), mask=mirror)
             tl.store(p_img + om, tl.where(ph == pi, pi, -ph).to(P.dtype.element_ty), mask=mirror)
 
-    @triton.jit(do_not_specialize=["total", "H", "W", "Wh", "Wo"])
-    def _merge_kernel(A, P, Z, total, H, W, Wh, Wo, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
+    @triton.jit(do_not_specialize=["total", "H", "W", "Wh"])
+    def _merge_kernel(A, P, Z, total, H, W, Wh, s_img, s_row, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
                       ACC: tl.constexpr, BLOCK: tl.constexpr):
         # Half spectrum Z (interleaved re, im) of the Hermitian part of A·e^{iP}: Re IFFT2 = irfft2(Z).
+        # A and P [R, H, Wo] share the strides (s_img, s_row, 1); Z is contiguous.
         i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = i < total
         k2 = i % Wh
         row = i // Wh
         k1 = row % H
         img = row // H
-        base = img * H * Wo
-        o = base + _pos(k1, k2, H, W, Wo, ONESIDED, CENTERED)
+        base = img * s_img
+        o = base + _pos(k1, k2, H, W, s_row, ONESIDED, CENTERED)
         a = tl.load(A + o, mask=mask, other=0).to(ACC)
         p = tl.load(P + o, mask=mask, other=0).to(ACC)
         re = a * tl.cos(p)
@@ -151,7 +152,7 @@ if HAS_TRITON:
             has_mirror = mask & (m2 < Wh)
         else:
             has_mirror = mask
-        om = base + _pos((H - k1) % H, m2, H, W, Wo, ONESIDED, CENTERED)
+        om = base + _pos((H - k1) % H, m2, H, W, s_row, ONESIDED, CENTERED)
         am = tl.load(A + om, mask=has_mirror, other=0).to(ACC)
         pm = tl.load(P + om, mask=has_mirror, other=0).to(ACC)
         re = tl.where(has_mirror, 0.5 * (re + am * tl.cos(pm)), re)
@@ -211,6 +212,10 @@ def _split_triton(x: Tensor, onesided: bool, norm: str, centered: bool, log_ampl
 
 
 def _merge_half_triton(A: Tensor, P: Tensor, W: int, onesided: bool, centered: bool) -> Tensor:
+    """A, P [..., H, Wo] read in place when they share strides with a unit column stride."""
+    A, P = rows(A, 2), rows(P, 2)
+    if A.stride() != P.stride():
+        A, P = A.contiguous(), P.contiguous()
     R, H, Wo = A.shape
     Wh = W // 2 + 1
     acc = work_dtype(A.dtype)
@@ -218,7 +223,7 @@ def _merge_half_triton(A: Tensor, P: Tensor, W: int, onesided: bool, centered: b
     total = R * H * Wh
     if total:
         BLOCK = 256  # one entry per thread: more spilled (two sin/cos pairs each; up to 1.2 KB in fp64)
-        _merge_kernel[(triton.cdiv(total, BLOCK),)](A, P, Z, total, H, W, Wh, Wo, ONESIDED=onesided,
+        _merge_kernel[(triton.cdiv(total, BLOCK),)](A, P, Z, total, H, W, Wh, *A.stride()[:2], ONESIDED=onesided,
                                                     CENTERED=centered, ACC=kt.acc(acc), BLOCK=BLOCK, num_warps=8)
     return Z
 
@@ -345,11 +350,10 @@ def _merge(A: Tensor, P: Tensor, onesided: bool, norm: str, centered: bool, H: i
     if A.numel() == 0:
         return A.new_empty(A.shape[:-2] + (H, W))
     w = work_dtype(A.dtype)
-    a, p = _flat(A), _flat(P)
     if use_triton(A):
-        Z = _merge_half_triton(a, p, W, onesided, centered)
+        Z = _merge_half_triton(A, P, W, onesided, centered)
     elif _ext.available():
-        Z = torch.ops.sdekernels_C.fourier_merge_fwd(a.to(w), p.to(w), W, onesided, centered)
+        Z = torch.ops.sdekernels_C.fourier_merge_fwd(_flat(A).to(w), _flat(P).to(w), W, onesided, centered)
     else:
         size = (H, W) if onesided else None
         return ref.fourier_merge(A, P, onesided=onesided, norm=norm, centered=centered, size=size)

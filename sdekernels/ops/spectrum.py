@@ -25,7 +25,7 @@ from torch import Tensor
 from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_int, check_real, grad_like, ref_vjp, use_triton, work_dtype
+from .._core import HAS_TRITON, check, check_int, check_real, grad_like, ref_vjp, rows, use_triton, work_dtype
 from ..reference import spectrum as ref_spec
 from ..registry import F64, OpInfo, Sample, randn, register
 
@@ -44,8 +44,8 @@ if HAS_TRITON:
         for j in range(bins):
             tl.store(OUT + j, tl.sum(tl.sum(tl.where(idx == j, p, 0.0), 1), 0))
 
-    @triton.jit(do_not_specialize=["C", "H", "W", "bins", "n_tv"])
-    def _radial_psd_kernel(X, AH, AW, IDX, PART, Y, C, H, W, bins, n_tv,
+    @triton.jit(do_not_specialize=["C", "H", "W", "sxb", "sxc", "sxh", "bins", "n_tv"])
+    def _radial_psd_kernel(X, AH, AW, IDX, PART, Y, C, H, W, sxb, sxc, sxh, bins, n_tv,
                            FFT: tl.constexpr, MEAN: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
                            ACC: tl.constexpr,
                            BU: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
@@ -54,6 +54,8 @@ if HAS_TRITON:
         # channels and writes the tile's per-bin sums to PART. The spatial mean is subtracted first:
         # it only moves the (0, 0) coefficient, but the products then round like the centred input.
         # SAVE stores the spectrum tile for the backward (DCT: Y [B, C, H, W]; FFT: [B, C, H, W, 2]).
+        # X [B, C, H, W] has strides (sxb, sxc, sxh, 1); Y is contiguous. The strides are not specialised:
+        # with sxh known to be a multiple of 16, Triton 3.6 vectorised the loads and spilled (fp64, 156 B).
         b = tl.program_id(0).to(tl.int64)
         tile = tl.program_id(1)
         u = (tile // n_tv) * BU + tl.arange(0, BU)
@@ -62,12 +64,12 @@ if HAS_TRITON:
         n_tiles = tl.num_programs(1)
         acc_p = tl.zeros([BU, BV], ACC)
         for c in range(C):
-            xp = X + (b * C + c) * H * W
+            xp = X + b * sxb + c * sxc
             msum = tl.zeros([BK, BK], ACC)
             for h0 in range(0, H, BK):
                 for w0 in range(0, W, BK):
                     h, w = h0 + kk, w0 + kk
-                    msum += tl.load(xp + h[:, None] * W + w[None, :], mask=(h[:, None] < H) & (w[None, :] < W),
+                    msum += tl.load(xp + h[:, None] * sxh + w[None, :], mask=(h[:, None] < H) & (w[None, :] < W),
                                     other=0).to(ACC)
             mean = tl.sum(tl.sum(msum, 1), 0) / (H * W)
             re = tl.zeros([BU, BV], ACC)
@@ -79,7 +81,8 @@ if HAS_TRITON:
                 for w0 in range(0, W, BK):
                     w = w0 + kk
                     xmask = (h[:, None] < H) & (w[None, :] < W)
-                    xb = tl.where(xmask, tl.load(xp + h[:, None] * W + w[None, :], mask=xmask, other=0).to(ACC) - mean, 0)
+                    xb = tl.load(xp + h[:, None] * sxh + w[None, :], mask=xmask, other=0).to(ACC)
+                    xb = tl.where(xmask, xb - mean, 0)
                     wmask = (w[:, None] < W) & (v[None, :] < W)
                     tc = mma(tc, xb, tl.load(AW + v[None, :] * W + w[:, None], mask=wmask, other=0), PRECISION)
                     if FFT:
@@ -111,20 +114,24 @@ if HAS_TRITON:
         if MEAN:
             _bin_store(acc_p / C, u, v, H, W, IDX, PART + (b * n_tiles + tile) * bins, bins)
 
-    @triton.jit(do_not_specialize=["n_blocks", "nbh", "nbw", "H", "W"])
-    def _block_proj_kernel(X, P, Y, n_blocks, nbh, nbw, H, W, E, BLOCK: tl.constexpr, PRECISION: tl.constexpr,
-                           ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    @triton.jit(do_not_specialize=["n_blocks", "nbh", "nbw", "H", "W", "sp", "sh"])
+    def _block_proj_kernel(X, P, Y, n_blocks, nbh, nbw, H, W, sp, sh, E, BLOCK: tl.constexpr,
+                           PRECISION: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                           BK: tl.constexpr):
         # Rows = BM blocks gathered as block²-vectors straight from the image; y = x_blocks @ P.
+        # X [planes, H, W] has strides (sp, sh, 1); Y is contiguous.
         m = tl.program_id(0) * BM + tl.arange(0, BM)
         n = tl.program_id(1) * BN + tl.arange(0, BN)
         per_plane = nbh * nbw
         plane, rem = (m // per_plane).to(tl.int64), m % per_plane
-        base = plane * H * W + (rem // nbw) * BLOCK * W + (rem % nbw) * BLOCK
+        bh, bw = (rem // nbw) * BLOCK, (rem % nbw) * BLOCK
+        xbase = plane * sp + bh * sh + bw
+        base = plane * H * W + bh * W + bw
         mm = m < n_blocks
         acc = tl.zeros([BM, BN], ACC)
         for k0 in range(0, E, BK):
             e = k0 + tl.arange(0, BK)
-            xb = tl.load(X + base[:, None] + (e // BLOCK)[None, :] * W + (e % BLOCK)[None, :],
+            xb = tl.load(X + xbase[:, None] + (e // BLOCK)[None, :] * sh + (e % BLOCK)[None, :],
                          mask=mm[:, None] & (e[None, :] < E), other=0)
             pb = tl.load(P + e[:, None] * E + n[None, :], mask=(e[:, None] < E) & (n[None, :] < E), other=0)
             acc = mma(acc, xb, pb, PRECISION)
@@ -207,7 +214,8 @@ def _psd_triton(x4: Tensor, bins: int, fft: bool, mean: bool, Y: Tensor, officia
     n_tu, n_tv = triton.cdiv(H, blk), triton.cdiv(W, blk)
     part = torch.empty((B, 1 if mean else C, n_tu * n_tv, bins), device=x4.device, dtype=w)
     if part.numel():
-        _radial_psd_kernel[(B, n_tu * n_tv)](x4, AH, AW, idx, part, Y, C, H, W, bins, n_tv, FFT=fft, MEAN=mean,
+        _radial_psd_kernel[(B, n_tu * n_tv)](x4, AH, AW, idx, part, Y, C, H, W, *x4.stride()[:3], bins, n_tv,
+                                             FFT=fft, MEAN=mean,
                                              SAVE=Y.numel() > 0, PRECISION=kt.precision(w), ACC=kt.acc(w),
                                              BU=blk, BV=blk, BK=blk, num_warps=8)  # 4 warps spilled (bf16, fp64)
     return part.sum(2) * inv
@@ -246,7 +254,7 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     x4, c = _unit_samples(x, official)
     Y = x.new_empty(_spectrum_shape(x, fft, save), dtype=w)
     if use_triton(x):
-        out = _psd_triton(x4.contiguous(), bins, fft, channel_mean, Y, official)
+        out = _psd_triton(rows(x4, 3), bins, fft, channel_mean, Y, official)
     elif _ext.available():
         idx, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         if fft:
@@ -450,8 +458,8 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
 
 def _lowpass_triton(x: Tensor, P: Tensor, block: int) -> Tensor:
     H, W = x.shape[-2:]
-    xc = x.contiguous()
-    y = torch.empty_like(xc)
+    xc = rows(x, 2)  # [planes, H, W], read in place where W has unit stride
+    y = x.new_empty(x.shape)
     E = block * block
     n_blocks = xc.numel() // E
     bm, bn = 64, kt.tile(E, 64)
@@ -459,8 +467,9 @@ def _lowpass_triton(x: Tensor, P: Tensor, block: int) -> Tensor:
         # Memory-bound: one pipeline stage when K fits one step (block 8) leaves shared memory for 2
         # programs per multiprocessor (3 stages took 96 KB in fp32, 128 KB in fp64).
         _block_proj_kernel[(triton.cdiv(n_blocks, bm), triton.cdiv(E, bn))](
-            xc, P, y, n_blocks, H // block, W // block, H, W, E, BLOCK=block, PRECISION=kt.precision(P.dtype),
-            ACC=kt.acc(P.dtype), BM=bm, BN=bn, BK=bn, num_stages=1 if E <= bn else 2)
+            xc, P, y, n_blocks, H // block, W // block, H, W, *xc.stride()[:2], E, BLOCK=block,
+            PRECISION=kt.precision(P.dtype), ACC=kt.acc(P.dtype), BM=bm, BN=bn, BK=bn,
+            num_stages=1 if E <= bn else 2)
     return y
 
 

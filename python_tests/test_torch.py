@@ -44,3 +44,32 @@ def test_every_custom_op_is_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = hellinger(a, a.flip(-1))
     assert out.dtype == torch.float32
+
+
+_ran = []
+
+
+@torch.library.custom_op("sdekernels_test::twice", mutates_args=())
+def _twice(x: torch.Tensor) -> torch.Tensor:
+    _ran.append("real")
+    return x * 2
+
+
+@_twice.register_fake
+def _(x):
+    _ran.append("fake")
+    return torch.empty_like(x)
+
+
+def test_fake_tensors_and_real_bodies_on_them():
+    _ran.clear()
+    with _torch.fake_mode():
+        x = torch.rand(3, 8)
+        assert _torch.is_fake(x)
+        _twice(x)
+        with _torch.real_bodies_on_fakes("sdekernels_test"):
+            out = _twice(x)
+        _twice(x)
+    assert _ran == ["fake", "real", "fake"]
+    assert _torch.is_fake(out) and out.shape == (3, 8)
+    assert not _torch.is_fake(torch.rand(2))

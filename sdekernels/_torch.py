@@ -13,14 +13,25 @@ PRIVATE = {
     "re-enable autograd inside a custom op's body": (
         "torch._C.DispatchKey", "torch._C._dispatch_tls_local_exclude_set",
         "torch._C._dispatch_tls_local_include_set", "torch._C._ForceDispatchKeyGuard"),
+    "fake tensors (the aot compile report)": ("torch._subclasses.fake_tensor.FakeTensorMode",
+                                               "torch._subclasses.fake_tensor.FakeTensor"),
+    "custom ops' real bodies on fake tensors (the aot compile report)": ("torch._library.custom_ops.OPDEFS",),
 }
 
 
 def _resolve(path: str):
-    obj = torch
-    for part in path.split(".")[1:]:
-        obj = getattr(obj, part)
-    return obj
+    import importlib
+
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):  # the longest importable module prefix, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            obj = getattr(obj, part)
+        return obj
+    raise AttributeError(path)
 
 
 def missing() -> list[str]:
@@ -30,7 +41,7 @@ def missing() -> list[str]:
         for path in paths:
             try:
                 _resolve(path)
-            except AttributeError:
+            except (AttributeError, ImportError):
                 out.append(path)
     return out
 
@@ -51,3 +62,33 @@ def autograd_on():
         exclude = exclude.remove(key)
     with guard(include, exclude), torch.enable_grad():
         yield
+
+
+def fake_mode(**kwargs):
+    """torch's FakeTensorMode: tensors with shapes, strides and dtypes but no storage."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(**kwargs)
+
+
+def is_fake(t) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+@contextlib.contextmanager
+def real_bodies_on_fakes(namespace: str):
+    """Inside, every custom op of `namespace` runs its real body on fake tensors too (instead of its
+    registered fake): the aot report records the kernel launches the real host code makes."""
+    from torch._library.custom_ops import OPDEFS
+
+    ops = [d for name, d in OPDEFS.items() if name.startswith(namespace + "::")]
+    fakes = [d._abstract_fn for d in ops]
+    for d in ops:
+        d._abstract_fn = d._init_fn
+    try:
+        yield
+    finally:
+        for d, f in zip(ops, fakes):
+            d._abstract_fn = f

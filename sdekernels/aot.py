@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _core
+from ._torch import fake_mode, is_fake, real_bodies_on_fakes
 from .registry import Sample, all_ops, flat
 
 SHARED_LIMIT = 227 * 1024  # bytes of shared memory one block may use on Hopper
@@ -105,19 +106,13 @@ class _Recorder:
         return Spec(fn, signature, constexprs, attrs, options)
 
     def __call__(self, fn, *args, grid, warmup, **kwargs):
-        spec = self.bind(fn, [_Ptr(a) if _is_fake(a) else a for a in args], kwargs)
+        spec = self.bind(fn, [_Ptr(a) if is_fake(a) else a for a in args], kwargs)
         spec = self.specs.setdefault(spec.key(), spec)
         if self.case not in spec.cases:
             spec.cases.append(self.case)
         for a in args:
-            if isinstance(a, torch.Tensor) and a.is_floating_point() and not _is_fake(a):
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and not is_fake(a):
                 a.data.zero_()  # .data: autograd's version counters are not bumped
-
-
-def _is_fake(t) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
 
 
 @contextlib.contextmanager
@@ -125,25 +120,18 @@ def recording(recorder: _Recorder):
     """Inside: Triton launches (of CPU tensors too) go to `recorder`; the library's custom ops run
     their real host code on fake tensors too; the host code takes the branches it takes on a GPU
     where the library offers that setting."""
-    from torch._library.custom_ops import OPDEFS
     from triton.runtime.jit import JITFunction
 
     if _core.INTERPRET:
         raise RuntimeError("aot needs compiled kernels: run it without TRITON_INTERPRET=1")
-    ops = [d for name, d in OPDEFS.items() if name.startswith("sdekernels::")]
-    fakes = [d._abstract_fn for d in ops]
     old_run, old_cpu = JITFunction.run, getattr(_core._state, "cpu", False)
     JITFunction.run = lambda fn, *a, **k: recorder(fn, *a, **k)
     _core._state.cpu = True  # use_triton() on CPU tensors; the launches never reach a device
-    for d in ops:
-        d._abstract_fn = d._init_fn
     try:
-        with _cuda_host():
+        with real_bodies_on_fakes("sdekernels"), _cuda_host():
             yield recorder
     finally:
         JITFunction.run, _core._state.cpu = old_run, old_cpu
-        for d, f in zip(ops, fakes):
-            d._abstract_fn = f
 
 
 def _cuda_host():
@@ -173,13 +161,11 @@ def run_case(info, shape, dtype, backward):
     """One call of the op on CPU (forward, and backward when asked) with its launches recorded:
     on fake tensors first (no storage, no arithmetic, any size in no time); where host code reads
     data (a data-dependent size), again on real tensors of zeros."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     def make():
         return Sample(*info.make(shape, torch.device("cpu"), dtype, torch.Generator().manual_seed(0)).prepared())
 
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        with fake_mode(allow_non_fake_inputs=True):
             _call(info, make(), backward)
         return "fake"
     except Exception:
@@ -187,7 +173,7 @@ def run_case(info, shape, dtype, backward):
     finally:
         _clear_caches()
     try:
-        with FakeTensorMode():
+        with fake_mode():
             s = make()
         s = s.map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype).zero_())
     except Exception:  # a maker that reads its own data

@@ -188,7 +188,7 @@ def _ratios(num: list, den: list) -> tuple[float, float, float]:
 
 
 def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_ref=False, progress=True,
-        budget_s: float = 3.0, max_runs: int = 31, clock=time.perf_counter):
+        budget_s: float = 3.0, max_runs: int = 31, clock=time.perf_counter, shapes=None):
     """Rows of the bench table (one per op, shape and implementation).
 
     Per case every implementation runs twice (compilation, first-call allocations; the second
@@ -196,7 +196,8 @@ def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_re
     with quartiles by `clock` (time.process_time on a loaded CPU: the process's own CPU time, which
     preemption does not inflate; meaningful with one thread); the ratios are medians of per-round ratios. On the sdekernels row, vs_best is
     the ratio against the fastest (by median) of every other implementation timed: the
-    reference, its compiled form and the op's baselines."""
+    reference, its compiled form and the op's baselines. `shapes`: only the cases whose label
+    (e.g. "B=4096,d=256") starts with one of these."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = all_ops()
     unknown = set(names or ()) - set(ops)
@@ -204,7 +205,8 @@ def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_re
         raise ValueError(f"unknown op(s) {sorted(unknown)}; registered: {sorted(ops)}")
     limits = device_limits(device)
     cases = [(info, shape) for name, info in sorted(ops.items()) if not names or name in names
-             for shape in info.bench if not quick or shape.get("quick")]
+             for shape in info.bench if (not quick or shape.get("quick"))
+             and (not shapes or any(_label(shape).startswith(p) for p in shapes))]
     rows = []
     try:
         from tqdm import tqdm

@@ -28,6 +28,7 @@ from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
+KEEP_ELEMS = 1 << 24  # the CPU forward keeps up to this many logits (64 MB in float32): no recomputation GEMM
 LOW = (torch.bfloat16, torch.float16)
 # CUDA tiles {fp64?: ...}; BD caps the DX columns a gradient program holds in registers
 CUDA_TILES = {torch.float32: dict(BM=64, BN=32, BK=32, BD=128, num_warps=8),  # tf32x3: three dots' operands
@@ -244,8 +245,9 @@ def _n_rows(z: Tensor) -> int:
 
 
 def _keeps_logits(z_a: Tensor, z_b: Tensor) -> bool:
-    """CPU path with every logit in one chunk: the forward keeps them for the backward (no recomputation)."""
-    return not use_triton(z_a) and _n_rows(z_a) * z_b.shape[-2] <= CHUNK_ELEMS
+    """CPU path with at most KEEP_ELEMS logits: the forward keeps them for the backward, which then
+    saves one of its three B²·d GEMMs (a fixed budget: memory stays O(B·d) as B grows)."""
+    return not use_triton(z_a) and _n_rows(z_a) * z_b.shape[-2] <= KEEP_ELEMS
 
 
 def _scalar(value, name: str, z: Tensor, default=None, positive: bool = False) -> Tensor:
@@ -284,41 +286,76 @@ def _empty_loss(z_a: Tensor, z_b: Tensor, *scalars) -> Tensor:
 # ---------------------------------------------------------------- info_nce
 
 
-def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Row (and column) log-sum-exps over row chunks: O(chunk·ny) memory; and the logits of the
-    last chunk (all of them when one chunk holds every row)."""
+def _direct_exp(a: Tensor, b: Tensor, s: Tensor) -> bool:
+    """Whether exp(logits) itself is a normal number of the dtype: |logits| <= s·max‖a_i‖·max‖b_j‖
+    (Cauchy–Schwarz) <= 0.45·log(max) (s up to ~40 for unit features in float32: temperatures
+    above 0.025). Then the row and column sums of E = exp(logits) neither overflow nor underflow,
+    one exp pass gives both directions' log-sum-exps, and the backward's softmaxes are E scaled
+    per row and per column."""
+    bound = float(s) * float(a.norm(dim=-1).amax()) * float(b.norm(dim=-1).amax())
+    return bound <= 0.45 * math.log(torch.finfo(a.dtype).max)
+
+
+def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Row (and column) log-sum-exps over row chunks: O(chunk·ny) memory. With `keep`, all of
+    E = exp(logits) from one GEMM (the logits where _direct_exp does not hold) for the backward."""
     R, nx, _ = a.shape
+    step = _chunk(b.shape[1])
+    if _direct_exp(a, b, s):
+        a_s = a * s
+        kept = torch.matmul(a_s, b.mT).exp_() if keep else a.new_empty(0)
+        if keep:
+            sum_r, sum_c = kept.sum(-1), kept.sum(-2)
+        else:
+            sum_r, sum_c = a.new_empty((R, nx)), a.new_zeros((R, b.shape[1]))
+            for i in range(0, nx, step):
+                E = torch.matmul(a_s[:, i:i + step], b.mT).exp_()
+                sum_r[:, i:i + step] = E.sum(-1)
+                if symmetric:
+                    sum_c += E.sum(-2)
+        return sum_r.log_(), sum_c.log_() if symmetric else a.new_empty(0), kept
     lse_r = a.new_empty((R, nx))
     lse_c = a.new_full((R, b.shape[1]), float("-inf")) if symmetric else a.new_empty(0)
-    step = _chunk(b.shape[1])
+    kept = torch.matmul(a, b.mT).mul_(s) if keep else a.new_empty(0)
     for i in range(0, nx, step):
-        logits = torch.matmul(a[:, i:i + step], b.mT).mul_(s)
+        logits = kept[:, i:i + step] if keep else torch.matmul(a[:, i:i + step], b.mT).mul_(s)
         lse_r[:, i:i + step] = torch.logsumexp(logits, -1)
         if symmetric:
             lse_c = torch.logaddexp(lse_c, torch.logsumexp(logits, -2))
-    return lse_r, lse_c, logits
+    return lse_r, lse_c, kept
 
 
-def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits, off):
-    """The same recomputation over row chunks with ATen matmuls: two chunk×ny buffers at a time
-    (the forward's logits instead of a recomputation when it kept them)."""
+def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off):
+    """dL/dlogits over row chunks with ATen matmuls: two chunk×ny buffers at a time, from the
+    forward's kept E (or logits) or by recomputing them."""
     R, nx, _ = a.shape
     da, db = torch.empty_like(a), torch.zeros_like(b)
     ds = a.new_zeros(())
     step = _chunk(b.shape[1])
+    direct = _direct_exp(a, b, s)  # the forward's choice: same inputs, same answer
+    if direct:  # D = E·(u_i + v_j): the softmaxes as E = exp(logits) rescaled per row and per column
+        a_s = a * s
+        u = lse_r.neg().exp_().mul_(c_r)[..., None]
+        v = lse_c.neg().exp_().mul_(c_c)[:, None, :] if c_c else a.new_zeros(())
+        bufs = [a.new_empty((R, min(step, nx), b.shape[1])) for _ in range(2)]  # reused: no page faults per chunk
     for i in range(0, nx, step):
-        a_i = a[:, i:i + step]
-        # the logits, turned into dL/dlogits in place
-        D = logits.clone() if logits.numel() else torch.matmul(a_i, b.mT).mul_(s)
-        col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
-        D.sub_(lse_r[:, i:i + step, None]).exp_().mul_(c_r)
-        if col is not None:
-            D += col
-            del col
+        a_i, rows = a[:, i:i + step], slice(i, i + step)
+        if direct:
+            recomputed = not kept.numel()
+            E = torch.matmul(a_s[:, rows], b.mT).exp_() if recomputed else kept[:, rows]
+            uv, D = (t if t.shape[1] == E.shape[1] else torch.empty_like(E) for t in bufs)
+            D = torch.mul(E, torch.add(u[:, rows], v, out=uv), out=E if recomputed else D)
+        else:  # the logits, turned into dL/dlogits in place
+            D = kept[:, rows].clone() if kept.numel() else torch.matmul(a_i, b.mT).mul_(s)
+            col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
+            D.sub_(lse_r[:, rows, None]).exp_().mul_(c_r)
+            if col is not None:
+                D += col
+                del col
         torch.diagonal(D, offset=i + off, dim1=-2, dim2=-1).sub_(c_r + c_c)
         Db = torch.matmul(D, b)
         ds += (a_i * Db).sum()  # Σ_ij D_ij a_i·b_j without a second chunk×ny product
-        da[:, i:i + step] = Db.mul_(s)
+        da[:, rows] = Db.mul_(s)
         db.baddbmm_(D.mT, a_i)
     return da, db.mul_(s), ds
 
@@ -335,11 +372,10 @@ def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: b
     if use_triton(a):
         lse_r = _fwd_triton(a, b, s, None, offset, z_a.dtype)
         lse_c = _fwd_triton(b, a, s, None, -offset, z_a.dtype) if symmetric else a.new_empty(0)
-        a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)  # as the kernels saw them
+        # as the kernels saw them
+        a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)
     else:
-        lse_r, lse_c, last = _lse_cpu(a, b, s, symmetric)
-        if _keeps_logits(z_a, z_b):
-            logits = last
+        lse_r, lse_c, logits = _lse_cpu(a, b, s, symmetric, _keeps_logits(z_a, z_b))
     diag = s * (a * b[:, offset:offset + nx]).sum(-1)
     w = 0.5 if symmetric else 1.0
     loss = (w / (R * nx)) * (lse_r - diag).sum()

@@ -42,7 +42,8 @@ def test_backward_on_each_path(path, symmetric, normalize):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("scale", [14.0, 60.0])  # the CPU path's exp(logits) directly, and per-row maxima
+# 14: the CPU path takes exp(logits) directly; 60: the per-row maxima
+@pytest.mark.parametrize("scale", [14.0, 60.0])
 def test_float32_backward(path, scale):
     z_a, z_b = _pairs(1, 70, 40, torch.float32)
     got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, path, scale=scale)

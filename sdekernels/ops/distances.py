@@ -292,7 +292,8 @@ def _subspace_backward(V_a: Tensor, V_b: Tensor, grad: Tensor, S_a: Tensor | Non
         dva, dvb, dsa, dsb = ref_vjp(_subspace_ref_m, cast[:2] + cast[3:], cast[2])
     if S_a is not None:
         dsa, dsb = dsa / scales[0][1], dsb / scales[1][1]
-    return tuple(grad_like(g, t) if t is not None else V_a.new_empty(0) for g, t in ((dva, V_a), (dvb, V_b), (dsa, S_a), (dsb, S_b)))
+    return tuple(grad_like(g, t) if t is not None else V_a.new_empty(0)
+                 for g, t in ((dva, V_a), (dvb, V_b), (dsa, S_a), (dsb, S_b)))
 
 
 @_subspace_backward.register_fake
@@ -406,8 +407,9 @@ def _bad_subspace(device):
 register(OpInfo(
     name="subspace_distance", op=subspace_distance, ref=ref.subspace_distance, make=_bases,
     scaling=lambda sh: ((0, 1, 2, 3), (0,)),  # QR of s·X has the same Q; w = S²/ΣS²
-    shapes=[{"batch": 0, "n": 1, "k": 1}, {"batch": 3, "n": 40, "k": 5}, {"batch": 2, "n": 70, "k": 20, "weighted": True},
-            {"batch": 0, "n": 100, "k": 100}, {"batch": 2, "n": 300, "k": 17}],
+    shapes=[{"batch": 0, "n": 1, "k": 1}, {"batch": 3, "n": 40, "k": 5},
+            {"batch": 2, "n": 70, "k": 20, "weighted": True}, {"batch": 0, "n": 100, "k": 100},
+            {"batch": 2, "n": 300, "k": 17}],
     space={"batch": (0, 3), "n": (1, 120), "k": (1, 24), "weighted": (0, 1)},
     bad=_bad_subspace, valid=lambda sh: sh["k"] <= sh["n"],
     bench=[{"batch": 0, "n": 4096, "k": 64, "quick": True}, {"batch": 64, "n": 1024, "k": 64},

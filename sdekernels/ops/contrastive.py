@@ -215,24 +215,29 @@ def _no_autocast(fn):
     return body
 
 
-def _normalized(z: Tensor, normalize: bool) -> Tensor:
-    """[R, B, d] contiguous rows in the working dtype, L2-normalised when asked."""
+def _norm_parts(z: Tensor, normalize: bool):
+    """(ẑ [R, B, d] contiguous rows in the working dtype, L2-normalised when asked; (c, ‖z/c‖) per
+    row, which the backward reuses, or None)."""
     x = rows(z, 2).to(work_dtype(z.dtype))
     if not normalize:
-        return x
-    x = x / pow2_scale(x, (-1,))  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        return x, None
+    c = pow2_scale(x, (-1,))
+    x = x / c  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
+    norm = x.norm(dim=-1, keepdim=True)
+    return x.div_(norm.clamp_min(NORM_EPS)), (c, norm)
 
 
-def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool) -> Tensor:
-    """dL/dz from dL/dẑ through ẑ = z / max(‖z‖, eps)."""
+def _normalized(z: Tensor, normalize: bool) -> Tensor:
+    return _norm_parts(z, normalize)[0]
+
+
+def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool, parts=None) -> Tensor:
+    """dL/dz from dL/dẑ through ẑ = z / max(‖z‖, eps); `parts` from _norm_parts, else recomputed."""
     if not normalize:
         return g
-    x = rows(z, 2).to(zh.dtype)
-    c = pow2_scale(x, (-1,))  # as in _normalized: ‖z‖ = c·‖z/c‖
-    norm = (x / c).norm(dim=-1, keepdim=True)
-    radial = torch.where(norm > NORM_EPS, zh * (zh * g).sum(-1, keepdim=True), 0.0)
-    return (g - radial) / norm.clamp_min(NORM_EPS) / c
+    c, norm = parts if parts is not None else _norm_parts(z, True)[1]  # ‖z‖ = c·‖z/c‖
+    dot = torch.where(norm > NORM_EPS, (zh * g).sum(-1, keepdim=True), 0.0)
+    return torch.addcmul(g, zh, dot, value=-1).div_(norm.clamp_min(NORM_EPS)).div_(c)  # (g − ẑ(ẑ·g)) / ‖z‖
 
 
 def _chunk(n: int) -> int:
@@ -334,7 +339,7 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off):
     step = _chunk(b.shape[1])
     direct = _direct_exp(a, b, s)  # the forward's choice: same inputs, same answer
     if direct:  # D = E·(u_i + v_j): the softmaxes as E = exp(logits) rescaled per row and per column
-        a_s = a * s
+        a_s = a * s if not kept.numel() else None
         u = lse_r.neg().exp_().mul_(c_r)[..., None]
         v = lse_c.neg().exp_().mul_(c_c)[:, None, :] if c_c else a.new_zeros(())
         bufs = [a.new_empty((R, min(step, nx), b.shape[1])) for _ in range(2)]  # reused: no page faults per chunk
@@ -397,7 +402,7 @@ def _(z_a, z_b, scale, offset, normalize, symmetric):
 @_no_autocast
 def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
                        grad: Tensor, offset: int, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
+    (a, parts_a), (b, parts_b) = _norm_parts(z_a, normalize), _norm_parts(z_b, normalize)
     s = scale.reshape(1).to(a.dtype)
     R, nx, _ = a.shape
     w = 0.5 if symmetric else 1.0
@@ -410,8 +415,8 @@ def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, l
         c = w / (R * nx)
         da, db, ds = _grad_cpu(a, b, s, lse_r, lse_c, c, c if symmetric else 0.0, logits, offset)
     g = grad.to(a.dtype)
-    da = _normalize_backward(z_a, a, da * g, normalize).reshape(z_a.shape)
-    db = _normalize_backward(z_b, b, db * g, normalize).reshape(z_b.shape)
+    da = _normalize_backward(z_a, a, da * g, normalize, parts_a).reshape(z_a.shape)
+    db = _normalize_backward(z_b, b, db * g, normalize, parts_b).reshape(z_b.shape)
     ds = (ds * g).reshape(scale.shape)
     return grad_like(da, z_a), grad_like(db, z_b), grad_like(ds, scale)
 

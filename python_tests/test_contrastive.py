@@ -48,7 +48,8 @@ def test_float32_backward(path, scale):
     z_a, z_b = _pairs(1, 70, 40, torch.float32)
     got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, path, scale=scale)
     want = _loss_and_grads(ref.info_nce, z_a.double(), z_b.double(), scale=scale)
-    torch.testing.assert_close([got[0], *got[1]], [want[0].float(), *(g.float() for g in want[1])], atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close([got[0], *got[1]], [want[0].float(), *(g.float() for g in want[1])],
+                               atol=2e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("keep", [0, 1 << 24])
@@ -174,14 +175,16 @@ def test_local_rows_against_gathered_columns(path):
             with on_path(path):
                 if name == "info_nce":
                     fn = C.local_info_nce if fused else ref.local_info_nce
-                    loss = fn(rows_a, rows_b, A, Bc, sc, off) if fused else fn(rows_a, rows_b, A, Bc, off, logit_scale=sc)
+                    loss = (fn(rows_a, rows_b, A, Bc, sc, off) if fused
+                            else fn(rows_a, rows_b, A, Bc, off, logit_scale=sc))
                     loss = loss + 0 * tb
                 elif fused:
                     loss = C._siglip(rows_a, Bc, sc, tb, off, True, True)[0]
                 else:
                     loss = _explicit_siglip_rows(rows_a, Bc, sc, tb, off)
                 grads.append([loss.detach(), *torch.autograd.grad(loss, leaves)])
-        torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-10, msg=lambda m: f"{name} {path}: {m}")
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-10,
+                                   msg=lambda m, name=name: f"{name} {path}: {m}")
 
 
 def test_siglip_learnable_scale_and_bias_like_open_clip():

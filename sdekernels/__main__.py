@@ -19,7 +19,8 @@ def _info(args) -> int:
     print(f"device      {torch.cuda.get_device_name() if cuda else 'cpu'} ({torch.get_num_threads()} CPU threads)")
     if _core.HAS_TRITON:
         import triton
-        mode = "compiled (CUDA)" if cuda else ("interpreter (TRITON_INTERPRET=1)" if _core.INTERPRET else "not used (no GPU): CPU ops run on ATen")
+        mode = "compiled (CUDA)" if cuda else ("interpreter (TRITON_INTERPRET=1)" if _core.INTERPRET
+                                               else "not used (no GPU): CPU ops run on ATen")
         print(f"triton      {triton.__version__}: {mode}")
     else:
         print("triton      not installed: CPU ops run on ATen")
@@ -73,7 +74,8 @@ def _bench(args) -> int:
     rows, limits = bench.run(args.op, quick=quick, device=device, dtype=dtype, compile_ref=args.compile_ref,
                              progress=not args.no_progress, clock=clock, shapes=args.shape)
     print(f"timed by {'process CPU time' if args.cpu_time else 'wall clock'}, {torch.get_num_threads()} thread(s)")
-    print(f"device: {limits['device']}; limits: {limits['bandwidth_GBs']:.1f} GB/s, {limits['tflops_fp32']:.3g} TFLOP/s fp32 "
+    print(f"device: {limits['device']}; limits: {limits['bandwidth_GBs']:.1f} GB/s, "
+          f"{limits['tflops_fp32']:.3g} TFLOP/s fp32 "
           f"({limits['source']})")
     print(bench.table(rows))
     if args.json:
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
     b.add_argument("--compile-ref", action="store_true", help="also time torch.compile of the reference")
     b.add_argument("--threads", type=int, help="torch.set_num_threads first")
     b.add_argument("--cpu-time", action="store_true",
-                   help="time by the process's CPU time, not the wall clock (CPU, one thread: for a shared, loaded machine)")
+                   help="time by the process's CPU time, not the wall clock "
+                        "(CPU, one thread: for a shared, loaded machine)")
     b.add_argument("--no-progress", action="store_true")
     a = sub.add_parser("aot", help="compile every Triton kernel at the specialisations the ops launch, for a GPU "
                        "target, and report registers, spills, shared memory and tensor-core use (no GPU needed)")

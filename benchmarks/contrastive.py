@@ -34,9 +34,12 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--max-logits-gb", type=float, default=4.0, help="skip an explicit loss whose B×B logits exceed this")
+    p.add_argument("--max-logits-gb", type=float, default=4.0,
+                   help="skip an explicit loss whose B×B logits exceed this")
     p.add_argument("--cpu-time", action="store_true",
-                   help="time with the process's CPU time instead of wall time (steadier on a shared machine; use 1 thread)")
+                   help="time with the process's CPU time instead of wall time (steadier on a shared machine; "
+                        "use 1 thread)")
+    p.add_argument("--loss", action="append", choices=["info_nce", "siglip_loss"], help="only this loss (repeatable)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.threads:
@@ -47,11 +50,16 @@ def main():
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     clip, sig = oc.ClipLoss(), oc.SigLipLoss()
-    pairs = {"info_nce": (lambda a, b, s, t: clip(a, b, s), lambda a, b, s, t: sdekernels.info_nce(a, b, logit_scale=s)),
-             "siglip_loss": (lambda a, b, s, t: sig(a, b, s, t), lambda a, b, s, t: sdekernels.siglip_loss(a, b, s, t))}
-    print(f"forward+backward, float32, d={args.d}, {dev}, {torch.get_num_threads()} threads, {'CPU' if args.cpu_time else 'wall'} time, torch {torch.__version__}, "
+    pairs = {"info_nce": (lambda a, b, s, t: clip(a, b, s),
+                          lambda a, b, s, t: sdekernels.info_nce(a, b, logit_scale=s)),
+             "siglip_loss": (lambda a, b, s, t: sig(a, b, s, t),
+                             lambda a, b, s, t: sdekernels.siglip_loss(a, b, s, t))}
+    pairs = {k: v for k, v in pairs.items() if not args.loss or k in args.loss}
+    print(f"forward+backward, float32, d={args.d}, {dev}, {torch.get_num_threads()} threads, "
+          f"{'CPU' if args.cpu_time else 'wall'} time, torch {torch.__version__}, "
           f"{args.runs} interleaved rounds: median [min–max]")
-    print(f"{'loss':<12} {'B':>6} | {'open_clip ms':>18} {'ours ms':>18} {'speed-up':>18} | {'open_clip MB':>12} {'ours MB':>8}")
+    print(f"{'loss':<12} {'B':>6} | {'open_clip ms':>18} {'ours ms':>18} {'speed-up':>18} | "
+          f"{'open_clip MB':>12} {'ours MB':>8}")
     rows = []
     for B in args.B:
         g = torch.Generator().manual_seed(0)
@@ -71,16 +79,18 @@ def main():
         ms = {k: [1e3 * x for x in t] for k, t in interleaved_times(timed, args.runs, clock=clock, warmup=0).items()}
         for name in pairs:
             ours = ms[name, "ours"]
-            row = {"loss": name, "B": B, "d": args.d, "device": str(dev), "threads": torch.get_num_threads(), "clock": "cpu" if args.cpu_time else "wall",
-                   "ours_ms": ours, "ours_MB": mem[name, "ours"] / 2**20}
+            row = {"loss": name, "B": B, "d": args.d, "device": str(dev), "threads": torch.get_num_threads(),
+                   "clock": "cpu" if args.cpu_time else "wall", "ours_ms": ours, "ours_MB": mem[name, "ours"] / 2**20}
             if fits:
                 ratio = [x / y for x, y in zip(ms[name, "open_clip"], ours)]
-                row.update(open_clip_ms=ms[name, "open_clip"], open_clip_MB=mem[name, "open_clip"] / 2**20, speedup=ratio)
+                row.update(open_clip_ms=ms[name, "open_clip"], open_clip_MB=mem[name, "open_clip"] / 2**20,
+                           speedup=ratio)
                 print(f"{name:<12} {B:>6} | {_span(row['open_clip_ms']):>18} {_span(ours):>18} "
                       f"{statistics.median(ratio):>5.2f}x [{min(ratio):.2f}–{max(ratio):.2f}] | "
                       f"{row['open_clip_MB']:>12.0f} {row['ours_MB']:>8.0f}")
             else:
-                print(f"{name:<12} {B:>6} | {'(does not fit)':>18} {_span(ours):>18} {'':>18} | {'':>12} {row['ours_MB']:>8.0f}")
+                print(f"{name:<12} {B:>6} | {'(does not fit)':>18} {_span(ours):>18} {'':>18} | {'':>12} "
+                      f"{row['ours_MB']:>8.0f}")
             rows.append(row)
     if args.json:
         with open(args.json, "w") as f:

@@ -36,19 +36,22 @@ def main():
         "fft2 + abs + angle": composition,
         "rfft2 only": lambda: torch.fft.rfft2(work),
         "sdekernels.fourier_split": lambda: sdekernels.fourier_split(x),
-        "sdekernels.fourier_split(centered, log)": lambda: sdekernels.fourier_split(x, centered=True, log_amplitude=True),
+        "sdekernels.fourier_split(centered, log)":
+            lambda: sdekernels.fourier_split(x, centered=True, log_amplitude=True),
     }
     print(f"shape {tuple(x.shape)} {args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"extension: {_ext.status()}")
     A, P = sdekernels.fourier_split(x)
     A0, P0 = composition()
     print(f"max |A − A_ref| = {(A.float() - A0.float()).abs().max():.3g}, "
-          f"max |P − P_ref| (mod 2π) = {torch.remainder(P.float() - P0.float() + torch.pi, 2 * torch.pi).sub(torch.pi).abs().max():.3g}")
+          f"max |P − P_ref| (mod 2π) = "
+          f"{torch.remainder(P.float() - P0.float() + torch.pi, 2 * torch.pi).sub(torch.pi).abs().max():.3g}")
     times = interleaved_ms(impls, args.runs)  # one warm-up each (first-call allocations, extension load)
     for name, ms in times.items():
         print(f"  {name:42s} {ms:9.1f} ms")
     ref, ours = times["fft2 + abs + angle"], times["sdekernels.fourier_split"]
-    print(f"speed-up fourier_split vs fft2 + abs + angle: {ref / ours:.2f}x (reference {ref:.1f} ms, ours {ours:.1f} ms)")
+    print(f"speed-up fourier_split vs fft2 + abs + angle: {ref / ours:.2f}x "
+          f"(reference {ref:.1f} ms, ours {ours:.1f} ms)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def main():
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu-time", action="store_true",
-                   help="time by process CPU time instead of wall time (robust on a shared machine; use with --threads 1)")
+                   help="time by process CPU time instead of wall time "
+                        "(robust on a shared machine; use with --threads 1)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(0)
@@ -37,7 +38,8 @@ def main():
           f"{torch.get_num_threads()} threads, extension: {_ext.status()}")
     clock = time.process_time if a.cpu_time else time.perf_counter
     print(f"  median of {a.reps} runs, {'process CPU' if a.cpu_time else 'wall'} time")
-    times = interleaved_ms({name: fwd_bwd(fn, x, weight=g) for name, fn in impls.items()}, a.reps, clock=clock, warmup=3)
+    times = interleaved_ms({name: fwd_bwd(fn, x, weight=g) for name, fn in impls.items()}, a.reps, clock=clock,
+                           warmup=3)
     for name, ms in times.items():
         print(f"  {name:28s} {ms:9.3f} ms")
     ours = times["sdekernels"]

@@ -42,17 +42,22 @@ def test_backward_on_each_path(path, symmetric, normalize):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_float32_backward(path):
+# 14: the CPU path takes exp(logits) directly; 60: the per-row maxima
+@pytest.mark.parametrize("scale", [14.0, 60.0])
+def test_float32_backward(path, scale):
     z_a, z_b = _pairs(1, 70, 40, torch.float32)
-    got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, path, scale=14.0)
-    want = _loss_and_grads(ref.info_nce, z_a.double(), z_b.double(), scale=14.0)
+    got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, path, scale=scale)
+    want = _loss_and_grads(ref.info_nce, z_a.double(), z_b.double(), scale=scale)
     torch.testing.assert_close([got[0], *got[1]], [want[0].float(), *(g.float() for g in want[1])],
                                atol=2e-6, rtol=1e-4)
 
 
-def test_chunk_boundaries(monkeypatch):
-    """Row chunks of the CPU path that do not divide B (the diagonal crosses chunk edges)."""
+@pytest.mark.parametrize("keep", [0, 1 << 24])
+def test_chunk_boundaries(monkeypatch, keep):
+    """Row chunks of the CPU path that do not divide B (the diagonal crosses chunk edges), with the
+    logits recomputed by the backward or kept by the forward."""
     monkeypatch.setattr(C, "CHUNK_ELEMS", 7 * 45)  # 7 rows per chunk
+    monkeypatch.setattr(C, "KEEP_ELEMS", keep)
     z_a, z_b = _pairs(3, 45, 6)
     for symmetric in (True, False):
         got = _loss_and_grads(sdekernels.info_nce, z_a, z_b, scale=5.0, symmetric=symmetric)
@@ -79,6 +84,7 @@ def test_cpu_memory_is_bounded_by_the_chunk(monkeypatch):
     """Forward + backward hold O(chunk·B + B·d), never the B×B logits."""
     B, d = 2048, 8
     monkeypatch.setattr(C, "CHUNK_ELEMS", 1 << 16)
+    monkeypatch.setattr(C, "KEEP_ELEMS", 1 << 16)  # below B²: the path of a large batch
     z_a, z_b = (t.requires_grad_() for t in _pairs(1, B, d, torch.float32))
 
     def ours():

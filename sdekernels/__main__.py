@@ -72,7 +72,7 @@ def _bench(args) -> int:
     if args.cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
         raise ValueError("--cpu-time needs the CPU and one thread (--threads 1): it sums the CPU time of all threads")
     rows, limits = bench.run(args.op, quick=quick, device=device, dtype=dtype, compile_ref=args.compile_ref,
-                             progress=not args.no_progress, clock=clock)
+                             progress=not args.no_progress, clock=clock, shapes=args.shape)
     print(f"timed by {'process CPU time' if args.cpu_time else 'wall clock'}, {torch.get_num_threads()} thread(s)")
     print(f"device: {limits['device']}; limits: {limits['bandwidth_GBs']:.1f} GB/s, "
           f"{limits['tflops_fp32']:.3g} TFLOP/s fp32 "
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     b.add_argument("--op", action="append", help="only this op (repeatable)")
     b.add_argument("--quick", action="store_true", help="only the small shapes (the default on CPU)")
     b.add_argument("--full", action="store_true", help="every shape, also on CPU")
+    b.add_argument("--shape", action="append", help="only the shapes whose label (e.g. B=4096,d=256) starts with this")
     b.add_argument("--json", help="write the rows and the environment to this file")
     b.add_argument("--markdown", help="write the per-case table with the ratios as Markdown to this file")
     b.add_argument("--plot", help="write a speedup bar chart (PNG) to this file")

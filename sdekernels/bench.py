@@ -147,7 +147,8 @@ def device_limits(device) -> dict:
         name = torch.cuda.get_device_name(device)
         for key, (bw, f32, tc) in GPU_LIMITS.items():
             if key in name:
-                return {"device": name, "bandwidth_GBs": bw, "tflops_fp32": f32, "tflops_tensor": tc, "source": "datasheet"}
+                return {"device": name, "bandwidth_GBs": bw, "tflops_fp32": f32, "tflops_tensor": tc,
+                        "source": "datasheet"}
         return {"device": name, "bandwidth_GBs": float("nan"), "tflops_fp32": float("nan"), "source": "unknown"}
     if _CPU_LIMITS is None:
         x = torch.empty(32 * 2**20, dtype=torch.float32).uniform_()
@@ -170,7 +171,8 @@ def _runner(fn, sample: Sample, backward: bool, info):
         return run
     leaves = info.leaves(sample)
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype) for t in flat(leaves.call(fn)) if t.is_floating_point()]
+    weights = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
+               for t in flat(leaves.call(fn)) if t.is_floating_point()]
 
     def run():
         outs = [t for t in flat(leaves.call(fn)) if t.is_floating_point()]
@@ -188,15 +190,17 @@ def _ratios(num: list, den: list) -> tuple[float, float, float]:
 
 
 def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_ref=False, progress=True,
-        budget_s: float = 3.0, max_runs: int = 31, clock=time.perf_counter):
+        budget_s: float = 3.0, max_runs: int = 31, clock=time.perf_counter, shapes=None):
     """Rows of the bench table (one per op, shape and implementation).
 
     Per case every implementation runs twice (compilation, first-call allocations; the second
     call sizes the run to `budget_s`), then 5 to `max_runs` interleaved rounds. Times are medians
     with quartiles by `clock` (time.process_time on a loaded CPU: the process's own CPU time, which
-    preemption does not inflate; meaningful with one thread); the ratios are medians of per-round ratios. On the sdekernels row, vs_best is
+    preemption does not inflate; meaningful with one thread); the ratios are medians of per-round
+    ratios. On the sdekernels row, vs_best is
     the ratio against the fastest (by median) of every other implementation timed: the
-    reference, its compiled form and the op's baselines."""
+    reference, its compiled form and the op's baselines. `shapes`: only the cases whose label
+    (e.g. "B=4096,d=256") starts with one of these."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = all_ops()
     unknown = set(names or ()) - set(ops)
@@ -204,7 +208,8 @@ def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_re
         raise ValueError(f"unknown op(s) {sorted(unknown)}; registered: {sorted(ops)}")
     limits = device_limits(device)
     cases = [(info, shape) for name, info in sorted(ops.items()) if not names or name in names
-             for shape in info.bench if not quick or shape.get("quick")]
+             for shape in info.bench if (not quick or shape.get("quick"))
+             and (not shapes or any(_label(shape).startswith(p) for p in shapes))]
     rows = []
     try:
         from tqdm import tqdm
@@ -245,7 +250,8 @@ def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_re
             t = times[impl]
             q1, med, q3 = quartiles(t)
             row.update(ms=med * 1e3, ms_q1=q1 * 1e3, ms_q3=q3 * 1e3, runs=runs,
-                       peak_MB=peak_memory(calls[impl], device) / 2**20, GBs=nbytes / med / 1e9, TFLOPs=flops / med / 1e12)
+                       peak_MB=peak_memory(calls[impl], device) / 2**20, GBs=nbytes / med / 1e9,
+                       TFLOPs=flops / med / 1e12)
             row["bw_frac"] = row["GBs"] / limits["bandwidth_GBs"]
             row["flop_frac"] = row["TFLOPs"] / limits["tflops_fp32"]
             if "reference" in times:
@@ -312,7 +318,8 @@ def markdown(rows) -> str:
         best = impls.get(ours.get("best_alternative"), {})
         lines.append(
             f"| {op} | {shape} | {pas} | {_fmt(ours['ms'])} ({_fmt(ours['ms_q1'])}–{_fmt(ours['ms_q3'])}) "
-            f"| {_fmt(ref.get('ms', float('nan')))} | {ours.get('best_alternative', '-')} ({_fmt(best.get('ms', float('nan')))}) "
+            f"| {_fmt(ref.get('ms', float('nan')))} "
+            f"| {ours.get('best_alternative', '-')} ({_fmt(best.get('ms', float('nan')))}) "
             f"| {x(ours.get('speedup'))} | {x(ours.get('vs_compiled'))} "
             f"| **{x(ours.get('vs_best'))}** ({x(ours.get('vs_best_q1'))}–{x(ours.get('vs_best_q3'))}) "
             f"| {_fmt(ours['peak_MB'])} / {_fmt(ref.get('peak_MB', float('nan')))} |")

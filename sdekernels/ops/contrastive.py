@@ -28,6 +28,7 @@ from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
+KEEP_ELEMS = 1 << 24  # the CPU forward keeps up to this many logits (64 MB in float32): no recomputation GEMM
 # CUDA tiles {fp64?: ...}; BD caps the DX columns a gradient program holds in registers
 CUDA_TILES = {torch.float32: dict(BM=64, BN=32, BK=32, BD=128, num_warps=8),  # tf32x3: three dots' operands
               torch.bfloat16: dict(BM=64, BN=64, BK=32, BD=128, num_warps=8),
@@ -200,24 +201,29 @@ def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Te
 # ---------------------------------------------------------------- shared pieces
 
 
-def _normalized(z: Tensor, normalize: bool) -> Tensor:
-    """[R, B, d] rows in the working dtype (unit column stride), L2-normalised when asked."""
+def _norm_parts(z: Tensor, normalize: bool):
+    """(ẑ [R, B, d] rows in the working dtype (unit column stride), L2-normalised when asked; (c, ‖z/c‖)
+    per row, which the backward reuses, or None)."""
     x = rows(z, 2).to(work_dtype(z.dtype))
     if not normalize:
-        return x
-    x = x / pow2_scale(x, (-1,))  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        return x, None
+    c = pow2_scale(x, (-1,))
+    x = x / c  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
+    norm = x.norm(dim=-1, keepdim=True)
+    return x.div_(norm.clamp_min(NORM_EPS)), (c, norm)
 
 
-def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool) -> Tensor:
-    """dL/dz from dL/dẑ through ẑ = z / max(‖z‖, eps)."""
+def _normalized(z: Tensor, normalize: bool) -> Tensor:
+    return _norm_parts(z, normalize)[0]
+
+
+def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool, parts=None) -> Tensor:
+    """dL/dz from dL/dẑ through ẑ = z / max(‖z‖, eps); `parts` from _norm_parts, else recomputed."""
     if not normalize:
         return g
-    x = rows(z, 2).to(zh.dtype)
-    c = pow2_scale(x, (-1,))  # as in _normalized: ‖z‖ = c·‖z/c‖
-    norm = (x / c).norm(dim=-1, keepdim=True)
-    radial = torch.where(norm > NORM_EPS, zh * (zh * g).sum(-1, keepdim=True), 0.0)
-    return (g - radial) / norm.clamp_min(NORM_EPS) / c
+    c, norm = parts if parts is not None else _norm_parts(z, True)[1]  # ‖z‖ = c·‖z/c‖
+    dot = torch.where(norm > NORM_EPS, (zh * g).sum(-1, keepdim=True), 0.0)
+    return torch.addcmul(g, zh, dot, value=-1).div_(norm.clamp_min(NORM_EPS)).div_(c)  # (g − ẑ(ẑ·g)) / ‖z‖
 
 
 def _chunk(n: int) -> int:
@@ -230,8 +236,9 @@ def _n_rows(z: Tensor) -> int:
 
 
 def _keeps_logits(z_a: Tensor, z_b: Tensor) -> bool:
-    """CPU path with every logit in one chunk: the forward keeps them for the backward (no recomputation)."""
-    return not use_triton(z_a) and _n_rows(z_a) * z_b.shape[-2] <= CHUNK_ELEMS
+    """CPU path with at most KEEP_ELEMS logits: the forward keeps them for the backward, which then
+    saves one of its three B²·d GEMMs (a fixed budget: memory stays O(B·d) as B grows)."""
+    return not use_triton(z_a) and _n_rows(z_a) * z_b.shape[-2] <= KEEP_ELEMS
 
 
 def _scalar(value, name: str, z: Tensor, default=None, positive: bool = False) -> Tensor:
@@ -270,41 +277,76 @@ def _empty_loss(z_a: Tensor, z_b: Tensor, *scalars) -> Tensor:
 # ---------------------------------------------------------------- info_nce
 
 
-def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Row (and column) log-sum-exps over row chunks: O(chunk·ny) memory; and the logits of the
-    last chunk (all of them when one chunk holds every row)."""
+def _direct_exp(a: Tensor, b: Tensor, s: Tensor) -> bool:
+    """Whether exp(logits) itself is a normal number of the dtype: |logits| <= s·max‖a_i‖·max‖b_j‖
+    (Cauchy–Schwarz) <= 0.45·log(max) (s up to ~40 for unit features in float32: temperatures
+    above 0.025). Then the row and column sums of E = exp(logits) neither overflow nor underflow,
+    one exp pass gives both directions' log-sum-exps, and the backward's softmaxes are E scaled
+    per row and per column."""
+    bound = float(s) * float(a.norm(dim=-1).amax()) * float(b.norm(dim=-1).amax())
+    return bound <= 0.45 * math.log(torch.finfo(a.dtype).max)
+
+
+def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Row (and column) log-sum-exps over row chunks: O(chunk·ny) memory. With `keep`, all of
+    E = exp(logits) from one GEMM (the logits where _direct_exp does not hold) for the backward."""
     R, nx, _ = a.shape
+    step = _chunk(b.shape[1])
+    if _direct_exp(a, b, s):
+        a_s = a * s
+        kept = torch.matmul(a_s, b.mT).exp_() if keep else a.new_empty(0)
+        if keep:
+            sum_r, sum_c = kept.sum(-1), kept.sum(-2)
+        else:
+            sum_r, sum_c = a.new_empty((R, nx)), a.new_zeros((R, b.shape[1]))
+            for i in range(0, nx, step):
+                E = torch.matmul(a_s[:, i:i + step], b.mT).exp_()
+                sum_r[:, i:i + step] = E.sum(-1)
+                if symmetric:
+                    sum_c += E.sum(-2)
+        return sum_r.log_(), sum_c.log_() if symmetric else a.new_empty(0), kept
     lse_r = a.new_empty((R, nx))
     lse_c = a.new_full((R, b.shape[1]), float("-inf")) if symmetric else a.new_empty(0)
-    step = _chunk(b.shape[1])
+    kept = torch.matmul(a, b.mT).mul_(s) if keep else a.new_empty(0)
     for i in range(0, nx, step):
-        logits = torch.matmul(a[:, i:i + step], b.mT).mul_(s)
+        logits = kept[:, i:i + step] if keep else torch.matmul(a[:, i:i + step], b.mT).mul_(s)
         lse_r[:, i:i + step] = torch.logsumexp(logits, -1)
         if symmetric:
             lse_c = torch.logaddexp(lse_c, torch.logsumexp(logits, -2))
-    return lse_r, lse_c, logits
+    return lse_r, lse_c, kept
 
 
-def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, logits, off):
-    """The same recomputation over row chunks with ATen matmuls: two chunk×ny buffers at a time
-    (the forward's logits instead of a recomputation when it kept them)."""
+def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off):
+    """dL/dlogits over row chunks with ATen matmuls: two chunk×ny buffers at a time, from the
+    forward's kept E (or logits) or by recomputing them."""
     R, nx, _ = a.shape
     da, db = torch.empty_like(a), torch.zeros_like(b)
     ds = a.new_zeros(())
     step = _chunk(b.shape[1])
+    direct = _direct_exp(a, b, s)  # the forward's choice: same inputs, same answer
+    if direct:  # D = E·(u_i + v_j): the softmaxes as E = exp(logits) rescaled per row and per column
+        a_s = a * s if not kept.numel() else None
+        u = lse_r.neg().exp_().mul_(c_r)[..., None]
+        v = lse_c.neg().exp_().mul_(c_c)[:, None, :] if c_c else a.new_zeros(())
+        bufs = [a.new_empty((R, min(step, nx), b.shape[1])) for _ in range(2)]  # reused: no page faults per chunk
     for i in range(0, nx, step):
-        a_i = a[:, i:i + step]
-        # the logits, turned into dL/dlogits in place
-        D = logits.clone() if logits.numel() else torch.matmul(a_i, b.mT).mul_(s)
-        col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
-        D.sub_(lse_r[:, i:i + step, None]).exp_().mul_(c_r)
-        if col is not None:
-            D += col
-            del col
+        a_i, rows = a[:, i:i + step], slice(i, i + step)
+        if direct:
+            recomputed = not kept.numel()
+            E = torch.matmul(a_s[:, rows], b.mT).exp_() if recomputed else kept[:, rows]
+            uv, D = (t if t.shape[1] == E.shape[1] else torch.empty_like(E) for t in bufs)
+            D = torch.mul(E, torch.add(u[:, rows], v, out=uv), out=E if recomputed else D)
+        else:  # the logits, turned into dL/dlogits in place
+            D = kept[:, rows].clone() if kept.numel() else torch.matmul(a_i, b.mT).mul_(s)
+            col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
+            D.sub_(lse_r[:, rows, None]).exp_().mul_(c_r)
+            if col is not None:
+                D += col
+                del col
         torch.diagonal(D, offset=i + off, dim1=-2, dim2=-1).sub_(c_r + c_c)
         Db = torch.matmul(D, b)
         ds += (a_i * Db).sum()  # Σ_ij D_ij a_i·b_j without a second chunk×ny product
-        da[:, i:i + step] = Db.mul_(s)
+        da[:, rows] = Db.mul_(s)
         db.baddbmm_(D.mT, a_i)
     return da, db.mul_(s), ds
 
@@ -323,9 +365,7 @@ def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: b
         # as the kernels saw them
         a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)
     else:
-        lse_r, lse_c, last = _lse_cpu(a, b, s, symmetric)
-        if _keeps_logits(z_a, z_b):
-            logits = last
+        lse_r, lse_c, logits = _lse_cpu(a, b, s, symmetric, _keeps_logits(z_a, z_b))
     diag = s * (a * b[:, offset:offset + nx]).sum(-1)
     w = 0.5 if symmetric else 1.0
     loss = (w / (R * nx)) * (lse_r - diag).sum()
@@ -346,7 +386,7 @@ def _(z_a, z_b, scale, offset, normalize, symmetric):
 @torch.library.custom_op("sdekernels::info_nce_loss_backward", mutates_args=())
 def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
                        grad: Tensor, offset: int, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
-    a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
+    (a, parts_a), (b, parts_b) = _norm_parts(z_a, normalize), _norm_parts(z_b, normalize)
     s = scale.reshape(1).to(a.dtype)
     R, nx, _ = a.shape
     w = 0.5 if symmetric else 1.0
@@ -359,8 +399,8 @@ def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, l
         c = w / (R * nx)
         da, db, ds = _grad_cpu(a, b, s, lse_r, lse_c, c, c if symmetric else 0.0, logits, offset)
     g = grad.to(a.dtype)
-    da = _normalize_backward(z_a, a, da * g, normalize).reshape(z_a.shape)
-    db = _normalize_backward(z_b, b, db * g, normalize).reshape(z_b.shape)
+    da = _normalize_backward(z_a, a, da * g, normalize, parts_a).reshape(z_a.shape)
+    db = _normalize_backward(z_b, b, db * g, normalize, parts_b).reshape(z_b.shape)
     ds = (ds * g).reshape(scale.shape)
     return grad_like(da, z_a), grad_like(db, z_b), grad_like(ds, scale)
 

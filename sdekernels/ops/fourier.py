@@ -307,7 +307,8 @@ def _split_grad(ctx, gA, gP):
     gA = gA if gA is not None else x.new_zeros(shape)
     gP = gP if gP is not None else x.new_zeros(shape)
     A = A if A is not None else x.new_empty(0)
-    return _split_backward(x, A, gA, gP, ctx.onesided, ctx.norm, ctx.centered, ctx.log_amplitude), None, None, None, None
+    gx = _split_backward(x, A, gA, gP, ctx.onesided, ctx.norm, ctx.centered, ctx.log_amplitude)
+    return gx, None, None, None, None
 
 
 _split.register_autograd(_split_grad, setup_context=_split_setup)
@@ -372,7 +373,8 @@ def _merge_ref(A, P, gx, onesided, norm, centered, H, W):
 
 
 @torch.library.custom_op("sdekernels::fourier_merge_backward", mutates_args=())
-def _merge_backward(A: Tensor, P: Tensor, gx: Tensor, onesided: bool, norm: str, centered: bool) -> tuple[Tensor, Tensor]:
+def _merge_backward(A: Tensor, P: Tensor, gx: Tensor, onesided: bool, norm: str,
+                    centered: bool) -> tuple[Tensor, Tensor]:
     if A.numel() == 0:
         return torch.zeros_like(A), torch.zeros_like(P)
     w = work_dtype(A.dtype)
@@ -633,7 +635,8 @@ register(OpInfo(
     # gradcheck (inputs of <= 600 entries) runs on the first two only: three FFT ops per call.
     shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 5, "W": 6, "per_sample": 1},
             {"batch": 2, "c": 2, "H": 12, "W": 13, "ratio": 0.5},
-            {"batch": 2, "H": 16, "W": 20, "ratio": 0.3, "per_sample": 1}, {"batch": 1, "H": 24, "W": 27, "ratio": 0.7}],
+            {"batch": 2, "H": 16, "W": 20, "ratio": 0.3, "per_sample": 1},
+            {"batch": 1, "H": 24, "W": 27, "ratio": 0.7}],
     space={"batch": (0, 3), "H": (1, 20), "W": (1, 20), "per_sample": (0, 1)},
     bad=_bad_mix, debug_bad=_bad_lam_values,
     bench=[{"batch": 16, "c": 3, "H": 64, "W": 64, "quick": True, "per_sample": 1},

@@ -156,7 +156,8 @@ def _dft(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _bin_map(H: int, W: int, bins: int, transform: str, dtype: torch.dtype, device: torch.device, official: bool = False):
+def _bin_map(H: int, W: int, bins: int, transform: str, dtype: torch.dtype, device: torch.device,
+             official: bool = False):
     """Bin index of every (u, v) (row-major, int64) and 1 / count per bin (0 for an empty bin);
     official: the official code's float32 map and 1 / (count + 1e-8) (SPEC §9, esm_loss)."""
     idx = ref_spec.bin_index(H, W, bins, transform, official).reshape(-1)
@@ -263,13 +264,13 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
                                                        channel_mean)
             Y = S.contiguous() if save else Y
         else:
-            out, Y = torch.ops.sdekernels_C.radial_psd_fwd(x4.to(w), idx, inv, _dct(H, w, x.device), _dct(W, w, x.device),
-                                                           channel_mean, save)
+            out, Y = torch.ops.sdekernels_C.radial_psd_fwd(x4.to(w), idx, inv, _dct(H, w, x.device),
+                                                           _dct(W, w, x.device), channel_mean, save)
     else:
         out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, 1e-12, official)
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
-    out = (out.reshape(x4.shape[0], (1 if channel_mean else C) * bins) * (c * c).reshape(-1, 1)).reshape(x.shape[:-3] + ((bins,) if channel_mean
-                                                                                     else (C, bins)))
+    out = out.reshape(x4.shape[0], (1 if channel_mean else C) * bins) * (c * c).reshape(-1, 1)
+    out = out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins)))
     if keep_dc:
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         p0 = torch.zeros_like(out[..., 0], dtype=w) if centre else _dc_power(x, channel_mean)
@@ -311,7 +312,8 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transfor
     if _ext.available() and Y.numel():
         idx, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         D = (None, None) if transform == "fft" else (_dct(H, w, x.device), _dct(W, w, x.device))
-        dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, g.reshape(Y.shape[0], -1).contiguous(), idx, inv, *D, channel_mean)
+        dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, g.reshape(Y.shape[0], -1).contiguous(), idx, inv, *D,
+                                                   channel_mean)
     else:
         (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
                         transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
@@ -697,7 +699,8 @@ register(OpInfo(
     bad=_bad_esm,
     constant=(1,), batch_key=None,  # the target side x is detached: gradients flow to z only
     bench=[{"batch": 64, "Cz": 4, "h": 32, "w": 32, "C": 3, "H": 256, "W": 256, "quick": True}],
-    cost=lambda s: (sum(t.numel() * t.element_size() for t in s.args), 4 * sum(t.numel() * (t.shape[-1] + t.shape[-2]) for t in s.args)),
+    cost=lambda s: (sum(t.numel() * t.element_size() for t in s.args),
+                    4 * sum(t.numel() * (t.shape[-1] + t.shape[-2]) for t in s.args)),
     tol={F64: (1e-10, 1e-8), torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)},
 ))
 
@@ -712,7 +715,8 @@ def _lowpass_sample(shape, device, dtype, gen):
 def _bad_lowpass(device):
     x = torch.randn(2, 3, 16, 16, device=device)
     return [((x[0, 0, 0], 4), {}, "x"), ((x[..., :12], 4), {}, "x"), ((x, 16), {}, "k"), ((x, -1), {}, "k"),
-            ((x, 2.0), {}, "k", TypeError), ((x, 4), {"block": 0}, "block"), ((x, 4), {"block": 8.0}, "block", TypeError),
+            ((x, 2.0), {}, "k", TypeError), ((x, 4), {"block": 0}, "block"),
+            ((x, 4), {"block": 8.0}, "block", TypeError),
             ((x.int(), 4), {}, "x")]
 
 

@@ -43,6 +43,7 @@ import math
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -126,13 +127,27 @@ def mm_for(x: Tensor):
 
 def scaled_rows(F3: Tensor):
     """(finite [R], F3 / c in the work dtype with non-finite rows zeroed, c [R]) for F3 [R, m, n]: c is
-    the power of two that puts max|F| of each row in [1, 2) (an exact division), so the Gram, the
-    eigensolver and the stabilisers see entries of order 1 at any scale of F (SPEC §10) and each
-    row is decomposed independently of its neighbours' scale. σ(F) = c·σ(F/c); U, V are unchanged."""
-    c = pow2_scale(F3, (-2, -1))
-    finite = torch.isfinite(F3.abs().amax((-2, -1)))  # amax propagates NaN and Inf
-    Fs = torch.where(finite[:, None, None], F3.to(c.dtype) / c, 0.0)
-    return finite, Fs, c[:, 0, 0]
+    the power of two that puts max|F| of each row in [1, 2), so the Gram, the eigensolver and the
+    stabilisers see entries of order 1 at any scale of F (SPEC §10) and each row is decomposed
+    independently of its neighbours' scale. σ(F) = c·σ(F/c); U, V are unchanged.
+    Dividing by a power of two commutes with rounding, so where every entry is finite and every
+    max|F| lies in [2⁻²⁰, 2²⁰] (no product of the solvers can overflow or underflow), F already
+    gives the results of F/c: then c = 1 and F3 itself is returned, without a pass over it."""
+    x = F3.detach()
+    hi, lo = x.amax((-2, -1), keepdim=True), x.amin((-2, -1), keepdim=True)  # NaN propagates
+    bound = 2.0 ** 20
+    if F3.dtype == work_dtype(F3.dtype) and all(  # NaN fails every comparison
+            -bound <= x_lo and x_hi <= bound and max(x_hi, -x_lo) >= 1 / bound
+            for x_hi, x_lo in zip(hi.flatten().tolist(), lo.flatten().tolist())):
+        ones = torch.ones(F3.shape[0], dtype=torch.bool, device=F3.device)
+        return ones, F3, torch.ones(F3.shape[0], dtype=F3.dtype, device=F3.device)
+    a = torch.maximum(hi, -lo)
+    c = pow2_scale(a, (-2, -1))
+    finite = torch.isfinite(a)
+    Fs = F3 * (1 / c)
+    if not bool(finite.all()):
+        Fs = torch.where(finite, Fs, 0.0)
+    return finite[:, 0, 0], Fs, c[:, 0, 0]
 
 
 def unscale(c: Tensor, *ts: Tensor):
@@ -217,28 +232,39 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-4
 
 
-def ritz_error(res: Tensor, s: Tensor, k: int) -> Tensor:
-    """A-posteriori error bound per row from the Ritz residuals res [R, k] = ‖A v_i − σ_i u_i‖ (Aᵀu_i = σ_i v_i
-    holds exactly after Rayleigh–Ritz) and the block's Ritz values s [R, q] (descending), in units of
-    the σ tolerance (SPEC §1 allows 10× more on sin∠ than on σ): the larger of
-    - the relative σ error bound min(ρ_i, ρ_i²/g_i), ρ_i = ‖r_i‖/σ_i, g_i the relative gap of σ_i to the
-      nearest other Ritz value (Weyl, and the quadratic Kato–Temple bound for AAᵀ);
-    - sin∠ between the computed and the true top-k subspaces, ‖(σ_i‖r_i‖)_i‖ / (σ_k² − σ_{k+1}²)
-      (Davis–Kahan for AAᵀ, with σ_{k+1} from the block), where σ_k/σ_{k+1} >= 1.1 (SPEC §1 asks no
-      subspace accuracy without that gap), divided by 10."""
-    s = s.double()
+def ritz_error(t: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
+    """A-posteriori error bound per row, in units of the σ tolerance (SPEC §1 allows 10× more on sin∠
+    than on σ), from the scaled Ritz residuals t [R, k] = ‖AAᵀu_i − σ_i²u_i‖ = σ_i‖A v_i − σ_i u_i‖
+    (Aᵀu_i = σ_i v_i holds exactly after Rayleigh–Ritz) and the block's Ritz values s [R, q]
+    (descending). The larger of
+    - the relative σ error bound min(ρ_i, ρ_i²/g_i), ρ_i = ‖A v_i − σ_i u_i‖/σ_i, g_i the relative gap
+      of σ_i to the nearest other Ritz value (Weyl, and the quadratic Kato–Temple bound for AAᵀ);
+    - sin∠ between the computed and the true top-k subspaces, ‖t‖ / (σ_k² − σ_{k+1}²) (Davis–Kahan
+      for AAᵀ, with σ_{k+1} from the block), where σ_k/σ_{k+1} >= 1.1 (SPEC §1 asks no subspace
+      accuracy without that gap), divided by 10.
+    Host arithmetic on a few numbers per row (numpy: no device dispatch per operation)."""
     sk = s[:, :k]
-    rho = torch.where(sk > 0, res / torch.where(sk > 0, sk, 1.0), 0.0)
-    diff = (sk[:, :, None] - s[:, None, :]).abs()
-    diff[:, torch.arange(k), torch.arange(k)] = float("inf")
-    g = diff.amin(-1) / torch.where(sk > 0, sk, 1.0) if s.shape[-1] > 1 else torch.full_like(sk, float("inf"))
-    err = torch.minimum(rho, rho * rho / g.clamp_min(1e-300)).amax(-1)
-    if s.shape[-1] > k:
-        top, nxt = s[:, k - 1], s[:, k]
-        sep = top * top - nxt * nxt
-        sin = torch.linalg.vector_norm(sk * res, dim=-1) / torch.where(sep > 0, sep, 1.0)
-        err = torch.maximum(err, torch.where((top >= 1.1 * nxt) & (sep > 0), sin / 10, 0.0))
+    pos = sk > 0
+    sk1 = np.where(pos, sk, 1.0)
+    rho = np.where(pos, t / (sk1 * sk1), 0.0)
+    gaps = np.full((s.shape[0], s.shape[1] + 1), np.inf)
+    gaps[:, 1:-1] = s[:, :-1] - s[:, 1:]
+    near = np.minimum(gaps[:, :k], gaps[:, 1:k + 1])  # nearest other Ritz value (s is sorted)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        err = np.minimum(rho, rho * rho * sk1 / np.maximum(near, 1e-300)).max(-1)
+        if s.shape[-1] > k:
+            top, nxt = s[:, k - 1], s[:, k]
+            sep = top * top - nxt * nxt
+            sin = np.linalg.norm(t, axis=-1) / np.where(sep > 0, sep, 1.0)
+            err = np.maximum(err, np.where((top >= 1.1 * nxt) & (sep > 0), sin / 10, 0.0))
     return err
+
+
+def _predicted_iterations(err: np.ndarray, s: np.ndarray, k: int, tol: float) -> np.ndarray:
+    """Iterations still needed per row: the bound shrinks by the rate (σ_q/σ_k)² per iteration."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.clip((s[:, -1] / np.maximum(s[:, k - 1], 1e-300)) ** 2, 1e-300, 1 - 1e-9)
+        return np.log(tol / np.maximum(err, 1e-300)) / np.log(rate)
 
 
 def _gram_basis(F3: Tensor, q: int, w) -> Tensor:
@@ -248,55 +274,98 @@ def _gram_basis(F3: Tensor, q: int, w) -> Tensor:
     return gram_eigh(F3, ones, fast=fast_gram(r, F3.dtype))[1][:, :, :q].to(w)
 
 
+def _gram64(B: Tensor) -> Tensor:
+    Bd = B.double()
+    return Bd.mT @ Bd
+
+
+def _rayleigh_ritz(B: Tensor):
+    """Eigenpairs (descending, float64) of BᵀB, B = AᵀQ [R, long, q]: λ = σ², the Ritz values of Q."""
+    return eigh_desc(_gram64(B))
+
+
+def _conditioned(B: Tensor, G: Tensor):
+    """(Z, R): B = Z·R with R [R, q, q] upper triangular and Z well conditioned, in B's dtype: Z = B·R⁻¹
+    with R the Cholesky factor of the float64 Gram G = BᵀB (CholeskyQR: ~3× cheaper than Householder
+    here), Householder QR where G is not numerically positive definite. Z needs no exact
+    orthonormality: it conditions the product A·Z, and A·B = (A·Z)·R holds either way."""
+    L, info = torch.linalg.cholesky_ex(G)
+    if bool(info.any()):
+        return torch.linalg.qr(B)
+    R = L.mT.to(B.dtype)
+    return torch.linalg.solve_triangular(R, B, upper=True, left=False), R
+
+
 def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, seed: int):
-    """(Q, AᵀQ): an orthonormal basis Q [R, r, q] of the short side of F3 [R, m, n] whose Rayleigh–Ritz triplets meet
-    `tol` (ritz_error), by randomized block subspace iteration: B = AᵀQ, Rayleigh–Ritz on BᵀB (q×q, float64),
-    Z = qr(B), Y = AZ, Q ← qr(Y) (re-orthonormalised at every half step). The residuals come free from
-    Y: A v_i = Y R_B w_i / σ_i. A row stops (its Q frozen, so it never depends on its neighbours) as soon
-    as its bound holds. niter caps the iterations; niter=None runs until converged, and a row whose
-    predicted remaining iterations (from the observed rate (σ_q/σ_k)² per iteration) would cost more
-    than the Gram eigen-solver takes that solver instead."""
+    """(Q, B = AᵀQ, λ, W): an orthonormal basis Q [R, r, q] of the short side A of F3 [R, m, n] and its
+    Rayleigh–Ritz eigenpairs (λ = σ² descending, W [R, q, q] in float64, the eigenvectors of BᵀB) whose
+    top-k triplets meet `tol` (ritz_error), by randomized block subspace iteration from the sketch
+    Q = qr(AΩ): B = AᵀQ, B = Z R_B (_conditioned), Y = AZ, Q ← qr(Y) (re-conditioned at every half step).
+
+    The test of an iteration costs a q×q eigh (Rayleigh–Ritz: u_i = Q w_i, v_i = B w_i/σ_i) and the
+    residuals, which come free from Y: with A B = Y R_B, σ_i(A v_i − σ_i u_i) = Y R_B w_i − σ_i² u_i.
+    It runs after the first iteration, then at the iteration where the observed rate (σ_q/σ_k)²
+    predicts the bound to hold; a row stops (its basis frozen, so it never depends on its
+    neighbours) as soon as its bound holds. niter caps the
+    iterations (the last one is not tested); niter=None runs until converged, and a row whose
+    predicted remaining iterations would cost more than the Gram eigen-solver takes that solver
+    instead. Cost model, in GEMM flops (calibrated on CPU): an iteration ≈ 8·r·N·q (its two products
+    and as much again in QR, Rayleigh–Ritz and the test); the Gram solver ≈ 2·r²·N plus an r×r eigh
+    of 12·r³ (float32) or 25·r³ (float64)."""
     mm = mm_for(F3)
     w = work_dtype(F3.dtype)
     R, m, n = F3.shape
     r, N = min(m, n), max(m, n)
     A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
     Q = torch.linalg.qr(mm(A, _omega(F3, N, q, seed, w), w))[0]
-    Qf, Bf = Q.clone(), None
-    done = torch.zeros(R, dtype=torch.bool, device=F3.device)
-    gram = torch.zeros_like(done)
-    cost_it, cost_gram = 4.0 * r * N * q, 4.0 * r * r * N + 12.0 * r ** 3  # in GEMM flops (measured eigh ≈ 12 r³)
+    cost_it = 8.0 * r * N * q
+    cost_gram = 2.0 * r * r * N + (12.0 if fast_gram(r, F3.dtype) else 25.0) * r ** 3
     cap = 200 if niter is None else niter
+    done, gram = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
+    out = None
+    test = min(1, cap)  # the next iteration whose result is tested
     for it in range(cap + 1):
-        B = mm(At, Q, w)                                   # [R, N, q]
-        Bd = B.double()
-        lam, Wr = eigh_desc(Bd.mT @ Bd)
-        s = lam.sqrt()
-        Z, Rb = torch.linalg.qr(B)
-        Y = mm(A, Z, w)                                    # A Aᵀ Q R_B⁻¹, [R, r, q]
-        Wk = Wr[:, :, :k]
-        sk = s[:, :k]
-        res = (Y.double() @ (Rb.double() @ Wk) * safe_inv(sk, s[:, :1]).unsqueeze(-2)
-               - Q.double() @ Wk * sk.unsqueeze(-2))
-        err = ritz_error(torch.linalg.vector_norm(res, dim=-2), s, k)
-        ok = (err <= tol) | ~torch.isfinite(err)
-        if niter is None and it >= 1:
-            rate = (s[:, q - 1] / s[:, k - 1].clamp_min(1e-300)) ** 2
-            more = torch.log(torch.as_tensor(tol, dtype=err.dtype) / err.clamp_min(1e-300)) / torch.log(
-                rate.clamp(1e-300, 1 - 1e-9))
-            gram |= ~done & ~ok & (more * cost_it > cost_gram)
-        new = ~done & (ok | gram | (it == cap))
-        Qf = torch.where(new[:, None, None], Q, Qf)
-        Bf = B if Bf is None else torch.where(new[:, None, None], B, Bf)
+        B = mm(At, Q, w)                                       # [R, N, q]
+        if it < test:
+            Q = torch.linalg.qr(mm(A, _conditioned(B, _gram64(B))[0], w))[0]
+            continue
+        G = _gram64(B)
+        lam, Wr = eigh_desc(G)
+        if it == cap:
+            new = ~done
+        else:
+            Z, Rb = _conditioned(B, G)
+            Y = mm(A, Z, w)                                    # A B R_B⁻¹, [R, r, q]
+            Wk = Wr[:, :, :k]
+            res = Y @ (Rb @ Wk.to(w)) - Q @ (Wk * lam[:, None, :k]).to(w)   # σ_i (A v_i − σ_i u_i)
+            s = lam.sqrt().cpu().numpy()
+            err = ritz_error(torch.linalg.vector_norm(res, dim=-2).double().cpu().numpy(), s, k)
+            ok = (err <= tol) | ~np.isfinite(err)
+            more = _predicted_iterations(err, s, k, tol)
+            if niter is None:
+                gram |= ~done & ~ok & (more * cost_it > cost_gram)
+            new = ~done & (ok | gram)
+        step = (Q, B, lam, Wr)
+        if out is None or new.all():
+            out = step
+        elif new.any():
+            sel = torch.from_numpy(new).to(F3.device)
+            out = tuple(torch.where(sel.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(step, out))
         done |= new
-        if bool(done.all()):
+        if done.all():
             break
+        # Test next where the slowest row should have converged, at most it + 1 iterations on (so a poor
+        # prediction costs at most twice the iterations, with a logarithmic number of tests).
+        ahead = more[~done].min()
+        test = it + int(min(max(ahead, 1.0), it + 1.0, cap - it)) if np.isfinite(ahead) else it + 1
         Q = torch.linalg.qr(Y)[0]
-    if bool(gram.any()):
-        idx = gram.nonzero()[:, 0]
-        Qf[idx] = _gram_basis(F3[idx], q, w)
-        Bf[idx] = mm(At[idx], Qf[idx], w)
-    return Qf, Bf
+    Q, B, lam, Wr = out
+    if gram.any():
+        idx = torch.from_numpy(np.flatnonzero(gram)).to(F3.device)
+        Q[idx] = _gram_basis(F3[idx], q, w)
+        B[idx] = mm(At[idx], Q[idx], w)
+        lam[idx], Wr[idx] = _rayleigh_ritz(B[idx])
+    return Q, B, lam, Wr
 
 
 @dataclass(frozen=True)
@@ -332,7 +401,6 @@ def topk(F3: Tensor, k: int, *, niter: int | None = None, oversample: int = 8, s
     q = min(k + oversample, r)
     exact = backward == "exact"
     W_all, S_all = F3.new_empty((R, 0, 0), dtype=w), F3.new_empty((R, 0), dtype=w)
-    B = None
     if exact or q >= r or r <= 32:
         # Top-q eigenvectors of the short-side Gram AAᵀ (float32 for large r: the Rayleigh–Ritz step
         # below restores full accuracy of σ and of the subspace).
@@ -340,15 +408,15 @@ def topk(F3: Tensor, k: int, *, niter: int | None = None, oversample: int = 8, s
         Q = W[:, :, :q].to(w)
         if exact:
             W_all, S_all = W.to(w), lam.sqrt().to(w)
+        B = mm(At, Q, w)
+        lam, W = _rayleigh_ritz(B)
     else:
-        Q, B = subspace_basis(F3, k, q, niter, default_tol(F3.dtype) if tol is None else tol, seed)
-    # Rayleigh–Ritz: SVD of QᵀA through its q×q Gram in float64 (B = AᵀQ known on the iterative path).
-    Bd = (B if B is not None else mm(At, Q, w)).double()             # (QᵀA)ᵀ, [R, long, q]
-    lam, W = eigh_desc(Bd.mT @ Bd)
+        Q, B, lam, W = subspace_basis(F3, k, q, niter, default_tol(F3.dtype) if tol is None else tol, seed)
+    # Rayleigh–Ritz: the SVD of QᵀA from the eigenpairs of its q×q Gram BᵀB (float64): U = QW, V = BW/σ.
     S = lam[:, :k].sqrt()
     W = W[:, :, :k]
-    short = (Q.double() @ W).to(w)
-    long_ = (Bd @ W * safe_inv(S, S[:, :1]).unsqueeze(-2)).to(w)
+    short = Q @ W.to(w)
+    long_ = B @ (W * safe_inv(S, S[:, :1]).unsqueeze(-2)).to(w)
     U, V = (short, long_) if m <= n else (long_, short)
     return TopK(U, S.to(w), V, W_all, S_all, backward)
 

@@ -48,10 +48,11 @@ def _svd_topk_impl(F: Tensor, k: int, niter: int, oversample: int, seed: int, ba
                tol=None if tol < 0 else tol, backward=backward)
     S = res.S * c[:, None]
     U, V = fix_signs(res.U, res.V)
-    nan = torch.tensor(float("nan"), dtype=U.dtype, device=U.device)
-    U = torch.where(finite[:, None, None], U, nan)
-    S = torch.where(finite[:, None], S, nan)
-    V = torch.where(finite[:, None, None], V, nan)
+    if not bool(finite.all()):
+        nan = torch.tensor(float("nan"), dtype=U.dtype, device=U.device)
+        U = torch.where(finite[:, None, None], U, nan)
+        S = torch.where(finite[:, None], S, nan)
+        V = torch.where(finite[:, None, None], V, nan)
     # Contiguous, as the fake kernel declares (eigh returns column-major eigenvectors).
     return (U.reshape(*batch, m, k).to(F.dtype), S.reshape(*batch, k).to(F.dtype), V.reshape(*batch, n, k).to(F.dtype),
             res.W.contiguous(), res.S_all.contiguous())

@@ -18,7 +18,7 @@ Gram eigensolver
 - eigh_desc(G); gram_eigh(F3, finite, vectors, fast): eigenpairs (or values) of the short-side
   Gram, descending; use_gram(r): r <= GRAM_MAX_R; fast_gram(r, dtype): float32 Gram and eigh.
 Randomized iteration and Rayleigh–Ritz
-- default_tol(dtype), ritz_error(res, s, k): a-posteriori bounds from the Ritz residuals;
+- default_tol(dtype), ritz_error(RtR, s, k): a-posteriori bounds from the Ritz residuals (numpy, on the host);
   subspace_basis(...): adaptive randomized block subspace iteration;
   topk(F3, k, ...) -> TopK(U, S, V, W, S_all, backward): the top-k triplets after a float64
   Rayleigh–Ritz step, and `backward`, the gradient that applies: "exact" (W, the full short-side
@@ -232,30 +232,33 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-4
 
 
-def ritz_error(t: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
+def ritz_error(RtR: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
     """A-posteriori error bound per row, in units of the σ tolerance (SPEC §1 allows 10× more on sin∠
-    than on σ), from the scaled Ritz residuals t [R, k] = ‖AAᵀu_i − σ_i²u_i‖ = σ_i‖A v_i − σ_i u_i‖
-    (Aᵀu_i = σ_i v_i holds exactly after Rayleigh–Ritz) and the block's Ritz values s [R, q]
-    (descending). The larger of
-    - the relative σ error bound min(ρ_i, ρ_i²/g_i), ρ_i = ‖A v_i − σ_i u_i‖/σ_i, g_i the relative gap
-      of σ_i to the nearest other Ritz value (Weyl, and the quadratic Kato–Temple bound for AAᵀ);
-    - sin∠ between the computed and the true top-k subspaces, ‖t‖ / (σ_k² − σ_{k+1}²) (Davis–Kahan
-      for AAᵀ, with σ_{k+1} from the block), where σ_k/σ_{k+1} >= 1.1 (SPEC §1 asks no subspace
-      accuracy without that gap), divided by 10.
+    than on σ), from the Gram RtR [R, k, k] = RᵀR of the scaled residual block R = AAᵀU_k − U_k diag(σ²),
+    whose columns are σ_i(A v_i − σ_i u_i) (Aᵀu_i = σ_i v_i holds exactly after Rayleigh–Ritz), and the
+    block's Ritz values s [R, q] (descending). The larger of
+    - the relative σ error bound min(ρ_i, η_i²/(2σ_i²δ_i)), ρ_i = ‖A v_i − σ_i u_i‖/σ_i (Weyl),
+      η_i = σ_i‖A v_i − σ_i u_i‖ the residual of u_i for AAᵀ and δ_i the distance of σ_i² to the
+      nearest other Ritz value σ_j² (Kato–Temple for AAᵀ: |λ_i − σ_i²| <= η_i²/δ_i);
+    - sin∠ (the largest principal angle) between the computed and the true top-k subspaces,
+      ‖R‖₂ / (σ_k² − σ_{k+1}²) (Davis–Kahan for AAᵀ, with σ_{k+1} from the block), where
+      σ_k/σ_{k+1} >= 1.1 (SPEC §1 asks no subspace accuracy without that gap), divided by 10.
     Host arithmetic on a few numbers per row (numpy: no device dispatch per operation)."""
+    t = np.sqrt(np.maximum(np.diagonal(RtR, axis1=-2, axis2=-1), 0.0))   # ‖σ_i r_i‖
     sk = s[:, :k]
     pos = sk > 0
-    sk1 = np.where(pos, sk, 1.0)
-    rho = np.where(pos, t / (sk1 * sk1), 0.0)
+    s2 = np.where(pos, sk * sk, 1.0)
+    rho = np.where(pos, t / s2, 0.0)
     gaps = np.full((s.shape[0], s.shape[1] + 1), np.inf)
-    gaps[:, 1:-1] = s[:, :-1] - s[:, 1:]
-    near = np.minimum(gaps[:, :k], gaps[:, 1:k + 1])  # nearest other Ritz value (s is sorted)
+    gaps[:, 1:-1] = s[:, :-1] ** 2 - s[:, 1:] ** 2
+    near = np.minimum(gaps[:, :k], gaps[:, 1:k + 1])  # δ_i: the Ritz values are sorted
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        err = np.minimum(rho, rho * rho * sk1 / np.maximum(near, 1e-300)).max(-1)
+        err = np.minimum(rho, np.where(pos, t * t / (2 * s2 * np.maximum(near, 1e-300)), 0.0)).max(-1)
         if s.shape[-1] > k:
             top, nxt = s[:, k - 1], s[:, k]
             sep = top * top - nxt * nxt
-            sin = np.linalg.norm(t, axis=-1) / np.where(sep > 0, sep, 1.0)
+            norm2 = np.sqrt(np.maximum(np.linalg.eigvalsh(RtR)[:, -1], 0.0))
+            sin = norm2 / np.where(sep > 0, sep, 1.0)
             err = np.maximum(err, np.where((top >= 1.1 * nxt) & (sep > 0), sin / 10, 0.0))
     return err
 
@@ -300,18 +303,19 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
     """(Q, B = AᵀQ, λ, W): an orthonormal basis Q [R, r, q] of the short side A of F3 [R, m, n] and its
     Rayleigh–Ritz eigenpairs (λ = σ² descending, W [R, q, q] in float64, the eigenvectors of BᵀB) whose
     top-k triplets meet `tol` (ritz_error), by randomized block subspace iteration from the sketch
-    Q = qr(AΩ): B = AᵀQ, B = Z R_B (_conditioned), Y = AZ, Q ← qr(Y) (re-conditioned at every half step).
+    Q = qr(AΩ): B = AᵀQ, B = Z·R_B (_conditioned), Y = AZ, Q ← qr(Y).
 
-    The test of an iteration costs a q×q eigh (Rayleigh–Ritz: u_i = Q w_i, v_i = B w_i/σ_i) and the
-    residuals, which come free from Y: with A B = Y R_B, σ_i(A v_i − σ_i u_i) = Y R_B w_i − σ_i² u_i.
-    It runs after the first iteration, then at the iteration where the observed rate (σ_q/σ_k)²
-    predicts the bound to hold; a row stops (its basis frozen, so it never depends on its
-    neighbours) as soon as its bound holds. niter caps the
-    iterations (the last one is not tested); niter=None runs until converged, and a row whose
-    predicted remaining iterations would cost more than the Gram eigen-solver takes that solver
-    instead. Cost model, in GEMM flops (calibrated on CPU): an iteration ≈ 8·r·N·q (its two products
-    and as much again in QR, Rayleigh–Ritz and the test); the Gram solver ≈ 2·r²·N plus an r×r eigh
-    of 12·r³ (float32) or 25·r³ (float64)."""
+    A test costs a q×q eigh (Rayleigh–Ritz: u_i = Q w_i, v_i = B w_i/σ_i) and the residuals, which
+    come free from Y: with A B = Y R_B, σ_i(A v_i − σ_i u_i) = Y R_B w_i − σ_i² u_i. The first test
+    follows the first iteration; the next comes where the rate (σ_q/σ_k)² predicts the bound to
+    hold, at most it + 2 iterations on (a poor prediction costs at most about twice the iterations,
+    with a logarithmic number of tests). A row stops (its basis frozen, so it never depends on its
+    neighbours) as soon as its bound holds.
+    niter caps the iterations (the last one is not tested). niter=None runs until converged (at most
+    200), and a row whose predicted remaining iterations would cost more than the Gram eigen-solver
+    takes that solver instead. Cost model in GEMM flops, calibrated on CPU: an iteration ≈ 8·r·N·q
+    (its two products, and as much again in QR, Rayleigh–Ritz and the test); the Gram solver
+    ≈ 2·r²·N plus an r×r eigh of 12·r³ (float32) or 25·r³ (float64)."""
     mm = mm_for(F3)
     w = work_dtype(F3.dtype)
     R, m, n = F3.shape
@@ -337,9 +341,9 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
             Z, Rb = _conditioned(B, G)
             Y = mm(A, Z, w)                                    # A B R_B⁻¹, [R, r, q]
             Wk = Wr[:, :, :k]
-            res = Y @ (Rb @ Wk.to(w)) - Q @ (Wk * lam[:, None, :k]).to(w)   # σ_i (A v_i − σ_i u_i)
+            res = (Y @ (Rb @ Wk.to(w)) - Q @ (Wk * lam[:, None, :k]).to(w)).double()   # σ_i (A v_i − σ_i u_i)
             s = lam.sqrt().cpu().numpy()
-            err = ritz_error(torch.linalg.vector_norm(res, dim=-2).double().cpu().numpy(), s, k)
+            err = ritz_error((res.mT @ res).cpu().numpy(), s, k)
             ok = (err <= tol) | ~np.isfinite(err)
             more = _predicted_iterations(err, s, k, tol)
             if niter is None:
@@ -354,10 +358,9 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
         done |= new
         if done.all():
             break
-        # Test next where the slowest row should have converged, at most it + 1 iterations on (so a poor
-        # prediction costs at most twice the iterations, with a logarithmic number of tests).
+        # the next test: where the slowest row should have converged, at most it + 2 iterations on
         ahead = more[~done].min()
-        test = it + int(min(max(ahead, 1.0), it + 1.0, cap - it)) if np.isfinite(ahead) else it + 1
+        test = it + int(min(max(math.ceil(ahead), 1), it + 2, cap - it)) if np.isfinite(ahead) else it + 1
         Q = torch.linalg.qr(Y)[0]
     Q, B, lam, Wr = out
     if gram.any():

@@ -150,16 +150,23 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
     """Top-k singular triplets of F [..., m, n] (SPEC §1): (U [..., m, k], S [..., k], V [..., n, k]),
     S descending, the largest-magnitude entry of each column of U positive.
 
+    niter: None (default) iterates until SPEC §1's bounds hold (or takes the Gram solver where that
+    is predicted cheaper); an int caps the subspace iterations (niter=0: the sketch alone), still
+    stopping earlier once the bounds hold, and selects the truncated backward.
+    tol: the target of the a-posteriori bound on the relative error of σ_1..k; sin∠ of the top-k
+    subspaces is held to 10·tol where σ_k/σ_{k+1} >= 1.1. Default: 1e-4 for float32 and below
+    (SPEC §1's bars: σ within 1e-4, sin∠ within 1e-3), 1e-10 for float64.
+
     Solvers (all scale each batch element by a power of two first, SPEC §10):
     - adaptive randomized block subspace iteration (_spectral.subspace_basis): sketch A·Ω with
-      k + oversample columns, then per iteration B = AᵀQ, Rayleigh–Ritz, Y = A·qr(B), Q = qr(Y). After each
-      iteration the Ritz residuals ‖A v_i − σ_i u_i‖ (free from Y) give a-posteriori bounds on the
-      relative error of σ_1..k and on sin∠ of the top-k subspace (where σ_k/σ_{k+1} >= 1.1; see
-      ritz_error); a batch element stops as soon as the σ bound is <= tol and the sin∠ bound <= 10·tol
-      (default tol: 1e-4 for float32 and below, SPEC §1's bars; 1e-10 for float64). niter=None: until converged, and an
-      element whose observed convergence rate predicts more work than the Gram eigen-solver switches
-      to it; an int caps the iterations (stopping earlier once converged). Spiked spectra stop after
-      a few passes over F; slow spectra (small gap, flat tail) take the Gram solver.
+      q = k + oversample columns, then per iteration B = AᵀQ, Y = A·(B R_B⁻¹), Q = qr(Y). A test
+      takes Rayleigh–Ritz triplets from B and their residuals ‖A v_i − σ_i u_i‖ (free from Y), which
+      bound the relative error of σ_1..k and sin∠ of the top-k subspace (ritz_error); a batch
+      element stops as soon as its bound holds. The first test follows the first iteration, the
+      next where the observed rate (σ_q/σ_k)² predicts convergence. With niter=None an element
+      whose predicted remaining work exceeds the Gram eigen-solver's switches to it. Spiked spectra
+      (SDE's features) stop after 3–4 iterations; slow spectra (small gap, flat tail, pure noise)
+      take the Gram solver.
     - Gram eigen-solver (float64, or float32 above r = 256 for float32 input, then Rayleigh–Ritz):
       when F takes a gradient with niter=None and r <= GRAM_MAX_R (the exact backward needs the full
       short-side eigenbasis), and when k + oversample >= r or r <= 32.
@@ -172,8 +179,8 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
       1/(σ_j² − σ_i²) for j <= k and every i (the values past k included), stabilised as in SPEC §1.
       It agrees with autograd through torch.linalg.svd to ~1e-10 relative in float64 on full-rank
       F wherever the gaps exceed 1e-3·σ_1². Products are k×r, r×r·r×k and of F's shape only.
-    - iterative path (an int niter, or r > GRAM_MAX_R): the truncated-SVD gradient of SPEC §1 with complement terms
-      (I − UUᵀ)·gU·diag(1/σ)·Vᵀ and U·diag(1/σ)·gVᵀ·(I − VVᵀ), exact only when σ_{k+1..r} = 0
+    - iterative path (an int niter, or r > GRAM_MAX_R): the truncated-SVD gradient of SPEC §1 with
+      complement terms (I − UUᵀ)·gU·diag(1/σ)·Vᵀ and U·diag(1/σ)·gVᵀ·(I − VVᵀ), exact only when σ_{k+1..r} = 0
       (otherwise the part of the gradient coupling the top k to the rest is approximated).
     """
     _check_matrix(F)

@@ -11,7 +11,7 @@ Spectra:
 The speed-up column is the median over rounds of lowrank ms / svd_topk ms within a round (the
 two calls of a round see the same machine load), with its quartiles.
 
-    python benchmarks/svd_accuracy.py [--reps 5] [--threads 2] [--quick] [--cpu-time]
+    python benchmarks/svd_accuracy.py [--reps 5] [--threads 2] [--quick] [--cpu-time] [--device cuda]
 """
 import argparse
 import math
@@ -50,7 +50,7 @@ def make(kind, m, n, k, g):
 def accuracy(out, s, V):
     """(max relative σ error, sin∠ between the computed and true top-k right subspaces)."""
     k = s.shape[0]
-    S, Vk = out[1][:k].double(), out[2][:, :k].double()
+    S, Vk = out[1][:k].double().cpu(), out[2][:, :k].double().cpu()
     Vk = torch.linalg.qr(Vk)[0]
     err = float(((S - s).abs() / s).max())
     sin = float(torch.linalg.matrix_norm(V - Vk @ (Vk.T @ V), ord=2))
@@ -66,6 +66,7 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="the two cases of the issue only")
+    p.add_argument("--device", default="cpu", help="where F lives (timed up to a synchronisation on CUDA)")
     p.add_argument("--cpu-time", action="store_true",
                    help="time by the process's CPU time (steadier on a shared machine; use with --threads 1)")
     a = p.parse_args()
@@ -75,8 +76,10 @@ def main():
     if not a.quick:
         cases += [("spiked", 4096, 1024, 32), ("spiked", 8192, 1024, 8), ("spiked", 2048, 1024, 128),
                   ("spiked", 8192, 512, 64), ("hard", 1024, 768, 16), ("hard", 8192, 512, 8), ("hard", 2048, 1024, 128)]
-    print(f"torch {torch.__version__}, {a.threads} threads, {'CPU' if a.cpu_time else 'wall'} time, median of "
-          f"{a.reps} interleaved runs, fp32 input; bar: sigma rel. err <= {SIGMA_TOL:g}, sin angle <= {SIN_TOL:g}")
+    device = torch.device(a.device)
+    print(f"torch {torch.__version__}, {device}, {a.threads} threads, {'CPU' if a.cpu_time else 'wall'} time, "
+          f"median of {a.reps} interleaved runs, fp32 input; bar: sigma rel. err <= {SIGMA_TOL:g}, "
+          f"sin angle <= {SIN_TOL:g}")
     head = ("| spectrum | m×n | k | svd_lowrank niter | lowrank ms | lowrank σ err | lowrank sin∠ | svd_topk ms | "
             "svd_topk σ err | svd_topk sin∠ | speed-up |")
     print(head)
@@ -84,6 +87,7 @@ def main():
     g = torch.Generator().manual_seed(0)
     for kind, m, n, k in cases:
         F, s, V = make(kind, m, n, k, g)
+        F = F.to(device)
         niter, low_acc = None, None
         for it in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128):
             torch.manual_seed(0)
@@ -95,7 +99,7 @@ def main():
         our_acc = accuracy(ours, s, V)
         it = niter or 128
         t = interleaved_times({"low": lambda F=F, k=k, it=it: torch.svd_lowrank(F, q=k + 8, niter=it),
-                               "ours": lambda F=F, k=k: sk.svd_topk(F, k)}, a.reps, clock)
+                               "ours": lambda F=F, k=k: sk.svd_topk(F, k)}, a.reps, clock, device=device)
         low, ours_ms = (1e3 * statistics.median(t[name]) for name in ("low", "ours"))
         q1, med, q3 = quartiles([x / y for x, y in zip(t["low"], t["ours"])])
         flag = "" if niter else " (bar not met)"

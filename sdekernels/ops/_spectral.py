@@ -10,8 +10,9 @@ Products
 - triton_bmm(a, b, out_dtype): batched GEMM on strided operands (Triton; fp32/fp64 accumulation);
   mm_for(x): it on CUDA (or inside triton_on_cpu()), ATen (MKL) otherwise.
 Scaling (SPEC §10)
-- scaled_rows(F3) -> (finite, F3/c, c): each element divided by its power of two c (exact), the
-  non-finite rows zeroed; unscale(c, *ts); fix_signs(U, V) (largest entry of each u_i positive).
+- scaled_rows(F3) -> (finite, F3/c, c): each element divided by its power of two c (exact; c = 1
+  and no pass over F where that changes no result), the non-finite rows zeroed; unscale(c, *ts);
+  fix_signs(U, V) (largest entry of each u_i positive).
 Stabilisers (SPEC §1), relative to σ_1, never absolute
 - safe_inv(σ, σ_1) = σ/(σ² + ε'), lorentz(x, σ_1) = x/(x² + ε); LOR_REL, INV_REL (as csrc/spectral_math.h).
 Gram eigensolver

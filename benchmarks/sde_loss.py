@@ -38,7 +38,8 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cpu-time", action="store_true",
-                   help="time with the process's CPU time instead of wall time (steadier on a shared machine; use 1 thread)")
+                   help="time with the process's CPU time instead of wall time "
+                        "(steadier on a shared machine; use 1 thread)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (~1 min to compile)")
     args = p.parse_args()
     if args.threads:
@@ -46,7 +47,8 @@ def main():
     clock = time.process_time if args.cpu_time else time.perf_counter
     warnings.filterwarnings("ignore")  # the reference's graph breaks (.item(), lru_cache) are expected
     torch._logging.set_logs(dynamo=logging.ERROR)
-    print(f"SDELoss forward+backward, float32, {torch.get_num_threads()} threads, {'CPU' if args.cpu_time else 'wall'} time, torch {torch.__version__}")
+    print(f"SDELoss forward+backward, float32, {torch.get_num_threads()} threads, "
+          f"{'CPU' if args.cpu_time else 'wall'} time, torch {torch.__version__}")
     for shape in args.shapes:
         B, D = (int(x) for x in shape.split("x"))
         F_a, F_b = features(B, D)

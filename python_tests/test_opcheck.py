@@ -9,7 +9,7 @@ import torch
 from torch._library.custom_ops import CustomOpDef
 from torch.utils._pytree import tree_map
 
-import sdekernels.ops.svd as svd
+import sdekernels.ops._spectral as spectral
 from sdekernels.registry import all_ops
 
 from helpers import DEVICE, PATHS, on_path, weighted_sum
@@ -45,7 +45,7 @@ def _record(info, path, layout, monkeypatch) -> dict:
     return calls
 
 
-SOLVERS = {"gram": svd.GRAM_MAX_R, "randomized": 1}  # the SVD ops' two paths (GRAM_MAX_R lowered)
+SOLVERS = {"gram": spectral.GRAM_MAX_R, "randomized": 1}  # the SVD ops' two paths (GRAM_MAX_R lowered)
 RANDOMIZED = {"sdekernels::svd_topk", "sdekernels::spectral_enhance"}  # the custom ops with a randomized path
 
 
@@ -58,7 +58,7 @@ def test_opcheck(name, path, layout, solver, monkeypatch):
     to_layout = _column_major if layout == "column_major" else (lambda t: t)
     utils = ("test_schema", "test_autograd_registration", "test_faketensor") + (
         ("test_aot_dispatch_dynamic",) if layout == "contiguous" else ())
-    monkeypatch.setattr(svd, "GRAM_MAX_R", SOLVERS[solver])
+    monkeypatch.setattr(spectral, "GRAM_MAX_R", SOLVERS[solver])
     calls = _record(info, path, to_layout, monkeypatch)
     if solver != "gram" and not RANDOMIZED & set(calls):
         pytest.skip("no SVD solver in this op")
@@ -80,7 +80,7 @@ def test_every_custom_op_is_checked(monkeypatch):
     defined = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith(NAMESPACE + "::")}
     reached = set()
     for limit in SOLVERS.values():
-        monkeypatch.setattr(svd, "GRAM_MAX_R", limit)
+        monkeypatch.setattr(spectral, "GRAM_MAX_R", limit)
         for info in OPS.values():
             reached |= set(_record(info, "aten", lambda t: t, monkeypatch))
     assert defined - reached == set(), f"custom ops no registry entry reaches: {sorted(defined - reached)}"

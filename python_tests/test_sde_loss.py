@@ -123,21 +123,42 @@ def test_training_trajectory_matches_reference():
 def test_shared_decomposition_gradient(m, n):
     """The one-eigh thin SVD shared by the ops during a call has the exact SVD gradient (sign-free
     functions of its factors: σ, the rank-3 part, the top-2 projectors) in float64."""
-    from sdekernels.loss import _Spectra
+    from sdekernels.ops._spectral import SharedSpectra
 
     F = torch.randn(2, m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
 
     def outputs(U, S, V, k=3):
-        return S, (U[..., :k] * S[..., None, :k]) @ V[..., :k].mT, U[..., :2] @ U[..., :2].mT, V[..., :2] @ V[..., :2].mT
+        rank_k = (U[..., :k] * S[..., None, :k]) @ V[..., :k].mT
+        return S, rank_k, U[..., :2] @ U[..., :2].mT, V[..., :2] @ V[..., :2].mT
 
     U, S, Vh = torch.linalg.svd(F, full_matrices=False)
     want = outputs(U, S, Vh.mT)
-    got = outputs(*_Spectra().get(F, 3))
+    d = SharedSpectra().get(F)
+    got = outputs(d.U, d.S, d.V)
     w = [torch.randn(t.shape, dtype=t.dtype, generator=torch.Generator().manual_seed(1)) for t in want]
     g_want = torch.autograd.grad(sum((t * x).sum() for t, x in zip(want, w)), F)[0]
     g_got = torch.autograd.grad(sum((t * x).sum() for t, x in zip(got, w)), F)[0]
     torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(g_got, g_want, atol=1e-9, rtol=1e-8)
+
+
+def test_shared_spectra_keys():
+    """One decomposition per tensor: F.detach() finds F's, an in-place change makes a new one, and
+    shared_spectra() scopes the cache to its block."""
+    from sdekernels.ops._spectral import current_spectra, shared_spectra
+
+    F = torch.randn(3, 12, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert current_spectra() is None
+    with shared_spectra() as sp:
+        assert current_spectra() is sp
+        d = sp.get(F)
+        assert sp.get(F) is d and sp.get(F.detach()) is d and sp.center(F) is sp.center(F)
+        F.mul_(2)
+        d2 = sp.get(F)
+        assert d2 is not d
+        torch.testing.assert_close(d2.S, 2 * d.S, atol=1e-12, rtol=1e-12)
+        assert d.backward == "exact"
+    assert current_spectra() is None
 
 
 def test_batched_and_wide_features_match_reference():

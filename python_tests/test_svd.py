@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import sdekernels
-import sdekernels.ops.svd as svd_mod
+import sdekernels.ops._spectral as spectral
 from sdekernels import reference as ref
-from sdekernels.ops.svd import planted, spiked, svd_topk_backward_math
+from sdekernels.ops._spectral import planted, spiked, truncated_backward_math
 
 from helpers import on_path, PATHS
 
@@ -50,7 +50,7 @@ def test_accuracy_gram_solver(m, n, k, dtype):
 
 def test_accuracy_randomized_solver(monkeypatch):
     """The randomized subspace iteration (used beyond GRAM_MAX_R) on a decaying spectrum."""
-    monkeypatch.setattr(svd_mod, "GRAM_MAX_R", 0)
+    monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)
     g = torch.Generator().manual_seed(0)
     m, n, k = 200, 300, 12
     s = 10 * 0.8 ** torch.arange(200, dtype=torch.float64)
@@ -67,7 +67,7 @@ def test_accuracy_randomized_solver(monkeypatch):
 
 
 def test_randomized_solver_parity_and_gradient(monkeypatch):
-    monkeypatch.setattr(svd_mod, "GRAM_MAX_R", 0)
+    monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)
     g = torch.Generator().manual_seed(1)
     F = planted(2, 30, 20, 4, g, tail=1e-12).requires_grad_()
     U, S, V = sdekernels.svd_topk(F, 4)
@@ -81,7 +81,7 @@ def test_randomized_solver_parity_and_gradient(monkeypatch):
 
 
 def test_generator_seeding(monkeypatch):
-    monkeypatch.setattr(svd_mod, "GRAM_MAX_R", 0)  # the randomized solver, where the seed matters
+    monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)  # the randomized solver, where the seed matters
     F = torch.randn(3, 40, 90)
     a = sdekernels.svd_topk(F, 4, niter=1, generator=torch.Generator().manual_seed(5))
     b = sdekernels.svd_topk(F, 4, niter=1, generator=torch.Generator().manual_seed(5))
@@ -90,6 +90,19 @@ def test_generator_seeding(monkeypatch):
     for x, y in zip(a + d, b + e):
         assert torch.equal(x, y)
     assert not torch.equal(a[1], c[1])
+
+
+def test_topk_result_names_its_backward():
+    """The spectral core's result says which gradient applies, and carries what that gradient needs."""
+    F = planted(2, 30, 20, 4, torch.Generator().manual_seed(8))
+    exact = spectral.topk(F, 4, backward="exact")
+    trunc = spectral.topk(F, 4, backward="truncated")
+    assert exact.backward == "exact" and exact.W.shape == (2, 20, 20) and exact.S_all.shape == (2, 20)
+    assert trunc.backward == "truncated" and trunc.W.shape == (2, 0, 0) and trunc.S_all.shape == (2, 0)
+    torch.testing.assert_close(exact.S, trunc.S, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(exact.S_all[:, :4], exact.S, atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="backward"):
+        spectral.topk(F, 4, backward="full")
 
 
 def test_batch_element_independent_of_batch():
@@ -140,7 +153,8 @@ def _exact_backward(U, S, V, gU, gS, gV):
     A, B = U.mT @ gU, V.mT @ gV
     E = S.unsqueeze(-2) ** 2 - S.unsqueeze(-1) ** 2
     E = E + torch.eye(S.shape[-1], dtype=S.dtype)
-    K = ((A - A.mT) * S.unsqueeze(-2) + S.unsqueeze(-1) * (B - B.mT)) / E * (1 - torch.eye(S.shape[-1])) + torch.diag_embed(gS)
+    off = 1 - torch.eye(S.shape[-1])
+    K = ((A - A.mT) * S.unsqueeze(-2) + S.unsqueeze(-1) * (B - B.mT)) / E * off + torch.diag_embed(gS)
     m, n = U.shape[-2], V.shape[-2]
     return (U @ K @ V.mT + (torch.eye(m, dtype=U.dtype) - U @ U.mT) @ gU / S.unsqueeze(-2) @ V.mT
             + U / S.unsqueeze(-2) @ gV.mT @ (torch.eye(n, dtype=U.dtype) - V @ V.mT))
@@ -155,7 +169,7 @@ def test_backward_matches_exact_formula_where_gaps_are_large():
     S = s.expand(3, 6).contiguous()
     gU, gS, gV = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (U, S, V))
     exact = _exact_backward(U, S, V, gU, gS, gV)
-    py = svd_topk_backward_math(U, S, V, gU, gS, gV)
+    py = truncated_backward_math(U, S, V, gU, gS, gV)
     scale = exact.abs().amax((-2, -1), keepdim=True)  # relative to the gradient's size (entries cancel)
     assert ((py - exact).abs() / scale).max() <= 1e-6
     if sdekernels._ext.available():
@@ -233,7 +247,7 @@ def test_truncated_formula_is_not_exact_on_full_rank():
     U, S, V = (t.detach().requires_grad_() for t in sdekernels.svd_topk(F, k))
     gU, gS, gV = torch.autograd.grad(loss(U, S, V), (U, S, V))
     g2 = _linalg_grad(F, k, loss)
-    trunc = svd_topk_backward_math(U.detach(), S.detach(), V.detach(), gU, gS, gV)
+    trunc = truncated_backward_math(U.detach(), S.detach(), V.detach(), gU, gS, gV)
     assert ((trunc - g2).abs().amax() / g2.abs().amax()) > 1e-2
 
 
@@ -257,7 +271,7 @@ def test_exact_backward_cpp_matches_aten():
     Wl = (A.mT @ Ws / sigma[:, None, :k]).contiguous()
     gWs, gS, gWl = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (Ws, sigma[:, :k], Wl))
     args = (A, Ws, Wl, W, sigma, gWs, gS, gWl)
-    py = svd_mod.svd_topk_exact_backward_math(*args)
+    py = spectral.exact_backward_math(*args)
     torch.testing.assert_close(torch.ops.sdekernels_C.svd_topk_exact_bwd(*args), py, atol=1e-12, rtol=1e-10)
     cpp32 = torch.ops.sdekernels_C.svd_topk_exact_bwd(*(t.float() for t in args))
     torch.testing.assert_close(cpp32.double(), py, atol=1e-4, rtol=1e-4)
@@ -270,8 +284,8 @@ def test_gradient_sign_invariant():
     U, S, V = (t.detach() for t in sdekernels.svd_topk(F, 3))
     gU, gS, gV = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (U, S, V))
     flip = torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
-    a = svd_topk_backward_math(U, S, V, gU, gS, gV)
-    b = svd_topk_backward_math(U * flip, S, V * flip, gU * flip, gS, gV * flip)
+    a = truncated_backward_math(U, S, V, gU, gS, gV)
+    b = truncated_backward_math(U * flip, S, V * flip, gU * flip, gS, gV * flip)
     torch.testing.assert_close(a, b, atol=1e-13, rtol=1e-12)
 
 
@@ -312,6 +326,10 @@ def test_partition_finds_planted_spike(m, n, s):
     torch.testing.assert_close(sum(p.energy), torch.ones(4, dtype=torch.float64))
 
 
+def _fields(p):
+    return p.n_strong, p.n_weak, p.tau_noise, p.tau_strong, p.sigma_hat, *p.energy
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_partition_cpu_kernel_matches_aten_formula(dtype, monkeypatch):
     """The C++ pass over sorted rows and the ATen formula (CUDA, no extension; SDE's enhance) agree."""
@@ -328,8 +346,7 @@ def test_partition_cpu_kernel_matches_aten_formula(dtype, monkeypatch):
         monkeypatch.setattr(ext, "available", lambda: False)
         aten = sdekernels.spectral_partition(x, m, n, iqr_c=c)
         monkeypatch.undo()
-        for a, b in zip((fused.n_strong, fused.n_weak, fused.tau_noise, fused.tau_strong, fused.sigma_hat, *fused.energy),
-                        (aten.n_strong, aten.n_weak, aten.tau_noise, aten.tau_strong, aten.sigma_hat, *aten.energy)):
+        for a, b in zip(_fields(fused), _fields(aten)):
             torch.testing.assert_close(a, b, atol=0, rtol=4 * torch.finfo(dtype).eps, equal_nan=True)
 
 

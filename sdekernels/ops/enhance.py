@@ -4,12 +4,14 @@ Only the top-k triplets are needed, k = n_strong + n_weak: every noise value is 
 same s_n, so F' = s_n·F + U_k diag(c) V_kᵀ with c = σ_k + δ_k − s_n·σ_k, and the Frobenius bound
 uses ‖σ‖² = ‖F‖_F² and ‖δ‖² = Σ_{i≤k} δ_i² + (1 − s_n)²(‖F‖_F² − Σ_{i≤k} σ_i²).
 
-Forward (r = min(m, n) <= svd.GRAM_MAX_R): one float64 eigendecomposition of the short-side Gram
+Forward (r = min(m, n) <= GRAM_MAX_R): one float64 eigendecomposition of the short-side Gram
 gives every σ (for the partition) and the top-k basis W_k, and F' = s_n·F + W_k diag(c/σ) W_kᵀ·F
 in the short-side frame. k varies per batch element: the factors are formed for k_max = max over
 the batch and the coefficients of the extra triplets are exactly 0 (a mask). The reconstruction is
 one Triton kernel that reads F once and writes F' once (CUDA), or one baddbmm on CPU. Beyond
-GRAM_MAX_R: eigvalsh for σ and the randomized top-k_max triplets of svd.topk_rows.
+GRAM_MAX_R: eigvalsh for σ and the randomized top-k_max triplets of _spectral.topk. The
+solvers, stabilisers, the coefficient formula and the truncated backward are the spectral core's
+(ops/_spectral.py).
 
 Backward, mode="full": on the Gram path the exact gradient (Daleckii–Krein on the eigenbasis of
 the short-side Gram, Lorentzian-stabilised; the divided differences vanish between two noise
@@ -30,12 +32,13 @@ import torch
 from torch import Tensor
 
 from .. import reference as ref
-from ..schedules import alpha as _alpha
 from . import _triton as kt
 from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, work_dtype
+from ..reference.svd import SpectralPartition
 from ..registry import F64, OpInfo, Sample, register
-from .svd import (DEFAULT_SEED, SpectralPartition, energies, fast_gram, gram_eigh, lorentz, mm_for,
-                  partition_counts, planted, safe_inv, scaled_rows, svd_topk_grad, topk_rows, use_gram)
+from ..schedules import alpha as _alpha
+from ._spectral import (DEFAULT_SEED, energies, enhance_coefs, fast_gram, gram_eigh, lorentz, mm_for, partition_counts,
+                        planted, safe_inv, scaled_rows, topk, truncated_grad, use_gram)
 
 __all__ = ["spectral_enhance"]
 
@@ -93,33 +96,6 @@ def _reconstruct(F3: Tensor, U: Tensor, V: Tensor, c: Tensor, s_n: Tensor) -> Te
     return torch.baddbmm(F3.to(w) * s_n.to(w)[:, None, None], U * c.to(w).unsqueeze(-2), V.mT).to(F3.dtype)
 
 
-def enhance_coefs(S: Tensor, nf2: Tensor, n_strong: Tensor, n_signal: Tensor, xi: Tensor, alpha: float,
-                  eps_strong: float, gamma_weak: float, gamma_noise: float, rho: float):
-    """δ on the top-k and the noise scale from σ_k [R, k] (descending) and ‖F‖² [R] (SPEC §4).
-
-    Returns (c [R, k], s_n [R], δ_k [R, k], bound scale [R]); c and δ_k are 0 past each row's
-    n_signal = n_strong + n_weak. Differentiable in S and nf2 (the backward uses that).
-    """
-    idx = torch.arange(S.shape[-1], device=S.device)
-    strong = idx < n_strong.unsqueeze(-1)
-    signal = idx < n_signal.unsqueeze(-1)
-    s1 = S[:, :1]
-    ratio = torch.where(s1 > 0, S / torch.where(s1 > 0, s1, torch.ones_like(s1)), torch.zeros_like(S))
-    d0 = torch.where(strong, eps_strong * alpha * ratio * S * xi, -gamma_weak * alpha * S)
-    d0 = torch.where(signal, d0, torch.zeros_like(d0))
-    cn = gamma_noise * (1.0 - alpha)
-    s_sig2 = torch.where(signal, S * S, torch.zeros_like(S)).sum(-1)
-    d2 = (d0 * d0).sum(-1) + cn * cn * (nf2 - s_sig2).clamp_min(0)
-    over = d2 > rho * rho * nf2
-    safe_d2 = torch.where(over, d2, torch.ones_like(d2))
-    safe_n2 = torch.where(over, nf2, torch.ones_like(nf2))
-    scale = torch.where(over, rho * safe_n2.sqrt() / safe_d2.sqrt(), torch.ones_like(d2))
-    delta = d0 * scale.unsqueeze(-1)
-    s_n = 1.0 - cn * scale
-    c = torch.where(signal, S + delta - s_n.unsqueeze(-1) * S, torch.zeros_like(S))
-    return c, s_n, delta, scale
-
-
 _PART_OUTS = 8  # n_strong, n_weak, tau_noise, tau_strong, sigma_hat, E_strong, E_weak, E_noise
 
 
@@ -136,7 +112,7 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     w = work_dtype(F.dtype)
     batch, (m, n) = F.shape[:-2], F.shape[-2:]
     r = min(m, n)
-    # Everything is computed for Fs = F/c (c: each row's power-of-two scale, svd.scaled_rows; the
+    # Everything is computed for Fs = F/c (c: each row's power-of-two scale, scaled_rows; the
     # non-finite rows zeroed): σ, the thresholds and δ scale back by c, F' = c·F'(Fs) = s_n·F + U diag(c·c_s) Vᵀ.
     F3 = F.reshape(-1, m, n)
     finite, Fs, sc = scaled_rows(F3)
@@ -169,7 +145,8 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
         out = _reconstruct(F3, U, V, c * safe_inv(S, S[:, :1]) * sc[:, None], torch.where(finite, s_n, float("nan")))
         saved = (W.to(w).contiguous(), S_all.clone(), F.new_empty(0, dtype=w))
     else:
-        U, S, V = topk_rows(Fs, k, None, 8, DEFAULT_SEED, gram=False)
+        top = topk(Fs, k, oversample=8, seed=DEFAULT_SEED)  # the truncated backward applies
+        U, S, V = top.U, top.S, top.V
         c, s_n, delta_k, _ = enhance_coefs(S, nf2, n_strong, n_signal, xi[:, :k], alpha, eps_strong, gamma_weak,
                                            gamma_noise, rho)
         out = _reconstruct(F3, U, V, c * sc[:, None], torch.where(finite, s_n, float("nan")))
@@ -255,7 +232,7 @@ def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tenso
         (c, s_n), pullback = vjp(coefs, S, (F3 * F3).sum((-2, -1)))
         GV = G @ V
         gS, g_nf2 = pullback(((GV * U).sum(-2), (G * F3).sum((-2, -1))))
-        gF = svd_topk_grad(U, S, V, GV * c.unsqueeze(-2), gS, (G.mT @ U) * c.unsqueeze(-2), w)
+        gF = truncated_grad(U, S, V, GV * c.unsqueeze(-2), gS, (G.mT @ U) * c.unsqueeze(-2)).to(w)
         gF = gF + s_n[:, None, None] * G + (2 * g_nf2)[:, None, None] * F3
     return grad_like(gF.reshape(F.shape), F)
 
@@ -378,8 +355,10 @@ def _bad(device):
     return [((F[0, 0], 0.5), {}, "F"), ((F.long(), 0.5), {}, "F"), ((F, 1.5), {}, "t"), ((F, "a"), {}, "t"),
             ((F, 0.5), {"mode": "x"}, "mode"), ((F, 0.5), {"rho": -1.0}, "rho"), ((F, float("nan")), {}, "t"),
             ((F, 0.5), {"gamma_noise": float("inf")}, "gamma_noise"),
-            ((F, 0.5), {"eps_strong": float("nan")}, "eps_strong"), ((F, 0.5), {"direction": torch.ones(2, 7)}, "direction"),
-            ((F, 0.5), {"direction": torch.ones(2, 8).double()}, "direction"), ((F, 0.5), {"generator": 1}, "generator")]
+            ((F, 0.5), {"eps_strong": float("nan")}, "eps_strong"),
+            ((F, 0.5), {"direction": torch.ones(2, 7)}, "direction"),
+            ((F, 0.5), {"direction": torch.ones(2, 8).double()}, "direction"),
+            ((F, 0.5), {"generator": 1}, "generator")]
 
 
 def _cost(s):

@@ -1,0 +1,105 @@
+"""Rules of the package layout, read from the source (AST), so a violation fails here and not in review:
+- torch.linalg.eigh / eigvalsh are called from the spectral core (sdekernels/ops/_spectral.py) alone;
+- an op module (sdekernels/ops/*.py) or loss.py imports from the shared modules (_spectral, _core,
+  _triton, _ext, registry, reference, schedules) and from another op module only public names: those
+  of sdekernels.functional or sdekernels.reference (never a module object, which would reach its internals)."""
+import ast
+import pathlib
+
+import pytest
+
+import sdekernels.functional
+import sdekernels.reference
+
+PKG = pathlib.Path(sdekernels.functional.__file__).parent
+SHARED = {"sdekernels.ops._spectral", "sdekernels.ops._triton", "sdekernels._core", "sdekernels._ext",
+          "sdekernels.registry", "sdekernels.reference", "sdekernels.schedules"}
+PUBLIC = set(sdekernels.functional.__all__) | set(sdekernels.reference.__all__)
+OP_MODULES = sorted(p for p in (PKG / "ops").glob("*.py") if not p.name.startswith("_"))
+
+
+def _package_files():
+    """Every .py file of the package itself (the reference is its own package, linked in: not followed)."""
+    return [p for p in PKG.rglob("*.py") if not p.relative_to(PKG).parts[0] == "reference"]
+
+
+def _module_name(path: pathlib.Path) -> str:
+    return ".".join(("sdekernels", *path.relative_to(PKG).with_suffix("").parts))
+
+
+def _eigh_calls(tree: ast.AST) -> list:
+    """Line numbers of torch.linalg.eigh / eigvalsh references (attribute access or import)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("eigh", "eigvalsh") and \
+                isinstance(node.value, ast.Attribute) and node.value.attr == "linalg":
+            lines.append(node.lineno)
+        if isinstance(node, ast.ImportFrom) and node.module == "torch.linalg" and \
+                any(a.name in ("eigh", "eigvalsh") for a in node.names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_eigh_only_in_the_spectral_core():
+    found = {}
+    for path in _package_files():
+        lines = _eigh_calls(ast.parse(path.read_text()))
+        if lines:
+            found[str(path.relative_to(PKG))] = lines
+    assert set(found) == {"ops/_spectral.py"}, found
+
+
+def _is_module(name: str) -> bool:
+    path = PKG.parent / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or path.is_dir()
+
+
+def _imports(path: pathlib.Path, source: str):
+    """(imported module, name or None for the module itself, line) of each sdekernels import in the
+    source of the module at path."""
+    package = _module_name(path).rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "sdekernels":
+                    yield a.name, None, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            if module.split(".")[0] != "sdekernels":
+                continue
+            for a in node.names:
+                sub = f"{module}.{a.name}"
+                if _is_module(sub):
+                    yield sub, None, node.lineno  # `from . import svd`: a module object
+                else:
+                    yield module, a.name, node.lineno
+
+
+def _violations(path: pathlib.Path, source: str) -> list:
+    own = _module_name(path)
+    bad = []
+    for module, name, line in _imports(path, source):
+        if module == own or any(module == s or module.startswith(s + ".") for s in SHARED):
+            continue
+        if module.startswith("sdekernels.ops.") and name is not None and name in PUBLIC:
+            continue  # a public op of another op module
+        bad.append(f"{path.name}:{line} imports {module}{'' if name is None else '.' + name}")
+    return bad
+
+
+@pytest.mark.parametrize("path", [*OP_MODULES, PKG / "loss.py"], ids=lambda p: p.name)
+def test_op_modules_import_only_public_names(path):
+    assert _violations(path, path.read_text()) == []
+
+
+def test_import_rule_catches_internal_names():
+    """The rule above can fail: an internal name, a module object and a private name are each caught."""
+    src = ("from .enhance import enhance_coefs\nfrom . import distances\nimport sdekernels.ops.fourier as f\n"
+           "from .contrastive import info_nce, _info_nce\nfrom ._spectral import topk\nfrom .. import _ext\n")
+    assert [v.split(" imports ")[1] for v in _violations(PKG / "ops" / "svd.py", src)] == [
+        "sdekernels.ops.enhance.enhance_coefs", "sdekernels.ops.distances", "sdekernels.ops.fourier",
+        "sdekernels.ops.contrastive._info_nce"]

@@ -1,14 +1,35 @@
 // CPU spectral partition (SPEC §2) of rows of singular values already sorted descending: one pass
 // per row for the quartiles, thresholds, counts and energy fractions, where the same formula in
 // ATen costs some 40 small dispatches for r ~ 1000. Roundings follow the ATen formula in
-// sdekernels/ops/svd.py (partition_counts, energies): T arithmetic, Σσ² accumulated in double.
+// sdekernels/ops/_spectral.py (partition_counts, energies): T arithmetic, Σσ² accumulated in double,
+// on each row divided by its power of two c (_core.pow2_scale: max|σ|/c in [1, 2), exact), so that
+// σ² never overflows (SPEC §10); the thresholds come back multiplied by c.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include "../ops.h"
 
 namespace sdekernels {
+
+// _core.pow2_scale of one row: the power of two c with max|x| / c in [1, 2), 1 for a zero or
+// non-finite row; c and 1/c both normal numbers.
+template <typename T>
+static T row_scale(const T* x, int64_t r) {
+  T a = 0;
+  for (int64_t i = 0; i < r; ++i) {
+    const T v = std::abs(x[i]);
+    if (std::isnan(v)) return T(1);
+    a = v > a ? v : a;
+  }
+  if (!std::isfinite(a) || a == T(0)) return T(1);
+  using L = std::numeric_limits<T>;
+  const int e = std::clamp(std::ilogb(a), L::min_exponent, L::max_exponent - 2);  // frexp's exponent − 1
+  return std::ldexp(T(1), e);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_partition_fwd_cpu(
     const at::Tensor& s_desc, double iqr_c, double sigma_den, double edge) {
@@ -36,8 +57,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T *ptn = tau_noise.data_ptr<T>(), *pts = tau_strong.data_ptr<T>(), *psh = sigma_hat.data_ptr<T>(),
       *pe = e.data_ptr<T>();
     at::parallel_for(0, rows, 16, [&](int64_t b0, int64_t b1) {
+      std::vector<T> scaled(r);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* x = ps + b * r;
+        const T c = row_scale(ps + b * r, r), inv = T(1) / c;
+        for (int64_t i = 0; i < r; ++i) scaled[i] = ps[b * r + i] * inv;  // exact: c is a power of two
+        const T* x = scaled.data();
         T q[3];
         for (int k = 0; k < 3; ++k) {
           const T vl = x[r - 1 - lo[k]], vh = x[r - 1 - hi[k]];
@@ -67,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         } else {
           eb[0] = c_s / total, eb[1] = (c_sw - c_s) / total, eb[2] = (total - c_sw) / total;
         }
-        pns[b] = strong, pnw[b] = weak, ptn[b] = tn, pts[b] = ts, psh[b] = sh;
+        pns[b] = strong, pnw[b] = weak, ptn[b] = tn * c, pts[b] = ts * c, psh[b] = sh * c;
       }
     });
   });

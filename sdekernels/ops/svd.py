@@ -270,15 +270,15 @@ def singular_values(F: Tensor) -> Tensor:
 def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float, center: bool = False) -> tuple[
         Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, energy fractions [..., 3])."""
+    if S.device.type == "cpu" and _ext.available() and S.shape[-1] and not center:
+        # one C++ pass per sorted row, which also divides the row by its power of two (SPEC §10)
+        s = S.to(work_dtype(S.dtype)).sort(-1, descending=True).values
+        out = torch.ops.sdekernels_C.spectral_partition_fwd(s, iqr_c, sigma_den(m, n), math.sqrt(m) + math.sqrt(n))
+        return (*out[:2], *(x.to(S.dtype) for x in out[2:]))
     # σ / c with c each row's power of two (exact): no overflow of σ² at any scale (SPEC §10)
     c = pow2_scale(S, (-1,))
-    Su = S.to(c.dtype) / c
-    if S.device.type == "cpu" and _ext.available() and S.shape[-1] and not center:  # one C++ pass per sorted row
-        s = Su.sort(-1, descending=True).values
-        out = torch.ops.sdekernels_C.spectral_partition_fwd(s, iqr_c, sigma_den(m, n), math.sqrt(m) + math.sqrt(n))
-    else:
-        n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(Su, m, n, iqr_c, center)
-        out = n_strong, n_weak, tau_noise, tau_strong, sigma_hat, energy_fractions(s, n_strong, n_weak)
+    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s = partition_counts(S.to(c.dtype) / c, m, n, iqr_c, center)
+    out = n_strong, n_weak, tau_noise, tau_strong, sigma_hat, energy_fractions(s, n_strong, n_weak)
     c = c.squeeze(-1)
     return (*out[:2], *(x.to(S.dtype) for x in (out[2] * c, out[3] * c, out[4] * c, out[5])))
 

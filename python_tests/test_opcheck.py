@@ -6,10 +6,10 @@ The calls are recorded while the entry's op runs forward and backward, on contig
 column-major inputs, on both solver paths of the SVD ops."""
 import pytest
 import torch
-from torch._library.custom_ops import CustomOpDef
 from torch.utils._pytree import tree_map
 
 import sdekernels.ops._spectral as spectral
+from sdekernels import _torch
 from sdekernels.registry import all_ops
 
 from helpers import DEVICE, PATHS, on_path, weighted_sum
@@ -27,7 +27,7 @@ def _record(info, path, layout, monkeypatch) -> dict:
     """{qualname: (op, args, kwargs)}: the first call of each custom op while the entry's op runs
     forward and backward on its typical sample."""
     calls = {}
-    call = CustomOpDef.__call__
+    call = torch.library.CustomOpDef.__call__
 
     def recording(op, *args, **kwargs):
         if op._namespace == NAMESPACE and op._qualname not in calls:
@@ -38,7 +38,7 @@ def _record(info, path, layout, monkeypatch) -> dict:
     sample = info.make(info.typical_shape, DEVICE, torch.float32, torch.Generator().manual_seed(0)).bare()
     s = info.leaves(sample.map(layout))
     with monkeypatch.context() as m, on_path(path):
-        m.setattr(CustomOpDef, "__call__", recording)
+        m.setattr(torch.library.CustomOpDef, "__call__", recording)
         out = s.call(info.op)
         if info.differentiable:
             weighted_sum(out, torch.Generator().manual_seed(1)).backward()
@@ -77,7 +77,7 @@ def test_opcheck(name, path, layout, solver, monkeypatch):
 
 def test_every_custom_op_is_checked(monkeypatch):
     """The registry's ops reach every custom op of the namespace, so test_opcheck checks them all."""
-    defined = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith(NAMESPACE + "::")}
+    defined = _torch.defined_ops(NAMESPACE)
     reached = set()
     for limit in SOLVERS.values():
         monkeypatch.setattr(spectral, "GRAM_MAX_R", limit)

@@ -16,6 +16,7 @@ PRIVATE = {
     "fake tensors (the aot compile report)": ("torch._subclasses.fake_tensor.FakeTensorMode",
                                                "torch._subclasses.fake_tensor.FakeTensor"),
     "custom ops' real bodies on fake tensors (the aot compile report)": ("torch._library.custom_ops.OPDEFS",),
+    "every operator a namespace defines (the opcheck coverage test)": ("torch._C._dispatch_get_all_op_names",),
 }
 
 
@@ -92,3 +93,8 @@ def real_bodies_on_fakes(namespace: str):
     finally:
         for d, f in zip(ops, fakes):
             d._abstract_fn = f
+
+
+def defined_ops(namespace: str) -> set[str]:
+    """Qualified names of every operator registered in `namespace` (custom ops and C++ ops alike)."""
+    return {n for n in torch._C._dispatch_get_all_op_names() if n.startswith(namespace + "::")}

@@ -155,9 +155,9 @@ inline void sincos_fast(float x, float& s, float& c) {
 // re + i·im = a·e^{ip} over a run of n entries.
 inline void polar_run(const float* __restrict a, const float* __restrict p, int64_t n, float* __restrict re,
                       float* __restrict im) {
-  float big = 0.f;
-  for (int64_t k = 0; k < n; ++k) big = std::max(big, std::abs(p[k]));
-  if (big <= kSinCosMax) {  // false for NaN too: those runs take the library's functions
+  int32_t big = 0;  // max |p| as bits: ordered as integers, and above inf's for a NaN
+  for (int64_t k = 0; k < n; ++k) big = std::max(big, fbits(p[k]) & 0x7fffffff);
+  if (big <= fbits(kSinCosMax)) {  // else (huge or non-finite phases) the library's functions
     for (int64_t k = 0; k < n; ++k) {
       float s, c;
       sincos_fast(p[k], s, c);
@@ -178,66 +178,76 @@ inline void polar_run(const double* a, const double* p, int64_t n, double* re, d
   }
 }
 
-// Forward of merge, two images per transform: Re IFFT2(X) = IFFT2(E) with E the Hermitian spectrum
-// irfft2/ifft2 read from the stored X (E[k] = (X[k] + conj X[−k]) / 2 where both are stored, else
-// the stored one), so for images x1, x2 the full spectrum Z = E1 + i·E2 gives x1 + i·x2 = IFFT2(Z):
-// one complex transform of R/2 images costs less than the real inverse of R. An odd last image
-// pairs with zero. Rows k1 and −k1 are built together from the same polar values.
+// Forward of merge: Re IFFT2(X) = IFFT2(E) with E the Hermitian spectrum irfft2/ifft2 read from
+// the stored X (E[k] = (X[k] + conj X[−k]) / 2 where both are stored, else the stored one). For
+// even W, the image is packed as z[n1, m] = x[n1, 2m] + i·x[n1, 2m + 1], the complex IFFT2 of the
+// H × W/2 spectrum Y[k1, k] = s·(E[k] + E[k + W/2] + i·ω^k (E[k] − E[k + W/2])) (ω = e^{2πi/W},
+// s the norm's ratio of the two transforms' scales): it costs about half of MKL's irfft2. Odd W:
+// Y = E, a full complex IFFT2. Rows k1 and −k1 are built together from the same polar values.
 template <typename T>
-void merge_pairs(const T* A, const T* P, T* Z, int64_t R, const SpectrumLayout& L) {
+void merge_packed(const T* A, const T* P, T* Y, int64_t R, const SpectrumLayout& L, double scale) {
   const int64_t H = L.H, W = L.W, Wo = L.Wo, S = L.onesided ? L.Wh : W, half = W / 2;
-  const bool shift_cols = L.centered && !L.onesided;
-  std::vector<T> cN(W), cR(W);  // weights of X[k] and conj X[−k] in E[k]
+  const bool shift_cols = L.centered && !L.onesided, packed = W % 2 == 0;
+  const int64_t Wy = packed ? half : W;
+  std::vector<T> cN(W), cR(W), tr(half), ti(half);  // weights of X[k] and conj X[−k] in s·E[k]; ω^k
   for (int64_t k2 = 0; k2 < W; ++k2) {
     const int has = k2 < S, hasm = (W - k2) % W < S;
-    cN[k2] = T(has) / T(has + hasm);
-    cR[k2] = T(hasm) / T(has + hasm);
+    cN[k2] = T(scale * has / (has + hasm));
+    cR[k2] = T(scale * hasm / (has + hasm));
   }
-  const int64_t pairs = (R + 1) / 2, rows = H / 2 + 1;
-  at::parallel_for(0, pairs * rows, 4, [&](int64_t lo, int64_t hi) {
-    // nat[i][j]: image i's row j (0: k1, 1: −k1) in frequency order, zero beyond the stored
-    // columns; rev[i][j][k2] = nat[i][j][−k2 mod W]. Each holds re then im.
-    std::vector<T> buf(16 * W, T(0));
-    auto nat = [&](int i, int j, int c) { return buf.data() + ((i * 2 + j) * 2 + c) * W; };
-    auto rev = [&](int i, int j, int c) { return buf.data() + (8 + (i * 2 + j) * 2 + c) * W; };
+  for (int64_t k = 0; k < half; ++k) {
+    tr[k] = T(std::cos(2 * kPi<double> * k / W));
+    ti[k] = T(std::sin(2 * kPi<double> * k / W));
+  }
+  const int64_t rows = H / 2 + 1;
+  at::parallel_for(0, R * rows, 4, [&, W, half](int64_t lo, int64_t hi) {  // sizes by value: loops vectorise
+    // Row j (0: k1, 1: −k1) in frequency order, zero beyond the stored columns: nat[j]; nat[j]
+    // at −k2 mod W: rev[j]. Each holds re then im.
+    std::vector<T> buf(8 * W, T(0));
+    auto nat = [&](int j, int c) { return buf.data() + (j * 2 + c) * W; };
+    auto rev = [&](int j, int c) { return buf.data() + (4 + j * 2 + c) * W; };
     for (int64_t item = lo; item < hi; ++item) {
-      const int64_t pr = item / rows, k1 = item % rows, m1 = (H - k1) % H;  // k1 <= m1
+      const int64_t r = item / rows, k1 = item % rows, m1 = (H - k1) % H;  // k1 <= m1
       const int64_t row[2] = {k1, m1};
       const int nj = k1 == m1 ? 1 : 2;
-      for (int i = 0; i < 2; ++i) {
-        const int64_t r = 2 * pr + i;
-        for (int j = 0; j < nj; ++j) {
-          T *nr = nat(i, j, 0), *ni = nat(i, j, 1);
-          if (r == R) {
-            std::fill(nr, nr + 2 * W, T(0));  // re and im are adjacent
-          } else {
-            const int64_t o = (r * H + (L.centered ? fft_shift(row[j], H) : row[j])) * Wo;
-            const T *a = A + o, *p = P + o;
-            if (shift_cols) {  // stored column s holds frequency s − W/2 (mod W)
-              polar_run(a + half, p + half, W - half, nr, ni);
-              polar_run(a, p, half, nr + W - half, ni + W - half);
-            } else {
-              polar_run(a, p, S, nr, ni);
-            }
-          }
-          for (int c = 0; c < 2; ++c) {
-            const T* n = nat(i, j, c);
-            T* v = rev(i, j, c);
-            v[0] = n[0];
-            for (int64_t k2 = 1; k2 < W; ++k2) v[k2] = n[W - k2];
-          }
+      for (int j = 0; j < nj; ++j) {
+        T *nr = nat(j, 0), *ni = nat(j, 1);
+        const int64_t o = (r * H + (L.centered ? fft_shift(row[j], H) : row[j])) * Wo;
+        if (shift_cols) {  // stored column s holds frequency s − W/2 (mod W)
+          polar_run(A + o + half, P + o + half, W - half, nr, ni);
+          polar_run(A + o, P + o, half, nr + W - half, ni + W - half);
+        } else {
+          polar_run(A + o, P + o, S, nr, ni);
+        }
+        for (int c = 0; c < 2; ++c) {
+          const T* n = nat(j, c);
+          T* v = rev(j, c);
+          v[0] = n[0];
+          for (int64_t k2 = 1; k2 < W; ++k2) v[k2] = n[W - k2];
         }
       }
       for (int j = 0; j < nj; ++j) {
-        // Z = E1 + i·E2 at row[j]: N from this row, R from the mirror row, reversed.
-        const int jm = nj - 1 - j;
-        const T *n1r = nat(0, j, 0), *n1i = nat(0, j, 1), *n2r = nat(1, j, 0), *n2i = nat(1, j, 1);
-        const T *r1r = rev(0, jm, 0), *r1i = rev(0, jm, 1), *r2r = rev(1, jm, 0), *r2i = rev(1, jm, 1);
-        T* __restrict z = Z + (pr * H + row[j]) * W * 2;
+        const int jm = nj - 1 - j;  // the mirror row
+        const T *__restrict n_r = nat(j, 0), *__restrict n_i = nat(j, 1);
+        const T *__restrict v_r = rev(jm, 0), *__restrict v_i = rev(jm, 1);
         const T *__restrict wn = cN.data(), *__restrict wr = cR.data();
-        for (int64_t k2 = 0; k2 < W; ++k2) {
-          z[2 * k2] = wn[k2] * (n1r[k2] - n2i[k2]) + wr[k2] * (r1r[k2] + r2i[k2]);
-          z[2 * k2 + 1] = wn[k2] * (n1i[k2] + n2r[k2]) + wr[k2] * (r2r[k2] - r1i[k2]);
+        T* __restrict y = Y + (r * H + row[j]) * Wy * 2;
+        if (!packed) {
+          for (int64_t k2 = 0; k2 < W; ++k2) {
+            y[2 * k2] = wn[k2] * n_r[k2] + wr[k2] * v_r[k2];
+            y[2 * k2 + 1] = wn[k2] * n_i[k2] - wr[k2] * v_i[k2];
+          }
+          continue;
+        }
+        const T *__restrict cr = tr.data(), *__restrict ci = ti.data();
+#pragma GCC ivdep  // y does not overlap the row buffers
+        for (int64_t k = 0; k < half; ++k) {  // s·E at k and k + W/2, then Y[k]
+          const int64_t h = k + half;
+          const T ar = wn[k] * n_r[k] + wr[k] * v_r[k], ai = wn[k] * n_i[k] - wr[k] * v_i[k];
+          const T br = wn[h] * n_r[h] + wr[h] * v_r[h], bi = wn[h] * n_i[h] - wr[h] * v_i[h];
+          const T dr = ar - br, di = ai - bi;
+          y[2 * k] = ar + br - (cr[k] * di + ci[k] * dr);
+          y[2 * k + 1] = ai + bi + (cr[k] * dr - ci[k] * di);
         }
       }
     }
@@ -291,17 +301,23 @@ at::Tensor fourier_split_grad_cpu(const at::Tensor& Xh, const at::Tensor& gA, co
   return Z;
 }
 
-// The packed full spectra of image pairs (merge_pairs), [ceil(R/2), H, W, 2] for A, P [R, H, Wo];
-// IFFT2 of pair j holds image 2j in its real part and image 2j + 1 in its imaginary part.
-at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered) {
+// x [R, H, W] = Re IFFT2(A e^{iP}) for A, P [R, H, Wo]: merge_packed, then one complex IFFT2.
+at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered,
+                                 c10::string_view norm) {
   check_rows(A, 3, "A");
   check_rows(P, 3, "P");
   const int64_t R = A.size(0), H = A.size(1);
   const auto L = SpectrumLayout::make(H, W, onesided, centered);
   TORCH_CHECK(A.size(2) == L.Wo && P.sizes() == A.sizes(), "A and P must hold the stored spectrum");
-  auto Z = at::empty({(R + 1) / 2, H, W, 2}, A.options());
-  dispatch(A, "fourier_merge_fwd_cpu", [&]<typename T>() { merge_pairs<T>(in<T>(A), in<T>(P), out<T>(Z), R, L); });
-  return Z;
+  const bool packed = W % 2 == 0;
+  // The W-point inverse's scale over the W/2-point one's.
+  const double scale = !packed || norm == "forward" ? 1.0 : norm == "ortho" ? std::sqrt(0.5) : 0.5;
+  auto Y = at::empty({R, H, packed ? W / 2 : W, 2}, A.options());
+  dispatch(A, "fourier_merge_fwd_cpu", [&]<typename T>() {
+    merge_packed<T>(in<T>(A), in<T>(P), out<T>(Y), R, L, scale);
+  });
+  auto y = at::fft_ifft2(at::view_as_complex(Y), c10::nullopt, {-2, -1}, norm);
+  return packed ? at::view_as_real(y).reshape({R, H, W}) : at::real(y).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cpu(const at::Tensor& G, const at::Tensor& A,

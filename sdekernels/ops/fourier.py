@@ -7,8 +7,8 @@ remap and the Hermitian mirror into the full spectrum fused into the epilogue of
 no complex spectrum is ever stored. Forward on CPU: ATen's rfft2, then one fused C++ pass
 (csrc/cpu/fourier.cpp) that writes A and P of the half spectrum and mirrors them.
 `fourier_merge`: a fused prologue builds the Hermitian spectrum of A·e^{iP} straight from the
-(shifted) maps: Triton, its half, then one irfft2; C++ (CPU), two images x1, x2 packed as the full
-spectrum of x1 + i·x2, then one complex ifft2 per pair (MKL's irfft2 of one image costs more).
+(shifted) maps: Triton, its half, then one irfft2; C++ (CPU), the spectrum of the image packed
+as x[:, 0::2] + i·x[:, 1::2], then one complex ifft2 of half the width (MKL's irfft2 costs more).
 Backward (csrc/cpu/fourier.cpp, csrc/cuda/fourier.cu): pointwise kernels around one ATen FFT.
 Reference: reference/fourier.py. Tests: python_tests/test_ops.py (generic), python_tests/test_fourier.py.
 """
@@ -356,11 +356,7 @@ def _merge(A: Tensor, P: Tensor, onesided: bool, norm: str, centered: bool, H: i
         Z = _merge_half_triton(A, P, W, onesided, centered)
         x = torch.fft.irfft2(torch.view_as_complex(Z), s=(H, W), norm=norm)
     elif _ext.available():
-        # Image pairs packed as x1 + i·x2: one complex ifft2 per pair beats one irfft2 per image.
-        a = _flat(A)
-        Z = torch.ops.sdekernels_C.fourier_merge_fwd(a.to(w), _flat(P).to(w), W, onesided, centered)
-        y = torch.view_as_real(torch.fft.ifft2(torch.view_as_complex(Z), norm=norm))
-        x = y.movedim(-1, 1).reshape(-1, H, W)[:a.shape[0]]
+        x = torch.ops.sdekernels_C.fourier_merge_fwd(_flat(A).to(w), _flat(P).to(w), W, onesided, centered, norm)
     else:
         size = (H, W) if onesided else None
         return ref.fourier_merge(A, P, onesided=onesided, norm=norm, centered=centered, size=size)

@@ -152,9 +152,13 @@ inline void sincos_fast(float x, float& s, float& c) {
   c = c10::bit_cast<float>(fbits(fsel(swap, ps, pc)) ^ cneg);
 }
 
-// re + i·im = a·e^{ip} over a run of n entries.
-inline void polar_run(const float* __restrict a, const float* __restrict p, int64_t n, float* __restrict re,
-                      float* __restrict im) {
+// re + i·im = a·e^{ip} over a run of n entries. Cloned for AVX-512 and AVX2 (chosen at load
+// time): the build targets baseline x86-64, whose 4-wide vectors make this the op's slowest step.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void polar_run(const float* __restrict a, const float* __restrict p, int64_t n, float* __restrict re,
+               float* __restrict im) {
   int32_t big = 0;  // max |p| as bits: ordered as integers, and above inf's for a NaN
   for (int64_t k = 0; k < n; ++k) big = std::max(big, fbits(p[k]) & 0x7fffffff);
   if (big <= fbits(kSinCosMax)) {  // else (huge or non-finite phases) the library's functions

@@ -152,18 +152,40 @@ inline void sincos_fast(float x, float& s, float& c) {
   c = c10::bit_cast<float>(fbits(fsel(swap, ps, pc)) ^ cneg);
 }
 
+// The same in double: Cephes' sin/cos polynomials (relative error ~1e-16 for |x| <= kSinCosMax).
+inline int64_t dbits(double v) { return c10::bit_cast<int64_t>(v); }
+inline double dsel(int64_t mask, double a, double b) {
+  return c10::bit_cast<double>((dbits(a) & mask) | (dbits(b) & ~mask));
+}
+inline void sincos_fast(double x, double& s, double& c) {
+  const double q = (x * 0.63661977236758134308 + 6755399441055744.0) - 6755399441055744.0;
+  const int32_t n = int32_t(q);
+  const double r = ((x - q * 1.57079625129699707031) - q * 7.54978941586159635336e-8) - q * 5.39030285815811905290e-15;
+  const double z = r * r;
+  const double ps = r + r * z * (((((1.58962301576546568060e-10 * z - 2.50507477628578072866e-8) * z +
+                                    2.75573136213857245213e-6) * z - 1.98412698295895385996e-4) * z +
+                                  8.33333333332211858878e-3) * z - 1.66666666666666307295e-1);
+  const double pc = 1.0 - 0.5 * z + z * z * (((((-1.13585365213876817300e-11 * z + 2.08757008419747316778e-9) * z -
+                                                2.75573141792967388112e-7) * z + 2.48015872888517045348e-5) * z -
+                                              1.38888888888730564116e-3) * z + 4.16666666666665929218e-2);
+  const int64_t swap = -int64_t(n & 1);
+  const int64_t sneg = int64_t(n & 2) << 62, cneg = int64_t((n + 1) & 2) << 62;
+  s = c10::bit_cast<double>(dbits(dsel(swap, pc, ps)) ^ sneg);
+  c = c10::bit_cast<double>(dbits(dsel(swap, ps, pc)) ^ cneg);
+}
+inline int32_t abs_bits(float v) { return fbits(v) & 0x7fffffff; }
+inline int64_t abs_bits(double v) { return dbits(v) & 0x7fffffffffffffff; }
+
 // re + i·im = a·e^{ip} over a run of n entries. Cloned for AVX-512 and AVX2 (chosen at load
-// time): the build targets baseline x86-64, whose 4-wide vectors make this the op's slowest step.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-void polar_run(const float* __restrict a, const float* __restrict p, int64_t n, float* __restrict re,
-               float* __restrict im) {
-  int32_t big = 0;  // max |p| as bits: ordered as integers, and above inf's for a NaN
-  for (int64_t k = 0; k < n; ++k) big = std::max(big, fbits(p[k]) & 0x7fffffff);
-  if (big <= fbits(kSinCosMax)) {  // else (huge or non-finite phases) the library's functions
+// time): the build targets baseline x86-64, whose narrow vectors make this the op's slowest step.
+template <typename T>
+inline void polar_run_impl(const T* __restrict a, const T* __restrict p, int64_t n, T* __restrict re,
+                           T* __restrict im) {
+  auto big = abs_bits(T(0));  // max |p| as bits: ordered as integers, and above inf's for a NaN
+  for (int64_t k = 0; k < n; ++k) big = std::max(big, abs_bits(p[k]));
+  if (big <= abs_bits(T(kSinCosMax))) {  // else (huge or non-finite phases) the library's functions
     for (int64_t k = 0; k < n; ++k) {
-      float s, c;
+      T s, c;
       sincos_fast(p[k], s, c);
       re[k] = a[k] * c;
       im[k] = a[k] * s;
@@ -175,11 +197,16 @@ void polar_run(const float* __restrict a, const float* __restrict p, int64_t n, 
     im[k] = a[k] * std::sin(p[k]);
   }
 }
-inline void polar_run(const double* a, const double* p, int64_t n, double* re, double* im) {
-  for (int64_t k = 0; k < n; ++k) {
-    re[k] = a[k] * std::cos(p[k]);
-    im[k] = a[k] * std::sin(p[k]);
-  }
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SDK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SDK_CLONES
+#endif
+SDK_CLONES void polar_run(const float* a, const float* p, int64_t n, float* re, float* im) {
+  polar_run_impl(a, p, n, re, im);
+}
+SDK_CLONES void polar_run(const double* a, const double* p, int64_t n, double* re, double* im) {
+  polar_run_impl(a, p, n, re, im);
 }
 
 // Forward of merge: Re IFFT2(X) = IFFT2(E) with E the Hermitian spectrum irfft2/ifft2 read from

@@ -1,7 +1,8 @@
 // Fourier amplitude/phase split and merge (SPEC §8).
-// CPU forward: ATen's rfft2 of the real image, then one fused pass that writes amplitude and phase
-// of the half spectrum and mirrors them (Hermitian symmetry) into the full, optionally shifted,
-// layout. Backward (CPU and CUDA): a pointwise kernel maps (gA, gP) to the Hermitian part of the
+// CPU forward of split: ATen's rfft2 of the real image, then one fused pass that writes amplitude
+// and phase of the half spectrum and mirrors them (Hermitian symmetry) into the full, optionally
+// shifted, layout. CPU forward of merge: one fused pass from A, P to the spectrum of the image
+// packed into complex numbers (merge_packed), then one complex ifft2 of half the width. Backward (CPU and CUDA): a pointwise kernel maps (gA, gP) to the Hermitian part of the
 // complex gradient on the half spectrum, then one irfft2 (merge: one rfft2, then pointwise).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -140,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, i
                                                          bool centered, bool log_amplitude);
 at::Tensor fourier_split_grad_cpu(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                   bool onesided, bool centered, bool log_amplitude);
-at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered);
+at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered,
+                                 c10::string_view norm);
 std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cpu(const at::Tensor& G, const at::Tensor& A,
                                                           const at::Tensor& P, int64_t W, bool onesided, bool centered);
 at::Tensor fourier_split_bwd(const at::Tensor& x, const at::Tensor& gA, const at::Tensor& gP, bool onesided,

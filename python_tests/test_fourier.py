@@ -236,3 +236,23 @@ def test_zero_coefficients_have_phase_zero_on_every_path(path, dtype):
     assert (ref.fourier_split(x1)[1][:, 14, 14] == 0).all()
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     torch.testing.assert_close(mixed, ref.amplitude_mix(x1, x2, 0.5), atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("W", [8, 9])
+def test_merge_phases_of_every_magnitude(path, W):
+    # Phases near 0, ±π, up to the fast sin/cos range of the CPU kernel, beyond it, and a NaN
+    # (rows take the library's sin/cos there): every option against the float64 reference.
+    g = torch.Generator().manual_seed(3)
+    for o, c, n in itertools.product((False, True), (False, True), ("backward", "ortho", "forward")):
+        Wo = W // 2 + 1 if o else W
+        A = (torch.rand(3, 6, Wo, generator=g) + 0.1).to(DEVICE)
+        P = (torch.rand(3, 6, Wo, generator=g) * 2 - 1).to(DEVICE) * torch.tensor([math.pi, 8000.0, 1e6])[
+            torch.arange(6) % 3].to(DEVICE)[:, None]
+        P[0, 2, 1] = float("nan")
+        kw = dict(onesided=o, centered=c, norm=n, size=(6, W) if o else None)
+        with on_path(path):
+            x = sdekernels.fourier_merge(A, P, **kw)
+        want = ref.fourier_merge(A.double(), P.double(), **kw)
+        assert x[0].isnan().any()
+        torch.testing.assert_close(x[1:].double(), want[1:], atol=2e-5, rtol=1e-4)

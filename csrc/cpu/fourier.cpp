@@ -1,7 +1,8 @@
 // Fourier amplitude/phase split and merge (SPEC §8).
-// CPU forward: ATen's rfft2 of the real image, then one fused pass that writes amplitude and phase
-// of the half spectrum and mirrors them (Hermitian symmetry) into the full, optionally shifted,
-// layout. Backward (CPU and CUDA): a pointwise kernel maps (gA, gP) to the Hermitian part of the
+// CPU forward of split: ATen's rfft2 of the real image, then one fused pass that writes amplitude
+// and phase of the half spectrum and mirrors them (Hermitian symmetry) into the full, optionally
+// shifted, layout. CPU forward of merge: one fused pass from A, P to the spectrum of the image
+// packed into complex numbers (merge_packed), then one complex ifft2 of half the width. Backward (CPU and CUDA): a pointwise kernel maps (gA, gP) to the Hermitian part of the
 // complex gradient on the half spectrum, then one irfft2 (merge: one rfft2, then pointwise).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -134,32 +135,158 @@ void split_grad_rows(const T* X, const T* GA, const T* GP, T* Z, int64_t R, cons
   });
 }
 
-// C, S: cos and sin of P, computed beforehand by ATen's vectorised kernels (a scalar cos/sin per
-// entry here cost 3x the whole op).
+// sin and cos in float, branch-free so the row loops vectorise: reduction by the nearest multiple
+// q of π/2 (three-part Cody–Waite, exact products for |q| < 2^15) and Cephes' sinf/cosf
+// polynomials on [−π/4, π/4] (absolute error < 2e-7 for |x| <= kSinCosMax).
+constexpr float kSinCosMax = 8192.f;
+inline void sincos_fast(float x, float& s, float& c) {
+  const float q = (x * 0.636619772f + 12582912.f) - 12582912.f;  // round to nearest (|x·2/π| < 2^22)
+  const int32_t n = int32_t(q);
+  const float r = ((x - q * 1.5703125f) - q * 4.837512969970703125e-4f) - q * 7.54978995489188216e-8f;
+  const float z = r * r;
+  const float ps = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
+  const float pc = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
+                   0.5f * z + 1.f;
+  const int32_t swap = -(n & 1);  // odd quadrants swap sin and cos
+  const int32_t sneg = (n & 2) << 30, cneg = ((n + 1) & 2) << 30;
+  s = c10::bit_cast<float>(fbits(fsel(swap, pc, ps)) ^ sneg);
+  c = c10::bit_cast<float>(fbits(fsel(swap, ps, pc)) ^ cneg);
+}
+
+// The same in double: Cephes' sin/cos polynomials (relative error ~1e-16 for |x| <= kSinCosMax).
+inline int64_t dbits(double v) { return c10::bit_cast<int64_t>(v); }
+inline double dsel(int64_t mask, double a, double b) {
+  return c10::bit_cast<double>((dbits(a) & mask) | (dbits(b) & ~mask));
+}
+inline void sincos_fast(double x, double& s, double& c) {
+  const double q = (x * 0.63661977236758134308 + 6755399441055744.0) - 6755399441055744.0;
+  const int32_t n = int32_t(q);
+  const double r = ((x - q * 1.57079625129699707031) - q * 7.54978941586159635336e-8) - q * 5.39030285815811905290e-15;
+  const double z = r * r;
+  const double ps = r + r * z * (((((1.58962301576546568060e-10 * z - 2.50507477628578072866e-8) * z +
+                                    2.75573136213857245213e-6) * z - 1.98412698295895385996e-4) * z +
+                                  8.33333333332211858878e-3) * z - 1.66666666666666307295e-1);
+  const double pc = 1.0 - 0.5 * z + z * z * (((((-1.13585365213876817300e-11 * z + 2.08757008419747316778e-9) * z -
+                                                2.75573141792967388112e-7) * z + 2.48015872888517045348e-5) * z -
+                                              1.38888888888730564116e-3) * z + 4.16666666666665929218e-2);
+  const int64_t swap = -int64_t(n & 1);
+  const int64_t sneg = int64_t(n & 2) << 62, cneg = int64_t((n + 1) & 2) << 62;
+  s = c10::bit_cast<double>(dbits(dsel(swap, pc, ps)) ^ sneg);
+  c = c10::bit_cast<double>(dbits(dsel(swap, ps, pc)) ^ cneg);
+}
+inline int32_t abs_bits(float v) { return fbits(v) & 0x7fffffff; }
+inline int64_t abs_bits(double v) { return dbits(v) & 0x7fffffffffffffff; }
+
+// re + i·im = a·e^{ip} over a run of n entries. Cloned for AVX-512 and AVX2 (chosen at load
+// time): the build targets baseline x86-64, whose narrow vectors make this the op's slowest step.
 template <typename T>
-void merge_rows(const T* A, const T* C, const T* S, T* Z, int64_t R, const SpectrumLayout& L) {
-  const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
-  at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
-    for (int64_t row = lo; row < hi; ++row) {
-      const int64_t r = row / H, k1 = row % H, m1 = (H - k1) % H;
-      const T *a = A + r * H * Wo, *c = C + r * H * Wo, *s = S + r * H * Wo;
-      T* z = Z + row * Wh * 2;
-      for (int64_t k2 = 0; k2 < Wh; ++k2) {
-        const int64_t o = L.pos(k1, k2);
-        T re = a[o] * c[o], im = a[o] * s[o];
-        if (L.mirror_stored(k2)) {  // Re IFFT2(X) = IFFT2(Herm X): irfft2 of its half
-          const int64_t om = L.pos(m1, (W - k2) % W);
-          re = T(0.5) * (re + a[om] * c[om]);
-          im = T(0.5) * (im - a[om] * s[om]);
+inline void polar_run_impl(const T* __restrict a, const T* __restrict p, int64_t n, T* __restrict re,
+                           T* __restrict im) {
+  auto big = abs_bits(T(0));  // max |p| as bits: ordered as integers, and above inf's for a NaN
+  for (int64_t k = 0; k < n; ++k) big = std::max(big, abs_bits(p[k]));
+  if (big <= abs_bits(T(kSinCosMax))) {  // else (huge or non-finite phases) the library's functions
+    for (int64_t k = 0; k < n; ++k) {
+      T s, c;
+      sincos_fast(p[k], s, c);
+      re[k] = a[k] * c;
+      im[k] = a[k] * s;
+    }
+    return;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    re[k] = a[k] * std::cos(p[k]);
+    im[k] = a[k] * std::sin(p[k]);
+  }
+}
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SDK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SDK_CLONES
+#endif
+SDK_CLONES void polar_run(const float* a, const float* p, int64_t n, float* re, float* im) {
+  polar_run_impl(a, p, n, re, im);
+}
+SDK_CLONES void polar_run(const double* a, const double* p, int64_t n, double* re, double* im) {
+  polar_run_impl(a, p, n, re, im);
+}
+
+// Forward of merge: Re IFFT2(X) = IFFT2(E) with E the Hermitian spectrum irfft2/ifft2 read from
+// the stored X (E[k] = (X[k] + conj X[−k]) / 2 where both are stored, else the stored one). For
+// even W, the image is packed as z[n1, m] = x[n1, 2m] + i·x[n1, 2m + 1], the complex IFFT2 of the
+// H × W/2 spectrum Y[k1, k] = s·(E[k] + E[k + W/2] + i·ω^k (E[k] − E[k + W/2])) (ω = e^{2πi/W},
+// s the norm's ratio of the two transforms' scales): it costs about half of MKL's irfft2. Odd W:
+// Y = E, a full complex IFFT2. Rows k1 and −k1 are built together from the same polar values.
+template <typename T>
+void merge_packed(const T* A, const T* P, T* Y, int64_t R, const SpectrumLayout& L, double scale) {
+  const int64_t H = L.H, W = L.W, Wo = L.Wo, S = L.onesided ? L.Wh : W, half = W / 2;
+  const bool shift_cols = L.centered && !L.onesided, packed = W % 2 == 0;
+  const int64_t Wy = packed ? half : W;
+  std::vector<T> cN(W), cR(W), tr(half), ti(half);  // weights of X[k] and conj X[−k] in s·E[k]; ω^k
+  for (int64_t k2 = 0; k2 < W; ++k2) {
+    const int has = k2 < S, hasm = (W - k2) % W < S;
+    cN[k2] = T(scale * has / (has + hasm));
+    cR[k2] = T(scale * hasm / (has + hasm));
+  }
+  for (int64_t k = 0; k < half; ++k) {
+    tr[k] = T(std::cos(2 * kPi<double> * k / W));
+    ti[k] = T(std::sin(2 * kPi<double> * k / W));
+  }
+  const int64_t rows = H / 2 + 1;
+  at::parallel_for(0, R * rows, 4, [&, W, half](int64_t lo, int64_t hi) {  // sizes by value: loops vectorise
+    // Row j (0: k1, 1: −k1) in frequency order, zero beyond the stored columns: nat[j]; nat[j]
+    // at −k2 mod W: rev[j]. Each holds re then im.
+    std::vector<T> buf(8 * W, T(0));
+    auto nat = [&](int j, int c) { return buf.data() + (j * 2 + c) * W; };
+    auto rev = [&](int j, int c) { return buf.data() + (4 + j * 2 + c) * W; };
+    for (int64_t item = lo; item < hi; ++item) {
+      const int64_t r = item / rows, k1 = item % rows, m1 = (H - k1) % H;  // k1 <= m1
+      const int64_t row[2] = {k1, m1};
+      const int nj = k1 == m1 ? 1 : 2;
+      for (int j = 0; j < nj; ++j) {
+        T *nr = nat(j, 0), *ni = nat(j, 1);
+        const int64_t o = (r * H + (L.centered ? fft_shift(row[j], H) : row[j])) * Wo;
+        if (shift_cols) {  // stored column s holds frequency s − W/2 (mod W)
+          polar_run(A + o + half, P + o + half, W - half, nr, ni);
+          polar_run(A + o, P + o, half, nr + W - half, ni + W - half);
+        } else {
+          polar_run(A + o, P + o, S, nr, ni);
         }
-        z[2 * k2] = re;
-        z[2 * k2 + 1] = im;
+        for (int c = 0; c < 2; ++c) {
+          const T* n = nat(j, c);
+          T* v = rev(j, c);
+          v[0] = n[0];
+          for (int64_t k2 = 1; k2 < W; ++k2) v[k2] = n[W - k2];
+        }
+      }
+      for (int j = 0; j < nj; ++j) {
+        const int jm = nj - 1 - j;  // the mirror row
+        const T *__restrict n_r = nat(j, 0), *__restrict n_i = nat(j, 1);
+        const T *__restrict v_r = rev(jm, 0), *__restrict v_i = rev(jm, 1);
+        const T *__restrict wn = cN.data(), *__restrict wr = cR.data();
+        T* __restrict y = Y + (r * H + row[j]) * Wy * 2;
+        if (!packed) {
+          for (int64_t k2 = 0; k2 < W; ++k2) {
+            y[2 * k2] = wn[k2] * n_r[k2] + wr[k2] * v_r[k2];
+            y[2 * k2 + 1] = wn[k2] * n_i[k2] - wr[k2] * v_i[k2];
+          }
+          continue;
+        }
+        const T *__restrict cr = tr.data(), *__restrict ci = ti.data();
+#pragma GCC ivdep  // y does not overlap the row buffers
+        for (int64_t k = 0; k < half; ++k) {  // s·E at k and k + W/2, then Y[k]
+          const int64_t h = k + half;
+          const T ar = wn[k] * n_r[k] + wr[k] * v_r[k], ai = wn[k] * n_i[k] - wr[k] * v_i[k];
+          const T br = wn[h] * n_r[h] + wr[h] * v_r[h], bi = wn[h] * n_i[h] - wr[h] * v_i[h];
+          const T dr = ar - br, di = ai - bi;
+          y[2 * k] = ar + br - (cr[k] * di + ci[k] * dr);
+          y[2 * k + 1] = ai + bi + (cr[k] * dr - ci[k] * di);
+        }
       }
     }
   });
 }
 
-// polar_grad with the cos and sin of P computed beforehand (see merge_rows).
+// polar_grad with the cos and sin of P computed beforehand by ATen's vectorised kernels.
 template <typename T>
 void merge_grad_rows(const T* G, const T* A, const T* C, const T* S, T* GA, T* GP, int64_t R, const SpectrumLayout& L) {
   const int64_t H = L.H, Wh = L.Wh, Wo = L.Wo;
@@ -206,18 +333,23 @@ at::Tensor fourier_split_grad_cpu(const at::Tensor& Xh, const at::Tensor& gA, co
   return Z;
 }
 
-at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered) {
+// x [R, H, W] = Re IFFT2(A e^{iP}) for A, P [R, H, Wo]: merge_packed, then one complex IFFT2.
+at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered,
+                                 c10::string_view norm) {
   check_rows(A, 3, "A");
   check_rows(P, 3, "P");
   const int64_t R = A.size(0), H = A.size(1);
   const auto L = SpectrumLayout::make(H, W, onesided, centered);
   TORCH_CHECK(A.size(2) == L.Wo && P.sizes() == A.sizes(), "A and P must hold the stored spectrum");
-  auto Z = at::empty({R, H, L.Wh, 2}, A.options());
-  const auto C = at::cos(P), S = at::sin(P);
+  const bool packed = W % 2 == 0;
+  // The W-point inverse's scale over the W/2-point one's.
+  const double scale = !packed || norm == "forward" ? 1.0 : norm == "ortho" ? std::sqrt(0.5) : 0.5;
+  auto Y = at::empty({R, H, packed ? W / 2 : W, 2}, A.options());
   dispatch(A, "fourier_merge_fwd_cpu", [&]<typename T>() {
-    merge_rows<T>(in<T>(A), in<T>(C), in<T>(S), out<T>(Z), R, L);
+    merge_packed<T>(in<T>(A), in<T>(P), out<T>(Y), R, L, scale);
   });
-  return Z;
+  auto y = at::fft_ifft2(at::view_as_complex(Y), c10::nullopt, {-2, -1}, norm);
+  return packed ? at::view_as_real(y).reshape({R, H, W}) : at::real(y).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> fourier_merge_grad_cpu(const at::Tensor& G, const at::Tensor& A,

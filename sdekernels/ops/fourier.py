@@ -6,8 +6,9 @@ image's spectrum), then columns — with amplitude, phase, log1p, the exact-real
 remap and the Hermitian mirror into the full spectrum fused into the epilogue of the second stage:
 no complex spectrum is ever stored. Forward on CPU: ATen's rfft2, then one fused C++ pass
 (csrc/cpu/fourier.cpp) that writes A and P of the half spectrum and mirrors them.
-`fourier_merge`: a fused prologue (Triton or C++) builds the Hermitian half spectrum of A·e^{iP}
-straight from the (shifted) maps, then one irfft2.
+`fourier_merge`: a fused prologue builds the Hermitian spectrum of A·e^{iP} straight from the
+(shifted) maps: Triton, its half, then one irfft2; C++ (CPU), the spectrum of the image packed
+as x[:, 0::2] + i·x[:, 1::2], then one complex ifft2 of half the width (MKL's irfft2 costs more).
 Backward (csrc/cpu/fourier.cpp, csrc/cuda/fourier.cu): pointwise kernels around one ATen FFT.
 Reference: reference/fourier.py. Tests: python_tests/test_ops.py (generic), python_tests/test_fourier.py.
 """
@@ -353,12 +354,12 @@ def _merge(A: Tensor, P: Tensor, onesided: bool, norm: str, centered: bool, H: i
     w = work_dtype(A.dtype)
     if use_triton(A):
         Z = _merge_half_triton(A, P, W, onesided, centered)
+        x = torch.fft.irfft2(torch.view_as_complex(Z), s=(H, W), norm=norm)
     elif _ext.available():
-        Z = torch.ops.sdekernels_C.fourier_merge_fwd(_flat(A).to(w), _flat(P).to(w), W, onesided, centered)
+        x = torch.ops.sdekernels_C.fourier_merge_fwd(_flat(A).to(w), _flat(P).to(w), W, onesided, centered, norm)
     else:
         size = (H, W) if onesided else None
         return ref.fourier_merge(A, P, onesided=onesided, norm=norm, centered=centered, size=size)
-    x = torch.fft.irfft2(torch.view_as_complex(Z), s=(H, W), norm=norm)
     return x.reshape(A.shape[:-2] + (H, W)).to(A.dtype)
 
 

@@ -153,13 +153,19 @@ def test_radial_bin_bwd_twins_agree(emulated, dtype, comp, channel_mean):
 _LAYOUTS = [(True, False), (False, True), (True, True), (False, False)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("onesided,centered", _LAYOUTS)
-@pytest.mark.parametrize("H,W", [(6, 8), (5, 7)])
+def _fourier_cases(test):
+    """Every dtype, spectrum layout and an even and an odd size."""
+    for mark in (pytest.mark.parametrize("H,W", [(6, 8), (5, 7)]),
+                 pytest.mark.parametrize("onesided,centered", _LAYOUTS),
+                 pytest.mark.parametrize("dtype", DTYPES, ids=str)):
+        test = mark(test)
+    return test
+
+
+@_fourier_cases
 def test_fourier_split_grad_twins_agree(emulated, dtype, onesided, centered, H, W):
     g = _gen(3)
-    R, Wh = 2, W // 2 + 1
-    Wo = Wh if onesided else W
+    R, Wo = 2, W // 2 + 1 if onesided else W
     Xh = torch.view_as_real(torch.fft.rfft2(torch.randn(R, H, W, generator=g, dtype=dtype))).contiguous()
     Xh[0, 1, 1] = 0  # |X| = 0: the gradient is 0 there
     gA = torch.randn(R, H, Wo, generator=g, dtype=dtype)
@@ -170,13 +176,10 @@ def test_fourier_split_grad_twins_agree(emulated, dtype, onesided, centered, H, 
         _close((Z,), (_twin("fourier_split_grad")(Xh, gA, gP, W, onesided, centered, log_amp),), dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("onesided,centered", _LAYOUTS)
-@pytest.mark.parametrize("H,W", [(6, 8), (5, 7)])
+@_fourier_cases
 def test_fourier_merge_grad_twins_agree(emulated, dtype, onesided, centered, H, W):
     g = _gen(4)
-    R, Wh = 2, W // 2 + 1
-    Wo = Wh if onesided else W
+    R, Wo = 2, W // 2 + 1 if onesided else W
     G = torch.view_as_real(torch.fft.rfft2(torch.randn(R, H, W, generator=g, dtype=dtype))).contiguous()
     A = torch.rand(R, H, Wo, generator=g, dtype=dtype)
     P = (torch.rand(R, H, Wo, generator=g, dtype=dtype) - 0.5) * 6

@@ -20,6 +20,14 @@ static double row_max_abs(const T* s, int64_t n) {
 // Rows per parallel task: about 4096 core entries of `per_row` each.
 static int64_t grain(int64_t per_row) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(per_row, 1)); }
 
+// The stabilised 1/σ_j of a row's first k values (of n), into iv; returns the row's max |σ|.
+template <typename T>
+static double stabilised_inverses(const T* s, int64_t n, int64_t k, T* iv) {
+  const double s1 = row_max_abs(s, n);
+  for (int64_t j = 0; j < k; ++j) iv[j] = T(svd_inv(s[j], s1));
+  return s1;
+}
+
 std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& S,
                                                 const at::Tensor& gS) {
   auto t = svd_core_bufs(A, B, S, gS);
@@ -31,8 +39,7 @@ std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::T
       for (int64_t b = lo; b < hi; ++b) {
         const T *a = pa + b * k * k, *bb = pb + b * k * k, *s = ps + b * k, *g = pg + b * k;
         T *kt = pk + b * k * k, *iv = pi + b * k;
-        const double s1 = row_max_abs(s, k);
-        for (int64_t j = 0; j < k; ++j) iv[j] = T(svd_inv(s[j], s1));
+        const double s1 = stabilised_inverses(s, k, k, iv);
         for (int64_t j = 0; j < k; ++j)
           for (int64_t l = 0; l < k; ++l)
             kt[j * k + l] = T(svd_core_entry(a[j * k + l], a[l * k + j], bb[j * k + l], bb[l * k + j], s[j], s[l], g[j],
@@ -56,8 +63,7 @@ std::tuple<at::Tensor, at::Tensor> svd_exact_core_cpu(const at::Tensor& P, const
       for (int64_t b = lo; b < hi; ++b) {
         const T *p = pp + b * r * k, *q = pq + b * r * k, *s = ps + b * r, *g = pg + b * k;
         T *c = pc + b * r * k, *iv = pi + b * k;
-        const double s1 = row_max_abs(s, r);
-        for (int64_t j = 0; j < k; ++j) iv[j] = T(svd_inv(s[j], s1));
+        const double s1 = stabilised_inverses(s, r, k, iv);
         for (int64_t i = 0; i < r; ++i)
           for (int64_t j = 0; j < k; ++j)
             c[i * k + j] = T(svd_exact_entry(p[i * k + j], q[i * k + j], q[j * k + j], s[i], s[j], g[j],

@@ -26,6 +26,14 @@ template <typename T>
 T* out(const at::Tensor& t) { return t.defined() && t.numel() ? t.data_ptr<T>() : nullptr; }
 
 // The twin of kernel `op` for the device of tensor x: op_cuda in a CUDA build on a CUDA tensor, else op_cpu.
+// CPU hot loops cloned for AVX-512 and AVX2 machines, the copy picked at load time by the CPU's
+// features: the build itself targets baseline x86-64, whose narrow vectors would bind them.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11  // x86-64-v3/v4 names
+#define SDK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SDK_CLONES
+#endif
+
 #ifdef SDEKERNELS_CUDA
 #define SDK_TWIN(op, x, ...) ((x).is_cuda() ? op##_cuda(__VA_ARGS__) : op##_cpu(__VA_ARGS__))
 #else

@@ -9,13 +9,6 @@
 
 namespace sdekernels {
 
-// Wide-vector copies of the hot row loops, picked at load time by the CPU's features.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SDK_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SDK_CLONES
-#endif
-
 // Sums of one Hellinger row. With s = S^power (sa, sb: S itself when power = 1, else the scratch
 // the powers are written to), p̃ = s·inv_sum(Σs) and r_i = hellinger_root(p̃_i, q̃_i) (kept in rpq):
 // bc = Σ r_i, and la, lb the sums of the live roots (spectral_math.h), accumulated in acc_t. The

@@ -198,11 +198,6 @@ inline void polar_run_impl(const T* __restrict a, const T* __restrict p, int64_t
     im[k] = a[k] * std::sin(p[k]);
   }
 }
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SDK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SDK_CLONES
-#endif
 SDK_CLONES void polar_run(const float* a, const float* p, int64_t n, float* re, float* im) {
   polar_run_impl(a, p, n, re, im);
 }

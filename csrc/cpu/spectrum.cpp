@@ -82,11 +82,8 @@ at::Tensor radial_bin_bwd_cpu(const at::Tensor& Y, const at::Tensor& grad, const
 // are a product with the folded sums x_i + x_{n−1−i} and the odd ones with the differences: half
 // the multiply-adds of a dense product. Inner loops run along contiguous rows; the hot functions
 // are cloned for AVX-512 / AVX2 and picked at load time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11  // x86-64-v3/v4 names
-#pragma GCC optimize("fp-contract=fast")  // fused multiply-adds in the products below
-#define SDK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SDK_CLONES
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
+#pragma GCC optimize("fp-contract=fast")  // fused multiply-adds in the products below (SDK_CLONES, ops.h)
 #endif
 #define SDK_INLINE inline __attribute__((always_inline))
 

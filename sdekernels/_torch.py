@@ -5,6 +5,7 @@ calls each of them so that a torch upgrade that moves one fails that test by nam
 inside a backward pass. `missing()` lists what the installed torch lacks.
 """
 import contextlib
+import pkgutil
 
 import torch
 
@@ -20,28 +21,13 @@ PRIVATE = {
 }
 
 
-def _resolve(path: str):
-    import importlib
-
-    parts = path.split(".")
-    for i in range(len(parts), 0, -1):  # the longest importable module prefix, then attributes
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for part in parts[i:]:
-            obj = getattr(obj, part)
-        return obj
-    raise AttributeError(path)
-
-
 def missing() -> list[str]:
     """The private attributes of PRIVATE that this torch lacks (empty when all are there)."""
     out = []
     for paths in PRIVATE.values():
         for path in paths:
             try:
-                _resolve(path)
+                pkgutil.resolve_name(path)
             except (AttributeError, ImportError):
                 out.append(path)
     return out

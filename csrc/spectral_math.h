@@ -21,6 +21,10 @@ namespace sdekernels {
 using std::cos;
 using std::fabs;
 using std::fmax;
+using std::frexp;
+using std::isfinite;
+using std::ldexp;
+using std::log2;
 using std::pow;
 using std::sin;
 using std::sqrt;
@@ -54,6 +58,20 @@ SDK_HD T sum_term(acc_t<T> v, acc_t<T> Z) { return floored(Z) ? T(0) : T(v); }
 
 // ---- Hellinger distance of normalised spectra (SPEC §5): s = S^power, p̃ = s·inv_sum(Σs),
 // H² = 1 − BC with BC = Σ r_i, r_i = √(max(p̃_i, fl)·max(q̃_i, fl)).
+// A row is taken as it is given (any scale): both twins find its largest entry and whether every
+// entry is in the domain S >= 0 (a row outside it, NaN included, gives NaN), and divide it by
+// hellinger_row_scale's power of two.
+// That power of two c: max/c in [1, 2) where the row's largest S^power lies outside [2^-40, 2^40]
+// (only there can scaling change a result: the sums are in acc_t and p's floor is relative to
+// them), else 1, also for a zero or non-finite max. S/c is exact; c and 1/c are normal numbers.
+template <typename T>
+SDK_HD T hellinger_row_scale(T top, T power) {
+  if (!(top > T(0)) || !isfinite(top) || fabs(log2(top) * power) <= T(40)) return T(1);
+  int e;
+  frexp(top, &e);
+  const int lo = sizeof(T) == 4 ? -125 : -1021, hi = sizeof(T) == 4 ? 126 : 1022;
+  return ldexp(T(1), e - 1 < lo ? lo : (e - 1 > hi ? hi : e - 1));
+}
 // s = S^power and ds/dS; at S = 0 the derivative is taken as 0 for power != 1 (finite everywhere).
 template <typename T>
 SDK_HD T spow(T S, T power) { return power == T(1) ? S : (S == T(0) ? T(0) : pow(S, power)); }

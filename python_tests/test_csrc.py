@@ -116,6 +116,29 @@ def test_hellinger_bwd_twins_agree(emulated, dtype, power, squared):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_hellinger_bwd_twins_take_any_scale(emulated, dtype, power):
+    """Both twins divide each row by hellinger_row_scale's power of two themselves (so a row at any
+    scale has the gradient of its unscaled self, divided by the scale: bit for bit) and give a row
+    with a negative entry NaN gradients."""
+    g = _gen(1)
+    a0, b0 = (torch.rand(4, 300, generator=g, dtype=dtype) + 0.1 for _ in range(2))
+    grad = torch.randn(4, generator=g, dtype=dtype)
+    f = torch.tensor([[2.0 ** 100, 2.0 ** -110], [2.0 ** 60, 2.0 ** -60], [1, 1], [1, 1]], dtype=dtype)
+    a, b = a0 * f[:, :1], b0 * f[:, 1:]
+    a[3, 7] = -1.0
+    da, db = torch.empty_like(a), torch.empty_like(b)
+    emulated("hellinger_bwd", dtype, a, b, grad, da, db, 4, 300, power, squared := True)
+    cpu = _twin("hellinger_bwd")(a, b, grad, power, squared)
+    for cuda_g, cpu_g in zip((da, db), cpu):
+        assert cuda_g[3].isnan().all() and cpu_g[3].isnan().all()
+    _close((da[:3], db[:3]), (cpu[0][:3], cpu[1][:3]), dtype)
+    unscaled = _twin("hellinger_bwd")(a0[:3], b0[:3], grad[:3], power, squared)
+    torch.testing.assert_close(cpu[0][:3] * f[:3, :1], unscaled[0], rtol=0, atol=0)
+    torch.testing.assert_close(cpu[1][:3] * f[:3, 1:], unscaled[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_subspace_coef_twins_agree(emulated, dtype, weighted):
     g = _gen(1)
@@ -220,8 +243,9 @@ def test_svd_exact_core_twins_agree(emulated, dtype):
 
 # Per kernel: the spectral_math.h functions that it and its CPU twin (the file named) must call.
 SHARED = {
-    "hellinger_bwd_kernel": ("distances", {"spow", "dspow", "inv_sum", "hellinger_root", "hellinger_live",
-                                           "hellinger_c", "hellinger_scale", "dh2_dp", "hellinger_entry_grad"}),
+    "hellinger_bwd_kernel": ("distances", {"hellinger_row_scale", "spow", "dspow", "inv_sum", "hellinger_root",
+                                           "hellinger_live", "hellinger_c", "hellinger_scale", "dh2_dp",
+                                           "hellinger_entry_grad"}),
     "subspace_coef_kernel": ("distances", {"subspace_grad", "inv_sum", "spectrum_weight", "subspace_grad_weighted",
                                            "subspace_grad_w", "subspace_term", "sum_term", "weight_grad"}),
     "split_grad_kernel": ("fourier", {"split_entry_grad"}),

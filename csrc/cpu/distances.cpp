@@ -2,6 +2,7 @@
 // math and the accumulation policy are spectral_math.h's, shared with cuda/distances.cu.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../ops.h"
@@ -9,37 +10,60 @@
 
 namespace sdekernels {
 
-// Sums of one Hellinger row. With s = S^power (sa, sb: S itself when power = 1, else the scratch
-// the powers are written to), p̃ = s·inv_sum(Σs) and r_i = hellinger_root(p̃_i, q̃_i) (kept in rpq):
-// bc = Σ r_i, and la, lb the sums of the live roots (spectral_math.h), accumulated in acc_t. The
-// loops vectorise (omp simd, no errno on sqrt) and keep NaN (the clamps pass it on).
+// The largest entry of a row (0 for none) and whether every entry is in the domain S >= 0.
 template <typename T>
-struct HellingerSums {
-  const T *sa, *sb;
-  T ia, ib;
-  acc_t<T> Za, Zb, bc, la, lb;
+SDK_CLONES static bool row_top(const T* s, int64_t r, T& top) {
+  T m = 0;
+  int64_t bad = 0;
+#pragma omp simd reduction(max : m) reduction(+ : bad)
+  for (int64_t i = 0; i < r; ++i) {
+    m = s[i] > m ? s[i] : m;
+    bad += !(s[i] >= T(0));  // a NaN too
+  }
+  top = m;
+  return bad == 0;
+}
+
+// One side of a Hellinger row, as spectral_math.h takes it: s = (S/c)^power (S itself when power
+// = 1 and c = 1, else the scratch it is written to), u = 1/c, and Z = Σs.
+template <typename T>
+struct HellingerSide {
+  const T* s;
+  T u;
+  acc_t<T> Z;
 };
 
 template <typename T>
-SDK_CLONES static HellingerSums<T> hellinger_sums(const T* a, const T* b, T power, int64_t r, T* pa, T* pb, T* rpq) {
+SDK_CLONES static HellingerSide<T> hellinger_side(const T* S, T top, T power, int64_t r, T* scratch) {
+  HellingerSide<T> h{S, T(1) / hellinger_row_scale(top, power), 0};
+  if (power != T(1) || h.u != T(1)) {
+    for (int64_t i = 0; i < r; ++i) scratch[i] = spow(S[i] * h.u, power);
+    h.s = scratch;
+  }
+  acc_t<T> Z = 0;
+#pragma omp simd reduction(+ : Z)
+  for (int64_t i = 0; i < r; ++i) Z += h.s[i];
+  h.Z = Z;
+  return h;
+}
+
+// Sums of one Hellinger row in the domain, with p̃ = s_a·ia, q̃ = s_b·ib and r_i =
+// hellinger_root(p̃_i, q̃_i) (kept in rpq): bc = Σ r_i, and la, lb the sums of the live roots
+// (spectral_math.h), accumulated in acc_t. The loops vectorise (omp simd, no errno on sqrt).
+template <typename T>
+struct HellingerSums {
+  HellingerSide<T> A, B;
+  T ia, ib;
+  acc_t<T> bc, la, lb;
+};
+
+template <typename T>
+SDK_CLONES static HellingerSums<T> hellinger_sums(const T* a, const T* b, T ta, T tb, T power, int64_t r, T* pa, T* pb,
+                                                 T* rpq) {
   using Acc = acc_t<T>;
-  HellingerSums<T> h{a, b};
-  if (power != T(1)) {
-    for (int64_t i = 0; i < r; ++i) {
-      pa[i] = spow(a[i], power);
-      pb[i] = spow(b[i], power);
-    }
-    h.sa = pa;
-    h.sb = pb;
-  }
-  const T *sa = h.sa, *sb = h.sb;
-  Acc Za = 0, Zb = 0;
-#pragma omp simd reduction(+ : Za, Zb)
-  for (int64_t i = 0; i < r; ++i) {
-    Za += sa[i];
-    Zb += sb[i];
-  }
-  const T ia = inv_sum<T>(Za), ib = inv_sum<T>(Zb);
+  HellingerSums<T> h{hellinger_side(a, ta, power, r, pa), hellinger_side(b, tb, power, r, pb)};
+  const T *sa = h.A.s, *sb = h.B.s;
+  const T ia = inv_sum<T>(h.A.Z), ib = inv_sum<T>(h.B.Z);
   Acc bc = 0, la = 0, lb = 0;
 #pragma omp simd reduction(+ : bc, la, lb)
   for (int64_t i = 0; i < r; ++i) {
@@ -50,36 +74,50 @@ SDK_CLONES static HellingerSums<T> hellinger_sums(const T* a, const T* b, T powe
     la += hellinger_live(pt, v);
     lb += hellinger_live(qt, v);
   }
-  h.ia = ia, h.ib = ib, h.Za = Za, h.Zb = Zb, h.bc = bc, h.la = la, h.lb = lb;
+  h.ia = ia, h.ib = ib, h.bc = bc, h.la = la, h.lb = lb;
   return h;
 }
 
-// One row of the Hellinger backward: each entry needs one √ (r_i from the sums).
+// Whether a row is in the domain, with its two largest entries.
+template <typename T>
+static bool row_domain(const T* a, const T* b, int64_t r, T& ta, T& tb) {
+  const bool ok_a = row_top(a, r, ta);
+  return row_top(b, r, tb) && ok_a;
+}
+
+// One row of the Hellinger backward: each entry needs one √ (r_i from the sums). A row outside
+// the domain gets NaN gradients.
 template <typename T>
 SDK_CLONES static void hellinger_row(const T* a, const T* b, T g, T power, bool squared, int64_t r, T* da, T* db, T* pa,
                                      T* pb, T* rpq) {
-  const auto h = hellinger_sums(a, b, power, r, pa, pb, rpq);
-  const T CA = hellinger_c<T>(h.la, h.Za), CB = hellinger_c<T>(h.lb, h.Zb);
+  T ta, tb;
+  if (!row_domain(a, b, r, ta, tb)) {
+    std::fill(da, da + r, T(NAN));
+    std::fill(db, db + r, T(NAN));
+    return;
+  }
+  const auto h = hellinger_sums(a, b, ta, tb, power, r, pa, pb, rpq);
+  const T CA = hellinger_c<T>(h.la, h.A.Z), CB = hellinger_c<T>(h.lb, h.B.Z);
   const T scale = hellinger_scale<T>(g, 1.0 - h.bc, squared);
-  const T ia = h.ia, ib = h.ib;
-  const T *sa = h.sa, *sb = h.sb;
-  if (power == T(1)) {  // ds/dS = 1: the loop vectorises
+  const T ia = h.ia, ib = h.ib, ua = h.A.u, ub = h.B.u;
+  const T *sa = h.A.s, *sb = h.B.s;
+  if (power == T(1)) {  // ds/dS = 1/c: the loop vectorises
 #pragma omp simd
     for (int64_t i = 0; i < r; ++i) {
       const T pt = sa[i] * ia, qt = sb[i] * ib;
-      da[i] = hellinger_entry_grad(scale, dh2_dp(pt, rpq[i]), CA, ia, T(1));
-      db[i] = hellinger_entry_grad(scale, dh2_dp(qt, rpq[i]), CB, ib, T(1));
+      da[i] = hellinger_entry_grad(scale, dh2_dp(pt, rpq[i]), CA, ia, ua);
+      db[i] = hellinger_entry_grad(scale, dh2_dp(qt, rpq[i]), CB, ib, ub);
     }
     return;
   }
   for (int64_t i = 0; i < r; ++i) {
     const T pt = sa[i] * ia, qt = sb[i] * ib;
-    da[i] = hellinger_entry_grad(scale, dh2_dp(pt, rpq[i]), CA, ia, dspow(a[i], power));
-    db[i] = hellinger_entry_grad(scale, dh2_dp(qt, rpq[i]), CB, ib, dspow(b[i], power));
+    da[i] = hellinger_entry_grad(scale, dh2_dp(pt, rpq[i]), CA, ia, dspow(a[i] * ua, power) * ua);
+    db[i] = hellinger_entry_grad(scale, dh2_dp(qt, rpq[i]), CB, ib, dspow(b[i] * ub, power) * ub);
   }
 }
 
-// H² = 1 − bc (or H = √max(H², 0)) per row of S_a, S_b [..., r].
+// H² = 1 − bc (or H = √max(H², 0)) per row of S_a, S_b [..., r], at any scale (the row scaling above).
 at::Tensor hellinger_fwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b, double power, bool squared) {
   auto a = S_a.contiguous(), b = S_b.contiguous();
   const int64_t r = a.size(-1), rows = r ? a.numel() / r : 0;
@@ -90,7 +128,12 @@ at::Tensor hellinger_fwd_cpu(const at::Tensor& S_a, const at::Tensor& S_b, doubl
     at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
       std::vector<T> scratch(3 * r);
       for (int64_t i = lo; i < hi; ++i) {
-        const acc_t<T> h2 = 1.0 - hellinger_sums<T>(pa + i * r, pb + i * r, T(power), r, scratch.data(),
+        T ta, tb;
+        if (!row_domain(pa + i * r, pb + i * r, r, ta, tb)) {
+          po[i] = T(NAN);  // as the reference: no S^power of a negative value
+          continue;
+        }
+        const acc_t<T> h2 = 1.0 - hellinger_sums<T>(pa + i * r, pb + i * r, ta, tb, T(power), r, scratch.data(),
                                                     scratch.data() + r, scratch.data() + 2 * r).bc;
         po[i] = T(squared ? h2 : std::sqrt(h2 < 0 ? 0.0 : h2));
       }

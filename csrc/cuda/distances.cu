@@ -14,13 +14,26 @@ __global__ void hellinger_bwd_kernel(const T* __restrict__ A, const T* __restric
   __shared__ Acc scratch[kThreads / 32];
   const int64_t row = blockIdx.x;
   const T *a = A + row * r, *b = B + row * r;
+  Acc ta = 0, tb = 0, bad = 0;
+  for (int64_t i = threadIdx.x; i < r; i += kThreads) {
+    ta = fmax(ta, Acc(a[i]));  // fmax drops a NaN, which `bad` counts
+    tb = fmax(tb, Acc(b[i]));
+    bad += !(a[i] >= T(0)) + !(b[i] >= T(0));
+  }
+  if (block_sum(bad, scratch, kThreads) > 0) {  // outside the domain: NaN (as the reference)
+    for (int64_t i = threadIdx.x; i < r; i += kThreads) dA[row * r + i] = dB[row * r + i] = T(NAN);
+    return;
+  }
+  // S/c with c = hellinger_row_scale; the gradient wrt S is that wrt S/c times 1/c
+  const T ua = T(1) / hellinger_row_scale(T(block_max(ta, scratch, kThreads)), power);
+  const T ub = T(1) / hellinger_row_scale(T(block_max(tb, scratch, kThreads)), power);
   Acc za = 0, zb = 0;
-  for (int64_t i = threadIdx.x; i < r; i += kThreads) { za += spow(a[i], power); zb += spow(b[i], power); }
+  for (int64_t i = threadIdx.x; i < r; i += kThreads) { za += spow(a[i] * ua, power); zb += spow(b[i] * ub, power); }
   const Acc Za = block_sum(za, scratch, kThreads), Zb = block_sum(zb, scratch, kThreads);
   const T ia = inv_sum<T>(Za), ib = inv_sum<T>(Zb);
   Acc bc = 0, la = 0, lb = 0;
   for (int64_t i = threadIdx.x; i < r; i += kThreads) {
-    const T pt = spow(a[i], power) * ia, qt = spow(b[i], power) * ib, rt = hellinger_root(pt, qt);
+    const T pt = spow(a[i] * ua, power) * ia, qt = spow(b[i] * ub, power) * ib, rt = hellinger_root(pt, qt);
     bc += rt;
     la += hellinger_live(pt, rt);
     lb += hellinger_live(qt, rt);
@@ -30,9 +43,10 @@ __global__ void hellinger_bwd_kernel(const T* __restrict__ A, const T* __restric
   const T CB = hellinger_c<T>(floored(Zb) ? 0.0 : block_sum(lb, scratch, kThreads), Zb);
   const T scale = hellinger_scale<T>(grad[row], 1.0 - BC, squared);
   for (int64_t i = threadIdx.x; i < r; i += kThreads) {
-    const T pt = spow(a[i], power) * ia, qt = spow(b[i], power) * ib, rt = hellinger_root(pt, qt);
-    dA[row * r + i] = hellinger_entry_grad(scale, dh2_dp(pt, rt), CA, ia, dspow(a[i], power));
-    dB[row * r + i] = hellinger_entry_grad(scale, dh2_dp(qt, rt), CB, ib, dspow(b[i], power));
+    const T sa = a[i] * ua, sb = b[i] * ub;
+    const T pt = spow(sa, power) * ia, qt = spow(sb, power) * ib, rt = hellinger_root(pt, qt);
+    dA[row * r + i] = hellinger_entry_grad(scale, dh2_dp(pt, rt), CA, ia, dspow(sa, power) * ua);
+    dB[row * r + i] = hellinger_entry_grad(scale, dh2_dp(qt, rt), CB, ib, dspow(sb, power) * ub);
   }
 }
 

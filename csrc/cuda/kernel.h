@@ -32,18 +32,27 @@ __device__ T* dynamic_smem() {
 
 namespace sdekernels::cuda {
 
-// Sum of v over a block of `threads` threads; every thread gets the result. `scratch` holds
-// threads/32 values; all threads of the block must call it.
-template <typename T>
-__device__ T block_sum(T v, T* scratch, int threads) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+// op(v) over a block of `threads` threads (op associative and commutative, `init` its identity);
+// every thread gets the result. `scratch` holds threads/32 values; all threads must call it.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, T* scratch, int threads, T init, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  T total = 0;
-  for (int w = 0; w < threads / 32; ++w) total += scratch[w];
+  T total = init;
+  for (int w = 0; w < threads / 32; ++w) total = op(total, scratch[w]);
   return total;
+}
+template <typename T>
+__device__ T block_sum(T v, T* scratch, int threads) {
+  return block_reduce(v, scratch, threads, T(0), [](T x, T y) { return x + y; });
+}
+// The largest of values >= 0 (0 for none).
+template <typename T>
+__device__ T block_max(T v, T* scratch, int threads) {
+  return block_reduce(v, scratch, threads, T(0), [](T x, T y) { return x < y ? y : x; });
 }
 
 // Blocks of `threads` threads covering n items.

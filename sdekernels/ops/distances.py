@@ -103,60 +103,14 @@ def _unit_rows(S: Tensor):
     return S.to(c.dtype) / c, c
 
 
-# |log2| of a row's largest S^power within which the C++ kernels take S unscaled (see _cpu_rows)
-_UNSCALED_LOG2 = 40.0
-
-
-def _bit_extremes(ts, bits) -> tuple[Tensor, Tensor]:
-    """Row max and min of each [n, r] tensor's bits as integers, in blocks of rows that stay in
-    cache between the two reductions."""
-    n, r = ts[0].shape
-    top, low = (torch.empty(len(ts), n, dtype=bits) for _ in range(2))
-    step = max(1, (1 << 20) // r)
-    for i in range(0, n, step):
-        for k, t in enumerate(ts):
-            block = t[i:i + step].view(bits)
-            torch.amax(block, -1, out=top[k, i:i + step])
-            torch.amin(block, -1, out=low[k, i:i + step])
-    return top, low
-
-
-def _cpu_rows(S_a: Tensor, S_b: Tensor, power: float):
-    """(a, b, ok) for the C++ kernels on CPU without _unit_rows' passes over S: S_a, S_b in the work
-    dtype, unscaled, and ok = the rows without a negative or NaN value (the others give NaN). None
-    where some row's largest S^power lies outside [2^-40, 2^40]: only there can the power-of-two
-    scaling change a result (the kernels sum in double; p's 1e-12 floor hides the rest)."""
-    w = work_dtype(S_a.dtype)
-    a, b = (S.to(w).contiguous().reshape(-1, S.shape[-1]) for S in (S_a, S_b))
-    # A non-negative float's bits, read as an integer, order like its value; the sign bit makes a
-    # negative value (or -0.0) a negative integer. Integer reductions are also the cheaper ones.
-    top, low = _bit_extremes((a, b), torch.int32 if w == torch.float32 else torch.int64)
-    top = top.view(w)
-    far = (top > 0) & torch.isfinite(top) & ((top.log2() * power).abs() > _UNSCALED_LOG2)
-    if bool(far.any()):
-        return None
-    ok = (low >= 0).all(0)
-    if not bool(ok.all()):  # -0.0 also has the sign bit: the exact test where some bit was set
-        ok = (a.amin(-1) >= 0) & (b.amin(-1) >= 0)
-    shape = S_a.shape
-    return a.reshape(shape), b.reshape(shape), ok.reshape(shape[:-1])
-
-
-def _nan_rows(t: Tensor, ok: Tensor) -> Tensor:
-    return t if bool(ok.all()) else torch.where(ok, t, float("nan"))
-
-
 @torch.library.custom_op("sdekernels::hellinger", mutates_args=())
 def _hellinger(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
     if use_triton(S_a):
         return _hellinger_triton(_unit_rows(S_a)[0].to(S_a.dtype), _unit_rows(S_b)[0].to(S_b.dtype), power, squared)
-    if S_a.device.type == "cpu" and _ext.available():  # one pass per row, vectorised (csrc/cpu/distances.cpp)
-        direct = _cpu_rows(S_a, S_b, power)
-        if direct is not None:
-            a, b, ok = direct
-            return _nan_rows(torch.ops.sdekernels_C.hellinger_fwd(a, b, power, squared), ok).to(S_a.dtype)
-        # no S^power of a negative value: NaN (as the reference), which the C++ pass carries to the row
-        a, b = (torch.where(S >= 0, _unit_rows(S)[0], float("nan")) for S in (S_a, S_b))
+    if S_a.device.type == "cpu" and _ext.available():
+        # one pass per row, vectorised (csrc/cpu/distances.cpp); it scales each row and gives NaN
+        # for a row outside the domain itself, so S is read once
+        a, b = (S.to(work_dtype(S.dtype)) for S in (S_a, S_b))
         return torch.ops.sdekernels_C.hellinger_fwd(a, b, power, squared).to(S_a.dtype)
     return ref.hellinger(S_a, S_b, power=power, squared=squared)
 
@@ -169,16 +123,11 @@ def _(S_a, S_b, power, squared):
 @torch.library.custom_op("sdekernels::hellinger_backward", mutates_args=())
 def _hellinger_backward(S_a: Tensor, S_b: Tensor, grad: Tensor, power: float, squared: bool) -> tuple[Tensor, Tensor]:
     w = work_dtype(S_a.dtype)
-    direct = _cpu_rows(S_a, S_b, power) if S_a.device.type == "cpu" and _ext.available() else None
-    if direct is not None:
-        a, b, ok = direct
-        da, db = torch.ops.sdekernels_C.hellinger_bwd(a, b, grad.to(w), power, squared)
-        return grad_like(_nan_rows(da, ok[..., None]), S_a), grad_like(_nan_rows(db, ok[..., None]), S_b)
-    (a, ca), (b, cb), g = _unit_rows(S_a), _unit_rows(S_b), grad.to(w)
-    if _ext.available():
-        da, db = torch.ops.sdekernels_C.hellinger_bwd(a, b, g, power, squared)
-    else:
-        da, db = ref_vjp(ref.hellinger, (a, b), g, power=power, squared=squared)
+    if _ext.available():  # both twins scale each row and give NaN rows outside the domain themselves
+        da, db = torch.ops.sdekernels_C.hellinger_bwd(S_a.to(w), S_b.to(w), grad.to(w), power, squared)
+        return grad_like(da, S_a), grad_like(db, S_b)
+    (a, ca), (b, cb) = _unit_rows(S_a), _unit_rows(S_b)
+    da, db = ref_vjp(ref.hellinger, (a, b), grad.to(w), power=power, squared=squared)
     # A row with a negative or NaN value has a NaN distance (no S^power): NaN gradients, on every path.
     ok = (a >= 0).all(-1, keepdim=True) & (b >= 0).all(-1, keepdim=True)
     da, db = torch.where(ok, da, float("nan")), torch.where(ok, db, float("nan"))

@@ -327,7 +327,7 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off):
     if direct:  # D = E·(u_i + v_j): the softmaxes as E = exp(logits) rescaled per row and per column
         a_s = a * s if not kept.numel() else None
         u = lse_r.neg().exp_().mul_(c_r)[..., None]
-        v = lse_c.neg().exp_().mul_(c_c)[:, None, :] if c_c else a.new_zeros(())
+        v = lse_c.neg().exp_().mul_(c_c)[:, None, :] if c_c else None
         bufs = [a.new_empty((R, min(step, nx), b.shape[1])) for _ in range(2)]  # reused: no page faults per chunk
     for i in range(0, nx, step):
         a_i, rows = a[:, i:i + step], slice(i, i + step)
@@ -335,7 +335,8 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off):
             recomputed = not kept.numel()
             E = torch.matmul(a_s[:, rows], b.mT).exp_() if recomputed else kept[:, rows]
             uv, D = (t if t.shape[1] == E.shape[1] else torch.empty_like(E) for t in bufs)
-            D = torch.mul(E, torch.add(u[:, rows], v, out=uv), out=E if recomputed else D)
+            w = torch.add(u[:, rows], v, out=uv) if c_c else u[:, rows]  # one-sided: v = 0
+            D = torch.mul(E, w, out=E if recomputed else D)
         else:  # the logits, turned into dL/dlogits in place
             D = kept[:, rows].clone() if kept.numel() else torch.matmul(a_i, b.mT).mul_(s)
             col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
@@ -414,10 +415,13 @@ def _info_nce_setup(ctx, inputs, output):
     z_a, z_b, scale, ctx.offset, ctx.normalize, ctx.symmetric = inputs
     _, lse_r, lse_c, logits = output
     ctx.mark_non_differentiable(lse_r, lse_c, logits)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for them (the logits: B² floats)
     ctx.save_for_backward(z_a, z_b, scale, lse_r, lse_c, logits)
 
 
 def _info_nce_grad(ctx, grad, *_):
+    if grad is None:  # an undefined loss gradient (the others are never materialised)
+        return (None,) * 6
     z_a, z_b, scale, lse_r, lse_c, logits = ctx.saved_tensors
     grads = _info_nce_backward(z_a, z_b, scale, lse_r, lse_c, logits, grad, ctx.offset, ctx.normalize, ctx.symmetric)
     return (*grads, None, None, None)
@@ -557,10 +561,13 @@ def _siglip_setup(ctx, inputs, output):
     z_a, z_b, scale, bias, ctx.offset, ctx.normalize, _ = inputs
     _, ga, gb, gs, gt = output
     ctx.mark_non_differentiable(ga, gb, gs, gt)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for them
     ctx.save_for_backward(z_a, z_b, scale, bias, ga, gb, gs, gt)
 
 
 def _siglip_grad(ctx, grad, *_):
+    if grad is None:  # an undefined loss gradient (the others are never materialised)
+        return (None,) * 7
     return (*_siglip_backward(*ctx.saved_tensors, grad, ctx.offset, ctx.normalize), None, None, None)
 
 

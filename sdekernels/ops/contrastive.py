@@ -27,6 +27,7 @@ from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, c
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
+_RAW_LOG2 = 40  # rows with max|z| in [2^-40, 2^40] are normalised unscaled on CPU (see _norm_parts)
 CHUNK_ELEMS = 1 << 21  # logits entries held at once by the CPU path (8 MB in float32)
 KEEP_ELEMS = 1 << 24  # the CPU forward keeps up to this many logits (64 MB in float32): no recomputation GEMM
 # CUDA tiles {fp64?: ...}; BD caps the DX columns a gradient program holds in registers
@@ -207,6 +208,13 @@ def _norm_parts(z: Tensor, normalize: bool):
     x = rows(z, 2).to(work_dtype(z.dtype))
     if not normalize:
         return x, None
+    if x.device.type == "cpu":  # a check costs no device sync here
+        # max|x| without a temporary of x's size; where no square can overflow or underflow, ‖z‖ itself
+        # equals c·‖z/c‖ to rounding and the passes that divide by c are saved (c = 1)
+        top = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg())
+        if x.shape[-1] and bool(((top >= 2.0 ** -_RAW_LOG2) & (top <= 2.0 ** _RAW_LOG2)).all()):
+            norm = x.norm(dim=-1, keepdim=True)
+            return x / norm, (x.new_ones(()), norm)
     c = pow2_scale(x, (-1,))
     x = x / c  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
     norm = x.norm(dim=-1, keepdim=True)
@@ -217,13 +225,18 @@ def _normalized(z: Tensor, normalize: bool) -> Tensor:
     return _norm_parts(z, normalize)[0]
 
 
+def _rowdot(x: Tensor, y: Tensor) -> Tensor:
+    """Σ_k x_ik y_ik per row [..., n, d] -> [..., n] in one pass (no product of x's size)."""
+    return torch.einsum("...k,...k->...", x, y)
+
+
 def _normalize_backward(z: Tensor, zh: Tensor, g: Tensor, normalize: bool, parts=None) -> Tensor:
     """dL/dz from dL/dẑ through ẑ = z / max(‖z‖, eps); `parts` from _norm_parts, else recomputed."""
     if not normalize:
         return g
     c, norm = parts if parts is not None else _norm_parts(z, True)[1]  # ‖z‖ = c·‖z/c‖
-    dot = torch.where(norm > NORM_EPS, (zh * g).sum(-1, keepdim=True), 0.0)
-    return torch.addcmul(g, zh, dot, value=-1).div_(norm.clamp_min(NORM_EPS)).div_(c)  # (g − ẑ(ẑ·g)) / ‖z‖
+    dot = torch.where(norm > NORM_EPS, _rowdot(zh, g)[..., None], 0.0)
+    return torch.addcmul(g, zh, dot, value=-1).div_(norm.clamp_min(NORM_EPS) * c)  # (g − ẑ(ẑ·g)) / ‖z‖
 
 
 def _chunk(n: int) -> int:
@@ -316,18 +329,21 @@ def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool, keep: bool) -> tu
     return lse_r, lse_c, kept
 
 
-def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off):
-    """dL/dlogits over row chunks with ATen matmuls: two chunk×ny buffers at a time, from the
-    forward's kept E (or logits) or by recomputing them."""
+def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off, g):
+    """(dL/da, dL/db, dL/ds) for the loss gradient g, over row chunks with ATen matmuls: two
+    chunk×ny buffers at a time, from the forward's kept E (or logits) or by recomputing them.
+    D holds s·g·dL/dlogits, so that D·b and Dᵀ·a are the gradients without a pass to scale them."""
     R, nx, _ = a.shape
     da, db = torch.empty_like(a), torch.zeros_like(b)
     ds = a.new_zeros(())
     step = _chunk(b.shape[1])
+    two_sided, sg = bool(c_c), s * g
+    c_r, c_c = c_r * sg, c_c * sg
     direct = _direct_exp(a, b, s)  # the forward's choice: same inputs, same answer
     if direct:  # D = E·(u_i + v_j): the softmaxes as E = exp(logits) rescaled per row and per column
         a_s = a * s if not kept.numel() else None
         u = lse_r.neg().exp_().mul_(c_r)[..., None]
-        v = lse_c.neg().exp_().mul_(c_c)[:, None, :] if c_c else None
+        v = lse_c.neg().exp_().mul_(c_c)[:, None, :] if two_sided else None
         bufs = [a.new_empty((R, min(step, nx), b.shape[1])) for _ in range(2)]  # reused: no page faults per chunk
     for i in range(0, nx, step):
         a_i, rows = a[:, i:i + step], slice(i, i + step)
@@ -335,21 +351,22 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off):
             recomputed = not kept.numel()
             E = torch.matmul(a_s[:, rows], b.mT).exp_() if recomputed else kept[:, rows]
             uv, D = (t if t.shape[1] == E.shape[1] else torch.empty_like(E) for t in bufs)
-            w = torch.add(u[:, rows], v, out=uv) if c_c else u[:, rows]  # one-sided: v = 0
+            w = torch.add(u[:, rows], v, out=uv) if v is not None else u[:, rows]  # one-sided: v = 0
             D = torch.mul(E, w, out=E if recomputed else D)
         else:  # the logits, turned into dL/dlogits in place
             D = kept[:, rows].clone() if kept.numel() else torch.matmul(a_i, b.mT).mul_(s)
-            col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if c_c else None
+            col = (D - lse_c[:, None, :]).exp_().mul_(c_c) if two_sided else None
             D.sub_(lse_r[:, rows, None]).exp_().mul_(c_r)
             if col is not None:
                 D += col
                 del col
         torch.diagonal(D, offset=i + off, dim1=-2, dim2=-1).sub_(c_r + c_c)
-        Db = torch.matmul(D, b)
-        ds += (a_i * Db).sum()  # Σ_ij D_ij a_i·b_j without a second chunk×ny product
-        da[:, rows] = Db.mul_(s)
+        Db = torch.matmul(D, b, out=da[:, rows]) if R == 1 else torch.matmul(D, b)
+        ds += _rowdot(a_i, Db).sum()  # s·g·Σ_ij dL/dlogits_ij a_i·b_j without a second chunk×ny product
+        if R != 1:
+            da[:, rows] = Db
         db.baddbmm_(D.mT, a_i)
-    return da, db.mul_(s), ds
+    return da, db, ds / s
 
 
 @torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())
@@ -367,7 +384,7 @@ def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: b
         a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)
     else:
         lse_r, lse_c, logits = _lse_cpu(a, b, s, symmetric, _keeps_logits(z_a, z_b))
-    diag = s * (a * b[:, offset:offset + nx]).sum(-1)
+    diag = s * _rowdot(a, b[:, offset:offset + nx])
     w = 0.5 if symmetric else 1.0
     loss = (w / (R * nx)) * (lse_r - diag).sum()
     if symmetric:
@@ -398,11 +415,13 @@ def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, l
         da, db, ds = da / (R * nx), db / (R * nx), parts[0] / (R * nx)
     else:
         c = w / (R * nx)
-        da, db, ds = _grad_cpu(a, b, s, lse_r, lse_c, c, c if symmetric else 0.0, logits, offset)
-    g = grad.to(a.dtype)
-    da = _normalize_backward(z_a, a, da * g, normalize, parts_a).reshape(z_a.shape)
-    db = _normalize_backward(z_b, b, db * g, normalize, parts_b).reshape(z_b.shape)
-    ds = (ds * g).reshape(scale.shape)
+        da, db, ds = _grad_cpu(a, b, s, lse_r, lse_c, c, c if symmetric else 0.0, logits, offset, grad.to(a.dtype))
+    if use_triton(a):
+        g = grad.to(a.dtype)
+        da, db, ds = da * g, db * g, ds * g
+    da = _normalize_backward(z_a, a, da, normalize, parts_a).reshape(z_a.shape)
+    db = _normalize_backward(z_b, b, db, normalize, parts_b).reshape(z_b.shape)
+    ds = ds.reshape(scale.shape)
     return grad_like(da, z_a), grad_like(db, z_b), grad_like(ds, scale)
 
 

@@ -56,3 +56,19 @@ def test_every_pointer_exists(op):
 @pytest.mark.parametrize("op", sorted(ROWS))
 def test_bench_column_names_the_op(op):
     assert f"--op {op}" in ROWS[op]["bench"], f"{op}: the bench column should give `bench --op {op}`"
+
+
+@pytest.mark.parametrize("path", ["README.md", "benchmarks/results/cpu.md"])
+def test_bench_table_is_the_record(path):
+    """The measured table is the one benchmarks/record.py draws from results/cpu-bench.json: no
+    figure is edited by hand or left behind when the record changes."""
+    import json
+
+    from sdekernels import bench
+
+    with open(os.path.join(ROOT, "benchmarks", "results", "cpu-bench.json")) as f:
+        rows = json.load(f)["rows"]
+    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+    found = re.search(r"<!-- bench-table -->\n(.*?)\n<!-- /bench-table -->", text, re.S)
+    assert found, f"{path}: no bench-table markers"
+    assert found.group(1) == bench.markdown(rows)

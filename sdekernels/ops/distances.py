@@ -27,19 +27,46 @@ if HAS_TRITON:
         return tl.where(s > 0, tl.exp(power * tl.log(tl.where(s > 0, s, 1.0))), tl.where(s == 0, 0.0, float("nan")))
 
     @triton.jit
+    def _pow2_inverse(t, ACC: tl.constexpr):
+        """1/c for the power of two c with t/c in [1, 2), from t's exponent bits (exact; c and 1/c
+        stay normal numbers)."""
+        if ACC == tl.float64:
+            e = ((t.to(tl.int64, bitcast=True) >> 52) & 0x7FF) - 1023
+            e = tl.minimum(tl.maximum(e, -1022), 1022)
+            return ((1023 - e) << 52).to(tl.float64, bitcast=True)
+        else:
+            e = ((t.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+            e = tl.minimum(tl.maximum(e, -126), 126)
+            return ((127 - e) << 23).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _row_unit(X, r, power, ACC: tl.constexpr, BLOCK: tl.constexpr):
+        """1/c for a row, as the C++ and CUDA kernels' hellinger_row_scale: the power of two c with
+        max/c in [1, 2) where the row's largest S^power lies outside [2^-40, 2^40] (only there can
+        scaling change a result), else 1. A row is so taken at any scale, exactly."""
+        top = tl.zeros([BLOCK], ACC)
+        for start in range(0, r, BLOCK):
+            idx = start + tl.arange(0, BLOCK)
+            top = tl.maximum(top, tl.load(X + idx, mask=idx < r, other=0).to(ACC))
+        t = tl.max(top, 0)
+        far = (t > 0) & (t - t == 0) & (tl.abs(tl.log2(tl.where(t > 0, t, 1.0)) * power) > 40.0)
+        return tl.where(far, _pow2_inverse(tl.where(far, t, 1.0), ACC), 1.0)
+
+    @triton.jit
     def _hellinger_kernel(A, B, OUT, r, sa, sb, power, POWER_ONE: tl.constexpr, SQUARED: tl.constexpr,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
-        # One program per row (row strides sa, sb; unit column stride): pass 1 sums S^power of both
-        # spectra, pass 2 the Bhattacharyya sum.
+        # One program per row (row strides sa, sb; unit column stride): pass 0 finds each row's
+        # scale, pass 1 sums S^power of both spectra, pass 2 the Bhattacharyya sum.
         row = tl.program_id(0).to(tl.int64)
         a_row, b_row = A + row * sa, B + row * sb
+        ua, ub = _row_unit(a_row, r, power, ACC, BLOCK), _row_unit(b_row, r, power, ACC, BLOCK)
         za = tl.zeros([BLOCK], ACC)
         zb = tl.zeros([BLOCK], ACC)
         for start in range(0, r, BLOCK):
             idx = start + tl.arange(0, BLOCK)
             mask = idx < r
-            za += _spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE)
-            zb += _spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE)
+            za += _spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC) * ua, power, POWER_ONE)
+            zb += _spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC) * ub, power, POWER_ONE)
         za_s, zb_s = tl.sum(za, 0), tl.sum(zb, 0)
         za_c = tl.maximum(za_s, 1e-30)
         zb_c = tl.maximum(zb_s, 1e-30)
@@ -47,8 +74,10 @@ if HAS_TRITON:
         for start in range(0, r, BLOCK):
             idx = start + tl.arange(0, BLOCK)
             mask = idx < r
-            p = tl.maximum(_spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE) / za_c, 1e-12)
-            q = tl.maximum(_spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC), power, POWER_ONE) / zb_c, 1e-12)
+            p = tl.maximum(_spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC) * ua, power, POWER_ONE) / za_c,
+                           1e-12)
+            q = tl.maximum(_spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC) * ub, power, POWER_ONE) / zb_c,
+                           1e-12)
             bc += tl.where(mask, tl.sqrt(p * q), 0.0)
         h2 = 1.0 - tl.sum(bc, 0)
         # A NaN or Inf sum (a negative or non-finite value) makes the row NaN, as in the reference
@@ -106,7 +135,7 @@ def _unit_rows(S: Tensor):
 @torch.library.custom_op("sdekernels::hellinger", mutates_args=())
 def _hellinger(S_a: Tensor, S_b: Tensor, power: float, squared: bool) -> Tensor:
     if use_triton(S_a):
-        return _hellinger_triton(_unit_rows(S_a)[0].to(S_a.dtype), _unit_rows(S_b)[0].to(S_b.dtype), power, squared)
+        return _hellinger_triton(S_a, S_b, power, squared)  # the kernel scales each row itself
     if S_a.device.type == "cpu" and _ext.available():
         # one pass per row, vectorised (csrc/cpu/distances.cpp); it scales each row and gives NaN
         # for a row outside the domain itself, so S is read once

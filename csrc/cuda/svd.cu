@@ -8,28 +8,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// σ_1 = max |v_i| over the block's row, seen by every thread (`red` holds kThreads doubles).
+// σ_1 = max |σ| over the block's row of n values, seen by every thread, and the stabilised 1/σ_j of
+// its first k values into inv (`red` holds kThreads/32 doubles).
 template <typename T>
-__device__ double block_max_abs(const T* v, int64_t n, double* red) {
+__device__ double row_inverses(const T* s, int64_t n, int64_t k, T* inv, double* red) {
   double m = 0;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) m = max_abs(m, v[i]);
-  red[threadIdx.x] = m;
-  __syncthreads();
-  for (int o = kThreads / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + o]);
-    __syncthreads();
-  }
-  return red[0];
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) m = max_abs(m, s[i]);
+  const double s1 = block_max(m, red, kThreads);
+  for (int64_t j = threadIdx.x; j < k; j += kThreads) inv[j] = T(svd_inv(s[j], s1));
+  return s1;
 }
 
 template <typename T>
 __global__ void svd_core_kernel(const T* __restrict__ As, const T* __restrict__ Bs, const T* __restrict__ Ss,
                                 const T* __restrict__ gSs, T* __restrict__ Kts, T* __restrict__ invs, int64_t k) {
-  __shared__ double red[kThreads];
+  __shared__ double red[kThreads / 32];
   const int64_t row = blockIdx.x, kk = k * k;
   const T *A = As + row * kk, *B = Bs + row * kk, *S = Ss + row * k, *gS = gSs + row * k;
-  const double s1 = block_max_abs(S, k, red);
-  for (int64_t j = threadIdx.x; j < k; j += kThreads) invs[row * k + j] = T(svd_inv(S[j], s1));
+  const double s1 = row_inverses(S, k, k, invs + row * k, red);
   for (int64_t e = threadIdx.x; e < kk; e += kThreads) {
     const int64_t j = e / k, l = e % k;
     Kts[row * kk + e] = T(svd_core_entry(A[e], A[l * k + j], B[e], B[l * k + j], S[j], S[l], gS[j], svd_inv(S[j], s1),
@@ -42,11 +38,10 @@ template <typename T>
 __global__ void svd_exact_core_kernel(const T* __restrict__ Ps, const T* __restrict__ Qs, const T* __restrict__ sigmas,
                                       const T* __restrict__ gSs, T* __restrict__ Cs, T* __restrict__ invs, int64_t r,
                                       int64_t k) {
-  __shared__ double red[kThreads];
+  __shared__ double red[kThreads / 32];
   const int64_t row = blockIdx.x, rk = r * k;
   const T *P = Ps + row * rk, *Q = Qs + row * rk, *s = sigmas + row * r, *gS = gSs + row * k;
-  const double s1 = block_max_abs(s, r, red);
-  for (int64_t j = threadIdx.x; j < k; j += kThreads) invs[row * k + j] = T(svd_inv(s[j], s1));
+  const double s1 = row_inverses(s, r, k, invs + row * k, red);
   for (int64_t e = threadIdx.x; e < rk; e += kThreads) {
     const int64_t i = e / k, j = e % k;
     Cs[row * rk + e] = T(svd_exact_entry(P[e], Q[e], Q[j * k + j], s[i], s[j], gS[j], svd_inv(s[j], s1), s1, i == j));

@@ -56,6 +56,7 @@ from ..reference.svd import mp_median
 
 GRAM_MAX_R = 2048   # up to this r = min(m, n) the Gram eigen-solver (exact, measured faster here) is used
 DEFAULT_SEED = 0x5DE
+FIRST_TEST = 2      # the iteration of subspace_basis's first test (see there)
 BACKWARDS = ("exact", "truncated")
 
 # Stabilisers of the backward (SPEC §1), relative to σ_1 (never absolute, SPEC §10): 1/(σ_j² − σ_i²)
@@ -352,7 +353,8 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
 
     A test costs a q×q eigh (Rayleigh–Ritz: u_i = Q w_i, v_i = B w_i/σ_i) and the residuals, which
     come free from Y: with A B = Y R_B, σ_i(A v_i − σ_i u_i) = Y R_B w_i − σ_i² u_i; Y also lifts the
-    short side one product further (_triplets). The first test follows the first iteration; the next
+    short side one product further (_triplets). The first test follows iteration FIRST_TEST = 2 (a
+    test costs about a product at r ≈ 768, and spiked spectra never meet the bar after one); the next
     comes where the rate (σ_q/σ_k)² predicts the bound to hold, at most it + 2 iterations on (a poor
     prediction costs at most about twice the iterations, with a logarithmic number of tests). A row
     stops (its triplets frozen, so they never depend on its neighbours) as soon as its bound holds.
@@ -375,7 +377,7 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
     cap = 200 if niter is None else niter
     done, gram = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
     out = None
-    test = min(1, cap)  # the next iteration whose result is tested
+    test = min(FIRST_TEST, cap)  # the next iteration whose result is tested
     for it in range(cap + 1):
         B = mm(At, Q, w)                                       # [R, N, q]
         if it < test:

@@ -164,7 +164,7 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
       bound the relative error of σ_1..k and sin∠ of the top-k subspaces (ritz_error); a batch
       element stops as soon as its bound holds, and returns the triplets lifted one product on
       (the SVD of A·V_k, also free from Y) where their bound is the smaller. The first test follows
-      the first iteration, the next where the observed rate (σ_q/σ_k)² predicts convergence. With
+      the second iteration, the next where the observed rate (σ_q/σ_k)² predicts convergence. With
       niter=None an element whose predicted remaining work exceeds the Gram eigen-solver's
       switches to it. Spiked spectra (SDE's features) stop after 3 iterations (9 products over F);
       slow spectra (small gap, flat tail, pure noise) take the Gram solver.

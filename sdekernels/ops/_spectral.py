@@ -321,17 +321,19 @@ def _triplets(Q: Tensor, B: Tensor, lam: Tensor, W: Tensor, k: int, lifted=None)
     S = lam[:, :k].sqrt()
     inv = safe_inv(S, S[:, :1])
     Wk = W[:, :, :k]
-    short = Q @ Wk.to(w)
-    if lifted is None:
-        return short, S, B @ (Wk * inv.unsqueeze(-2)).to(w)
+    if lifted is None or not lifted[2].any():
+        return Q @ Wk.to(w), S, B @ (Wk * inv.unsqueeze(-2)).to(w)
     M, RtR, lift = lifted
-    G = torch.diag_embed(S * S) + inv[:, :, None] * RtR[:, :k, :k] * inv[:, None, :]
-    lam2, P = eigh_desc(G)
-    sel = torch.from_numpy(lift).to(Q.device)
-    P = torch.where(sel[:, None, None], P, torch.eye(k, dtype=P.dtype, device=P.device))
-    S2 = torch.where(sel[:, None], lam2.sqrt(), S)
-    up = M[..., :k] @ (inv[:, :, None] * P * safe_inv(S2, S2[:, :1])[:, None, :]).to(w)
-    return torch.where(sel[:, None, None], up, short), S2, B @ ((Wk * inv.unsqueeze(-2)) @ P).to(w)
+    lam2, P = eigh_desc(torch.diag_embed(S * S) + inv[:, :, None] * RtR[:, :k, :k] * inv[:, None, :])
+    S2 = lam2.sqrt()
+    if not lift.all():  # the other rows keep their Ritz triplets (P = I)
+        sel = torch.from_numpy(lift).to(Q.device)
+        P = torch.where(sel[:, None, None], P, torch.eye(k, dtype=P.dtype, device=P.device))
+        S2 = torch.where(sel[:, None], S2, S)
+    short = M[..., :k] @ (inv[:, :, None] * P * safe_inv(S2, S2[:, :1])[:, None, :]).to(w)
+    if not lift.all():
+        short = torch.where(sel[:, None, None], short, Q @ Wk.to(w))
+    return short, S2, B @ ((Wk * inv.unsqueeze(-2)) @ P).to(w)
 
 
 def _conditioned(B: Tensor, G: Tensor):

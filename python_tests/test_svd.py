@@ -142,7 +142,7 @@ def test_bound_holds_at_every_iteration(case, monkeypatch):
 def test_spiked_certified_after_three_iterations(monkeypatch):
     """Spiked features (the SDE setting): the sketch, three iterations and the tested Rayleigh–Ritz
     step: 9 products over F, the bar met on both sides; an int niter caps the iterations (2·niter + 2
-    products where the bound is not met first) and still stops at the bound."""
+    products where the bound is not met first) and still stops at the bound; tol sets the bar."""
     calls = _count_products(monkeypatch, 1500, 400)
     for m, n, k in [(1500, 400, 16), (400, 1500, 16)]:
         F = spiked(0, m, n, k, 3.0, torch.Generator().manual_seed(k)).float()
@@ -156,6 +156,13 @@ def test_spiked_certified_after_three_iterations(monkeypatch):
             calls.clear()
             sdekernels.svd_topk(F, k, niter=niter, tol=1e-9)
             assert len(calls) == 2 * niter + 2
+        used = []
+        for tol in (1e-2, 1e-3, 1e-5):  # tol: σ within tol, sin∠ within 10·tol; a smaller tol costs more
+            calls.clear()
+            err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k, tol=tol), k)
+            assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (tol, err, sin_u, sin_v)
+            used.append(len(calls))
+        assert used == sorted(used) and used[0] < used[-1], used
 
 
 def test_rows_stop_independently():

@@ -66,6 +66,119 @@ def test_accuracy_randomized_solver(monkeypatch):
     torch.testing.assert_close(St, Sa, atol=1e-5, rtol=1e-5)
 
 
+def _errors(F, out, k):
+    """(max relative σ error, sin∠ of the left and of the right top-k subspaces) against the float64 SVD of F."""
+    U1, S1, Vh1 = torch.linalg.svd(F.double(), full_matrices=False)
+    U, S, V = out
+    err = float(((S.double() - S1[..., :k]).abs() / S1[..., :k]).max())
+    return err, float(_sin(U, U1[..., :k])), float(_sin(V, Vh1[..., :k, :].mT))
+
+
+def _count_products(monkeypatch, m, n):
+    """A list that records each product over an m×n F (either orientation) the solvers run."""
+    calls, mm_for = [], spectral.mm_for
+    big = {(m, n), (n, m)}
+
+    def counted(x):
+        mm = mm_for(x)
+
+        def run(a, b, dtype):
+            calls.extend(t for t in (a, b) if tuple(t.shape[-2:]) in big)
+            return mm(a, b, dtype)
+        return run
+    monkeypatch.setattr(spectral, "mm_for", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["spiked", "gap"])
+@pytest.mark.parametrize("m,n,k", [(600, 240, 8), (160, 500, 12), (900, 300, 32)])
+def test_adaptive_meets_bar(m, n, k, kind, dtype):
+    """SPEC §1 at the defaults on the adaptive path (no gradient): spiked features and the hard
+    spectrum (σ_k/σ_{k+1} = 1.1, slowly decaying tail), tall and wide, both subspaces; float64 input
+    is held to its own default tol (1e-10)."""
+    g = torch.Generator().manual_seed(m + k)
+    F = (spiked(0, m, n, k, 3.0, g) if kind == "spiked" else _gap_matrix(m, n, k, g)[0]).to(dtype)
+    tol = spectral.default_tol(dtype)
+    err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
+    assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (err, sin_u, sin_v)
+
+
+@pytest.mark.parametrize("case", ["spiked32", "spiked64", "gap32", "weak32"])
+def test_bound_holds_at_every_iteration(case, monkeypatch):
+    """The stopping rule's bound (ritz_error) is above the true error of the triplets it certifies
+    (lifted or not) at every iteration, in tol units (σ error, sin∠/10 of both sides): the solver is
+    forced to stop at the 1st, 2nd, … test (one test per iteration) until its own rule would stop.
+    There the bar is met, and one iteration fewer misses it (so the rule neither stops early nor,
+    on these inputs, an iteration late)."""
+    g = torch.Generator().manual_seed(3)
+    m, n, k = 700, 260, 12
+    F = {"spiked32": lambda: spiked(0, m, n, k, 3.0, g).float(), "spiked64": lambda: spiked(0, m, n, k, 3.0, g),
+         "gap32": lambda: _gap_matrix(m, n, k, g, gap=1.25)[0].float(),
+         "weak32": lambda: spiked(0, m, n, k, 1.2, g).float()}[case]()
+    tol = spectral.default_tol(F.dtype)
+    monkeypatch.setattr(spectral, "FIRST_TEST", 1)  # a test after every iteration
+    monkeypatch.setattr(spectral, "_predicted_iterations", lambda err, *a: np.zeros_like(err))
+    ritz_error = spectral.ritz_error
+    rows = []
+    for stop in range(1, 40):
+        bounds = []
+
+        def forced(RtR, s, k, unit, bounds=bounds, stop=stop):
+            err, lift = ritz_error(RtR, s, k, unit)
+            bounds.append(err[0])
+            return np.full_like(err, 0.0 if len(bounds) == stop else 1e300), lift
+        monkeypatch.setattr(spectral, "ritz_error", forced)
+        err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
+        true = max(err, sin_u / 10, sin_v / 10)
+        rows.append((stop, bounds[-1], true))
+        if bounds[-1] <= tol:
+            break
+    for stop, bound, true in rows:
+        assert true <= bound, (stop, bound, true)
+    assert rows[-1][1] <= tol and rows[-1][2] <= tol and rows[-2][2] > tol, rows[-2:]
+
+
+def test_spiked_certified_after_three_iterations(monkeypatch):
+    """Spiked features (the SDE setting): the sketch, three iterations and the tested Rayleigh–Ritz
+    step: 9 products over F, the bar met on both sides; an int niter caps the iterations (2·niter + 2
+    products where the bound is not met first) and still stops at the bound; tol sets the bar."""
+    calls = _count_products(monkeypatch, 1500, 400)
+    for m, n, k in [(1500, 400, 16), (400, 1500, 16)]:
+        F = spiked(0, m, n, k, 3.0, torch.Generator().manual_seed(k)).float()
+        calls.clear()
+        err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
+        assert len(calls) == 9 and err <= 1e-4 and sin_u <= 1e-3 and sin_v <= 1e-3, (len(calls), err, sin_u, sin_v)
+        calls.clear()
+        sdekernels.svd_topk(F, k, niter=8)
+        assert len(calls) == 9
+        for niter in range(4):
+            calls.clear()
+            sdekernels.svd_topk(F, k, niter=niter, tol=1e-9)
+            assert len(calls) == 2 * niter + 2
+        used = []
+        for tol in (1e-2, 1e-3, 1e-5):  # tol: σ within tol, sin∠ within 10·tol; a smaller tol costs more
+            calls.clear()
+            err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k, tol=tol), k)
+            assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (tol, err, sin_u, sin_v)
+            used.append(len(calls))
+        assert used == sorted(used) and used[0] < used[-1], used
+
+
+def test_rows_stop_independently():
+    """A batch whose rows stop at different iterations (lifted or not) gives each row's own result."""
+    g = torch.Generator().manual_seed(5)
+    m, n, k = 300, 120, 6
+    F = torch.stack([spiked(0, m, n, k, 3.0, g), spiked(0, m, n, k, 1.2, g),
+                     _gap_matrix(m, n, k, g, gap=1.3)[0]]).float()
+    out = sdekernels.svd_topk(F, k)
+    for i in range(3):
+        for a, b in zip(out, sdekernels.svd_topk(F[i], k)):
+            torch.testing.assert_close(a[i], b, rtol=1e-4, atol=1e-5)
+        err, sin_u, sin_v = _errors(F[i], [t[i] for t in out], k)
+        assert err <= 1e-4 and sin_u <= 1e-3 and sin_v <= 1e-3
+
+
 def test_randomized_solver_parity_and_gradient(monkeypatch):
     monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)
     g = torch.Generator().manual_seed(1)

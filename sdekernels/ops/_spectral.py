@@ -19,8 +19,9 @@ Gram eigensolver
 - eigh_desc(G); gram_eigh(F3, finite, vectors, fast): eigenpairs (or values) of the short-side
   Gram, descending; use_gram(r): r <= GRAM_MAX_R; fast_gram(r, dtype): float32 Gram and eigh.
 Randomized iteration and Rayleigh–Ritz
-- default_tol(dtype), ritz_error(RtR, s, k): a-posteriori bounds from the Ritz residuals (numpy, on the host);
-  subspace_basis(...): adaptive randomized block subspace iteration;
+- default_tol(dtype), ritz_error(RtR, s, k, unit): a-posteriori bounds from the Ritz residuals (numpy,
+  on the host), for the Ritz triplets or the lifted ones (_triplets: A V_k, one product further);
+  subspace_basis(...): adaptive randomized block subspace iteration, its certified top-k triplets;
   topk(F3, k, ...) -> TopK(U, S, V, W, S_all, backward): the top-k triplets after a float64
   Rayleigh–Ritz step, and `backward`, the gradient that applies: "exact" (W, the full short-side
   eigenbasis, and all σ kept) or "truncated" (SPEC §1's formula; W and S_all empty).
@@ -55,6 +56,7 @@ from ..reference.svd import mp_median
 
 GRAM_MAX_R = 2048   # up to this r = min(m, n) the Gram eigen-solver (exact, measured faster here) is used
 DEFAULT_SEED = 0x5DE
+FIRST_TEST = 2      # the iteration of subspace_basis's first test (see there)
 BACKWARDS = ("exact", "truncated")
 
 # Stabilisers of the backward (SPEC §1), relative to σ_1 (never absolute, SPEC §10): 1/(σ_j² − σ_i²)
@@ -116,7 +118,13 @@ def triton_bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
 
 
 def _aten_bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
-    return torch.matmul(a.to(out_dtype), b.to(out_dtype))
+    a, b = a.to(out_dtype), b.to(out_dtype)
+    if a.mT.is_contiguous() and not a.is_contiguous() and a.shape[-1] > b.shape[-1]:
+        # a = Fᵀ, a transposed view of the large operand: (bᵀF)ᵀ keeps F row-major on the right,
+        # measured 1.1–1.4× faster in MKL's sgemm (1 thread, F 1024×768–8192×1024, 16–136 columns);
+        # the result is a column-major view, as LAPACK's QR takes it.
+        return torch.matmul(b.mT, a.mT).mT
+    return torch.matmul(a, b)
 
 
 def mm_for(x: Tensor):
@@ -233,35 +241,50 @@ def default_tol(dtype: torch.dtype) -> float:
     return 1e-10 if dtype == torch.float64 else 1e-4
 
 
-def ritz_error(RtR: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
-    """A-posteriori error bound per row, in units of the σ tolerance (SPEC §1 allows 10× more on sin∠
-    than on σ), from the Gram RtR [R, k, k] = RᵀR of the scaled residual block R = AAᵀU_k − U_k diag(σ²),
-    whose columns are σ_i(A v_i − σ_i u_i) (Aᵀu_i = σ_i v_i holds exactly after Rayleigh–Ritz), and the
-    block's Ritz values s [R, q] (descending). The larger of
-    - the relative σ error bound min(ρ_i, η_i²/(2σ_i²δ_i)), ρ_i = ‖A v_i − σ_i u_i‖/σ_i (Weyl),
-      η_i = σ_i‖A v_i − σ_i u_i‖ the residual of u_i for AAᵀ and δ_i the distance of σ_i² to the
-      nearest other Ritz value σ_j² (Kato–Temple for AAᵀ: |λ_i − σ_i²| <= η_i²/δ_i);
-    - sin∠ (the largest principal angle) between the computed and the true top-k subspaces,
-      ‖R‖₂ / (σ_k² − σ_{k+1}²) (Davis–Kahan for AAᵀ, with σ_{k+1} from the block), where
-      σ_k/σ_{k+1} >= 1.1 (SPEC §1 asks no subspace accuracy without that gap), divided by 10.
-    Host arithmetic on a few numbers per row (numpy: no device dispatch per operation)."""
+def ritz_error(RtR: np.ndarray, s: np.ndarray, k: int, unit: float):
+    """(err, lift): a-posteriori error bound per row in units of the σ tolerance (SPEC §1 allows 10×
+    more on sin∠ than on σ), and whether it bounds the lifted triplets (_triplets) rather than the
+    Ritz triplets. Inputs: the Gram RtR [R, k1, k1] = RᵀR of the residual block
+    R = AAᵀU − U diag(σ²) of the top k1 = min(k + 1, q) Ritz vectors U = QW (columns
+    σ_i(A v_i − σ_i u_i); Aᵀu_i = σ_i v_i holds exactly after Rayleigh–Ritz), the block's Ritz values
+    s [R, q] (descending), and `unit` ≈ √N·u (the rounding of a product over N terms). Bounds:
+    - σ: the relative error min(ρ_i, η_i²/(2σ_i²δ_i)), ρ_i = ‖A v_i − σ_i u_i‖/σ_i (Weyl),
+      η_i = σ_i‖A v_i − σ_i u_i‖ the residual of u_i for AAᵀ and δ_i the distance of σ_i² to the nearest
+      other Ritz value (Kato–Temple for AAᵀ). The lifted σ' (σ_i(A V_k)) lie between σ_i and the
+      true values (interlacing), so the bound holds for them too.
+    - sin∠ (the largest principal angle) of the top-k subspaces, asked where σ_k/σ_{k+1} >= 1.1
+      (SPEC §1; divided by 10). Ritz: ‖R_k‖₂/(σ_k² − σ_{k+1}²) (Davis–Kahan for AAᵀ; the long side
+      Aᵀ U_k is closer). Lifted: with λ̂ = σ_{k+1}² + η_{k+1} (the (k+1)-th Ritz value raised by its
+      residual: the Ritz value alone underestimates λ_{k+1}), tan∠(U_k) <= t = ‖R_k‖₂/(σ_k² − λ̂)
+      (the tan θ theorem), and one more product shrinks tan∠ by the ratio of the gap's two sides:
+      ≤ t·(λ̂/σ_k²)^½ for the long side V_k = AᵀU_kΣ⁻¹, ≤ t·λ̂/σ_k² for the short side AV_k (the
+      larger one is taken), plus unit·σ_1/σ_k for the rounding of A V_k.
+    Host arithmetic on a few numbers per row (numpy, and torch's CPU eigvalsh of R_kᵀR_k: no device
+    dispatch per operation)."""
+    R, q = s.shape
     t = np.sqrt(np.maximum(np.diagonal(RtR, axis1=-2, axis2=-1), 0.0))   # ‖σ_i r_i‖
     sk = s[:, :k]
     pos = sk > 0
     s2 = np.where(pos, sk * sk, 1.0)
-    rho = np.where(pos, t / s2, 0.0)
-    gaps = np.full((s.shape[0], s.shape[1] + 1), np.inf)
+    rho = np.where(pos, t[:, :k] / s2, 0.0)
+    gaps = np.full((R, q + 1), np.inf)
     gaps[:, 1:-1] = s[:, :-1] ** 2 - s[:, 1:] ** 2
     near = np.minimum(gaps[:, :k], gaps[:, 1:k + 1])  # δ_i: the Ritz values are sorted
+    lift = np.zeros(R, dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        err = np.minimum(rho, np.where(pos, t * t / (2 * s2 * np.maximum(near, 1e-300)), 0.0)).max(-1)
-        if s.shape[-1] > k:
-            top, nxt = s[:, k - 1], s[:, k]
-            sep = top * top - nxt * nxt
-            norm2 = np.sqrt(np.maximum(np.linalg.eigvalsh(RtR)[:, -1], 0.0))
-            sin = norm2 / np.where(sep > 0, sep, 1.0)
-            err = np.maximum(err, np.where((top >= 1.1 * nxt) & (sep > 0), sin / 10, 0.0))
-    return err
+        err = np.minimum(rho, np.where(pos, t[:, :k] ** 2 / (2 * s2 * np.maximum(near, 1e-300)), 0.0)).max(-1)
+        if q == k:
+            return err, lift
+        top, nxt = s[:, k - 1] ** 2, s[:, k] ** 2
+        asked = (s[:, k - 1] >= 1.1 * s[:, k]) & (top > nxt)
+        # ‖R_k‖₂ by torch's eigvalsh: numpy's took 16 ms at k = 128 here (torch's < 1 ms)
+        norm2 = np.sqrt(np.maximum(torch.linalg.eigvalsh(torch.from_numpy(RtR[:, :k, :k]))[:, -1].numpy(), 0.0))
+        ritz = norm2 / np.where(asked, top - nxt, 1.0)
+        lam = nxt + t[:, k]
+        tan = np.where(top > lam, norm2 / (top - lam), np.inf)
+        lifted = tan * np.sqrt(lam / top) + unit * s[:, 0] / s[:, k - 1]
+        lift = asked & (lifted < ritz)
+        return np.maximum(err, np.where(asked, np.minimum(ritz, lifted) / 10, 0.0)), lift
 
 
 def _predicted_iterations(err: np.ndarray, s: np.ndarray, k: int, tol: float) -> np.ndarray:
@@ -288,6 +311,31 @@ def _rayleigh_ritz(B: Tensor):
     return eigh_desc(_gram64(B))
 
 
+def _triplets(Q: Tensor, B: Tensor, lam: Tensor, W: Tensor, k: int, lifted=None):
+    """Top-k triplets (short [R, r, k], σ [R, k] float64, long [R, N, k]) from the Rayleigh–Ritz
+    eigenpairs (λ, W) of Q, B = AᵀQ: the Ritz triplets u = Qw, v = Bw/σ; or, for the rows where
+    lifted = (M, RtR, lift) says so, the SVD of A V_k = M Σ⁻¹ (M = ABW_k, its Gram
+    Σ² + Σ⁻¹RᵀRΣ⁻¹ from the residuals, as U_kᵀR = 0): u = A V_k P/σ', v = V_k P, σ'. Its short side is
+    one product further along than Q (ritz_error's bound), at no product over F."""
+    w = Q.dtype
+    S = lam[:, :k].sqrt()
+    inv = safe_inv(S, S[:, :1])
+    Wk = W[:, :, :k]
+    if lifted is None or not lifted[2].any():
+        return Q @ Wk.to(w), S, B @ (Wk * inv.unsqueeze(-2)).to(w)
+    M, RtR, lift = lifted
+    lam2, P = eigh_desc(torch.diag_embed(S * S) + inv[:, :, None] * RtR[:, :k, :k] * inv[:, None, :])
+    S2 = lam2.sqrt()
+    if not lift.all():  # the other rows keep their Ritz triplets (P = I)
+        sel = torch.from_numpy(lift).to(Q.device)
+        P = torch.where(sel[:, None, None], P, torch.eye(k, dtype=P.dtype, device=P.device))
+        S2 = torch.where(sel[:, None], S2, S)
+    short = M[..., :k] @ (inv[:, :, None] * P * safe_inv(S2, S2[:, :1])[:, None, :]).to(w)
+    if not lift.all():
+        short = torch.where(sel[:, None, None], short, Q @ Wk.to(w))
+    return short, S2, B @ ((Wk * inv.unsqueeze(-2)) @ P).to(w)
+
+
 def _conditioned(B: Tensor, G: Tensor):
     """(Z, R): B = Z·R with R [R, q, q] upper triangular and Z well conditioned, in B's dtype: Z = B·R⁻¹
     with R the Cholesky factor of the float64 Gram G = BᵀB (CholeskyQR: ~3× cheaper than Householder
@@ -301,34 +349,37 @@ def _conditioned(B: Tensor, G: Tensor):
 
 
 def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, seed: int):
-    """(Q, B = AᵀQ, λ, W): an orthonormal basis Q [R, r, q] of the short side A of F3 [R, m, n] and its
-    Rayleigh–Ritz eigenpairs (λ = σ² descending, W [R, q, q] in float64, the eigenvectors of BᵀB) whose
-    top-k triplets meet `tol` (ritz_error), by randomized block subspace iteration from the sketch
-    Q = qr(AΩ): B = AᵀQ, B = Z·R_B (_conditioned), Y = AZ, Q ← qr(Y).
+    """Top-k triplets (short [R, r, k], σ [R, k] float64, long [R, N, k]) of the short side A of
+    F3 [R, m, n] whose error bounds meet `tol` (ritz_error), by randomized block subspace iteration
+    from the sketch Q = qr(AΩ): B = AᵀQ, B = Z·R_B (_conditioned), Y = AZ, Q ← qr(Y).
 
     A test costs a q×q eigh (Rayleigh–Ritz: u_i = Q w_i, v_i = B w_i/σ_i) and the residuals, which
-    come free from Y: with A B = Y R_B, σ_i(A v_i − σ_i u_i) = Y R_B w_i − σ_i² u_i. The first test
-    follows the first iteration; the next comes where the rate (σ_q/σ_k)² predicts the bound to
-    hold, at most it + 2 iterations on (a poor prediction costs at most about twice the iterations,
-    with a logarithmic number of tests). A row stops (its basis frozen, so it never depends on its
-    neighbours) as soon as its bound holds.
-    niter caps the iterations (the last one is not tested). niter=None runs until converged (at most
-    200), and a row whose predicted remaining iterations would cost more than the Gram eigen-solver
-    takes that solver instead. Cost model in GEMM flops, calibrated on CPU: an iteration ≈ 8·r·N·q
-    (its two products, and as much again in QR, Rayleigh–Ritz and the test); the Gram solver
-    ≈ 2·r²·N plus an r×r eigh of 12·r³ (float32) or 25·r³ (float64)."""
+    come free from Y: with A B = Y R_B, σ_i(A v_i − σ_i u_i) = Y R_B w_i − σ_i² u_i; Y also lifts the
+    short side one product further (_triplets). The first test follows iteration FIRST_TEST = 2 (a
+    test costs about a product at r ≈ 768, and spiked spectra never meet the bar after one); the next
+    comes where the rate (σ_q/σ_k)² predicts the bound to hold, at most it + 2 iterations on (a poor
+    prediction costs at most about twice the iterations, with a logarithmic number of tests). A row
+    stops (its triplets frozen, so they never depend on its neighbours) as soon as its bound holds.
+    niter caps the iterations (the last one is not tested: Ritz triplets). niter=None runs until
+    converged (at most 200), and a row whose predicted remaining iterations would cost more than
+    the Gram eigen-solver takes that solver instead. Cost model in the flops of an iteration's two
+    products (4·r·N·q; QR, Rayleigh–Ritz and tests add ~10–25%), fitted to CPU times (1 thread, r 512–
+    1024, N 1024–8192): the Gram solver ≈ 1.9·r²·N plus an r×r eigh of 5.3·r³ (float32) or 11·r³
+    (float64)."""
     mm = mm_for(F3)
     w = work_dtype(F3.dtype)
     R, m, n = F3.shape
     r, N = min(m, n), max(m, n)
     A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
     Q = torch.linalg.qr(mm(A, _omega(F3, N, q, seed, w), w))[0]
-    cost_it = 8.0 * r * N * q
-    cost_gram = 2.0 * r * r * N + (12.0 if fast_gram(r, F3.dtype) else 25.0) * r ** 3
+    cost_it = 4.0 * r * N * q
+    cost_gram = 1.9 * r * r * N + (5.3 if fast_gram(r, F3.dtype) else 11.0) * r ** 3
+    unit = math.sqrt(N) * torch.finfo(w).eps
+    k1 = min(k + 1, q)
     cap = 200 if niter is None else niter
     done, gram = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
     out = None
-    test = min(1, cap)  # the next iteration whose result is tested
+    test = min(FIRST_TEST, cap)  # the next iteration whose result is tested
     for it in range(cap + 1):
         B = mm(At, Q, w)                                       # [R, N, q]
         if it < test:
@@ -336,40 +387,47 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
             continue
         G = _gram64(B)
         lam, Wr = eigh_desc(G)
+        lifted = None
         if it == cap:
             new = ~done
         else:
             Z, Rb = _conditioned(B, G)
             Y = mm(A, Z, w)                                    # A B R_B⁻¹, [R, r, q]
-            Wk = Wr[:, :, :k]
-            res = (Y @ (Rb @ Wk.to(w)) - Q @ (Wk * lam[:, None, :k]).to(w)).double()   # σ_i (A v_i − σ_i u_i)
+            W1 = Wr[:, :, :k1]
+            M = Y @ (Rb @ W1.to(w))                            # A B W: columns σ_i A v_i
+            res = (M - Q @ (W1 * lam[:, None, :k1]).to(w)).double()   # σ_i (A v_i − σ_i u_i)
+            RtR = res.mT @ res
             s = lam.sqrt().cpu().numpy()
-            err = ritz_error((res.mT @ res).cpu().numpy(), s, k)
+            err, lift = ritz_error(RtR.cpu().numpy(), s, k, unit)
             ok = (err <= tol) | ~np.isfinite(err)
             more = _predicted_iterations(err, s, k, tol)
             if niter is None:
                 gram |= ~done & ~ok & (more * cost_it > cost_gram)
             new = ~done & (ok | gram)
-        step = (Q, B, lam, Wr)
-        if out is None or new.all():
-            out = step
-        elif new.any():
-            sel = torch.from_numpy(new).to(F3.device)
-            out = tuple(torch.where(sel.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(step, out))
+            lifted = (M, RtR, lift & new & ~gram)
+        if new.any():  # every row is new once (at the latest at the cap)
+            step = _triplets(Q, B, lam, Wr, k, lifted)
+            if out is None or new.all():
+                out = step
+            else:
+                sel = torch.from_numpy(new).to(F3.device)
+                out = tuple(torch.where(sel.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(step, out))
         done |= new
         if done.all():
             break
-        # the next test: where the slowest row should have converged, at most it + 2 iterations on
+        # the next test: where the slowest row should have converged (rounded down: a test costs no
+        # product, and the bound falls faster than the rate predicts while the angles are large),
+        # at most it + 2 iterations on
         ahead = more[~done].min()
-        test = it + int(min(max(math.ceil(ahead), 1), it + 2, cap - it)) if np.isfinite(ahead) else it + 1
+        test = it + int(min(max(math.floor(ahead), 1), it + 2, cap - it)) if np.isfinite(ahead) else it + 1
         Q = torch.linalg.qr(Y)[0]
-    Q, B, lam, Wr = out
     if gram.any():
         idx = torch.from_numpy(np.flatnonzero(gram)).to(F3.device)
-        Q[idx] = _gram_basis(F3[idx], q, w)
-        B[idx] = mm(At[idx], Q[idx], w)
-        lam[idx], Wr[idx] = _rayleigh_ritz(B[idx])
-    return Q, B, lam, Wr
+        Qg = _gram_basis(F3[idx], q, w)
+        Bg = mm(At[idx], Qg, w)
+        for a, b in zip(out, _triplets(Qg, Bg, *_rayleigh_ritz(Bg), k)):
+            a[idx] = b
+    return out
 
 
 @dataclass(frozen=True)
@@ -392,8 +450,8 @@ def topk(F3: Tensor, k: int, *, niter: int | None = None, oversample: int = 8, s
     Works on the short side: A = F (m <= n) or Fᵀ, so the basis Q [R, r, q], q = min(k + oversample, r),
     is the small one. backward="exact": the Gram path (its full eigenbasis and every σ kept for the exact
     gradient); "truncated": the adaptive subspace iteration (subspace_basis, tol: default_tol), or the
-    Gram basis anyway when q >= r or r <= 32. Then Rayleigh–Ritz: the SVD of QᵀA through its q×q Gram
-    in float64.
+    Gram basis anyway when q >= r or r <= 32. The triplets come from Rayleigh–Ritz (the SVD of QᵀA
+    through its q×q Gram in float64, _triplets), on the iteration's certified rows lifted one product on.
     """
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
@@ -413,14 +471,9 @@ def topk(F3: Tensor, k: int, *, niter: int | None = None, oversample: int = 8, s
         if exact:
             W_all, S_all = W.to(w), lam.sqrt().to(w)
         B = mm(At, Q, w)
-        lam, W = _rayleigh_ritz(B)
+        short, S, long_ = _triplets(Q, B, *_rayleigh_ritz(B), k)
     else:
-        Q, B, lam, W = subspace_basis(F3, k, q, niter, default_tol(F3.dtype) if tol is None else tol, seed)
-    # Rayleigh–Ritz: the SVD of QᵀA from the eigenpairs of its q×q Gram BᵀB (float64): U = QW, V = BW/σ.
-    S = lam[:, :k].sqrt()
-    W = W[:, :, :k]
-    short = Q @ W.to(w)
-    long_ = B @ (W * safe_inv(S, S[:, :1]).unsqueeze(-2)).to(w)
+        short, S, long_ = subspace_basis(F3, k, q, niter, default_tol(F3.dtype) if tol is None else tol, seed)
     U, V = (short, long_) if m <= n else (long_, short)
     return TopK(U, S.to(w), V, W_all, S_all, backward)
 

@@ -161,12 +161,13 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
     - adaptive randomized block subspace iteration (_spectral.subspace_basis): sketch A·Ω with
       q = k + oversample columns, then per iteration B = AᵀQ, Y = A·(B R_B⁻¹), Q = qr(Y). A test
       takes Rayleigh–Ritz triplets from B and their residuals ‖A v_i − σ_i u_i‖ (free from Y), which
-      bound the relative error of σ_1..k and sin∠ of the top-k subspace (ritz_error); a batch
-      element stops as soon as its bound holds. The first test follows the first iteration, the
-      next where the observed rate (σ_q/σ_k)² predicts convergence. With niter=None an element
-      whose predicted remaining work exceeds the Gram eigen-solver's switches to it. Spiked spectra
-      (SDE's features) stop after 3–4 iterations; slow spectra (small gap, flat tail, pure noise)
-      take the Gram solver.
+      bound the relative error of σ_1..k and sin∠ of the top-k subspaces (ritz_error); a batch
+      element stops as soon as its bound holds, and returns the triplets lifted one product on
+      (the SVD of A·V_k, also free from Y) where their bound is the smaller. The first test follows
+      the second iteration, the next where the observed rate (σ_q/σ_k)² predicts convergence. With
+      niter=None an element whose predicted remaining work exceeds the Gram eigen-solver's
+      switches to it. Spiked spectra (SDE's features) stop after 3 iterations (9 products over F);
+      slow spectra (small gap, flat tail, pure noise) take the Gram solver.
     - Gram eigen-solver (float64, or float32 above r = 256 for float32 input, then Rayleigh–Ritz):
       when F takes a gradient with niter=None and r <= GRAM_MAX_R (the exact backward needs the full
       short-side eigenbasis), and when k + oversample >= r or r <= 32.

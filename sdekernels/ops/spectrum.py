@@ -245,8 +245,9 @@ def _dc_power(x: Tensor, channel_mean: bool) -> Tensor:
 
 @torch.library.custom_op("sdekernels::radial_psd", mutates_args=())
 def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: bool,
-                official: bool = False, keep_dc: bool = False, centre: bool = True) -> tuple[Tensor, Tensor]:
-    """(binned power spectrum, the spectrum of the centred x for the backward when `save`, else empty);
+                official: bool = False, keep_dc: bool = False, centre: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """(binned power spectrum, the spectrum of the centred x for the backward when `save`, else empty,
+    each sample's scale c of _unit_samples, which the backward reuses);
     official: the bin map and means of esm_loss's official variant (see _bin_map). The kernels give
     P[0, 0] = 0; keep_dc adds the clamped P[0, 0] to bin 0 here (0 for a centred x, H·W·mean² else)."""
     C, H, W = x.shape[-3:]
@@ -276,7 +277,7 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
         p0 = torch.zeros_like(out[..., 0], dtype=w) if centre else _dc_power(x, channel_mean)
         out = out.to(w).clone()
         out[..., 0] += torch.maximum(p0, _dc_floor(c, x, channel_mean)) * inv[0]
-    return out.to(x.dtype), Y
+    return out.to(x.dtype), Y, c.reshape(-1)
 
 
 def _unit_samples(x: Tensor, official: bool = False):
@@ -299,15 +300,19 @@ def _dc_floor(c: Tensor, x: Tensor, channel_mean: bool) -> Tensor:
 @_radial_psd.register_fake
 def _(x, bins, transform, channel_mean, save, official=False, keep_dc=False, centre=True):
     out = x.new_empty(x.shape[:-3] + ((bins,) if channel_mean else (x.shape[-3], bins)))
-    return out, x.new_empty(_spectrum_shape(x, transform == "fft", save), dtype=work_dtype(x.dtype))
+    w = work_dtype(x.dtype)
+    R = x.numel() // max(math.prod(x.shape[-3:]), 1)
+    return out, x.new_empty(_spectrum_shape(x, transform == "fft", save), dtype=w), x.new_empty((R,), dtype=w)
 
 
 @torch.library.custom_op("sdekernels::radial_psd_backward", mutates_args=())
-def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transform: str, channel_mean: bool,
-                         official: bool = False, keep_dc: bool = False, centre: bool = True) -> Tensor:
+def _radial_psd_backward(x: Tensor, Y: Tensor, c: Tensor, grad: Tensor, bins: int, transform: str,
+                         channel_mean: bool, official: bool = False, keep_dc: bool = False,
+                         centre: bool = True) -> Tensor:
+    # in the forward's frame: dL/dx = c·dL/d(x/c) for the output c²·P(x/c), c the forward's
     w = work_dtype(x.dtype)
     C, H, W = x.shape[-3:]
-    x4, c = _unit_samples(x, official)  # the forward's frame: dL/dx = c·dL/d(x/c) for the output c²·P(x/c)
+    c = c.reshape(-1, 1, 1, 1)
     g = grad.to(w)
     if _ext.available() and Y.numel():
         idx, inv = _bin_map(H, W, bins, transform, w, x.device, official)
@@ -315,6 +320,7 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transfor
         dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, g.reshape(Y.shape[0], -1).contiguous(), idx, inv, *D,
                                                    channel_mean)
     else:
+        x4 = _unit_samples(x, official)[0]
         (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
                         transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
                         official=official)
@@ -329,22 +335,22 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, grad: Tensor, bins: int, transfor
 
 
 @_radial_psd_backward.register_fake
-def _(x, Y, grad, bins, transform, channel_mean, official=False, keep_dc=False, centre=True):
+def _(x, Y, c, grad, bins, transform, channel_mean, official=False, keep_dc=False, centre=True):
     return torch.empty_like(x)
 
 
 def _radial_psd_setup(ctx, inputs, output):
     x, ctx.bins, ctx.transform, ctx.channel_mean, _, ctx.official, ctx.keep_dc, ctx.centre = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)  # no zero-filled gradient for the spectrum output
-    ctx.save_for_backward(x, output[1])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the spectrum and scale outputs
+    ctx.save_for_backward(x, *output[1:])
 
 
-def _radial_psd_grad(ctx, grad, _grad_spectrum):
-    x, Y = ctx.saved_tensors
+def _radial_psd_grad(ctx, grad, *_):
+    x, Y, c = ctx.saved_tensors
     if grad is None:  # the spectrum alone was used (gradients are not materialised)
         return (None,) * 8
-    dx = _radial_psd_backward(x, Y, grad, ctx.bins, ctx.transform, ctx.channel_mean, ctx.official, ctx.keep_dc,
+    dx = _radial_psd_backward(x, Y, c, grad, ctx.bins, ctx.transform, ctx.channel_mean, ctx.official, ctx.keep_dc,
                               ctx.centre)
     return (dx,) + (None,) * 7
 

@@ -186,7 +186,12 @@ def pow2_scale(x: torch.Tensor, dims) -> torch.Tensor:
     or 1 where the slice is zero or not finite. x / c is exact, so a Gram, an eigensolver or a
     stabiliser can work on entries of order 1 whatever the scale of x (SPEC §10: results are
     correct at every scale); the results then scale back by c. In the work dtype."""
-    a = x.detach().abs().amax(dims, keepdim=True).to(work_dtype(x.dtype))
+    x = x.detach()
+    if x.is_complex() or not x.numel():
+        a = x.abs().amax(dims, keepdim=True)
+    else:  # max|x| without a temporary of x's size (NaN propagates as through abs)
+        a = torch.maximum(x.amax(dims, keepdim=True), x.amin(dims, keepdim=True).neg())
+    a = a.to(work_dtype(a.dtype))
     fi = torch.finfo(a.dtype)
     e = torch.frexp(a).exponent - 1
     e = torch.where(torch.isfinite(a) & (a > 0), e, 0)

@@ -25,7 +25,8 @@ from torch import Tensor
 from . import _triton as kt
 from .. import _ext
 from .. import reference as ref
-from .._core import HAS_TRITON, check, check_int, check_real, grad_like, ref_vjp, rows, use_triton, work_dtype
+from .._core import (HAS_TRITON, check, check_int, check_real, grad_like, pow2_scale, ref_vjp, rows, use_triton,
+                     work_dtype)
 from ..reference import spectrum as ref_spec
 from ..registry import F64, OpInfo, Sample, randn, register
 
@@ -287,7 +288,7 @@ def _unit_samples(x: Tensor, official: bool = False):
     official: c = 1, since the official code's floor is absolute (esm_loss scales its input for it)."""
     x4 = x.reshape(-1, *x.shape[-3:]).to(work_dtype(x.dtype))
     x4 = x4 - x4.mean((-2, -1), keepdim=True)
-    c = torch.ones_like(x4[:, :1, :1, :1]) if official else ref_spec.sample_scale(x4)
+    c = torch.ones_like(x4[:, :1, :1, :1]) if official else pow2_scale(x4, (1, 2, 3))  # ref_spec.sample_scale
     return x4 / c, c
 
 
@@ -317,14 +318,14 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, c: Tensor, grad: Tensor, bins: in
     if _ext.available() and Y.numel():
         idx, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         D = (None, None) if transform == "fft" else (_dct(H, w, x.device), _dct(W, w, x.device))
-        dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, g.reshape(Y.shape[0], -1).contiguous(), idx, inv, *D,
-                                                   channel_mean)
+        gc = (g.reshape(Y.shape[0], -1) * c.reshape(-1, 1)).contiguous()  # linear in g: c applied to g, not dx
+        dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, gc, idx, inv, *D, channel_mean).reshape(x.shape)
     else:
         x4 = _unit_samples(x, official)[0]
         (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
                         transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
                         official=official)
-    dx = (dx.reshape(c.shape[0], C * H * W) * c.reshape(-1, 1)).reshape(x.shape)
+        dx = (dx.reshape(c.shape[0], C * H * W) * c.reshape(-1, 1)).reshape(x.shape)
     if keep_dc and not centre:  # d(H·W·m²)/dx = 2m at every pixel, where the floor does not clamp P[0, 0]
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
         m = x.to(w).mean((-2, -1))

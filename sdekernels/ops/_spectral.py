@@ -376,7 +376,7 @@ def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, 
     its top k + 1 Ritz vectors (residuals YW − KWΛ, no product over F) and lifted as there
     (_triplets). The first test follows the first new block (the Ritz values are then close enough
     to predict the rest: σ_k/σ_{k+1} 1.07 for the true 1.1); the next comes where _krylov_blocks
-    predicts the bound to hold (rounded down), at most 4 blocks on. A row stops (its triplets
+    predicts the bound to hold for the first open row (rounded down), at most 4 blocks on. A row stops (its triplets
     frozen) as soon as its bound holds. Returns (triplets, failed): rows whose predicted remaining
     Krylov cost exceeds the Gram solver's (cost_gram), or whose basis would pass r/2 columns, are
     `failed` (their triplets untested) and left to the Gram solver."""
@@ -411,7 +411,7 @@ def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, 
             done |= new
             if done.all():
                 return out, failed
-            test = len(Ks) - 1 + int(min(max(math.floor(ahead[~done].max()), 1), 4))
+            test = len(Ks) - 1 + int(min(max(math.floor(ahead[~done].min()), 1), 4))
         Z = Ys[-1]
         for _ in range(2):
             Z = Z - K @ (K.mT @ Z)

@@ -21,7 +21,8 @@ Gram eigensolver
 Randomized iteration and Rayleigh–Ritz
 - default_tol(dtype), ritz_error(RtR, s, k, unit): a-posteriori bounds from the Ritz residuals (numpy,
   on the host), for the Ritz triplets or the lifted ones (_triplets: A V_k, one product further);
-  subspace_basis(...): adaptive randomized block subspace iteration, its certified top-k triplets;
+  subspace_basis(...): adaptive randomized block subspace iteration, its certified top-k triplets,
+  continued in a block Krylov space (_krylov) where the iteration converges slowly;
   topk(F3, k, ...) -> TopK(U, S, V, W, S_all, backward): the top-k triplets after a float64
   Rayleigh–Ritz step, and `backward`, the gradient that applies: "exact" (W, the full short-side
   eigenbasis, and all σ kept) or "truncated" (SPEC §1's formula; W and S_all empty).
@@ -368,18 +369,20 @@ def _krylov_cost(blocks: np.ndarray, n: int, b: int, r: int, cost_col: float) ->
     return blocks * b * cost_col + 4.0 * r * (end * end - n * n) + 2 * (2.0 * r * end * end + 20.0 * end ** 3)
 
 
-def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, unit: float, cost_gram: float):
+def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, unit: float, cost_col: float,
+            cost_gram: float):
     """Randomized block Krylov (Musco & Musco 2015) on the short side A of F3 [R, m, n], from the
     orthonormal block K0 [R, r, b] with B0 = AᵀK0 and Y0 = AAᵀK0: the basis K = [K0, K1, …], each
     block the orthonormalised AAᵀ of the previous one (re-orthogonalised against the basis twice),
     Rayleigh–Ritz over the whole basis (H = KᵀY, Y = AAᵀK; a float64 eigh), tested by ritz_error on
     its top k + 1 Ritz vectors (residuals YW − KWΛ, no product over F) and lifted as there
     (_triplets). The first test follows the first new block (the Ritz values are then close enough
-    to predict the rest: σ_k/σ_{k+1} 1.07 for the true 1.1); the next comes where _krylov_blocks
-    predicts the bound to hold for the first open row (rounded down), at most 4 blocks on. A row stops (its triplets
-    frozen) as soon as its bound holds. Returns (triplets, failed): rows whose predicted remaining
-    Krylov cost exceeds the Gram solver's (cost_gram), or whose basis would pass r/2 columns, are
-    `failed` (their triplets untested) and left to the Gram solver."""
+    to predict the rest: σ_k/σ_{k+1} 1.05–1.08 for the true 1.1); the next comes where _krylov_blocks
+    predicts the bound to hold for the first open row (rounded down), at most 4 blocks on. A row
+    stops (its triplets frozen) as soon as its bound holds. Returns (triplets, failed): rows whose
+    predicted remaining Krylov cost (_krylov_cost, cost_col: a column of the two products) exceeds
+    the Gram solver's (cost_gram), or whose basis would pass r/2 columns, are `failed` (their
+    triplets untested) and left to the Gram solver."""
     mm = mm_for(F3)
     w = K0.dtype
     R, m, n = F3.shape
@@ -403,7 +406,7 @@ def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, 
             err, lift = ritz_error(RtR.cpu().numpy(), s[:, :k1 + 1], k, unit)
             ok = (err <= tol) | ~np.isfinite(err)
             ahead = _krylov_blocks(err, s, k, tol)
-            stuck = (cols + b > r // 2) | (_krylov_cost(ahead, cols, b, r, 2.0 * r * max(m, n)) > cost_gram)
+            stuck = (cols + b > r // 2) | (_krylov_cost(ahead, cols, b, r, cost_col) > cost_gram)
             new = ~done & (ok | stuck)
             failed |= new & ~ok
             if new.any():
@@ -449,8 +452,11 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
     prediction costs at most about twice the iterations, with a logarithmic number of tests). A row
     stops (its triplets frozen, so they never depend on its neighbours) as soon as its bound holds.
     niter caps the iterations (the last one is not tested: Ritz triplets). niter=None runs until
-    converged (at most 200), and a row whose predicted remaining iterations would cost more than
-    the Gram eigen-solver takes that solver instead. Cost model in the flops of an iteration's two
+    converged (at most 200); a row predicted to need more than KRYLOV_AFTER = 4 more iterations
+    continues in the Krylov space of its top k + 1 Ritz vectors instead (_krylov: ~5 blocks where
+    ~60 iterations are needed at the gap 1.1), where 4 blocks fit in r/2 columns; else a row whose
+    predicted remaining iterations would cost more than the Gram eigen-solver takes that solver (as
+    does a Krylov run predicted to cost more than it). Cost model in the flops of an iteration's two
     products (4·r·N·q; QR, Rayleigh–Ritz and tests add ~10–25%), fitted to CPU times (1 thread, r 512–
     1024, N 1024–8192): the Gram solver ≈ 1.9·r²·N plus an r×r eigh of 5.3·r³ (float32) or 11·r³
     (float64)."""
@@ -511,7 +517,7 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
         Q = torch.linalg.qr(Y)[0]
     for rows, K0, B0, Y0 in starts:
         idx, Fk = _rows(F3, rows)
-        res, failed = _krylov(Fk, K0[idx], B0[idx], Y0[idx], k, tol, unit, cost_gram)
+        res, failed = _krylov(Fk, K0[idx], B0[idx], Y0[idx], k, tol, unit, cost_it / q, cost_gram)
         for a, b in zip(out, res):
             a[idx] = b
         gram[np.flatnonzero(rows)[failed]] = True

@@ -204,6 +204,23 @@ def test_krylov_meets_bar_on_flat_tail(m, n, k, dtype, monkeypatch):
     assert runs == []
 
 
+def test_krylov_exhausted_space(monkeypatch):
+    """rank(F) = 17, above the sketch's 16 columns and below the Krylov basis after one block (2·9):
+    the next block is rounding noise, which must come out orthogonal to the basis; the run then
+    certifies (a single projection pass left it far from orthogonal: a blown-up bound, the Gram fallback)."""
+    runs = _krylov_runs(monkeypatch)
+    g = torch.Generator().manual_seed(11)
+    m, n, k, rank = 400, 300, 8, 17
+    s = torch.cat([1.1 * torch.linspace(1.2, 1, k, dtype=torch.float64),
+                   torch.linspace(1, 0.95, rank - k, dtype=torch.float64)])
+    U = torch.linalg.qr(torch.randn(m, rank, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=torch.float64))[0]
+    F = ((U * s) @ V.T).float()
+    err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
+    assert runs == [(1, 0)]
+    assert err <= 1e-4 and sin_u <= 1e-3 and sin_v <= 1e-3, (err, sin_u, sin_v)
+
+
 def test_krylov_rows_stop_independently(monkeypatch):
     """A batch of flat-tail rows with different gaps in one Krylov run (plus a spiked row certified
     before it): each row meets the bar, and the rows certified at different tests match their results alone."""

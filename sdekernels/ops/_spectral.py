@@ -373,7 +373,9 @@ def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, 
             cost_gram: float):
     """Randomized block Krylov (Musco & Musco 2015) on the short side A of F3 [R, m, n], from the
     orthonormal block K0 [R, r, b] with B0 = AᵀK0 and Y0 = AAᵀK0: the basis K = [K0, K1, …], each
-    block the orthonormalised AAᵀ of the previous one (re-orthogonalised against the basis twice),
+    block the orthonormalised AAᵀ of the previous one (projected off the basis and QR'd twice: where
+    the Krylov space is exhausted, as for rank(A) < the basis, the new columns are rounding noise,
+    which a single pass leaves far from orthogonal to K; orthonormal noise is harmless to Rayleigh–Ritz),
     Rayleigh–Ritz over the whole basis (H = KᵀY, Y = AAᵀK; a float64 eigh), tested by ritz_error on
     its top k + 1 Ritz vectors (residuals YW − KWΛ, no product over F) and lifted as there
     (_triplets). The first test follows the first new block (the Ritz values are then close enough
@@ -415,10 +417,9 @@ def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, 
             if done.all():
                 return out, failed
             test = len(Ks) - 1 + int(min(max(math.floor(ahead[~done].min()), 1), 4))
-        Z = Ys[-1]
-        for _ in range(2):
-            Z = Z - K @ (K.mT @ Z)
-        Kn = torch.linalg.qr(Z)[0]
+        Kn = Ys[-1]
+        for _ in range(2):  # normalised between the passes: orthogonal to K even where Ys[-1] lies in its span
+            Kn = torch.linalg.qr(Kn - K @ (K.mT @ Kn))[0]
         Bn = mm(At, Kn, w)
         Ks.append(Kn)
         Bs.append(Bn)

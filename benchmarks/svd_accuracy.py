@@ -75,7 +75,8 @@ def main():
     cases = [("spiked", 1024, 768, 16), ("hard", 4096, 1024, 32)]
     if not a.quick:
         cases += [("spiked", 4096, 1024, 32), ("spiked", 8192, 1024, 8), ("spiked", 2048, 1024, 128),
-                  ("spiked", 8192, 512, 64), ("hard", 1024, 768, 16), ("hard", 8192, 512, 8), ("hard", 2048, 1024, 128)]
+                  ("spiked", 8192, 512, 64), ("hard", 1024, 768, 16), ("hard", 1024, 1024, 8), ("hard", 2048, 2048, 16),
+                  ("hard", 8192, 512, 8), ("hard", 2048, 1024, 128)]
     device = torch.device(a.device)
     print(f"torch {torch.__version__}, {device}, {a.threads} threads, {'CPU' if a.cpu_time else 'wall'} time, "
           f"median of {a.reps} interleaved runs, fp32 input; bar: sigma rel. err <= {SIGMA_TOL:g}, "

@@ -16,11 +16,12 @@ from sdekernels.ops._spectral import planted, spiked, truncated_backward_math
 from helpers import on_path, PATHS
 
 
-def _gap_matrix(m, n, k, gen, gap=1.1, batch=()):
-    """float64 U diag(σ) Vᵀ with σ_k/σ_{k+1} = gap and a slowly decaying tail; exact factors returned."""
+def _gap_matrix(m, n, k, gen, gap=1.1, batch=(), low=0.05):
+    """float64 U diag(σ) Vᵀ with σ_k/σ_{k+1} = gap and a tail decaying linearly to `low`·σ_{k+1}
+    (slowly; low = 0.9: SPEC §1's flat tail); exact factors returned."""
     r = min(m, n)
     s = torch.cat([10 * 0.97 ** torch.arange(k, dtype=torch.float64),
-                   10 * 0.97 ** (k - 1) / gap * torch.linspace(1, 0.05, r - k, dtype=torch.float64)])
+                   10 * 0.97 ** (k - 1) / gap * torch.linspace(1, low, r - k, dtype=torch.float64)])
     U = torch.linalg.qr(torch.randn(*batch, m, r, generator=gen, dtype=torch.float64))[0]
     V = torch.linalg.qr(torch.randn(*batch, n, r, generator=gen, dtype=torch.float64))[0]
     return (U * s) @ V.mT, U[..., :k], s[:k], V[..., :k]
@@ -104,21 +105,28 @@ def test_adaptive_meets_bar(m, n, k, kind, dtype):
     assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (err, sin_u, sin_v)
 
 
-@pytest.mark.parametrize("case", ["spiked32", "spiked64", "gap32", "weak32"])
+@pytest.mark.parametrize("case", ["spiked32", "spiked64", "gap32", "weak32", "flat32", "flat64"])
 def test_bound_holds_at_every_iteration(case, monkeypatch):
     """The stopping rule's bound (ritz_error) is above the true error of the triplets it certifies
     (lifted or not) at every iteration, in tol units (σ error, sin∠/10 of both sides): the solver is
-    forced to stop at the 1st, 2nd, … test (one test per iteration) until its own rule would stop.
+    forced to stop at the 1st, 2nd, … test (one test per iteration, or per Krylov block on the flat
+    tails, where the first test sends the solver to the Krylov space) until its own rule would stop.
     There the bar is met, and one iteration fewer misses it (so the rule neither stops early nor,
     on these inputs, an iteration late)."""
     g = torch.Generator().manual_seed(3)
     m, n, k = 700, 260, 12
     F = {"spiked32": lambda: spiked(0, m, n, k, 3.0, g).float(), "spiked64": lambda: spiked(0, m, n, k, 3.0, g),
          "gap32": lambda: _gap_matrix(m, n, k, g, gap=1.25)[0].float(),
-         "weak32": lambda: spiked(0, m, n, k, 1.2, g).float()}[case]()
+         "weak32": lambda: spiked(0, m, n, k, 1.2, g).float(),
+         "flat32": lambda: _gap_matrix(m, n, k, g, low=0.9)[0].float(),
+         "flat64": lambda: _gap_matrix(m, n, 4, g, low=0.9)[0]}[case]()
+    k = 4 if case == "flat64" else k  # float64's tol 1e-10 needs a deeper basis: within r/2 for k = 4
     tol = spectral.default_tol(F.dtype)
     monkeypatch.setattr(spectral, "FIRST_TEST", 1)  # a test after every iteration
-    monkeypatch.setattr(spectral, "_predicted_iterations", lambda err, *a: np.zeros_like(err))
+    if case.startswith("flat"):  # and after every Krylov block
+        monkeypatch.setattr(spectral, "_krylov_blocks", lambda err, *a: np.zeros_like(err))
+    else:
+        monkeypatch.setattr(spectral, "_predicted_iterations", lambda err, *a: np.zeros_like(err))
     ritz_error = spectral.ritz_error
     rows = []
     for stop in range(1, 40):
@@ -136,7 +144,8 @@ def test_bound_holds_at_every_iteration(case, monkeypatch):
             break
     for stop, bound, true in rows:
         assert true <= bound, (stop, bound, true)
-    assert rows[-1][1] <= tol and rows[-1][2] <= tol and rows[-2][2] > tol, rows[-2:]
+    # flat64: the block before the stop already meets the bar (true error 0.98·tol, its bound 1.4× above)
+    assert rows[-1][1] <= tol and rows[-1][2] <= tol and rows[-2][2] > (tol / 2 if case == "flat64" else tol), rows[-2:]
 
 
 def test_spiked_certified_after_three_iterations(monkeypatch):
@@ -163,6 +172,70 @@ def test_spiked_certified_after_three_iterations(monkeypatch):
             assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (tol, err, sin_u, sin_v)
             used.append(len(calls))
         assert used == sorted(used) and used[0] < used[-1], used
+
+
+def _krylov_runs(monkeypatch):
+    """A list that records, for each Krylov run of the solver, (rows it was given, rows it left to the Gram solver)."""
+    runs, krylov = [], spectral._krylov
+
+    def spy(F3, *args):
+        out, failed = krylov(F3, *args)
+        runs.append((F3.shape[0], int(failed.sum())))
+        return out, failed
+    monkeypatch.setattr(spectral, "_krylov", spy)
+    return runs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m,n,k", [(1000, 400, 8), (240, 800, 4)])
+def test_krylov_meets_bar_on_flat_tail(m, n, k, dtype, monkeypatch):
+    """SPEC §1's hard spectrum (σ_k/σ_{k+1} = 1.1, flat tail: ~60 subspace iterations): the solver
+    turns to the Krylov space after its first test and certifies there (no Gram fallback), tall and
+    wide, float32 and float64 (tol 1e-10: ~6 blocks of k + 1 columns, within r/2 for these k), both
+    subspaces; an int niter keeps the subspace iteration."""
+    runs = _krylov_runs(monkeypatch)
+    F = _gap_matrix(m, n, k, torch.Generator().manual_seed(m + k), low=0.9)[0].to(dtype)
+    tol = spectral.default_tol(dtype)
+    err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
+    assert runs == [(1, 0)]
+    assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (err, sin_u, sin_v)
+    runs.clear()
+    sdekernels.svd_topk(F, k, niter=6)
+    assert runs == []
+
+
+def test_krylov_exhausted_space(monkeypatch):
+    """rank(F) = 17, above the sketch's 16 columns and below the Krylov basis after one block (2·9):
+    the next block is rounding noise, which must come out orthogonal to the basis; the run then
+    certifies (a single projection pass left it far from orthogonal: a blown-up bound, the Gram fallback)."""
+    runs = _krylov_runs(monkeypatch)
+    g = torch.Generator().manual_seed(11)
+    m, n, k, rank = 400, 300, 8, 17
+    s = torch.cat([1.1 * torch.linspace(1.2, 1, k, dtype=torch.float64),
+                   torch.linspace(1, 0.95, rank - k, dtype=torch.float64)])
+    U = torch.linalg.qr(torch.randn(m, rank, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=torch.float64))[0]
+    F = ((U * s) @ V.T).float()
+    err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
+    assert runs == [(1, 0)]
+    assert err <= 1e-4 and sin_u <= 1e-3 and sin_v <= 1e-3, (err, sin_u, sin_v)
+
+
+def test_krylov_rows_stop_independently(monkeypatch):
+    """A batch of flat-tail rows with different gaps in one Krylov run (plus a spiked row certified
+    before it): each row meets the bar, and the rows certified at different tests match their results alone."""
+    runs = _krylov_runs(monkeypatch)
+    g = torch.Generator().manual_seed(7)
+    m, n, k = 500, 200, 8
+    F = torch.stack([_gap_matrix(m, n, k, g, gap=1.1, low=0.9)[0], spiked(0, m, n, k, 3.0, g),
+                     _gap_matrix(m, n, k, g, gap=1.2, low=0.9)[0]]).float()
+    out = sdekernels.svd_topk(F, k)
+    assert runs[0] == (2, 0)
+    for i in range(3):
+        err, sin_u, sin_v = _errors(F[i], [t[i] for t in out], k)
+        assert err <= 1e-4 and sin_u <= 1e-3 and sin_v <= 1e-3, (i, err, sin_u, sin_v)
+        for a, b in zip(out, sdekernels.svd_topk(F[i], k)):
+            torch.testing.assert_close(a[i], b, rtol=1e-4, atol=1e-5)
 
 
 def test_rows_stop_independently():

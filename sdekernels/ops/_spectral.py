@@ -21,7 +21,8 @@ Gram eigensolver
 Randomized iteration and Rayleigh–Ritz
 - default_tol(dtype), ritz_error(RtR, s, k, unit): a-posteriori bounds from the Ritz residuals (numpy,
   on the host), for the Ritz triplets or the lifted ones (_triplets: A V_k, one product further);
-  subspace_basis(...): adaptive randomized block subspace iteration, its certified top-k triplets;
+  subspace_basis(...): adaptive randomized block subspace iteration, its certified top-k triplets,
+  continued in a block Krylov space (_krylov) where the iteration converges slowly;
   topk(F3, k, ...) -> TopK(U, S, V, W, S_all, backward): the top-k triplets after a float64
   Rayleigh–Ritz step, and `backward`, the gradient that applies: "exact" (W, the full short-side
   eigenbasis, and all σ kept) or "truncated" (SPEC §1's formula; W and S_all empty).
@@ -57,6 +58,7 @@ from ..reference.svd import mp_median
 GRAM_MAX_R = 2048   # up to this r = min(m, n) the Gram eigen-solver (exact, measured faster here) is used
 DEFAULT_SEED = 0x5DE
 FIRST_TEST = 2      # the iteration of subspace_basis's first test (see there)
+KRYLOV_AFTER = 4    # subspace_basis turns to the Krylov space where more iterations than this are predicted
 BACKWARDS = ("exact", "truncated")
 
 # Stabilisers of the backward (SPEC §1), relative to σ_1 (never absolute, SPEC §10): 1/(σ_j² − σ_i²)
@@ -348,6 +350,96 @@ def _conditioned(B: Tensor, G: Tensor):
     return torch.linalg.solve_triangular(R, B, upper=True, left=False), R
 
 
+def _krylov_blocks(err: np.ndarray, s: np.ndarray, k: int, tol: float) -> np.ndarray:
+    """Krylov blocks still needed per row, from the Ritz values s of a Krylov basis: a block multiplies
+    the Chebyshev polynomial at λ_k over [0, λ_{k+1}] by x + √(x² − 1) = e^arccosh(x), x = 2(σ_k/σ_{k+1})² − 1
+    (2.43 at the gap 1.1, where a subspace iteration gains 1.21), and the σ errors, which the bound
+    follows first, by its square (measured: 6× per block at the gap 1.1)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = 2 * (s[:, k - 1] / np.maximum(s[:, k], 1e-300)) ** 2 - 1
+        return np.log(np.maximum(err, 1e-300) / tol) / np.maximum(2 * np.arccosh(np.clip(x, 1, 1e300)), 1e-3)
+
+
+def _krylov_cost(blocks: np.ndarray, n: int, b: int, r: int, cost_col: float) -> np.ndarray:
+    """The cost model's price of `blocks` more Krylov blocks of b columns on a basis of n (units of
+    subspace_basis): two products of b columns each (cost_col per column), the re-orthogonalisation
+    (4·r·n² over a run that ends at n columns) and two tests there (KᵀAAᵀK, 2·r·n², and its float64
+    eigh, ~20·n³ measured)."""
+    end = n + np.ceil(blocks) * b
+    return blocks * b * cost_col + 4.0 * r * (end * end - n * n) + 2 * (2.0 * r * end * end + 20.0 * end ** 3)
+
+
+def _krylov(F3: Tensor, K0: Tensor, B0: Tensor, Y0: Tensor, k: int, tol: float, unit: float, cost_col: float,
+            cost_gram: float):
+    """Randomized block Krylov (Musco & Musco 2015) on the short side A of F3 [R, m, n], from the
+    orthonormal block K0 [R, r, b] with B0 = AᵀK0 and Y0 = AAᵀK0: the basis K = [K0, K1, …], each
+    block the orthonormalised AAᵀ of the previous one (projected off the basis and QR'd twice: where
+    the Krylov space is exhausted, as for rank(A) < the basis, the new columns are rounding noise,
+    which a single pass leaves far from orthogonal to K; orthonormal noise is harmless to Rayleigh–Ritz),
+    Rayleigh–Ritz over the whole basis (H = KᵀY, Y = AAᵀK; a float64 eigh), tested by ritz_error on
+    its top k + 1 Ritz vectors (residuals YW − KWΛ, no product over F) and lifted as there
+    (_triplets). The first test follows the first new block (the Ritz values are then close enough
+    to predict the rest: σ_k/σ_{k+1} 1.05–1.08 for the true 1.1); the next comes where _krylov_blocks
+    predicts the bound to hold for the first open row (rounded down), at most 4 blocks on. A row
+    stops (its triplets frozen) as soon as its bound holds. Returns (triplets, failed): rows whose
+    predicted remaining Krylov cost (_krylov_cost, cost_col: a column of the two products) exceeds
+    the Gram solver's (cost_gram), or whose basis would pass r/2 columns, are `failed` (their
+    triplets untested) and left to the Gram solver."""
+    mm = mm_for(F3)
+    w = K0.dtype
+    R, m, n = F3.shape
+    r, b = K0.shape[-2:]
+    A, At = (F3, F3.mT) if m <= n else (F3.mT, F3)
+    Ks, Bs, Ys = [K0], [B0], [Y0]
+    done, failed = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
+    out, test, k1 = None, 1, k + 1
+    while True:
+        K = torch.cat(Ks, -1)
+        cols = K.shape[-1]
+        if len(Ks) - 1 >= test or cols + b > r // 2:
+            Y, Bk = torch.cat(Ys, -1), torch.cat(Bs, -1)
+            H = (K.mT @ Y).double()
+            lam, W = eigh_desc((H + H.mT) / 2)
+            W1 = W[:, :, :k1]
+            M = Y @ W1.to(w)                                            # AAᵀu: columns σ_i A v_i
+            res = (M - K @ (W1 * lam[:, None, :k1]).to(w)).double()     # σ_i (A v_i − σ_i u_i)
+            RtR = res.mT @ res
+            s = lam.sqrt().cpu().numpy()
+            err, lift = ritz_error(RtR.cpu().numpy(), s[:, :k1 + 1], k, unit)
+            ok = (err <= tol) | ~np.isfinite(err)
+            ahead = _krylov_blocks(err, s, k, tol)
+            stuck = (cols + b > r // 2) | (_krylov_cost(ahead, cols, b, r, cost_col) > cost_gram)
+            new = ~done & (ok | stuck)
+            failed |= new & ~ok
+            if new.any():
+                out = _merge(out, _triplets(K, Bk, lam, W, k, (M, RtR, lift & new)), new)
+            done |= new
+            if done.all():
+                return out, failed
+            test = len(Ks) - 1 + int(min(max(math.floor(ahead[~done].min()), 1), 4))
+        Kn = Ys[-1]
+        for _ in range(2):  # normalised between the passes: orthogonal to K even where Ys[-1] lies in its span
+            Kn = torch.linalg.qr(Kn - K @ (K.mT @ Kn))[0]
+        Bn = mm(At, Kn, w)
+        Ks.append(Kn)
+        Bs.append(Bn)
+        Ys.append(mm(A, Bn, w))
+
+
+def _merge(out, step, new: np.ndarray):
+    """The triplets `step` on the rows `new`, `out` elsewhere (out None: step)."""
+    if out is None or new.all():
+        return step
+    sel = torch.from_numpy(new).to(step[0].device)
+    return tuple(torch.where(sel.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(step, out))
+
+
+def _rows(F3: Tensor, rows: np.ndarray):
+    """(index tensor, F3 restricted to the rows) without a copy where every row is taken."""
+    idx = torch.from_numpy(np.flatnonzero(rows)).to(F3.device)
+    return idx, F3 if rows.all() else F3[idx]
+
+
 def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, seed: int):
     """Top-k triplets (short [R, r, k], σ [R, k] float64, long [R, N, k]) of the short side A of
     F3 [R, m, n] whose error bounds meet `tol` (ritz_error), by randomized block subspace iteration
@@ -361,8 +453,11 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
     prediction costs at most about twice the iterations, with a logarithmic number of tests). A row
     stops (its triplets frozen, so they never depend on its neighbours) as soon as its bound holds.
     niter caps the iterations (the last one is not tested: Ritz triplets). niter=None runs until
-    converged (at most 200), and a row whose predicted remaining iterations would cost more than
-    the Gram eigen-solver takes that solver instead. Cost model in the flops of an iteration's two
+    converged (at most 200); a row predicted to need more than KRYLOV_AFTER = 4 more iterations
+    continues in the Krylov space of its top k + 1 Ritz vectors instead (_krylov: ~5 blocks where
+    ~60 iterations are needed at the gap 1.1), where 4 blocks fit in r/2 columns; else a row whose
+    predicted remaining iterations would cost more than the Gram eigen-solver takes that solver (as
+    does a Krylov run predicted to cost more than it). Cost model in the flops of an iteration's two
     products (4·r·N·q; QR, Rayleigh–Ritz and tests add ~10–25%), fitted to CPU times (1 thread, r 512–
     1024, N 1024–8192): the Gram solver ≈ 1.9·r²·N plus an r×r eigh of 5.3·r³ (float32) or 11·r³
     (float64)."""
@@ -377,8 +472,8 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
     unit = math.sqrt(N) * torch.finfo(w).eps
     k1 = min(k + 1, q)
     cap = 200 if niter is None else niter
-    done, gram = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
-    out = None
+    done, gram, krylov = (np.zeros(R, dtype=bool) for _ in range(3))
+    out, starts = None, []
     test = min(FIRST_TEST, cap)  # the next iteration whose result is tested
     for it in range(cap + 1):
         B = mm(At, Q, w)                                       # [R, N, q]
@@ -402,16 +497,16 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
             ok = (err <= tol) | ~np.isfinite(err)
             more = _predicted_iterations(err, s, k, tol)
             if niter is None:
-                gram |= ~done & ~ok & (more * cost_it > cost_gram)
-            new = ~done & (ok | gram)
-            lifted = (M, RtR, lift & new & ~gram)
+                open_ = ~done & ~ok
+                to_kry = open_ & (more > KRYLOV_AFTER) & (4 * k1 <= r // 2)
+                gram |= open_ & ~to_kry & (more * cost_it > cost_gram)
+                if to_kry.any():  # its first block: the top k + 1 Ritz vectors, their products at hand
+                    starts.append((to_kry, Q @ W1.to(w), B @ W1.to(w), M))
+                krylov |= to_kry
+            new = ~done & (ok | gram | krylov)
+            lifted = (M, RtR, lift & new & ~gram & ~krylov)
         if new.any():  # every row is new once (at the latest at the cap)
-            step = _triplets(Q, B, lam, Wr, k, lifted)
-            if out is None or new.all():
-                out = step
-            else:
-                sel = torch.from_numpy(new).to(F3.device)
-                out = tuple(torch.where(sel.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(step, out))
+            out = _merge(out, _triplets(Q, B, lam, Wr, k, lifted), new)
         done |= new
         if done.all():
             break
@@ -421,10 +516,16 @@ def subspace_basis(F3: Tensor, k: int, q: int, niter: int | None, tol: float, se
         ahead = more[~done].min()
         test = it + int(min(max(math.floor(ahead), 1), it + 2, cap - it)) if np.isfinite(ahead) else it + 1
         Q = torch.linalg.qr(Y)[0]
+    for rows, K0, B0, Y0 in starts:
+        idx, Fk = _rows(F3, rows)
+        res, failed = _krylov(Fk, K0[idx], B0[idx], Y0[idx], k, tol, unit, cost_it / q, cost_gram)
+        for a, b in zip(out, res):
+            a[idx] = b
+        gram[np.flatnonzero(rows)[failed]] = True
     if gram.any():
-        idx = torch.from_numpy(np.flatnonzero(gram)).to(F3.device)
-        Qg = _gram_basis(F3[idx], q, w)
-        Bg = mm(At[idx], Qg, w)
+        idx, Fg = _rows(F3, gram)
+        Qg = _gram_basis(Fg, q, w)
+        Bg = mm(Fg.mT if m <= n else Fg, Qg, w)
         for a, b in zip(out, _triplets(Qg, Bg, *_rayleigh_ritz(Bg), k)):
             a[idx] = b
     return out

@@ -5,8 +5,9 @@ The custom ops and registry entries; the solvers, stabilisers and backwards are 
 eigen-solver (short-side Gram in float64 for r <= 256 and fp32 above, its top k + oversample
 eigenvectors as the basis of a float64 Rayleigh–Ritz step): exact whatever the tail of the
 spectrum. Otherwise the adaptive randomized block subspace iteration with the same Rayleigh–Ritz
-step, stopping on a-posteriori bounds from the Ritz residuals, or switching to the Gram solver when
-its observed rate predicts more work. The big products run in a Triton batched GEMM on CUDA and in
+step, stopping on a-posteriori bounds from the Ritz residuals, continuing in a block Krylov space
+when its observed rate predicts many iterations, or switching to the Gram solver when that is
+predicted cheaper. The big products run in a Triton batched GEMM on CUDA and in
 ATen (MKL) on CPU; the random test matrix comes from a seeded generator (a fixed seed when none is
 given), shared by the batch, so results are reproducible and a batch element never depends on its
 neighbours.
@@ -150,9 +151,10 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
     """Top-k singular triplets of F [..., m, n] (SPEC §1): (U [..., m, k], S [..., k], V [..., n, k]),
     S descending, the largest-magnitude entry of each column of U positive.
 
-    niter: None (default) iterates until SPEC §1's bounds hold (or takes the Gram solver where that
-    is predicted cheaper); an int caps the subspace iterations (niter=0: the sketch alone), still
-    stopping earlier once the bounds hold, and selects the truncated backward.
+    niter: None (default) iterates until SPEC §1's bounds hold (continuing in a block Krylov space
+    where many iterations are predicted, or taking the Gram solver where that is predicted cheaper);
+    an int caps the subspace iterations (niter=0: the sketch alone; no Krylov space, no Gram solver),
+    still stopping earlier once the bounds hold, and selects the truncated backward.
     tol: the target of the a-posteriori bound on the relative error of σ_1..k; sin∠ of the top-k
     subspaces is held to 10·tol where σ_k/σ_{k+1} >= 1.1. Default: 1e-4 for float32 and below
     (SPEC §1's bars: σ within 1e-4, sin∠ within 1e-3), 1e-10 for float64.
@@ -165,9 +167,13 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
       element stops as soon as its bound holds, and returns the triplets lifted one product on
       (the SVD of A·V_k, also free from Y) where their bound is the smaller. The first test follows
       the second iteration, the next where the observed rate (σ_q/σ_k)² predicts convergence. With
-      niter=None an element whose predicted remaining work exceeds the Gram eigen-solver's
-      switches to it. Spiked spectra (SDE's features) stop after 3 iterations (9 products over F);
-      slow spectra (small gap, flat tail, pure noise) take the Gram solver.
+      niter=None an element predicted to need more than 4 more iterations continues in the block
+      Krylov space of its top k + 1 Ritz vectors (_spectral._krylov: Rayleigh–Ritz over the whole
+      basis, the same tests; ~5 blocks where the gap 1.1 with a flat tail needs ~60 iterations),
+      and one whose predicted remaining work exceeds the Gram eigen-solver's switches to it.
+      Spiked spectra (SDE's features) stop after 3 iterations (9 products over F); SPEC §1's hard
+      spectrum certifies in the Krylov space; where its basis would not fit in r/2 columns (large
+      k, float64's tol on small r) the Gram solver takes over.
     - Gram eigen-solver (float64, or float32 above r = 256 for float32 input, then Rayleigh–Ritz):
       when F takes a gradient with niter=None and r <= GRAM_MAX_R (the exact backward needs the full
       short-side eigenbasis), and when k + oversample >= r or r <= 32.

@@ -20,16 +20,18 @@ static double row_max_abs(const T* s, int64_t n) {
 // Rows per parallel task: about 4096 core entries of `per_row` each.
 static int64_t grain(int64_t per_row) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(per_row, 1)); }
 
-// Each batch row of a backward core, in parallel tasks of about 4096 of its `entries`: the
-// stabilised 1/σ_j of the row's first k values (of n in s) into inv, then fill(row, σ_1).
-template <typename T, typename Fill>
-static void core_rows(int64_t rows, int64_t n, int64_t k, int64_t entries, const T* s, T* inv, Fill fill) {
-  at::parallel_for(0, rows, grain(entries), [&](int64_t lo, int64_t hi) {
+// Each batch row of a backward core, in parallel tasks of about 4096 entries: the stabilised 1/σ_j
+// of the row's first k values (of n in s) into inv, then its ni×k entries out[i, j] = entry(row, i, j, σ_1).
+template <typename T, typename Entry>
+static void core_rows(int64_t rows, int64_t n, int64_t k, int64_t ni, const T* s, T* inv, T* out, Entry entry) {
+  at::parallel_for(0, rows, grain(ni * k), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const T* sb = s + b * n;
       const double s1 = row_max_abs(sb, n);
       for (int64_t j = 0; j < k; ++j) inv[b * k + j] = T(svd_inv(sb[j], s1));
-      fill(b, s1);
+      T* o = out + b * ni * k;
+      for (int64_t i = 0; i < ni; ++i)
+        for (int64_t j = 0; j < k; ++j) o[i * k + j] = T(entry(b, i, j, s1));
     }
   });
 }
@@ -40,14 +42,10 @@ std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::T
   const int64_t k = t.k;
   dispatch(t.A, "svd_core_cpu", [&]<typename T>() {
     const T *pa = in<T>(t.A), *pb = in<T>(t.B), *ps = in<T>(t.S), *pg = in<T>(t.gS);
-    T* pk = out<T>(t.Kt);
-    core_rows(t.rows, k, k, k * k, ps, out<T>(t.inv), [&](int64_t b, double s1) {
-      const T *a = pa + b * k * k, *bb = pb + b * k * k, *s = ps + b * k, *g = pg + b * k;
-      T* kt = pk + b * k * k;
-      for (int64_t j = 0; j < k; ++j)
-        for (int64_t l = 0; l < k; ++l)
-          kt[j * k + l] = T(svd_core_entry(a[j * k + l], a[l * k + j], bb[j * k + l], bb[l * k + j], s[j], s[l], g[j],
-                                           svd_inv(s[j], s1), svd_inv(s[l], s1), s1, j == l));
+    core_rows(t.rows, k, k, k, ps, out<T>(t.inv), out<T>(t.Kt), [&](int64_t b, int64_t j, int64_t l, double s1) {
+      const T *a = pa + b * k * k, *bb = pb + b * k * k, *s = ps + b * k;
+      return svd_core_entry(a[j * k + l], a[l * k + j], bb[j * k + l], bb[l * k + j], s[j], s[l], pg[b * k + j],
+                            svd_inv(s[j], s1), svd_inv(s[l], s1), s1, j == l);
     });
   });
   return {t.Kt, t.inv};
@@ -61,14 +59,10 @@ std::tuple<at::Tensor, at::Tensor> svd_exact_core_cpu(const at::Tensor& P, const
   const int64_t r = t.r, k = t.k;
   dispatch(t.P, "svd_exact_core_cpu", [&]<typename T>() {
     const T *pp = in<T>(t.P), *pq = in<T>(t.Q), *ps = in<T>(t.sigma), *pg = in<T>(t.gS);
-    T* pc = out<T>(t.C);
-    core_rows(t.rows, r, k, r * k, ps, out<T>(t.inv), [&](int64_t b, double s1) {
-      const T *p = pp + b * r * k, *q = pq + b * r * k, *s = ps + b * r, *g = pg + b * k;
-      T* c = pc + b * r * k;
-      for (int64_t i = 0; i < r; ++i)
-        for (int64_t j = 0; j < k; ++j)
-          c[i * k + j] = T(svd_exact_entry(p[i * k + j], q[i * k + j], q[j * k + j], s[i], s[j], g[j],
-                                           svd_inv(s[j], s1), s1, i == j));
+    core_rows(t.rows, r, k, r, ps, out<T>(t.inv), out<T>(t.C), [&](int64_t b, int64_t i, int64_t j, double s1) {
+      const T *p = pp + b * r * k, *q = pq + b * r * k, *s = ps + b * r;
+      return svd_exact_entry(p[i * k + j], q[i * k + j], q[j * k + j], s[i], s[j], pg[b * k + j], svd_inv(s[j], s1),
+                             s1, i == j);
     });
   });
   return {t.C, t.inv};

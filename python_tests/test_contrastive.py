@@ -112,6 +112,23 @@ def test_learnable_logit_scale_like_open_clip():
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e7])
+def test_gradients_at_extreme_logit_scales(path, scale):
+    """A tensor logit_scale outside the usual range (0 included: its domain check needs debug mode)
+    still gets the reference's gradients, for the features and for itself."""
+    z_a, z_b = _pairs(1, 33, 12)
+    z_a, z_b = z_a[0].requires_grad_(), z_b[0].requires_grad_()
+    grads = []
+    for fn in (sdekernels.info_nce, ref.info_nce):
+        s = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
+        with on_path(path if fn is sdekernels.info_nce else "aten"):
+            grads.append(torch.autograd.grad(fn(z_a, z_b, logit_scale=s), (z_a, z_b, s)))
+    for g, r in zip(*grads):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, r, atol=1e-12 * max(1.0, float(r.abs().max())), rtol=1e-9)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_large_logits_stay_finite(path):
     """s = 100 (open_clip's clamp) on nearly identical pairs: the online log-sum-exp does not overflow."""
     z_a, _ = _pairs(1, 40, 16, torch.float32)

@@ -332,13 +332,16 @@ def _lse_cpu(a: Tensor, b: Tensor, s: Tensor, symmetric: bool, keep: bool) -> tu
 def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off, g):
     """(dL/da, dL/db, dL/ds) for the loss gradient g, over row chunks with ATen matmuls: two
     chunk×ny buffers at a time, from the forward's kept E (or logits) or by recomputing them.
-    D holds s·g·dL/dlogits, so that D·b and Dᵀ·a are the gradients without a pass to scale them."""
+    D holds s·g·dL/dlogits, so that D·b and Dᵀ·a are the gradients without a pass to scale them;
+    for an s outside [2^-20, 2^20] (where folding it in could underflow, or lose dL/ds at s = 0)
+    D holds g·dL/dlogits and s is applied after."""
     R, nx, _ = a.shape
     da, db = torch.empty_like(a), torch.zeros_like(b)
     ds = a.new_zeros(())
     step = _chunk(b.shape[1])
-    two_sided, sg = bool(c_c), s * g
-    c_r, c_c = c_r * sg, c_c * sg
+    fold = 2.0 ** -20 <= float(s) <= 2.0 ** 20
+    two_sided, f = bool(c_c), s * g if fold else g
+    c_r, c_c = c_r * f, c_c * f
     direct = _direct_exp(a, b, s)  # the forward's choice: same inputs, same answer
     if direct:  # D = E·(u_i + v_j): the softmaxes as E = exp(logits) rescaled per row and per column
         a_s = a * s if not kept.numel() else None
@@ -362,11 +365,11 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off, g):
                 del col
         torch.diagonal(D, offset=i + off, dim1=-2, dim2=-1).sub_(c_r + c_c)
         Db = torch.matmul(D, b, out=da[:, rows]) if R == 1 else torch.matmul(D, b)
-        ds += _rowdot(a_i, Db).sum()  # s·g·Σ_ij dL/dlogits_ij a_i·b_j without a second chunk×ny product
+        ds += _rowdot(a_i, Db).sum()  # (s·)g·Σ_ij dL/dlogits_ij a_i·b_j without a second chunk×ny product
         if R != 1:
             da[:, rows] = Db
         db.baddbmm_(D.mT, a_i)
-    return da, db, ds / s
+    return (da, db, ds / s) if fold else (da.mul_(s), db.mul_(s), ds)
 
 
 @torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())

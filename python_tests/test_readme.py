@@ -1,10 +1,12 @@
 """The README's "Where things are" table stays true: one row per registered op, and every file and
 name it points to exists, so a newcomer following it never lands on a moved or renamed thing."""
+import json
 import os
 import re
 
 import pytest
 
+from sdekernels import bench
 from sdekernels.registry import all_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,10 +64,6 @@ def test_bench_column_names_the_op(op):
 def test_bench_table_is_the_record(path):
     """The measured table is the one benchmarks/record.py draws from results/cpu-bench.json: no
     figure is edited by hand or left behind when the record changes."""
-    import json
-
-    from sdekernels import bench
-
     with open(os.path.join(ROOT, "benchmarks", "results", "cpu-bench.json")) as f:
         rows = json.load(f)["rows"]
     text = open(os.path.join(ROOT, path), encoding="utf-8").read()

@@ -181,22 +181,32 @@ def autocast_float32(package: str = "sdekernels"):
                         torch.library.register_autocast(op, device, torch.float32)
 
 
+def max_abs(x: torch.Tensor, dims) -> torch.Tensor:
+    """max|x| per slice of x over `dims` (kept as size-1 dims), in the work dtype: by amax and amin,
+    without a temporary of x's size (NaN propagates as through abs)."""
+    x = x.detach()
+    if x.is_complex() or not x.numel():
+        a = x.abs().amax(dims, keepdim=True)
+    else:
+        a = torch.maximum(x.amax(dims, keepdim=True), x.amin(dims, keepdim=True).neg())
+    return a.to(work_dtype(a.dtype))
+
+
+def pow2_of(a: torch.Tensor) -> torch.Tensor:
+    """The power of two c with a / c in [1, 2) for a >= 0 (1 where a is zero or not finite); c and
+    1/c stay normal numbers."""
+    fi = torch.finfo(a.dtype)
+    e = torch.frexp(a).exponent - 1
+    e = torch.where(torch.isfinite(a) & (a > 0), e, 0)
+    return torch.exp2(e.clamp(round(math.log2(fi.tiny)) + 1, math.floor(math.log2(fi.max)) - 1).to(a.dtype))
+
+
 def pow2_scale(x: torch.Tensor, dims) -> torch.Tensor:
     """Per slice of x over `dims` (kept as size-1 dims): the power of two c with max|x| / c in [1, 2),
     or 1 where the slice is zero or not finite. x / c is exact, so a Gram, an eigensolver or a
     stabiliser can work on entries of order 1 whatever the scale of x (SPEC §10: results are
     correct at every scale); the results then scale back by c. In the work dtype."""
-    x = x.detach()
-    if x.is_complex() or not x.numel():
-        a = x.abs().amax(dims, keepdim=True)
-    else:  # max|x| without a temporary of x's size (NaN propagates as through abs)
-        a = torch.maximum(x.amax(dims, keepdim=True), x.amin(dims, keepdim=True).neg())
-    a = a.to(work_dtype(a.dtype))
-    fi = torch.finfo(a.dtype)
-    e = torch.frexp(a).exponent - 1
-    e = torch.where(torch.isfinite(a) & (a > 0), e, 0)
-    # both c and 1/c stay normal numbers
-    return torch.exp2(e.clamp(round(math.log2(fi.tiny)) + 1, math.floor(math.log2(fi.max)) - 1).to(a.dtype))
+    return pow2_of(max_abs(x, dims))
 
 
 def next_pow2(n: int) -> int:

@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _triton as kt
 from .. import reference as ref
 from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like,
-                     next_pow2, pow2_scale, rows, use_triton, work_dtype)
+                     max_abs, next_pow2, pow2_of, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
@@ -208,14 +208,13 @@ def _norm_parts(z: Tensor, normalize: bool):
     x = rows(z, 2).to(work_dtype(z.dtype))
     if not normalize:
         return x, None
-    if x.device.type == "cpu":  # a check costs no device sync here
-        # max|x| without a temporary of x's size; where no square can overflow or underflow, ‖z‖ itself
-        # equals c·‖z/c‖ to rounding and the passes that divide by c are saved (c = 1)
-        top = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg())
-        if x.shape[-1] and bool(((top >= 2.0 ** -_RAW_LOG2) & (top <= 2.0 ** _RAW_LOG2)).all()):
-            norm = x.norm(dim=-1, keepdim=True)
-            return x / norm, (x.new_ones(()), norm)
-    c = pow2_scale(x, (-1,))
+    top = max_abs(x, (-1,))
+    # On CPU (a check costs no device sync there): where no square can overflow or underflow, ‖z‖
+    # itself equals c·‖z/c‖ to rounding and the passes that divide by c are saved (c = 1).
+    if x.device.type == "cpu" and x.shape[-1] and bool(((top >= 2.0 ** -_RAW_LOG2) & (top <= 2.0 ** _RAW_LOG2)).all()):
+        norm = x.norm(dim=-1, keepdim=True)
+        return x / norm, (x.new_ones(()), norm)
+    c = pow2_of(top)
     x = x / c  # exact; ‖x‖ >= 1 unless x = 0: the eps is relative (SPEC §10), no overflow
     norm = x.norm(dim=-1, keepdim=True)
     return x.div_(norm.clamp_min(NORM_EPS)), (c, norm)
@@ -415,13 +414,11 @@ def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, l
         wc = w if symmetric else 0.0
         da, parts = _grad_triton(a, b, s, None, lse_r, lse_c if symmetric else None, offset, w, wc, z_a.dtype)
         db, _ = _grad_triton(b, a, s, None, lse_c if symmetric else None, lse_r, -offset, wc, w, z_a.dtype)
-        da, db, ds = da / (R * nx), db / (R * nx), parts[0] / (R * nx)
+        f = grad.to(a.dtype) / (R * nx)
+        da, db, ds = da * f, db * f, parts[0] * f
     else:
         c = w / (R * nx)
         da, db, ds = _grad_cpu(a, b, s, lse_r, lse_c, c, c if symmetric else 0.0, logits, offset, grad.to(a.dtype))
-    if use_triton(a):
-        g = grad.to(a.dtype)
-        da, db, ds = da * g, db * g, ds * g
     da = _normalize_backward(z_a, a, da, normalize, parts_a).reshape(z_a.shape)
     db = _normalize_backward(z_b, b, db, normalize, parts_b).reshape(z_b.shape)
     ds = ds.reshape(scale.shape)

@@ -302,8 +302,8 @@ def _dc_floor(c: Tensor, x: Tensor, channel_mean: bool) -> Tensor:
 def _(x, bins, transform, channel_mean, save, official=False, keep_dc=False, centre=True):
     out = x.new_empty(x.shape[:-3] + ((bins,) if channel_mean else (x.shape[-3], bins)))
     w = work_dtype(x.dtype)
-    R = x.numel() // max(math.prod(x.shape[-3:]), 1)
-    return out, x.new_empty(_spectrum_shape(x, transform == "fft", save), dtype=w), x.new_empty((R,), dtype=w)
+    scale = x.new_empty((math.prod(x.shape[:-3]),), dtype=w)
+    return out, x.new_empty(_spectrum_shape(x, transform == "fft", save), dtype=w), scale
 
 
 @torch.library.custom_op("sdekernels::radial_psd_backward", mutates_args=())

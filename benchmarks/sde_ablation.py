@@ -2,10 +2,14 @@
 
 Each variant trains the same model (`python -m sdekernels train sde`) with 3 seeds; one cell per
 (variant, seed) lands in benchmarks/results/training/sde_ablation.json with the exact command that
-reproduces it (on CPU with --threads 1 every cell is bit-for-bit repeatable), the name of its
-clean-accuracy key in that run's summary.json, the corruption accuracies and the energy fractions.
+reproduces it, the name of its clean-accuracy key in that run's summary.json, the corruption
+accuracies and the energy fractions. The record names the commit its cells were measured at and the
+CPU and torch they ran on: on the same CPU capability and torch, `--threads 1` reproduces a cell bit for
+bit at that commit, and python_tests/test_ablation.py re-verifies one cell at HEAD, so a change of
+the numerics fails there until the record is measured again (`--run --fresh`).
 
     python benchmarks/sde_ablation.py --run            # train every missing cell (2 at a time), then report
+    python benchmarks/sde_ablation.py --run --fresh    # measure every cell again at HEAD (a clean tree)
     python benchmarks/sde_ablation.py --report         # table (training.md) and plot from the JSON
     python benchmarks/sde_ablation.py --verify infonce:0   # rerun one cell, compare with the record
 """
@@ -60,6 +64,23 @@ def command(variant: str, seed: int, steps: int) -> list:
             "--seed", str(seed), *SHARED, *LATE.get(variant, []), "--out", str(out)]
 
 
+def platform() -> dict:
+    """What a bit-for-bit repeat depends on besides the code: the CPU kernels torch dispatches to."""
+    import torch
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
+def head() -> str:
+    """HEAD's commit, refusing a tree whose code differs from it (the record must name its code)."""
+    root = HERE.parent
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "sdekernels", "csrc",
+                            "reference", "benchmarks/sde_ablation.py"], cwd=root, capture_output=True, text=True)
+    if dirty.returncode != 0 or dirty.stdout.strip():
+        raise SystemExit("the record names the commit it was measured at: commit the code first\n" + dirty.stdout)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def lookup(summary: dict, key: str):
     for part in key.split("."):
         summary = summary[part]
@@ -80,27 +101,37 @@ def run_cell(variant: str, seed: int, steps: int) -> dict:
             "train_seconds": summary["train_seconds_this_process"]}
 
 
+def load_record() -> dict:
+    return json.loads(RECORD.read_text()) if RECORD.exists() else {"cells": []}
+
+
 def load() -> list:
-    return json.loads(RECORD.read_text())["cells"] if RECORD.exists() else []
+    return load_record()["cells"]
 
 
-def save(cells: list) -> None:
+def save(cells: list, meta: dict) -> None:
     order = {v: i for i, v in enumerate(VARIANTS)}
     cells = sorted(cells, key=lambda c: (order.get(c["variant"], 99), c["seed"]))
     RECORD.parent.mkdir(parents=True, exist_ok=True)
-    RECORD.write_text(json.dumps({"cells": cells}, indent=1) + "\n")
+    RECORD.write_text(json.dumps({**meta, "cells": cells}, indent=1) + "\n")
 
 
-def run(steps: int, jobs: int, variants, seeds) -> None:
-    done = {(c["variant"], c["seed"]) for c in load() if c["steps"] == steps}
+def run(steps: int, jobs: int, variants, seeds, fresh: bool = False) -> None:
+    """Train the cells the record lacks (every cell with `fresh`). All cells of a record come from one
+    commit and platform: a record measured elsewhere is measured again whole."""
+    meta = {"commit": head(), **platform(),
+            "verify": "python benchmarks/sde_ablation.py --verify VARIANT:SEED (on the same CPU capability and torch)"}
+    old = load_record()
+    same = all(old.get(k) == meta[k] for k in ("commit", "cpu_capability", "torch"))
+    keep = [c for c in old["cells"] if c["steps"] == steps] if same and not fresh else []
+    done = {(c["variant"], c["seed"]) for c in keep}
     todo = [(v, s) for v in variants for s in seeds if (v, s) not in done]
     with cf.ThreadPoolExecutor(jobs) as pool, tqdm(total=len(todo), desc="ablation cells") as bar:
         futures = [pool.submit(run_cell, v, s, steps) for v, s in todo]
         for f in cf.as_completed(futures):
             cell = f.result()
-            key = (cell["variant"], cell["seed"])
-            cells = [c for c in load() if c["steps"] == steps and (c["variant"], c["seed"]) != key]
-            save(cells + [cell])  # after every cell: an interrupted run keeps what it has
+            keep = [c for c in keep if (c["variant"], c["seed"]) != (cell["variant"], cell["seed"])] + [cell]
+            save(keep, meta)  # after every cell: an interrupted run keeps what it has
             bar.update()
 
 
@@ -169,12 +200,20 @@ def report() -> None:
 
 
 def verify(spec: str) -> int:
-    variant, seed = spec.split(":")
-    cell = next(c for c in load() if c["variant"] == variant and c["seed"] == int(seed))
+    variant, _, seed = spec.partition(":")
+    cell = next((c for c in load() if c["variant"] == variant and str(c["seed"]) == seed), None)
+    if cell is None:
+        raise SystemExit(f"--verify: no cell {spec!r} in {RECORD} (VARIANT:SEED, e.g. sde:0)")
     again = run_cell(variant, int(seed), cell["steps"])
-    same = again["value"] == cell["value"] and all(again[k] == cell[k] for k in EXTRA)
-    print(f"{spec}: recorded {cell['value']!r}, reproduced {again['value']!r}: {'identical' if same else 'DIFFERENT'}")
-    return 0 if same else 1
+    diff = differences(cell, again)
+    print(f"{spec}: recorded {cell['value']!r}, reproduced {again['value']!r}: "
+          + ("identical" if not diff else "DIFFERENT in " + ", ".join(diff)))
+    return 0 if not diff else 1
+
+
+def differences(cell: dict, again: dict) -> list:
+    """The measured keys on which a repeat differs from the record (bit for bit)."""
+    return [k for k in ("value", *EXTRA) if again[k] != cell[k]]
 
 
 def main(argv=None) -> int:
@@ -182,6 +221,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", action="store_true", help="train the missing cells, then report")
     p.add_argument("--report", action="store_true", help="table and plot from the record")
     p.add_argument("--verify", metavar="VARIANT:SEED", help="rerun one recorded cell and compare")
+    p.add_argument("--fresh", action="store_true", help="with --run: measure every cell again")
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("-j", "--jobs", type=int, default=2, help="cells trained at once (each on one thread)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -192,7 +232,7 @@ def main(argv=None) -> int:
     if args.verify:
         return verify(args.verify)
     if args.run:
-        run(args.steps, args.jobs, args.variants, args.seeds)
+        run(args.steps, args.jobs, args.variants, args.seeds, args.fresh)
     if args.run or args.report:
         report()
     if not (args.run or args.report):

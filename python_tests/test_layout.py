@@ -1,5 +1,7 @@
 """Rules of the package layout, read from the source (AST), so a violation fails here and not in review:
 - torch.linalg.eigh / eigvalsh are called from the spectral core (sdekernels/ops/_spectral.py) alone;
+- the reference (reference/*.py) is a leaf: it imports nothing from sdekernels;
+- sdekernels/data.py imports nothing from the training drivers (sdekernels/train/ imports it);
 - an op module (sdekernels/ops/*.py) or loss.py imports from the shared modules (_spectral, _core,
   _triton, _ext, registry, reference, schedules) and from another op module only public names: those
   of sdekernels.functional or sdekernels.reference (never a module object, which would reach its internals)."""
@@ -108,3 +110,33 @@ def test_import_rule_catches_internal_names():
     assert [v.split(" imports ")[1] for v in _violations(PKG / "ops" / "svd.py", src)] == [
         "sdekernels.ops.enhance.enhance_coefs", "sdekernels.ops.distances", "sdekernels.ops.fourier",
         "sdekernels.ops.contrastive._info_nce"]
+
+
+REFERENCE = pathlib.Path(sdekernels.reference.__file__).parent
+
+
+def _sdekernels_imports(source: str) -> list:
+    """Line numbers of absolute imports of sdekernels (the reference's own modules are imported relatively)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        lines += [node.lineno for n in names if n.split(".")[0] == "sdekernels"]
+    return lines
+
+
+@pytest.mark.parametrize("path", sorted(REFERENCE.glob("*.py")), ids=lambda p: p.name)
+def test_reference_is_a_leaf(path):
+    assert _sdekernels_imports(path.read_text()) == []
+
+
+def test_leaf_rule_catches_library_imports():
+    src = "import torch\nfrom .svd import mp_median\nfrom sdekernels._core import check_int\nimport sdekernels.ops\n"
+    assert _sdekernels_imports(src) == [3, 4]
+
+
+def test_data_does_not_import_the_drivers():
+    path = PKG / "data.py"
+    assert [m for m, _, _ in _imports(path, path.read_text()) if m.startswith("sdekernels.train")] == []
+    src = "from .train.common import load_file\nfrom .files import CheckpointError\n"
+    assert [m for m, _, _ in _imports(path, src) if m.startswith("sdekernels.train")] == ["sdekernels.train.common"]

@@ -56,12 +56,13 @@ def extension():
     # py_limited_api: the module's only CPython use is its empty init (csrc/module.cpp), so one
     # build serves every CPython >= 3.10 (libtorch_python is not linked)
     common = dict(sources=sources, extra_link_args=list(ext.LDFLAGS), py_limited_api=True)
+    cflags = [*ext.CFLAGS, "-g0"]  # no debug information, which Python's own flags ask for
     if cuda:
         module = cpp_extension.CUDAExtension("sdekernels._C", define_macros=[(ext.CUDA_MACRO, None)],
-                                             extra_compile_args={"cxx": list(ext.CFLAGS),
-                                                                 "nvcc": list(ext.NVCC_FLAGS)}, **common)
+                                             extra_compile_args={"cxx": cflags, "nvcc": list(ext.NVCC_FLAGS)},
+                                             **common)
     else:
-        module = cpp_extension.CppExtension("sdekernels._C", extra_compile_args=list(ext.CFLAGS), **common)
+        module = cpp_extension.CppExtension("sdekernels._C", extra_compile_args=cflags, **common)
     release = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     return module, cpp_extension.BuildExtension, f"torch=={release}.*"
 

@@ -1,5 +1,7 @@
-"""The C++/CUDA extension: it builds here, every CUDA source compiles for sm_90, and a failed
-build leaves the library working with one clear warning."""
+"""The C++/CUDA extension: it builds here, every CUDA source compiles for sm_90; a source checkout
+without a compiled module (or with a stale one) compiles it just in time and says so once; a failed
+build or a compiled module that does not load leaves every op working with one clear warning, and
+`info` names what is lost (the compiled wheel itself: test_wheel.py)."""
 import glob
 import os
 import shutil
@@ -86,6 +88,15 @@ def test_source_checkout_without_prebuilt_compiles_just_in_time_and_says_so_once
     assert status == "jit" and len(calls) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "just in time" in err[0] and "no compiled sdekernels._C" in err[0], err
+
+
+def test_source_checkout_whose_module_does_not_load_compiles_just_in_time(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "sdekernels._C", None)  # the import fails as an undefined symbol would
+    (tmp_path / "bindings.cpp").write_text("")
+    status, calls = _fresh_status(monkeypatch, prebuilt_path=lambda: "/x/_C.abi3.so", csrc_dir=lambda: str(tmp_path),
+                                  _stale=lambda path: False)
+    assert status == "jit" and len(calls) == 1
+    assert "/x/_C.abi3.so does not load with torch" in capsys.readouterr().err
 
 
 def test_stale_in_place_build_is_not_used(monkeypatch, tmp_path, capsys):

@@ -4,10 +4,10 @@ Installed from a wheel or with `pip install --no-build-isolation`, it is `sdeker
 ahead of time by setup.py ('prebuilt'). A package that has csrc/ but no compiled module (a source
 checkout without that build, or an install built without torch) compiles it just in time on first
 use with ninja, cached by torch in its extensions folder ('jit'), and says so in one line on
-stderr; so does a source checkout whose csrc/ changed after its in-place build. If neither works,
-every op still runs, those of FUSED_BACKWARD without their fused backward (FUSED_CPU_FORWARD's
-without their fused CPU forward), and a single warning says so. SDEKERNELS_NO_EXT=1 skips the
-extension on purpose.
+stderr; so does a source checkout whose csrc/ changed after its in-place build, or whose compiled
+module does not load (compiled against another torch release). If neither works, every op still
+runs, those of FUSED_BACKWARD without their fused backward (FUSED_CPU_FORWARD's without their
+fused CPU forward), and a single warning says so. SDEKERNELS_NO_EXT=1 skips the extension.
 """
 import functools
 import glob
@@ -84,7 +84,7 @@ def status() -> str:
     if os.environ.get("SDEKERNELS_NO_EXT") == "1":
         return "disabled"
     path = prebuilt_path()
-    why = "no compiled sdekernels._C in this source checkout"
+    why = "no compiled sdekernels._C in this install"
     if path is not None and _stale(path):
         why = f"csrc/ changed after {os.path.basename(path)} was compiled (pip install -e . compiles it again)"
     elif path is not None:
@@ -92,7 +92,9 @@ def status() -> str:
             import sdekernels._C  # noqa: F401  (registers the ops on import)
             return "prebuilt"
         except ImportError as e:  # compiled against another torch release, most likely
-            return _warn_unavailable(f"{path} does not load with torch {torch.__version__}: {_last_line(e)}")
+            why = f"{path} does not load with torch {torch.__version__}: {_last_line(e)}"
+            if csrc_dir() is None:
+                return _warn_unavailable(why)
     if csrc_dir() is None:
         return _warn_unavailable("neither a compiled sdekernels._C nor csrc/ to compile it from")
     try:

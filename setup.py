@@ -6,8 +6,8 @@ torch is importable in the build environment, against that torch:
 
 With its CUDA kernels when torch is a CUDA build and the CUDA toolkit is found (SDEKERNELS_CUDA=0:
 CPU kernels only). SDEKERNELS_BUILD_EXT=0 skips the compile; so does a build environment without
-torch (pip's default isolated build), with a warning. Either way csrc/ then ships in the package
-and the extension is compiled just in time on first use, which needs ninja and a C++ compiler.
+torch (pip's default isolated build), which it says on stderr. Either way csrc/ then ships in the
+package and the extension is compiled just in time on first use, which needs ninja and a compiler.
 
 The reference ships as sdekernels.reference, SPEC.md as sdekernels/SPEC.md; the version's one
 source is sdekernels/__init__.py (pyproject.toml reads it).

@@ -28,7 +28,8 @@ def _info(args) -> int:
           + (f" ({_ext.prebuilt_path()})" if _ext.status() == "prebuilt" else ""))
     if not _ext.available():
         print(f"            without it these ops lose their fused backward: {', '.join(_ext.FUSED_BACKWARD)}; "
-              f"and these their fused CPU forward: {', '.join(_ext.FUSED_CPU_FORWARD)} (the reference runs instead)")
+              f"and these their fused CPU forward: {', '.join(_ext.FUSED_CPU_FORWARD)} (the reference or ATen ops "
+              "run instead)")
     print(f"debug       {'on' if _core.DEBUG else 'off'} (SDEKERNELS_DEBUG=1 checks inputs for NaN/Inf)")
     print(f"ops         {', '.join(sorted(all_ops()))}")
     return 0

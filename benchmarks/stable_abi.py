@@ -10,7 +10,9 @@ evidence behind NOTES.md's "One wheel across torch releases":
    whether torch/csrc/stable/ops.h of this torch wraps it, and its count of libtorch C++ symbols;
 3. benchmarks/stable_abi_probe.cpp (one op in csrc's style on the stable API alone) built against
    this torch with TORCH_TARGET_VERSION = this release;
-4. --load: each library loaded into this python's torch, the probe's ops checked against ATen.
+4. --load: each library loaded into this python's torch, the probe's ops checked against ATen;
+   --grads: the gradients of the installed sdekernels' ops against the reference's autograd
+   (float64; with a wheel installed under another torch, its compiled backward there).
 """
 import argparse
 import glob
@@ -86,12 +88,35 @@ def load(paths):
             print(f"  probe ops: max error {e1.item():.1e} (rows), {e2.item():.1e} (gram)")
 
 
+def grads():
+    from sdekernels import _ext
+    from sdekernels.registry import F64, all_ops, flat
+
+    print(f"torch {torch.__version__}, extension {_ext.status()}")
+    for name in _ext.FUSED_BACKWARD:
+        info = all_ops()[name]
+        s = info.make(info.typical_shape, torch.device("cpu"), F64, torch.Generator().manual_seed(0))
+        got = []
+        for fn in (info.op, info.ref):
+            leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in s.tensors()]
+            outs = [o for o in flat(s.with_tensors(leaves).call(fn)) if o.requires_grad]
+            g = torch.Generator().manual_seed(1)
+            loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+            got.append(torch.autograd.grad(loss, [x for x in leaves if x.requires_grad], allow_unused=True))
+        err = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(*got) if a is not None)
+        print(f"  {name:20} max relative gradient difference {err:.1e}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--so", help="a compiled sdekernels._C: list the ATen operators it calls")
     p.add_argument("--build-probe", metavar="DIR")
     p.add_argument("--load", nargs="+", metavar="PATH")
+    p.add_argument("--grads", action="store_true")
     a = p.parse_args()
+    if a.grads:
+        grads()
+        sys.exit()
     if a.load:
         load(a.load)
         sys.exit()

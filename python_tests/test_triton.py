@@ -96,6 +96,27 @@ def test_cuda_launch_choices_on_cpu(name, dtype):
     assert_paths_agree(info, dtype, emulated, run_op(info, s), f"{info.gpu_shape} emulated CUDA vs CPU")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)  # float64's tiles: gpu_shape's
+def test_local_info_nce_on_cuda_launch_choices(dtype):
+    """open_clip's local loss (a rank's 40 rows against 120 gathered columns, labels offset by 40) at
+    d = 200: the offset labels and the column-split backward, emulated CUDA vs the CPU path."""
+    from sdekernels.ops.contrastive import local_info_nce
+
+    info, g = OPS["info_nce"], torch.Generator().manual_seed(0)
+    all_a, all_b = (torch.randn(120, 200, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    scale = torch.tensor(14.0, dtype=dtype)
+
+    def run():
+        leaves = [t.detach().requires_grad_(True) for t in (all_a, all_b, scale)]
+        a, b, s = leaves
+        loss = local_info_nce(a[40:80], b[40:80], a, b, s, 40)
+        return [loss], list(torch.autograd.grad(loss, leaves))
+
+    with triton_on_cpu(), emulate_cuda():
+        emulated = run()
+    assert_paths_agree(info, dtype, emulated, run(), "local loss, emulated CUDA vs CPU")
+
+
 def _cuda_config(x):
     """The tiles contrastive._config gives a CUDA tensor of x's shape and dtype (a fake one: no GPU needed)."""
     from sdekernels._torch import fake_mode

@@ -719,7 +719,7 @@ def _explicit_sigmoid_logits(z_a, z_b, logit_scale, logit_bias, *, normalize=Tru
 
 register(OpInfo(
     name="siglip_loss", op=siglip_loss, ref=ref.siglip_loss, make=_siglip_pairs,
-    gpu_shape={"B": 70, "d": 520, "scale": 1},
+    gpu_shape={"B": 40, "d": 520, "scale": 1},
     cond=(16, 64),  # σ(−y·L) from logits rounded per path, summed over B columns into each row's gradient
     shapes=[{"B": 1, "d": 1, "scale": 1}, {"batch": 2, "B": 9, "d": 5}, {"B": 40, "d": 33},
             {"batch": 3, "B": 70, "d": 20, "scale": 1}, {"B": 37, "d": 70, "normalize": 0, "scale": 1}],

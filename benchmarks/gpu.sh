@@ -19,11 +19,9 @@ if (( dry )); then sel_op="--op hellinger"; sel_k=" and hellinger"; else sel_op=
 stage versions 60 "install; \$py benchmarks/lease.py versions '$out'"
 build_extension
 stage tests 230 "wait_extension 150;
-  \$py -m pytest python_tests -m gpu \$(xdist 8) -q -p no:cacheprovider -rfE --junitxml='$out/tests-1.xml' \
-    -k '(float32 or bfloat16)$sel_k'; a=\$?;
-  \$py -m pytest python_tests -m gpu \$(xdist 8) -q -p no:cacheprovider -rfE --junitxml='$out/tests-2.xml' \
-    -k 'not (float32 or bfloat16)$sel_k'; b=\$?;
-  (( a == 0 || a == 5 )) && (( b == 0 || b == 5 ))"
+  gpu_tests tests-1.xml '(float32 or bfloat16)$sel_k'; a=\$?;
+  gpu_tests tests-2.xml 'not (float32 or bfloat16)$sel_k'; b=\$?;
+  (( a == 0 && b == 0 ))"
 stage bench-quick 110 "\$py -m sdekernels bench --quick $sel_op --no-progress --json '$out/bench-quick.json'"
 stage bench-notes 200 "\$py benchmarks/lease.py notes '$out' $( (( dry )) && echo --dry)"
 echo "lease done in $(( SECONDS - t_start )) s, status $status" | tee -a "$log"

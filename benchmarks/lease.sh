@@ -41,10 +41,11 @@ stage() {
     return $rc
 }
 
-# The project on the image's own packages: no dependency may be fetched there.
+# The project on the image's own packages: no dependency may be fetched there. Not compiled here
+# (minutes with CUDA): build_extension compiles it just in time in the background.
 install() {
     if (( dry )); then echo "dry run: no install, PYTHONPATH=$PWD"; return 0; fi
-    $py -m pip install -q --no-deps --no-build-isolation -e . || echo "install failed: PYTHONPATH=$PWD is used"
+    SDEKERNELS_BUILD_EXT=0 $py -m pip install -q --no-deps --no-build-isolation -e . || echo "install failed: PYTHONPATH=$PWD is used"
 }
 
 # The C++/CUDA extension builds in the background (its own log) while the next stages start.
@@ -66,5 +67,12 @@ wait_extension() {
 # pytest with xdist (-n N) where it is installed (the GPU image); plain pytest in a dry run
 xdist() { if (( dry )); then :; else echo "-n $1"; fi; }
 
+# gpu_tests XML SELECTION: the GPU-marked tests that match `-k SELECTION`, their report in $out/XML.
+# Its exit is pytest's: 5 (no test collected) fails the stage like any other failure, so a
+# selection that matches nothing cannot pass for a clean run.
+gpu_tests() {
+    $py -m pytest python_tests -m gpu $(xdist 8) -q -p no:cacheprovider -rfE --junitxml="$out/$1" -k "$2"
+}
+
 export py out dry
-export -f install wait_extension xdist
+export -f install wait_extension xdist gpu_tests

@@ -74,3 +74,68 @@ def average_over_ranks(grads, world: int) -> None:
     for g in grads:
         dist.all_reduce(g)
         g /= world
+
+
+def run_op(info, sample):
+    """(outputs, gradients of a random weighted sum of them) of the op on the sample's tensors as leaves."""
+    s = info.leaves(sample)
+    out = s.call(info.op)
+    grads = ()
+    if info.differentiable:
+        grads = torch.autograd.grad(weighted_sum(out, torch.Generator().manual_seed(1)),
+                                    [t for t in s.tensors() if t.requires_grad])
+    return flat(out), list(grads)
+
+
+def path_error(got, want) -> float:
+    """max |got − want| / max(|got|, |want|) over one output (0 for two empty or zero outputs; NaN
+    must meet NaN): the normwise relative error the `cond` tolerances bound."""
+    a, b = got.detach().double().cpu(), want.detach().double().cpu()
+    assert a.shape == b.shape and torch.equal(a.isnan(), b.isnan()), "shapes or NaN positions differ"
+    a, b = a.nan_to_num(0.0), b.nan_to_num(0.0)
+    scale = float(torch.maximum(a.abs().max(), b.abs().max())) if a.numel() else 0.0
+    return float((a - b).abs().max()) / scale if scale else 0.0
+
+
+def path_tol(info, dtype) -> tuple:
+    """(forward, backward) bounds of path_error for the op in `dtype` (registry.OpInfo.cond)."""
+    low = dtype in (torch.bfloat16, torch.float16)
+    work = torch.finfo(torch.float32 if low else dtype).eps
+    return tuple(c * work + (4 * torch.finfo(dtype).eps if low else 0.0)
+                 for c in info.cond_by_dtype.get(dtype, info.cond))
+
+
+def assert_paths_agree(info, dtype, got, want, what=""):
+    """Two kernel paths' (outputs, gradients) of one sample agree to within path_tol."""
+    for kind, tol, a_list, b_list in zip(("forward", "backward"), path_tol(info, dtype), got, want):
+        assert len(a_list) == len(b_list), f"{what} {kind}: {len(a_list)} tensors, expected {len(b_list)}"
+        for i, (a, b) in enumerate(zip(a_list, b_list)):
+            err = path_error(a, b)
+            assert err <= tol, f"{info.name} {what} {kind} {i}: relative error {err:.3g}, allowed {tol:.3g} ({dtype})"
+
+
+@contextlib.contextmanager
+def launches(run: bool = True):
+    """Inside, every Triton launch is logged as (kernel, grid, its keyword arguments other than tensors:
+    tiles, warps, flags), on a GPU and in the interpreter alike; run=False logs without launching."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    log, originals = [], {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+
+    def spy(cls):
+        def run_(self, *args, grid, **kwargs):
+            g = grid(kwargs) if callable(grid) else grid
+            meta = tuple(sorted((k, str(v)) for k, v in kwargs.items() if k != "warmup" and not hasattr(v, "data_ptr")))
+            log.append((self.fn.__name__, tuple(int(n) for n in g), meta))
+            if run:
+                return originals[cls](self, *args, grid=grid, **kwargs)
+        return run_
+
+    for cls in originals:
+        cls.run = spy(cls)
+    try:
+        yield log
+    finally:
+        for cls, fn in originals.items():
+            cls.run = fn

@@ -1,13 +1,16 @@
 """The CPU and CUDA kernel twins of csrc/ held to each other, without a GPU.
 
-- The CUDA kernels' own code runs on the host (cuda_host/emulation.h: g++ builds the .cu files, a
-  block's threads are std::threads) and must agree with the CPU twins, the extension's CPU ops, to
-  within rounding in float32 and float64.
+- The CUDA twins run on the host and must agree with the CPU twins, the extension's CPU ops, to
+  within rounding in float32 and float64: g++ builds the .cu files on cuda_host/emulation.h and
+  cuda_bridge.cpp itself (its tensor-to-launcher argument marshalling included), and each twin runs
+  under three schedules (block and thread orders) that must agree bit for bit, with a block's threads
+  run one at a time between barriers and warps synchronised only at their shuffles: a missing
+  __syncthreads or a swapped launcher argument fails here.
 - Compiled for sm_90 with the shared functions kept out of line, every CUDA kernel calls the
   functions of spectral_math.h that its CPU twin calls, and the distance kernels accumulate their
   float rows in double (acc_t).
 - A launcher definition that drifts from its declaration in cuda/launch.h does not compile, and the
-  host side of a CUDA build (cuda_bridge.cpp, the twins' callers) compiles against those declarations.
+  host side of a CUDA build (cuda_bridge.cpp, the twins' callers) compiles against the real CUDA headers.
 """
 import ctypes
 import glob
@@ -36,51 +39,75 @@ def _run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
-# ---- the launchers' declarations, read from cuda/launch.h: name -> ctypes argument types
-
-_CTYPE = {"int64_t": ctypes.c_int64, "double": ctypes.c_double, "bool": ctypes.c_bool, "int": ctypes.c_int}
+ORDERS = {"forward": 0, "reversed": 1, "interleaved": 2}  # the emulation's schedules (cuda_host/emulation.h)
 
 
-def _declarations() -> dict:
-    text = open(os.path.join(CSRC, "cuda", "launch.h")).read()
-    out = {}
-    for name, params in re.findall(r"template <typename T>\s*int (\w+)\(([^;]*)\);", text):
-        types = []
-        for p in params.split(","):
-            p = " ".join(p.split())
-            types.append(ctypes.c_void_p if "*" in p else _CTYPE[p.rsplit(" ", 1)[0]])
-        out[name] = types
-    return out
+def _torch_flags() -> list:
+    from torch.utils import cpp_extension
+
+    return [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", "-DSDEKERNELS_CUDA", f"-I{HOST}",
+            *(f"-I{p}" for p in cpp_extension.include_paths())]
+
+
+def build_emulation(directory, csrc=CSRC) -> str:
+    """The host build of csrc's CUDA side in `directory`: the .cu kernels on the emulation, and
+    cuda_bridge.cpp (with the stand-in guard and stream of cuda_host/c10) registering its twins as
+    sdekernels_emulated::<twin> (cuda_host/bridge.cpp). Returns the library's path."""
+    from torch.utils import cpp_extension
+
+    flags = ["g++", "-std=c++20", "-O1", "-fPIC"]
+    emulated = ["-x", "c++", "-include", os.path.join(HOST, "emulation.h")]
+    units = [(emulated, src) for src in sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))]
+    units += [([], os.path.join(HOST, "exports.cpp"))]
+    bridge = (os.path.join(csrc, "cuda_bridge.cpp"), os.path.join(HOST, "bridge.cpp"))
+    units += [(_torch_flags(), src) for src in bridge]
+    objects = [os.path.join(directory, os.path.basename(src) + ".o") for _, src in units]
+    jobs = [subprocess.Popen(flags + extra + ["-c", src, "-o", obj], stderr=subprocess.PIPE, text=True)
+            for (extra, src), obj in zip(units, objects)]
+    for j in jobs:
+        assert j.wait() == 0, j.stderr.read()[-4000:]
+    so = os.path.join(directory, "emulated.so")
+    libs = [f"-L{p}" for p in cpp_extension.library_paths()] + ["-lc10", "-ltorch_cpu", "-ltorch"]
+    out = _run(["g++", "-shared", *objects, *libs, "-o", so])
+    assert out.returncode == 0, out.stderr[-4000:]
+    return so
+
+
+class Emulated:
+    """The CUDA twins of a host build (build_emulation), called like the CPU twins: emulated(twin, *args).
+    Each call runs in every schedule of the emulation, whose results must agree bit for bit (a race
+    or a dependence on block order shows as a difference); it returns the forward schedule's."""
+
+    def __init__(self, so: str):
+        torch.ops.load_library(so)
+        self.set_order = ctypes.CDLL(so).sdk_set_order
+
+    def __call__(self, twin, *args):
+        results = {}
+        for name, order in ORDERS.items():
+            self.set_order(order)
+            out = getattr(torch.ops.sdekernels_emulated, twin)(*args)
+            results[name] = out if isinstance(out, (tuple, list)) else (out,)
+        self.set_order(0)
+        for name, out in results.items():
+            for a, b in zip(out, results["forward"], strict=True):
+                same = torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+                assert same, f"{twin}: the {name} schedule differs from the forward one"
+        return results["forward"]
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    """Calls launcher `name` of the host-emulated CUDA kernels: emulated(name, dtype, *args)."""
     if shutil.which("g++") is None:
         pytest.skip("no g++ here")
-    d = tmp_path_factory.mktemp("emulated")
-    flags = ["g++", "-std=c++20", "-O1", "-fPIC", "-pthread"]
-    jobs = [subprocess.Popen(flags + ["-x", "c++", "-include", os.path.join(HOST, "emulation.h"), "-c", src, "-o",
-                                      str(d / (os.path.basename(src) + ".o"))], stderr=subprocess.PIPE, text=True)
-            for src in CUDA_SOURCES]
-    jobs.append(subprocess.Popen(flags + ["-c", os.path.join(HOST, "exports.cpp"), "-o", str(d / "exports.o")],
-                                 stderr=subprocess.PIPE, text=True))
-    for j in jobs:
-        assert j.wait() == 0, j.stderr.read()[-4000:]
-    so = str(d / "emulated.so")
-    out = _run(["g++", "-shared", "-pthread", *sorted(glob.glob(str(d / "*.o"))), "-o", so])
-    assert out.returncode == 0, out.stderr[-4000:]
-    lib = ctypes.CDLL(so)
-    decls = _declarations()
+    return Emulated(build_emulation(str(tmp_path_factory.mktemp("emulated"))))
 
-    def call(name, dtype, *args):
-        suffix = {torch.float32: "f32", torch.float64: "f64"}[dtype]
-        fn = ctypes.CFUNCTYPE(ctypes.c_int, *decls[name])(ctypes.c_void_p.in_dll(lib, f"{name}_{suffix}").value)
-        conv = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
-        assert len(conv) + 1 == len(decls[name]), f"{name}: {len(decls[name])} parameters declared"
-        assert fn(*conv, None) == 0
 
-    return call
+def test_every_cuda_twin_runs_in_the_emulation():
+    declared = set(re.findall(r"\b(\w+)_cuda\(const", open(os.path.join(CSRC, "ops.h")).read()))
+    bridge = open(os.path.join(HOST, "bridge.cpp")).read()
+    registered = set(re.findall(r'm\.def\("(\w+)", &sdekernels::\1_cuda\)', bridge))
+    assert declared and declared == registered
 
 
 def _twin(op):
@@ -110,9 +137,8 @@ def test_hellinger_bwd_twins_agree(emulated, dtype, power, squared):
     a[0, :5] = 0  # clamped entries
     b[1] = a[1] * 1.001  # H² near 0: the gradient's 1/(2H) amplifies the sums' rounding
     grad = torch.randn(3, generator=g, dtype=dtype)
-    da, db = torch.empty_like(a), torch.empty_like(b)
-    emulated("hellinger_bwd", dtype, a, b, grad, da, db, 3, 700, power, squared)
-    _close((da, db), _twin("hellinger_bwd")(a, b, grad, power, squared), dtype)
+    _close(emulated("hellinger_bwd", a, b, grad, power, squared), _twin("hellinger_bwd")(a, b, grad, power, squared),
+           dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -127,8 +153,7 @@ def test_hellinger_bwd_twins_take_any_scale(emulated, dtype, power):
     f = torch.tensor([[2.0 ** 100, 2.0 ** -110], [2.0 ** 60, 2.0 ** -60], [1, 1], [1, 1]], dtype=dtype)
     a, b = a0 * f[:, :1], b0 * f[:, 1:]
     a[3, 7] = -1.0
-    da, db = torch.empty_like(a), torch.empty_like(b)
-    emulated("hellinger_bwd", dtype, a, b, grad, da, db, 4, 300, power, squared := True)
+    da, db = emulated("hellinger_bwd", a, b, grad, power, squared := True)
     cpu = _twin("hellinger_bwd")(a, b, grad, power, squared)
     for cuda_g, cpu_g in zip((da, db), cpu):
         assert cuda_g[3].isnan().all() and cpu_g[3].isnan().all()
@@ -147,12 +172,7 @@ def test_subspace_coef_twins_agree(emulated, dtype, weighted):
     grad = torch.randn(rows, generator=g, dtype=dtype)
     Sa = torch.rand(rows, k, generator=g, dtype=dtype) if weighted else None
     Sb = torch.rand(rows, k, generator=g, dtype=dtype) if weighted else None
-    G = torch.empty_like(M)
-    dSa = torch.empty(rows, k, dtype=dtype) if weighted else None
-    dSb = torch.empty(rows, k, dtype=dtype) if weighted else None
-    emulated("subspace_coef", dtype, M, grad, Sa, Sb, G, dSa, dSb, rows, k)
-    cpu = _twin("subspace_coef")(M, grad, Sa, Sb)
-    _close((G, dSa, dSb) if weighted else (G,), cpu if weighted else cpu[:1], dtype)
+    _close(emulated("subspace_coef", M, grad, Sa, Sb), _twin("subspace_coef")(M, grad, Sa, Sb), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -167,10 +187,8 @@ def test_radial_bin_bwd_twins_agree(emulated, dtype, comp, channel_mean):
     groups, nc = (B, C) if channel_mean else (B * C, 1)
     grad = torch.randn(groups * bins, generator=g, dtype=dtype)
     scale = 1.0 / (H * W) if comp == 2 else 1.0
-    dY = torch.empty_like(Y)
-    emulated("radial_bin_bwd", dtype, Y, grad, index, inv_count, dY, groups, nc, H * W, comp, bins, scale)
-    _close((dY,), (_twin("radial_bin_bwd")(Y, grad.view(B, -1, bins), index, inv_count, comp, scale,
-                                            channel_mean),), dtype)
+    args = (Y, grad.view(B, -1, bins), index, inv_count, comp, scale, channel_mean)
+    _close(emulated("radial_bin_bwd", *args), (_twin("radial_bin_bwd")(*args),), dtype)
 
 
 _LAYOUTS = [(True, False), (False, True), (True, True), (False, False)]
@@ -194,9 +212,8 @@ def test_fourier_split_grad_twins_agree(emulated, dtype, onesided, centered, H, 
     gA = torch.randn(R, H, Wo, generator=g, dtype=dtype)
     gP = torch.randn(R, H, Wo, generator=g, dtype=dtype)
     for log_amp in (False, True):
-        Z = torch.empty_like(Xh)
-        emulated("fourier_split_grad", dtype, Xh, gA, gP, Z, R, H, W, onesided, centered, log_amp)
-        _close((Z,), (_twin("fourier_split_grad")(Xh, gA, gP, W, onesided, centered, log_amp),), dtype)
+        args = (Xh, gA, gP, W, onesided, centered, log_amp)
+        _close(emulated("fourier_split_grad", *args), (_twin("fourier_split_grad")(*args),), dtype)
 
 
 @_fourier_cases
@@ -206,10 +223,9 @@ def test_fourier_merge_grad_twins_agree(emulated, dtype, onesided, centered, H, 
     G = torch.view_as_real(torch.fft.rfft2(torch.randn(R, H, W, generator=g, dtype=dtype))).contiguous()
     A = torch.rand(R, H, Wo, generator=g, dtype=dtype)
     P = (torch.rand(R, H, Wo, generator=g, dtype=dtype) - 0.5) * 6
-    gA, gP = torch.empty_like(A), torch.empty_like(P)
-    emulated("fourier_merge_grad", dtype, G, A, P, gA, gP, R, H, W, onesided, centered)
     # cos and sin: ATen's vectorised ones on the CPU, libm's in the emulation (the device's on a GPU)
-    _close((gA, gP), _twin("fourier_merge_grad")(G, A, P, W, onesided, centered), dtype)
+    _close(emulated("fourier_merge_grad", G, A, P, W, onesided, centered),
+           _twin("fourier_merge_grad")(G, A, P, W, onesided, centered), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -221,9 +237,7 @@ def test_svd_core_twins_agree(emulated, dtype):
     S = torch.rand(rows, k, generator=g, dtype=dtype).sort(-1, descending=True).values
     S[1, 5] = S[1, 4]  # a repeated value: the damped 1/(σ_l² − σ_j²)
     gS = torch.randn(rows, k, generator=g, dtype=dtype)
-    Kt, inv = torch.empty_like(A), torch.empty_like(S)
-    emulated("svd_core", dtype, A, B, S, gS, Kt, inv, rows, k)
-    _close((Kt, inv), _twin("svd_core")(A, B, S, gS), dtype)
+    _close(emulated("svd_core", A, B, S, gS), _twin("svd_core")(A, B, S, gS), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -234,9 +248,7 @@ def test_svd_exact_core_twins_agree(emulated, dtype):
     Q = torch.randn(rows, r, k, generator=g, dtype=dtype)
     sigma = torch.rand(rows, r, generator=g, dtype=dtype).sort(-1, descending=True).values
     gS = torch.randn(rows, k, generator=g, dtype=dtype)
-    C, inv = torch.empty_like(P), torch.empty_like(gS)
-    emulated("svd_exact_core", dtype, P, Q, sigma, gS, C, inv, rows, r, k)
-    _close((C, inv), _twin("svd_exact_core")(P, Q, sigma, gS), dtype)
+    _close(emulated("svd_exact_core", P, Q, sigma, gS), _twin("svd_exact_core")(P, Q, sigma, gS), dtype)
 
 
 # ---- the compiled CUDA kernels call the shared functions

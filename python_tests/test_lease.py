@@ -46,6 +46,17 @@ def test_a_failing_or_slow_stage_is_reported_and_the_next_still_runs(tmp_path):
     assert (tmp_path / "out" / "two.txt").read_text() == "ran\n"
 
 
+def test_a_gpu_test_stage_that_collects_nothing_fails(tmp_path):
+    """pytest's exit 5 (no test collected) is a failed stage, not a clean one."""
+    script = tmp_path / "lease_test.sh"
+    script.write_text(f'out={tmp_path / "out"}\ntotal=120\nsource {ROOT}/benchmarks/lease.sh\n'
+                      'stage tests 110 "gpu_tests none.xml no_test_has_this_name"\nexit $status\n')
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=dict(os.environ, LEASE_DRY="1"))
+    rows = [line.split("\t") for line in (tmp_path / "out" / "stages.tsv").read_text().splitlines()[1:]]
+    assert out.returncode == 1 and [(r[0], r[2]) for r in rows] == [("tests", "5")], rows
+    assert "gpu_tests tests-1.xml" in open(os.path.join(ROOT, "benchmarks/gpu.sh")).read()
+
+
 def test_roofline_takes_each_case_at_its_slowest_dot_path():
     import sys
 

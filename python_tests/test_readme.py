@@ -70,3 +70,15 @@ def test_bench_table_is_the_record(path):
     found = re.search(r"<!-- bench-table -->\n(.*?)\n<!-- /bench-table -->", text, re.S)
     assert found, f"{path}: no bench-table markers"
     assert found.group(1) == bench.markdown(rows)
+
+
+def test_install_section_runs_as_written():
+    """README's "Install" gives the wheel route, then the source route, each as one marked bash
+    block that python_tests/test_wheel.py runs as written (readme_block); no other command block."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    marks = re.findall(r"<!-- install: (\w+) -->\n```bash\n", section)
+    assert marks == ["wheel", "source"], marks
+    assert section.count("```bash") == 2
+    tests = open(os.path.join(ROOT, "python_tests", "test_wheel.py"), encoding="utf-8").read()
+    assert all(f'readme_block("{m}")' in tests for m in marks)

@@ -1,14 +1,20 @@
 """The shared Triton policy (sdekernels/ops/_triton.py): the tensor-core dot and its emulated
 rounding in the interpreter, the CUDA launch choices run on CPU (emulate_cuda), and loops with
 runtime bounds under every supported Triton's interpreter."""
+import collections
+import math
+
 import pytest
 import torch
 
 import sdekernels as sdk
 from sdekernels._core import HAS_TRITON, INTERPRET, cuda_like, emulate_cuda, triton_on_cpu
-from sdekernels.registry import all_ops, parity
+from sdekernels.registry import all_ops
+
+from helpers import DTYPES, assert_paths_agree, launches, run_op
 
 pytestmark = pytest.mark.skipif(not (HAS_TRITON and INTERPRET), reason="needs Triton's interpreter")
+OPS = all_ops()
 
 if HAS_TRITON:
     import triton
@@ -74,24 +80,79 @@ def test_emulate_cuda_scope():
         assert not cuda_like(x)
 
 
-# The CUDA launch choices on CPU, one small shape per op (the interpreter costs ~2 ms per program):
-# cross-Gram split over n (3 splits here), tensor-core tiles, tf32x3 in the DFT stages.
-EMULATED = [("subspace_distance", {"batch": 0, "n": 600, "k": 20}),
-            ("subspace_distance", {"batch": 2, "n": 300, "k": 17, "weighted": True}),
-            ("svd_topk", {"batch": 2, "m": 40, "n": 24, "k": 4}),
-            ("spectral_enhance", {"batch": 2, "m": 16, "n": 20, "s": 5}),
-            ("fourier_split", {"batch": 2, "H": 12, "W": 10, "centered": 1}),
-            ("radial_psd", {"batch": 2, "C": 2, "H": 20, "W": 12, "transform": "fft"}),
-            ("block_dct_lowpass", {"batch": 1, "C": 2, "H": 16, "W": 16, "k": 5})]
+# Every op at its GPU-sized shape (OpInfo.gpu_shape) in every dtype, on the CUDA launch choices
+# (tiles, warps, dot precision, grid splits, the GPU's host code): outputs and gradients agree with
+# the CPU path's to within the op's `cond` epsilons, the same bound the GPU tests hold CUDA to.
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_cuda_launch_choices_on_cpu(name, dtype):
+    info = OPS[name]
+    assert info.gpu_shape, f"{name} has no gpu_shape"
+    s = info.make(info.gpu_shape, torch.device("cpu"), dtype, torch.Generator().manual_seed(0)).bare()
+    with triton_on_cpu(), emulate_cuda(), launches() as log:
+        emulated = run_op(info, s)
+    # the interpreter costs ~2 ms a program and more per tile op: each grid stays small
+    assert max((math.prod(grid) for _, grid, _ in log), default=0) <= 256, f"{name}: a grid over 256 programs"
+    assert_paths_agree(info, dtype, emulated, run_op(info, s), f"{info.gpu_shape} emulated CUDA vs CPU")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("name,shape", EMULATED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(EMULATED)])
-def test_cuda_launch_choices_on_cpu(name, shape, dtype):
-    info = all_ops()[name]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)  # float64's tiles: gpu_shape's
+def test_local_info_nce_on_cuda_launch_choices(dtype):
+    """open_clip's local loss (a rank's 40 rows against 120 gathered columns, labels offset by 40) at
+    d = 200: the offset labels and the column-split backward, emulated CUDA vs the CPU path."""
+    from sdekernels.ops.contrastive import local_info_nce
+
+    info, g = OPS["info_nce"], torch.Generator().manual_seed(0)
+    all_a, all_b = (torch.randn(120, 200, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    scale = torch.tensor(14.0, dtype=dtype)
+
+    def run():
+        leaves = [t.detach().requires_grad_(True) for t in (all_a, all_b, scale)]
+        a, b, s = leaves
+        loss = local_info_nce(a[40:80], b[40:80], a, b, s, 40)
+        return [loss], list(torch.autograd.grad(loss, leaves))
+
     with triton_on_cpu(), emulate_cuda():
-        _, ratio, msg = parity(info, shape, dtype, "cpu")
-    assert ratio <= 1.0, f"{name} {shape} {dtype}: {msg}"
+        emulated = run()
+    assert_paths_agree(info, dtype, emulated, run(), "local loss, emulated CUDA vs CPU")
+
+
+def _cuda_config(x):
+    """The tiles contrastive._config gives a CUDA tensor of x's shape and dtype (a fake one: no GPU needed)."""
+    from sdekernels._torch import fake_mode
+    from sdekernels.ops import contrastive
+
+    with fake_mode():
+        cfg = contrastive._config(torch.empty(x.shape, dtype=x.dtype, device="cuda"))
+    return {k: str(v) for k, v in cfg.items()}
+
+
+@pytest.mark.parametrize("d", [200, 520])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_contrastive_emulation_takes_the_cuda_tiles(dtype, d):
+    """Under emulation every contrastive launch has the tiles, warps and precision of a CUDA tensor,
+    and the gradient kernel splits d into column blocks (kb > 0 runs, the last block partial)."""
+    from sdekernels.ops import contrastive
+
+    x = torch.randn(2, 70, d, dtype=torch.float64).to(dtype)
+    with emulate_cuda():
+        cfg = contrastive._config(x)
+    want = _cuda_config(x)
+    assert {k: str(v) for k, v in cfg.items()} == want
+    seen = collections.Counter()
+    for name in ("info_nce", "siglip_loss"):  # launched, not run: the tiles, not the values, are checked
+        s = OPS[name].leaves(OPS[name].make({"batch": 2, "B": 70, "d": d}, torch.device("cpu"), dtype,
+                                            torch.Generator().manual_seed(0)))
+        with triton_on_cpu(), emulate_cuda(), launches(run=False) as log:
+            s.call(OPS[name].op).backward()
+        for kernel, grid, meta in log:
+            seen[kernel] += 1
+            meta = dict(meta)
+            wanted = {k: v for k, v in want.items() if k != "BD" or kernel == "_grad_kernel"}
+            assert {k: meta.get(k) for k in wanted} == wanted, f"{name} {kernel}: {meta}, CUDA takes {wanted}"
+            if kernel == "_grad_kernel":  # several column blocks, the last one partial
+                assert grid[2] == triton.cdiv(d, int(want["BD"])) >= 2 and d % int(want["BD"])
+    assert seen == {"_fwd_kernel": 3, "_grad_kernel": 4}  # info_nce: 2 + 2 (symmetric), siglip: 1 + 2
 
 
 def test_cross_gram_splits_on_emulated_gpu():

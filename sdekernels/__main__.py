@@ -24,7 +24,12 @@ def _info(args) -> int:
         print(f"triton      {triton.__version__}: {mode}")
     else:
         print("triton      not installed: CPU ops run on ATen")
-    print(f"extension   {_ext.status()}; CUDA kernels {'built' if _ext.has_cuda_kernels() else 'not built'}")
+    print(f"extension   {_ext.status()}; CUDA kernels {'built' if _ext.has_cuda_kernels() else 'not built'}"
+          + (f" ({_ext.prebuilt_path()})" if _ext.status() == "prebuilt" else ""))
+    if not _ext.available():
+        print(f"            without it these ops lose their fused backward: {', '.join(_ext.FUSED_BACKWARD)}; "
+              f"and these their fused CPU forward: {', '.join(_ext.FUSED_CPU_FORWARD)} (the reference or ATen ops "
+              "run instead)")
     print(f"debug       {'on' if _core.DEBUG else 'off'} (SDEKERNELS_DEBUG=1 checks inputs for NaN/Inf)")
     print(f"ops         {', '.join(sorted(all_ops()))}")
     return 0

@@ -327,14 +327,15 @@ def ptxas_usage(log: str) -> list[dict]:
 
 
 def nvcc_rows(arch: str = "sm_90") -> list[dict]:
-    """The CUDA kernels of csrc/cuda compiled by nvcc for `arch` (empty without nvcc)."""
+    """The CUDA kernels of csrc/cuda compiled by nvcc for `arch` (empty without nvcc or csrc/, as in an
+    install from a wheel)."""
     import glob
     import shutil
 
     from ._ext import csrc_dir
 
     nvcc = shutil.which("nvcc") or next(iter(glob.glob("/usr/local/cuda*/bin/nvcc")), None)
-    if nvcc is None:
+    if nvcc is None or csrc_dir() is None:
         return []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,6 +73,18 @@ class OpInfo:
     # of each flat output: out(s·x) = s^d·out(x)), or None where that sample is not homogeneous.
     scaling: Callable | None = None
     typical: int = 1                 # index in `shapes` of the typical shape (see typical_shape)
+    # The GPU-sized shape, where the emulated CUDA launches (python_tests/test_triton.py) and the GPU
+    # tests (test_gpu.py) run the op: big enough that every kernel takes each path of its CUDA launch
+    # choices (several row and column blocks, partial tiles, grid splits), small enough for Triton's
+    # interpreter (a few hundred programs at most).
+    gpu_shape: dict | None = None
+    # (forward, backward): how far two correct paths of the op (the Triton or CUDA kernels and the CPU
+    # path) may differ, in epsilons of the work dtype (fp32 for bf16/fp16) relative to each output's
+    # largest entry; bf16/fp16 add 4 of their own epsilons (kernel operands and results rounded to
+    # them). It is the op's conditioning: how much it amplifies the rounding of sums taken in another
+    # order. Where an op departs from the default its entry says why.
+    cond: tuple = (16, 64)
+    cond_by_dtype: dict = field(default_factory=dict)  # {dtype: (forward, backward)} where one dtype departs
     main: int = 0                    # position of the main input among the call's tensors (see main_input)
 
     @property

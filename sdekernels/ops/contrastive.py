@@ -209,9 +209,10 @@ def _norm_parts(z: Tensor, normalize: bool):
     if not normalize:
         return x, None
     top = max_abs(x, (-1,))
-    # On CPU (a check costs no device sync there): where no square can overflow or underflow, ‖z‖
-    # itself equals c·‖z/c‖ to rounding and the passes that divide by c are saved (c = 1).
-    if x.device.type == "cpu" and x.shape[-1] and bool(((top >= 2.0 ** -_RAW_LOG2) & (top <= 2.0 ** _RAW_LOG2)).all()):
+    # On CPU (a check costs no device sync there; not under CUDA emulation, which runs the GPU's host
+    # code): where no square can overflow or underflow, ‖z‖ itself equals c·‖z/c‖ to rounding and the
+    # passes that divide by c are saved (c = 1).
+    if not cuda_like(x) and x.shape[-1] and bool(((top >= 2.0 ** -_RAW_LOG2) & (top <= 2.0 ** _RAW_LOG2)).all()):
         norm = x.norm(dim=-1, keepdim=True)
         return x / norm, (x.new_ones(()), norm)
     c = pow2_of(top)
@@ -697,6 +698,9 @@ def _bad_scale_values(device):
 
 register(OpInfo(
     name="info_nce", op=info_nce, ref=ref.info_nce, make=_pairs,
+    gpu_shape={"batch": 2, "B": 70, "d": 200, "scale": 1},
+    # dL/dlogits = softmax − label from logits rounded per path (tf32x3, bf16 operands), summed over B columns
+    cond=(16, 64),
     scaling=lambda sh: ((0, 1), (0,)) if sh.get("normalize", 1) else None,
     shapes=[{"B": 1, "d": 1, "scale": 1}, {"batch": 2, "B": 9, "d": 5}, {"B": 40, "d": 33, "symmetric": 0},
             {"batch": 3, "B": 70, "d": 20, "scale": 1}, {"B": 37, "d": 70, "normalize": 0, "temperature": 0.5},
@@ -741,6 +745,8 @@ def _explicit_sigmoid_logits(z_a, z_b, logit_scale, logit_bias, *, normalize=Tru
 
 register(OpInfo(
     name="siglip_loss", op=siglip_loss, ref=ref.siglip_loss, make=_siglip_pairs,
+    gpu_shape={"B": 40, "d": 520, "scale": 1},
+    cond=(16, 64),  # σ(−y·L) from logits rounded per path, summed over B columns into each row's gradient
     shapes=[{"B": 1, "d": 1, "scale": 1}, {"batch": 2, "B": 9, "d": 5}, {"B": 40, "d": 33},
             {"batch": 3, "B": 70, "d": 20, "scale": 1}, {"B": 37, "d": 70, "normalize": 0, "scale": 1}],
     space={"batch": (0, 2), "B": (1, 80), "d": (1, 70), "normalize": (0, 1), "scale": (0, 1)},

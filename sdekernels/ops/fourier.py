@@ -546,6 +546,10 @@ def _rfft2(x, **kw):
 
 register(OpInfo(
     name="fourier_split", op=fourier_split, ref=ref.fourier_split, make=_split_sample,
+    gpu_shape={"batch": 2, "c": 2, "H": 40, "W": 36, "centered": 1},
+    # forward: the phase of a small coefficient moves by its rounding over |X|; backward: the same C++
+    # backward on both paths, after DFTs of H·W-term sums
+    cond=(512, 64),
     scaling=lambda sh: None if sh.get("log") else ((0,), (1, 0)),
     shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 8, "W": 9, "centered": 1},
             {"batch": 2, "H": 7, "W": 6, "onesided": 1, "centered": 1, "log": 1},
@@ -591,6 +595,8 @@ def _bad_merge(device):
 
 register(OpInfo(
     name="fourier_merge", op=fourier_merge, ref=ref.fourier_merge, make=_merge_sample,
+    gpu_shape={"batch": 2, "H": 40, "W": 36, "centered": 1},
+    cond=(16, 64),  # linear in the spectrum: DFT sums of H·W terms, backward likewise
     scaling=lambda sh: ((0,), (1,)),  # linear in A; P is a phase
     shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 6, "W": 7, "centered": 1},
             {"batch": 2, "H": 7, "W": 6, "onesided": 1, "centered": 1}, {"batch": 2, "H": 5, "W": 5, "norm": 1},
@@ -632,6 +638,8 @@ def _bad_lam_values(device):
 
 register(OpInfo(
     name="amplitude_mix", op=amplitude_mix, ref=ref.amplitude_mix, make=_mix_sample,
+    gpu_shape={"batch": 2, "c": 2, "H": 40, "W": 36, "ratio": 0.5},
+    cond=(16, 64),  # a split and a merge: sums of H·W terms; the split's phase gradient is 0 where |X| = 0
     scaling=lambda sh: ((0, 1), (1,)),  # lam is a weight
     # gradcheck (inputs of <= 600 entries) runs on the first two only: three FFT ops per call.
     shapes=[{"batch": 0, "H": 1, "W": 1}, {"batch": 3, "H": 5, "W": 6, "per_sample": 1},

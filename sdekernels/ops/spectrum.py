@@ -655,6 +655,8 @@ def _psd_cost(s):
 
 register(OpInfo(
     name="radial_psd", op=radial_psd, ref=ref.radial_psd, make=_psd_sample,
+    gpu_shape={"batch": 2, "C": 3, "H": 40, "W": 24},
+    cond=(16, 64),  # the power is quadratic (twice the relative error) and summed per bin; its adjoint likewise
     scaling=lambda sh: ((0,), (2,)),
     shapes=[{"batch": 0, "C": 1, "H": 1, "W": 1}, {"batch": 2, "C": 4, "H": 32, "W": 32, "shift": 3.0},
             {"batch": 3, "C": 3, "H": 16, "W": 24, "transform": "fft"},
@@ -694,6 +696,8 @@ def _bad_esm(device):
 
 register(OpInfo(
     name="esm_loss", op=esm_loss, ref=ref.esm_loss, make=_esm_sample,
+    gpu_shape={"batch": 2, "Cz": 4, "h": 16, "w": 16, "C": 3, "H": 40, "W": 24, "bins": 8, "blur": (5, 0.8)},
+    cond=(64, 64),  # log power spectra: a bin's small absolute error is a large relative one, both ways
     shapes=[{"batch": 0, "Cz": 1, "h": 4, "w": 4, "C": 1, "H": 8, "W": 8},
             {"batch": 2, "Cz": 4, "h": 8, "w": 8, "C": 3, "H": 32, "W": 32},
             {"batch": 3, "Cz": 2, "h": 16, "w": 12, "C": 3, "H": 16, "W": 12, "blur": None, "delta": 0.5},
@@ -729,6 +733,8 @@ def _bad_lowpass(device):
 
 register(OpInfo(
     name="block_dct_lowpass", op=block_dct_lowpass, ref=ref.block_dct_lowpass, make=_lowpass_sample,
+    gpu_shape={"batch": 2, "C": 2, "H": 32, "W": 40, "k": 5},
+    cond=(16, 64),  # an orthogonal projector, its own backward: nothing is amplified
     scaling=lambda sh: ((0,), (1,)),
     shapes=[{"batch": 0, "C": 1, "H": 8, "W": 8, "k": 0}, {"batch": 2, "C": 3, "H": 16, "W": 16, "k": 8},
             {"batch": 3, "C": 2, "H": 8, "W": 24, "k": 3}, {"batch": 2, "C": 1, "H": 8, "W": 16, "k": 15},
@@ -757,6 +763,8 @@ def _bad_dog(device):
 
 register(OpInfo(
     name="dog", op=dog, ref=ref.dog, make=_dog_sample,
+    gpu_shape={"batch": 2, "C": 3, "H": 32, "W": 32},
+    cond=(16, 64),  # linear: separable blur sums in either direction
     scaling=lambda sh: ((0,), (0,)),
     shapes=[{"batch": 0, "C": 1, "H": 7, "W": 8}, {"batch": 2, "C": 3, "H": 16, "W": 16},
             {"batch": 3, "C": 2, "H": 12, "W": 20, "sigma1": 0.7, "sigma2": 1.5},

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import _ext
 from .. import reference as ref
-from .._core import check, check_int, check_real, grad_like, pow2_scale, work_dtype
+from .._core import check, check_int, check_real, cuda_like, grad_like, pow2_scale, work_dtype
 from ..reference.svd import SpectralPartition
 from ..registry import F64, OpInfo, Sample, register
 from ._spectral import (DEFAULT_SEED, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,
@@ -278,7 +278,7 @@ def singular_values(F: Tensor) -> Tensor:
 def _spectral_partition(S: Tensor, m: int, n: int, iqr_c: float, center: bool = False) -> tuple[
         Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(n_strong, n_weak, tau_noise, tau_strong, sigma_hat, energy fractions [..., 3])."""
-    if S.device.type == "cpu" and _ext.available() and S.shape[-1] and not center:
+    if not cuda_like(S) and _ext.available() and S.shape[-1] and not center:
         # one C++ pass per sorted row, which also divides the row by its power of two (SPEC §10)
         s = S.to(work_dtype(S.dtype)).sort(-1, descending=True).values
         out = torch.ops.sdekernels_C.spectral_partition_fwd(s, iqr_c, sigma_den(m, n), math.sqrt(m) + math.sqrt(n))
@@ -440,6 +440,8 @@ _FIELD = [{"batch": 0, "m": B, "n": D, "k": k}
 
 register(OpInfo(
     name="svd_topk", op=svd_topk, ref=_ref_topk, make=_make_topk,
+    gpu_shape={"batch": 2, "m": 80, "n": 70, "k": 5},
+    cond=(16, 64),  # the backward's 1/(σ_i² − σ_j²) is damped at small gaps (SPEC §1): bounded amplification
     scaling=lambda sh: ((0,), (0, 1, 0)),
     shapes=[{"batch": 0, "m": 1, "n": 1, "k": 1}, {"batch": 3, "m": 8, "n": 6, "k": 3},
             {"batch": 2, "m": 5, "n": 12, "k": 4}, {"batch": 0, "m": 80, "n": 72, "k": 5},
@@ -474,6 +476,9 @@ def _sv_cost(s):
 
 register(OpInfo(
     name="singular_values", op=singular_values, ref=ref.singular_values, make=_make_sv,
+    gpu_shape={"batch": 2, "m": 80, "n": 70},
+    cond=(16, 64),  # the gradient U Vᵀ of separated singular values: well conditioned
+    cond_by_dtype={F64: (16, 4096)},  # float64 backward: 744 eps between the paths at gpu_shape (measured)
     scaling=lambda sh: ((0,), (1,)),
     shapes=[{"batch": 0, "m": 1, "n": 1}, {"batch": 3, "m": 12, "n": 9}, {"batch": 2, "m": 5, "n": 17},
             {"batch": 0, "m": 70, "n": 70}],
@@ -505,6 +510,8 @@ def _bad_partition(device):
 
 register(OpInfo(
     name="spectral_partition", op=spectral_partition, ref=ref.spectral_partition, make=_make_partition,
+    gpu_shape={"batch": 2, "m": 90, "n": 40, "s": 4},
+    cond=(16, 64),  # counts and thresholds of a sorted spectrum; not differentiable
     scaling=lambda sh: ((0,), (0, 0, 1, 1, 1, 0, 0, 0)),  # counts and energies invariant, thresholds ∝ S
     shapes=[{"batch": 0, "m": 1, "n": 1, "s": 1}, {"batch": 3, "m": 30, "n": 50},
             {"batch": 2, "m": 64, "n": 64, "s": 3}, {"batch": 0, "m": 90, "n": 40, "s": 4, "iqr_c": 3.0},

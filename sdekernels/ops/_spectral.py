@@ -50,7 +50,6 @@ from torch import Tensor
 from .. import _ext
 from . import _triton as kt
 from .._core import HAS_TRITON, pow2_scale, use_triton, work_dtype
-from ..reference.svd import mp_median
 
 IQR_C = 1.5         # SPEC §2's IQR fence factor (τ_strong = max(τ_noise, q3 + IQR_C·(q3 − q1))), the default
 OVERSAMPLE = 8      # SPEC §1's default extra columns of the randomized basis (q = k + OVERSAMPLE)
@@ -669,6 +668,30 @@ def _quartile_taps(r: int, dtype: torch.dtype, device: torch.device):
     hi = [min(i + 1, r - 1) for i in lo]
     idx = torch.tensor([r - 1 - i for i in lo + hi], device=device)  # ascending i is descending r − 1 − i
     return idx, torch.tensor([p - i for p, i in zip(pos, lo)], dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def mp_median(beta: float) -> float:
+    """The median of the Marchenko–Pastur law of ratio β ∈ (0, 1] (SPEC §2), in closed form.
+
+    With x = c + d·cos θ (c = 1 + β, d = 2√β, θ ∈ [0, π] from the upper edge to the lower one) the
+    density √((b − x)(x − a))/(2πβx) dx is 2 sin²θ/(π x) dθ, whose integral from 0 is
+    G(θ) = 2/(π d²)·[c·θ − d·sin θ − 2(1 − β)·atan2(κ sin(θ/2), cos(θ/2))], κ = (1 − √β)/(1 + √β);
+    the median solves G(θ) = 1/2 (bisection to the last bit; G(π) = 1)."""
+    beta = float(beta)
+    if not 0.0 < beta <= 1.0:
+        raise ValueError(f"beta must lie in (0, 1], got {beta}")
+    c, d, kappa = 1.0 + beta, 2.0 * math.sqrt(beta), (1.0 - math.sqrt(beta)) / (1.0 + math.sqrt(beta))
+
+    def upper_mass(t):
+        return 2.0 / (math.pi * d * d) * (c * t - d * math.sin(t) - 2.0 * (1.0 - beta) * math.atan2(
+            kappa * math.sin(t / 2), math.cos(t / 2)))
+
+    lo, hi = 0.0, math.pi
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if upper_mass(mid) < 0.5 else (lo, mid)
+    return c + d * math.cos(0.5 * (lo + hi))
 
 
 def sigma_den(m: int, n: int) -> float:

@@ -26,13 +26,25 @@ from torch import Tensor
 from .. import _ext
 from .. import reference as ref
 from .._core import check, check_int, check_real, cuda_like, grad_like, pow2_scale, work_dtype
-from ..reference.svd import SpectralPartition
 from ..registry import F64, OpInfo, Sample, register
 from ._spectral import (DEFAULT_SEED, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,
                         partition_counts, planted, safe_inv, scaled_rows, sigma_den, spiked, thin_svd, thin_svd_grad,
                         topk, truncated_grad, unscale, use_gram)
 
 __all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition", "decompose", "Decomposition"]
+
+
+class SpectralPartition(NamedTuple):
+    """spectral_partition's result (SPEC §2), per batch element: the counts (int64) and thresholds of
+    the strong / weak / noise sets and their energy fractions (E_strong, E_weak, E_noise)."""
+
+    n_strong: Tensor
+    n_weak: Tensor
+    tau_noise: Tensor
+    tau_strong: Tensor
+    sigma_hat: Tensor
+    energy: tuple[Tensor, Tensor, Tensor]
+
 
 DEFAULT_NITER = 8   # typical subspace iterations, for cost estimates (each: one F·X and one Fᵀ·Y product)
 

@@ -84,3 +84,21 @@ def test_farl_modules():
     image = snn.DeepPromptEncoder(_layers(2, 12), depth=1, d_model=12, prompt_dim=8)
     model = snn.FARLPromptedEncoders(tokens, text, image).eval()
     _check(model, x, torch.randn(5, 6, 16), torch.randn(2, 9, 12))
+
+
+def test_opcheck_of_the_loss_ops():
+    """The custom ops SDELoss adds (decompose, enhance_decomposed, seeded_xi): schema, fake kernels that
+    match the real ones (shapes, dtypes, strides), autograd registration."""
+    from sdekernels.ops import enhance, svd
+    from sdekernels.ops._spectral import _seeded_xi
+
+    a, _ = _features(m=10, n=7)
+    F = a.detach().double().requires_grad_()
+    for X in (F, F.mT.contiguous().detach().requires_grad_()):
+        torch.library.opcheck(svd._decompose, (X,))
+        d = svd.decompose(X.detach())
+        part = svd.spectral_partition(d.S, *X.shape[-2:])
+        xi = torch.rand(d.S.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        args = (X, *(t.detach().requires_grad_() for t in d), part.n_strong, part.n_weak, xi, 0.4, 0.1, 0.3, 0.9, 0.5)
+        torch.library.opcheck(enhance._enhance_decomposed, args)
+    torch.library.opcheck(_seeded_xi, ([d.S.detach(), d.S.detach().float()], 7))

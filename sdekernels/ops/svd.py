@@ -350,7 +350,9 @@ def _decompose(F: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     (m, n), batch = F.shape[-2:], F.shape[:-2]
     U, S, V = thin_svd(F.reshape(-1, m, n).to(work_dtype(F.dtype)))
     r = S.shape[-1]
-    return U.reshape(*batch, m, r), S.reshape(*batch, r), V.reshape(*batch, n, r)
+    # contiguous, as the fake kernel declares (the Gram's eigenvectors come column-major)
+    return (U.reshape(*batch, m, r).contiguous(), S.reshape(*batch, r).contiguous(),
+            V.reshape(*batch, n, r).contiguous())
 
 
 @_decompose.register_fake

@@ -29,14 +29,29 @@ def _shift_dims(onesided: bool):
     return (-2,) if onesided else (-2, -1)
 
 
-def phase_tolerance(x: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per image [..., 1, 1]: the round-off bound of the transform, 4·√(HW)·eps·‖x‖₂ (in X's units,
-    scaled as X by norm; an FFT errs by ~eps·log(HW)·‖x‖₂, a DFT as matrix products by up to
-    ~0.4·√(HW)·eps·‖x‖₂); 0 for a non-finite image. Below it, a part of X is zero up to round-off."""
+def _spectrum_scale(x: torch.Tensor, norm: str, factor: float) -> torch.Tensor:
+    """factor·eps·‖x‖₂ per image [..., 1, 1], scaled as X by norm; 0 for a non-finite image."""
     H, W = x.shape[-2:]
     scale = {"backward": 1.0, "ortho": 1.0 / math.sqrt(H * W), "forward": 1.0 / (H * W)}[norm]
     size = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
-    return torch.where(torch.isfinite(size), size * (4.0 * scale * math.sqrt(H * W) * torch.finfo(x.dtype).eps), 0.0)
+    return torch.where(torch.isfinite(size), size * (factor * scale * torch.finfo(x.dtype).eps), 0.0)
+
+
+def phase_tolerance(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per image [..., 1, 1]: 4·√(HW)·eps·‖x‖₂ in X's units (scaled as X by norm), a generous bound
+    on the transform's round-off in |X| (an FFT errs by ~eps·log(HW)·‖x‖₂, a DFT as matrix products
+    by up to ~0.4·√(HW)·eps·‖x‖₂); 0 for a non-finite image."""
+    H, W = x.shape[-2:]
+    return _spectrum_scale(x, norm, 4.0 * math.sqrt(H * W))
+
+
+def cut_width(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per image [..., 1, 1]: 2·√(H + W)·eps·‖x‖₂ in X's units (scaled as X by norm), twice the
+    round-off of Im X of a DFT computed as two matrix products (rows, then columns), the largest of
+    the paths' (an FFT's is ~eps·√log(HW)·‖x‖₂). Narrow, as a phase within it of ±π is set to π:
+    that moves it by up to cut_width/|X|."""
+    H, W = x.shape[-2:]
+    return _spectrum_scale(x, norm, 2.0 * math.sqrt(H + W))
 
 
 def zero_phase_floor(x: torch.Tensor, norm: str, log_amplitude: bool) -> torch.Tensor:
@@ -64,9 +79,9 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
 
     X = fft2(x, norm) (rfft2 when onesided: shape [..., H, W//2 + 1]); A = |X| (log1p(A) when
     log_amplitude), P = atan2(Im X, Re X) ∈ (−π, π], with the branch cut fixed (SPEC §8): Im X = 0
-    at the self-conjugate frequencies (``real_bins``), P = π where Re X < 0 and |Im X| ≤ tol (on the
-    negative real axis up to round-off, so the sign of a round-off Im X never picks −π), and P = 0
-    where |X| ≤ tol (``zero_phase_floor``); tol = ``phase_tolerance``. The gradient of P is atan2's
+    at the self-conjugate frequencies (``real_bins``), P = π where Re X < 0 and |Im X| ≤ w (on the
+    negative real axis up to round-off, so the sign of a round-off Im X never picks −π; w =
+    ``cut_width``), and P = 0 where |X| ≤ tol (``zero_phase_floor``). The gradient of P is atan2's
     everywhere (it is continuous across the cut).
     centered: fftshift over both dims (over the row dim only when onesided).
     Where |X|² < 1e-30·c² the forward values are exact but the gradients of A and P are 0; c is
@@ -90,15 +105,14 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
     P = torch.where(ok,
                     torch.atan2(torch.where(ok, im, torch.zeros_like(im)), torch.where(ok, re, torch.ones_like(re))),
                     torch.atan2(im, re).detach())
-    tol = phase_tolerance(xw, norm)
-    cut = (re < 0) & (im.abs() <= tol / c)
+    cut = (re < 0) & (im.abs() <= cut_width(xw, norm) / c)
     P = torch.where(cut, P - P.detach() + math.pi, P)  # the value π, atan2's gradient
     if log_amplitude:
         A = torch.log1p(A)
     if centered:
         dims = _shift_dims(onesided)
         A, P = torch.fft.fftshift(A, dim=dims), torch.fft.fftshift(P, dim=dims)
-    P = torch.where(A <= (torch.log1p(tol) if log_amplitude else tol), 0.0, P)
+    P = torch.where(A <= zero_phase_floor(xw, norm, log_amplitude), 0.0, P)
     return A.to(dtype), P.to(dtype)
 
 

@@ -81,7 +81,7 @@ std::string flipped(c10::string_view norm) {
   return "ortho";
 }
 
-// tol [R]: each image's phase_tolerance (reference/fourier.py) in X's units.
+// tol [R]: each image's cut_width (reference/fourier.py) in X's units.
 template <typename T>
 void split_rows(const T* X, const T* tol, T* A, T* P, int64_t R, const SpectrumLayout& L, bool log_amp) {
   const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;

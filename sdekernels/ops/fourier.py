@@ -25,7 +25,7 @@ from .. import reference as ref
 from .._core import (HAS_TRITON, check, check_domain, check_int, check_real, grad_like, pow2_scale,
                      ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
-from ..reference.fourier import phase_tolerance, zero_phase_floor
+from ..reference.fourier import cut_width, zero_phase_floor
 
 NORMS = ("backward", "ortho", "forward")
 
@@ -89,8 +89,8 @@ if HAS_TRITON:
         tl.store(YI + out, yi, mask=omask)
 
     @triton.jit(do_not_specialize=["H", "W", "Wh", "Wo"])
-    def _split_kernel(YR, YI, CH, SH, A, P, PI, TOL, H, W, Wh, Wo, scale, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
-                      LOG: tl.constexpr, PRECISION: tl.constexpr, REFINE: tl.constexpr,
+    def _split_kernel(YR, YI, CH, SH, A, P, PI, TOL, H, W, Wh, Wo, scale, ONESIDED: tl.constexpr,
+                      CENTERED: tl.constexpr, LOG: tl.constexpr, PRECISION: tl.constexpr, REFINE: tl.constexpr,
                       ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # Stage 2: X = (C − iS) · Y over the columns of one image, then the polar epilogue.
         img = tl.program_id(0).to(tl.int64)
@@ -116,7 +116,7 @@ if HAS_TRITON:
         im = tl.where(real_bin, 0.0, im)
         pi = tl.load(PI)
         amp = tl.sqrt(re * re + im * im)
-        # SPEC §8's branch cut: π on the negative real axis up to round-off (the image's tolerance).
+        # SPEC §8's branch cut: π on the negative real axis up to round-off (the image's cut width).
         ph = tl.where((re < 0) & (tl.abs(im) <= tl.load(TOL + img)), pi, _atan2(im, re, pi, REFINE))
         if LOG:  # log1p without cancellation: log(u)·a/(u − 1), u = 1 + a
             u = 1.0 + amp
@@ -249,7 +249,7 @@ def _split(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: 
     xf = _flat(x).to(work_dtype(x.dtype))
     c = pow2_scale(xf, (-2, -1))
     xf = xf / c
-    tol = phase_tolerance(xf, norm).reshape(-1).contiguous()  # SPEC §8's branch cut, per image
+    tol = cut_width(xf, norm).reshape(-1).contiguous()  # SPEC §8's branch cut, per image
     if use_triton(x):
         A, P = _split_triton(xf, tol, onesided, norm, centered, False)
     elif _ext.available():

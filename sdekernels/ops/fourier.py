@@ -336,9 +336,9 @@ def fourier_split(x: Tensor, *, onesided: bool = False, norm: str = "backward", 
     spectrum [..., H, W//2 + 1] of rfft2 when onesided; centered applies fftshift (rows only when
     onesided). One phase on every path at the branch cut (SPEC §8): Im X = 0 at the self-conjugate
     frequencies, P = π where Re X < 0 and |Im X| ≤ 2·√(H + W)·eps·‖x‖₂ (never −π from the sign of
-    round-off), P = 0 where |X| is zero up to round-off (4·√(HW)·eps·‖x‖₂). Where |X|² < 1e-30·c² (c: the image's scale, as in the reference) the
-    gradients of A and P are 0. No complex tensor is returned
-    or kept: the fused kernels write A and P directly.
+    round-off), P = 0 where |X| is zero up to round-off (4·√(HW)·eps·‖x‖₂). Where |X|² < 1e-30·c²
+    (c: the image's scale, as in the reference) the gradients of A and P are 0. No complex tensor
+    is returned or kept: the fused kernels write A and P directly.
     """
     _check_image(x, "x")
     _check_norm(norm)

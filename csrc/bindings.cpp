@@ -68,7 +68,7 @@ TORCH_LIBRARY(sdekernels_C, m) {
   m.def("radial_bin_fwd(Tensor Y, Tensor index, Tensor inv_count, int comp, float scale, bool channel_mean) -> Tensor");
   m.def("radial_psd_fwd(Tensor x, Tensor index, Tensor inv_count, Tensor DH, Tensor DW, bool channel_mean, bool save_spectrum) -> (Tensor, Tensor)");
   m.def("radial_psd_bwd(Tensor Y, Tensor grad, Tensor index, Tensor inv_count, Tensor? DH, Tensor? DW, bool channel_mean) -> Tensor");
-  m.def("fourier_split_fwd(Tensor Xh, int W, bool onesided, bool centered, bool log_amplitude) -> (Tensor, Tensor)");
+  m.def("fourier_split_fwd(Tensor Xh, Tensor tol, int W, bool onesided, bool centered, bool log_amplitude) -> (Tensor, Tensor)");
   m.def("fourier_merge_fwd(Tensor A, Tensor P, int W, bool onesided, bool centered, str norm) -> Tensor");
   m.def("fourier_split_bwd(Tensor x, Tensor gA, Tensor gP, bool onesided, str norm, bool centered, bool log_amplitude) -> Tensor");
   m.def("fourier_merge_bwd(Tensor A, Tensor P, Tensor gx, bool onesided, str norm, bool centered) -> (Tensor, Tensor)");

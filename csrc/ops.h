@@ -144,8 +144,8 @@ at::Tensor radial_psd_bwd(const at::Tensor& Y, const at::Tensor& grad, const at:
                           const at::Tensor& inv_count, const std::optional<at::Tensor>& DH,
                           const std::optional<at::Tensor>& DW, bool channel_mean);
 // Fourier split/merge (SPEC §8) on [R, H, ·] rows; Xh, Z, G are real views [R, H, W/2+1, 2] of half spectra.
-std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, int64_t W, bool onesided,
-                                                         bool centered, bool log_amplitude);
+std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, const at::Tensor& tol, int64_t W,
+                                                         bool onesided, bool centered, bool log_amplitude);
 at::Tensor fourier_split_grad_cpu(const at::Tensor& Xh, const at::Tensor& gA, const at::Tensor& gP, int64_t W,
                                   bool onesided, bool centered, bool log_amplitude);
 at::Tensor fourier_merge_fwd_cpu(const at::Tensor& A, const at::Tensor& P, int64_t W, bool onesided, bool centered,

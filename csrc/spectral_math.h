@@ -221,23 +221,27 @@ SDK_HD void polar_grad(T a, T c, T s, T gr, T gi, T& gA, T& gP) {
   gP = a * (gi * c - gr * s);
 }
 
-// ---- Truncated-SVD backward (SPEC §1): 1/(σ_l² − σ_j²) -> x/(x² + ε), ε = (kLorRel·σ_1²)², and
+// ---- Truncated-SVD backward (SPEC §1): 1/(σ_l² − σ_j²) -> x/(x² + ε), ε = (rel·σ_1²)² with rel the
+// machine epsilon of the working dtype T (lorentz_rel<T>: the resolution of σ² next to σ_1², so the
+// stabiliser acts only on gaps that are round-off and float64 meets float64's exact gradient), and
 // 1/σ -> σ/(σ² + ε'), ε' = kInvRel·σ_1² (evaluated in double); 0 where the denominator is 0 (σ_1 = 0).
 // Relative, never absolute (SPEC §10): the callers (sdekernels/ops/svd.py) pass the σ of each row
 // divided by its power-of-two scale, so σ_1 is of order 1 and ε stays far inside the double range.
-// Same constants as sdekernels/ops/svd.py.
-constexpr double kLorRel = 1e-7, kInvRel = 1e-20;
+// Same widths as sdekernels/ops/_spectral.py (lorentz_rel, INV_REL).
+constexpr double kInvRel = 1e-20;
+template <typename T>
+SDK_HD constexpr double lorentz_rel() { return sizeof(T) == 4 ? 1.1920928955078125e-07 : 2.220446049250313e-16; }
 // σ_1 of a row: the running max |σ| (NaN dropped, like the reduction it stands in).
 SDK_HD double max_abs(double m, double v) { return fmax(m, fabs(v)); }
 SDK_HD double svd_damped(double x, double e) { const double d = x * x + e; return d > 0 ? x / d : 0.0; }
-SDK_HD double svd_lorentz(double x, double s1) { const double e = kLorRel * s1 * s1; return svd_damped(x, e * e); }
+SDK_HD double svd_lorentz(double x, double s1, double rel) { const double e = rel * s1 * s1; return svd_damped(x, e * e); }
 SDK_HD double svd_inv(double s, double s1) { return svd_damped(s, kInvRel * s1 * s1); }
 // One entry (j, l) of the k×k core Kt of the backward, gF = (U·Kt + gU·diag(inv))·Vᵀ + U·diag(inv)·gVᵀ:
 // Kt_jl = L_jl[(A_jl − A_lj)σ_l + σ_j(B_jl − B_lj)] + δ_jl gS_j − A_jl inv_l − inv_j B_lj,
 // A = UᵀgU, B = VᵀgV.
 SDK_HD double svd_core_entry(double Ajl, double Alj, double Bjl, double Blj, double sj, double sl, double gSj,
-                       double invj, double invl, double s1, bool diag) {
-  const double k = diag ? gSj : svd_lorentz(sl * sl - sj * sj, s1) * ((Ajl - Alj) * sl + sj * (Bjl - Blj));
+                       double invj, double invl, double s1, bool diag, double rel) {
+  const double k = diag ? gSj : svd_lorentz(sl * sl - sj * sj, s1, rel) * ((Ajl - Alj) * sl + sj * (Bjl - Blj));
   return k - Ajl * invl - invj * Blj;
 }
 // One entry (i, j), i < r, j < k, of the r×k core σ_1·C of the exact backward on the short-side
@@ -247,9 +251,9 @@ SDK_HD double svd_core_entry(double Ajl, double Alj, double Bjl, double Blj, dou
 // through the long-side factor Aᵀ W_k diag(inv); no 1/σ of a value past k. C scales as 1/σ²: the
 // factor σ_1 keeps it in float32 range for tiny σ (the caller divides by σ_1 after the products).
 SDK_HD double svd_exact_entry(double Pij, double Qij, double Qjj, double si, double sj, double gSj, double invj,
-                             double s1, bool diag) {
+                             double s1, bool diag, double rel) {
   if (diag) return (gSj - invj * invj * Qjj) * invj * 0.5 * s1;
-  return svd_lorentz(sj * sj - si * si, s1) * (Pij + Qij * invj) * s1;
+  return svd_lorentz(sj * sj - si * si, s1, rel) * (Pij + Qij * invj) * s1;
 }
 
 }  // namespace sdekernels

@@ -256,3 +256,124 @@ def test_merge_phases_of_every_magnitude(path, W):
         want = ref.fourier_merge(A.double(), P.double(), **kw)
         assert x[0].isnan().any()
         torch.testing.assert_close(x[1:].double(), want[1:], atol=2e-5, rtol=1e-4)
+
+
+# -- SPEC §8's branch cut: one phase on every path, equal (not modulo 2π) to the reference's -----
+CUT_OPTIONS = [dict(), dict(centered=True, log_amplitude=True), dict(onesided=True, norm="ortho"),
+               dict(onesided=True, centered=True, norm="forward")]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def _cut_truth(x, onesided=False, norm="backward", centered=False, **_):
+    """The float64 spectrum of x as the op sees it (in its work dtype), in the op's layout, and
+    each image's zero floor 4·√(HW)·eps·‖x‖₂ and cut width 2·√(H + W)·eps·‖x‖₂, scaled like X by
+    norm (SPEC §8; eps of the work dtype)."""
+    xw = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    X = (torch.fft.rfft2 if onesided else torch.fft.fft2)(xw.double(), norm=norm)
+    if centered:
+        X = torch.fft.fftshift(X, dim=(-2,) if onesided else (-2, -1))
+    H, W = x.shape[-2:]
+    scale = {"backward": 1.0, "ortho": (H * W) ** -0.5, "forward": 1.0 / (H * W)}[norm]
+    unit = torch.finfo(xw.dtype).eps * scale * torch.linalg.vector_norm(xw.double(), dim=(-2, -1), keepdim=True)
+    return X, 4 * math.sqrt(H * W) * unit, 2 * math.sqrt(H + W) * unit
+
+
+def _assert_one_phase(P, Pr, X, tol, width):
+    """P and the reference's Pr agree without reduction modulo 2π: to the phase error of a coefficient
+    of magnitude |X| whose round-off is below the cut width (width/|X|), plus the output dtype's
+    rounding; only coefficients within round-off of the rule's own thresholds (|Im X| ≈ width on
+    the negative side, |X| ≈ tol) may be classified differently, and they must be rare."""
+    eps = torch.finfo(P.dtype).eps
+    atol = width / X.abs().clamp_min(1e-300) + 4 * eps * math.pi + 1e-6
+    ambiguous = (((X.imag.abs() - width).abs() <= 0.5 * width) & (X.real < 0)) | ((X.abs() - tol).abs() <= 0.5 * tol)
+    d = (P.double() - Pr.double()).abs()
+    bad = (d > atol) & ~ambiguous
+    assert not bad.any(), (f"{int(bad.sum())} phases differ, e.g. at {bad.nonzero()[0].tolist()}: "
+                           f"{P[bad][0].item()} vs the reference's {Pr[bad][0].item()}")
+    assert ambiguous.double().mean() < 1e-3, "too many coefficients at the thresholds for the test to mean much"
+
+
+@pytest.fixture(scope="module")
+def fashion_images():
+    """Fashion-MNIST images, raw (FACT mixes these) and normalised (the models' input), [2, N, 28, 28]:
+    the first 48 of the 2000 first of each kind, then every other one with a coefficient on the
+    negative real axis besides the self-conjugate frequencies (exact cancellations of quantised
+    pixels; images 123, 567 and 828 among them, which had −π on one path and π on the other)."""
+    from sdekernels import data
+
+    if not data.have_fashion_mnist():
+        pytest.skip("Fashion-MNIST is not installed")
+    raw = data.fashion_mnist("train", limit=2000, dtype=torch.float64, normalize=False)[0][:, 0]
+    x = torch.stack([raw, data.normalize_fashion(raw)])
+    X, _, width = _cut_truth(x.float())
+    conj = torch.zeros(28, 28, dtype=torch.bool)
+    conj[::14, ::14] = True  # the self-conjugate frequencies
+    on_cut = ((X.real < 0) & (X.imag.abs() <= 0.5 * width) & ~conj).flatten(-2).any(-1).any(0)
+    on_cut[:48] = True
+    assert int(on_cut.sum()) > 48 + 5
+    return x[:, on_cut]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_phase_on_fashion_mnist(fashion_images, path, dtype):
+    x = fashion_images.to(DEVICE, dtype)
+    for kw in CUT_OPTIONS if path == "aten" or DEVICE.type == "cuda" else CUT_OPTIONS[:2]:  # the interpreter is slow
+        with on_path(path):
+            _, P = sdekernels.fourier_split(x, **kw)
+        _, Pr = ref.fourier_split(x, **kw)
+        _assert_one_phase(P, Pr, *_cut_truth(x, **kw))
+
+
+def _on_the_cut_images(H, W, dtype):
+    """Point-symmetric images, x[n] = x[−n mod (H, W)], whose spectra are real, in pixels k/255, with a
+    negative DC, and two whose (H/2, 0), (0, W/2), (H/2, W/2) are real and negative where those
+    frequencies exist (the patterns (−1)^n are symmetric only along an even dim)."""
+    g = torch.Generator().manual_seed(H * W)
+    k = torch.randint(0, 256, (6, H, W), generator=g).double()
+    k = k + torch.roll(k.flip(-2, -1), (1, 1), dims=(-2, -1))  # k[n] + k[−n]: exactly symmetric integers
+    n1, n2 = torch.arange(H)[:, None], torch.arange(W)[None, :]
+    k[1] = 100.0 * (-1.0) ** n1 - 300.0  # Nyquist row real, DC negative
+    k[2] = 100.0 * (-1.0) ** (n1 + n2) - 30.0 * (-1.0) ** n2 - 1.0
+    x = k / 255 - 1.0  # negative DC in every image
+    return x.to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("size", [(8, 6), (7, 6), (6, 9), (5, 5)])
+def test_one_phase_on_the_negative_real_axis(path, dtype, size):
+    # every coefficient is real; the negative ones get exactly π on every path, in every option
+    x = _on_the_cut_images(*size, dtype)
+    pi = torch.tensor(math.pi, dtype=dtype).item()
+    for kw in CUT_OPTIONS:
+        with on_path(path):
+            _, P = sdekernels.fourier_split(x, **kw)
+        _, Pr = ref.fourier_split(x, **kw)
+        X, tol, width = _cut_truth(x, **kw)
+        _assert_one_phase(P, Pr, X, tol, width)
+        real = X.imag.abs() <= 0.5 * width
+        negative = real & (X.real < -1.5 * tol)
+        assert negative.sum() > 20
+        assert (P[negative] == pi).all() and (Pr[negative] == pi).all()
+        positive = real & (X.real > 1.5 * tol)  # atan2 of round-off: near 0
+        assert (P.double().abs() <= width / X.abs() + 4 * torch.finfo(dtype).eps + 1e-6)[positive].all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_phase_gradient_on_the_cut_is_atan2s(path):
+    # on the cut the value is π and the gradient atan2's (continuous across the cut) on every path
+    x = _on_the_cut_images(8, 6, torch.float64)
+    for kw in CUT_OPTIONS:
+        onesided, centered = kw.get("onesided", False), kw.get("centered", False)
+        w = _x(6, 8, 4 if onesided else 6, dtype=torch.float64, seed=1)
+        xg = x.clone().requires_grad_()
+        with on_path(path):
+            g, = torch.autograd.grad((sdekernels.fourier_split(xg, **kw)[1] * w).sum(), xg)
+        g0, = torch.autograd.grad((ref.fourier_split(xg, **kw)[1] * w).sum(), xg)
+        X = (torch.fft.rfft2 if onesided else torch.fft.fft2)(xg, norm=kw.get("norm", "backward"))
+        if centered:
+            X = torch.fft.fftshift(X, dim=(-2,) if onesided else (-2, -1))
+        want, = torch.autograd.grad((torch.atan2(X.imag, X.real) * w).sum(), xg)
+        torch.testing.assert_close(g0, want, atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(g, want, atol=1e-9, rtol=1e-9)

@@ -48,7 +48,9 @@ def _main(which, out, *args) -> int:
     threads = torch.get_num_threads()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the fused backend warns about ops that fall back to the reference
+            warnings.simplefilter("ignore")  # torch's and the drivers' notices
+            # but a fused run that uses a reference op fails: its parity with the reference would be void
+            warnings.simplefilter("error", common.FallbackWarning)
             # one thread: these models are tiny, and on a busy 2-core machine two threads mostly wait for each other
             return main(which, [*map(str, args), "--out", str(out), "--no-progress", "--threads", "1"])
     finally:
@@ -97,15 +99,20 @@ def _assert_resume_exact(run, tmp_path, steps, stop, files):
     return full
 
 
-def _assert_parity(run, tmp, dtype):
-    """PARITY_STEPS steps in dtype: fused and reference losses (float64: and final weights) agree to RTOL[dtype]."""
-    rtol = RTOL[dtype]
+def _assert_parity(run, tmp, dtype, steps=PARITY_STEPS, rtol=None, keys=("loss",)):
+    """`steps` steps in dtype: fused and reference metrics `keys` (every logged number for None) agree
+    to rtol (RTOL[dtype] by default), in float64 the final weights too; the fused run used no op of
+    the reference (summary.json's fallbacks)."""
+    rtol = RTOL[dtype] if rtol is None else rtol
     for backend in ("fused", "reference"):
-        run(tmp / f"{dtype}_{backend}", "--steps", PARITY_STEPS, "--dtype", dtype, "--backend", backend)
-    fa, rb = _losses(tmp / f"{dtype}_fused"), _losses(tmp / f"{dtype}_reference")
-    assert len(fa) == len(rb) == PARITY_STEPS and all(math.isfinite(v) for v in fa)
+        run(tmp / f"{dtype}_{backend}", "--steps", steps, "--dtype", dtype, "--backend", backend)
+    summary = json.loads((tmp / f"{dtype}_fused" / "summary.json").read_text())
+    assert summary["backend"] == "fused" and summary["fallbacks"] == [], summary["fallbacks"]
+    fa, rb = (common.read_metrics(tmp / f"{dtype}_{be}") for be in ("fused", "reference"))
+    assert len(fa) == len(rb) == steps and all(math.isfinite(m["loss"]) for m in fa)
     for i, (x, y) in enumerate(zip(fa, rb)):
-        assert abs(x - y) <= rtol * abs(y), f"{dtype} step {i}: fused {x} vs reference {y}"
+        for k in keys or [k for k, v in y.items() if isinstance(v, float)]:
+            assert abs(x[k] - y[k]) <= rtol * abs(y[k]), f"{dtype} step {i}: {k} fused {x[k]} vs reference {y[k]}"
     a, b = (torch.load(tmp / f"{dtype}_{be}" / "checkpoint.pt", weights_only=True)["state"]["model"]
             for be in ("fused", "reference"))
     assert a.keys() == b.keys()
@@ -408,3 +415,77 @@ def test_sample_mix_lam_draws_like_fact():
         sample_mix_lam(4.0, 0.5)
     with pytest.raises(ValueError, match="batch"):
         sample_mix_lam(-1, 0.5)
+
+
+# -- parity at each driver's default settings: its shapes, widths and dims, few steps ------------
+# (the test sets are cut, which changes only the evaluation). float64: every logged number within
+# 1e-9 (measured ~1e-12 for sde over 20 steps; a stabiliser of float32's width drifted to 3e-7 by
+# step 3); float32: the losses within RTOL.
+DEFAULT_STEPS = 4
+DEFAULTS_RTOL64 = 1e-9
+
+
+def _defaults_parity(run, tmp, dtype, steps=DEFAULT_STEPS):
+    if dtype == "float64":
+        _assert_parity(run, tmp, dtype, steps=steps, rtol=DEFAULTS_RTOL64, keys=None)
+    else:
+        _assert_parity(run, tmp, dtype, steps=steps)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sde_backends_agree_at_defaults(fashion, tmp_path, dtype):
+    _defaults_parity(lambda out, *args: _run("sde", out, "--test-limit", 100, *args), tmp_path, dtype)
+
+
+FARL_INITS = (20, 100)  # steps of `train sde` at its defaults
+
+
+@pytest.fixture(scope="module")
+def farl_inits(fashion, tmp_path_factory):
+    """Models of `train sde` at its defaults to start FARL from: random weights, trained briefly (20
+    steps) and longer (100 steps)."""
+    from sdekernels.train.sde import ClipModel
+
+    tmp = tmp_path_factory.mktemp("farl_inits")
+    torch.manual_seed(0)
+    model = ClipModel()
+    (tmp / "random").mkdir()
+    torch.save({"config": model.config, "model": model.state_dict(), "templates": list(data.TEMPLATES),
+                "classes": list(data.FASHION_CLASSES)}, tmp / "random" / "model.pt")
+    for steps in FARL_INITS:
+        _run("sde", tmp / f"sde{steps}", "--steps", steps, "--test-limit", 100)
+    return tmp
+
+
+def _drifts(measured):  # an open defect, kept visible: xpass when fixed
+    return pytest.mark.xfail(strict=False, reason=(
+        f"open: from this model the float32 runs drift apart ({measured}, measured), although their augmented "
+        "images and Fourier phases agree to round-off at every step; the phase flips at the branch cut are fixed"))
+
+
+@pytest.mark.parametrize("init", [pytest.param("random", marks=_drifts("1.5e-4 at step 3, 1e-2 by step 19")),
+                                  pytest.param("sde20", marks=_drifts("1.4e-5 at step 15, 1.7e-4 at step 17")),
+                                  "sde100"])
+def test_farl_float32_backends_agree_at_defaults_from_any_init(farl_inits, tmp_path, init):
+    # before SPEC §8's branch cut, float32 phases took −π on one backend and π on the other, and
+    # from a 20-step model the runs drifted to 8e-4 within 20 steps
+    def run(out, *args):
+        _run("farl", out, "--init", farl_inits / init, "--test-limit", 100, *args)
+
+    _assert_parity(run, tmp_path, "float32")
+
+
+def test_farl_float64_backends_agree_at_defaults(farl_inits, tmp_path):
+    def run(out, *args):
+        _run("farl", out, "--init", farl_inits / f"sde{FARL_INITS[0]}", "--test-limit", 100, *args)
+
+    _defaults_parity(run, tmp_path, "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_esm_backends_agree_at_defaults(tmp_path, dtype):
+    # the default shapes and width with the ops switched on (plain, the default variant, calls none)
+    def run(out, *args):
+        _run("esm", out, "--esm-weight", 0.1, "--dsm", "--test-limit", 16, "--probe-steps", 5, *args)
+
+    _defaults_parity(run, tmp_path, dtype)

@@ -29,20 +29,48 @@ def _shift_dims(onesided: bool):
     return (-2,) if onesided else (-2, -1)
 
 
+def _spectrum_scale(x: torch.Tensor, norm: str, factor: float) -> torch.Tensor:
+    """factor·eps·‖x‖₂ per image [..., 1, 1], scaled as X by norm; 0 for a non-finite image."""
+    H, W = x.shape[-2:]
+    scale = {"backward": 1.0, "ortho": 1.0 / math.sqrt(H * W), "forward": 1.0 / (H * W)}[norm]
+    size = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    return torch.where(torch.isfinite(size), size * (factor * scale * torch.finfo(x.dtype).eps), 0.0)
+
+
+def phase_tolerance(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per image [..., 1, 1]: 4·√(HW)·eps·‖x‖₂ in X's units (scaled as X by norm), a generous bound
+    on the transform's round-off in |X| (an FFT errs by ~eps·log(HW)·‖x‖₂, a DFT as matrix products
+    by up to ~0.4·√(HW)·eps·‖x‖₂); 0 for a non-finite image."""
+    H, W = x.shape[-2:]
+    return _spectrum_scale(x, norm, 4.0 * math.sqrt(H * W))
+
+
+def cut_width(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per image [..., 1, 1]: 2·√(H + W)·eps·‖x‖₂ in X's units (scaled as X by norm), twice the
+    round-off of Im X of a DFT computed as two matrix products (rows, then columns), the largest of
+    the paths' (an FFT's is ~eps·√log(HW)·‖x‖₂). Narrow, as a phase within it of ±π is set to π:
+    that moves it by up to cut_width/|X|."""
+    H, W = x.shape[-2:]
+    return _spectrum_scale(x, norm, 2.0 * math.sqrt(H + W))
+
+
 def zero_phase_floor(x: torch.Tensor, norm: str, log_amplitude: bool) -> torch.Tensor:
     """Per image [..., 1, 1]: the stored amplitude (log1p when log_amplitude) at or below which a
-    coefficient counts as zero up to the transform's round-off, 4·√(HW)·eps·‖x‖₂ (scaled as X by
-    norm; an FFT errs by ~eps·log(HW)·‖x‖₂, a DFT as matrix products by up to ~0.4·√(HW)·eps·‖x‖₂);
-    0 for a non-finite image.
+    coefficient counts as zero up to the transform's round-off (``phase_tolerance``).
 
     The phase there is set to 0: atan2 of round-off would make it depend on how the transform was
     computed (quantised images have exact zeros, e.g. at the real Nyquist bins).
     """
-    H, W = x.shape[-2:]
-    scale = {"backward": 1.0, "ortho": 1.0 / math.sqrt(H * W), "forward": 1.0 / (H * W)}[norm]
-    size = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
-    tol = torch.where(torch.isfinite(size), size * (4.0 * scale * math.sqrt(H * W) * torch.finfo(x.dtype).eps), 0.0)
+    tol = phase_tolerance(x, norm)
     return torch.log1p(tol) if log_amplitude else tol
+
+
+def real_bins(H: int, W: int, onesided: bool, device=None) -> torch.Tensor:
+    """Boolean [H, W] ([H, W//2 + 1] when onesided) in frequency order: the self-conjugate frequencies
+    (k1 ∈ {0, H/2}, k2 ∈ {0, W/2}), where the spectrum of a real image is exactly real."""
+    k1 = torch.arange(H, device=device)
+    k2 = torch.arange(W // 2 + 1 if onesided else W, device=device)
+    return ((k1 == 0) | (2 * k1 == H))[:, None] & ((k2 == 0) | (2 * k2 == W))[None, :]
 
 
 def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backward",
@@ -50,8 +78,11 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
     """Amplitude and phase of the 2-D FFT of real x [..., H, W] (SPEC §8).
 
     X = fft2(x, norm) (rfft2 when onesided: shape [..., H, W//2 + 1]); A = |X| (log1p(A) when
-    log_amplitude), P = atan2(Im X, Re X) ∈ (−π, π] (−π, from a signed zero, is mapped to π),
-    and P = 0 where |X| is zero up to round-off (``zero_phase_floor``).
+    log_amplitude), P = atan2(Im X, Re X) ∈ (−π, π], with the branch cut fixed (SPEC §8): Im X = 0
+    at the self-conjugate frequencies (``real_bins``), P = π where Re X < 0 and |Im X| ≤ w (on the
+    negative real axis up to round-off, so the sign of a round-off Im X never picks −π; w =
+    ``cut_width``), and P = 0 where |X| ≤ tol (``zero_phase_floor``). The gradient of P is atan2's
+    everywhere (it is continuous across the cut).
     centered: fftshift over both dims (over the row dim only when onesided).
     Where |X|² < 1e-30·c² the forward values are exact but the gradients of A and P are 0; c is
     the image's max|x| rounded down to a power of two (SPEC §8's absolute 1e-30 made relative,
@@ -62,9 +93,10 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
         raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
     dtype = x.dtype
     xw = _work(x)
+    H, W = xw.shape[-2:]
     X = torch.fft.rfft2(xw, norm=norm) if onesided else torch.fft.fft2(xw, norm=norm)
-    re, im = X.real, X.imag
-    c = sample_scale(xw.reshape(-1, xw.shape[-2] * xw.shape[-1])).reshape(*xw.shape[:-2], 1, 1)
+    re, im = X.real, torch.where(real_bins(H, W, onesided, xw.device), 0.0, X.imag)
+    c = sample_scale(xw.reshape(-1, H * W)).reshape(*xw.shape[:-2], 1, 1)
     re, im = re / c, im / c  # the spectrum of x/c: |X/c|² cannot overflow; A is rescaled below
     p = re * re + im * im
     ok = p >= _TINY
@@ -73,7 +105,8 @@ def fourier_split(x: torch.Tensor, *, onesided: bool = False, norm: str = "backw
     P = torch.where(ok,
                     torch.atan2(torch.where(ok, im, torch.zeros_like(im)), torch.where(ok, re, torch.ones_like(re))),
                     torch.atan2(im, re).detach())
-    P = P + (2.0 * math.pi) * (P == -math.pi).to(P.dtype)
+    cut = (re < 0) & (im.abs() <= cut_width(xw, norm) / c)
+    P = torch.where(cut, P - P.detach() + math.pi, P)  # the value π, atan2's gradient
     if log_amplitude:
         A = torch.log1p(A)
     if centered:

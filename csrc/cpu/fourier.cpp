@@ -33,7 +33,7 @@ inline int32_t fbits(float v) { return c10::bit_cast<int32_t>(v); }
 inline float fsel(int32_t mask, float a, float b) { return c10::bit_cast<float>((fbits(a) & mask) | (fbits(b) & ~mask)); }
 
 // atan2 in float: reduction to |u| <= tan(π/8) and Cephes' atanf polynomial (absolute error
-// < 3e-7). atan2(±0, x < 0) = ±π; the caller maps −π to π.
+// < 3e-7). atan2(±0, x < 0) = ±π; the callers map −π to π.
 inline float atan2_fast(float y, float x) {
   const int32_t bx = fbits(x) & 0x7fffffff, by = fbits(y) & 0x7fffffff;  // |x|, |y|: ordered as integers
   const int32_t steep = -int32_t(by > bx);
@@ -49,9 +49,18 @@ inline float atan2_fast(float y, float x) {
   return c10::bit_cast<float>(fbits(r) ^ (fbits(y) & int32_t(0x80000000)));
 }
 inline float pi_not_minus_pi(float p) { return fsel(-int32_t(fbits(p) == fbits(-kPi<float>)), kPi<float>, p); }
-
-inline double atan2_fast(double y, double x) { return std::atan2(y, x); }
 inline double pi_not_minus_pi(double p) { return p == -kPi<double> ? kPi<double> : p; }
+
+// The phase of re + i·im with SPEC §8's branch cut: π where re < 0 and |im| <= tol (the negative real
+// axis up to round-off: the sign of a round-off im never picks −π), else atan2 ∈ (−π, π].
+inline float cut_phase(float re, float im, float tol) {  // as integers: re < 0 (NaN excluded), |im| <= tol (>= 0)
+  const int32_t rb = fbits(re), ra = rb & 0x7fffffff;
+  const int32_t cut = -int32_t((rb < 0) & (ra != 0) & (ra <= 0x7f800000) & ((fbits(im) & 0x7fffffff) <= fbits(tol)));
+  return fsel(cut, kPi<float>, pi_not_minus_pi(atan2_fast(im, re)));
+}
+inline double cut_phase(double re, double im, double tol) {
+  return re < 0 && std::abs(im) <= tol ? kPi<double> : pi_not_minus_pi(std::atan2(im, re));
+}
 
 // In-place square root of a row (std::sqrt sets errno, which keeps GCC from vectorising it).
 inline void sqrt_row(float* a, int64_t n) {
@@ -72,20 +81,22 @@ std::string flipped(c10::string_view norm) {
   return "ortho";
 }
 
+// tol [R]: each image's cut_width (reference/fourier.py) in X's units.
 template <typename T>
-void split_rows(const T* X, T* A, T* P, int64_t R, const SpectrumLayout& L, bool log_amp) {
+void split_rows(const T* X, const T* tol, T* A, T* P, int64_t R, const SpectrumLayout& L, bool log_amp) {
   const int64_t H = L.H, W = L.W, Wh = L.Wh, Wo = L.Wo;
   at::parallel_for(0, R * H, 8, [&](int64_t lo, int64_t hi) {
     std::vector<T> a(Wh), p(Wh);
     for (int64_t row = lo; row < hi; ++row) {
       const int64_t r = row / H, k1 = row % H;
       const T* x = X + row * Wh * 2;
+      const T t = tol[r];
       T* __restrict ar = a.data();
       T* __restrict pr = p.data();
       for (int64_t k2 = 0; k2 < Wh; ++k2) {
         const T re = x[2 * k2], im = x[2 * k2 + 1];
         ar[k2] = re * re + im * im;
-        pr[k2] = pi_not_minus_pi(atan2_fast(im, re));
+        pr[k2] = cut_phase(re, im, t);
       }
       sqrt_row(ar, Wh);
       if (fft_real_bin(k1, H)) {  // exactly real: no round-off decides between +π and −π
@@ -304,15 +315,17 @@ void check_rows(const at::Tensor& t, int64_t dim, const char* name) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, int64_t W, bool onesided,
-                                                         bool centered, bool log_amplitude) {
+std::tuple<at::Tensor, at::Tensor> fourier_split_fwd_cpu(const at::Tensor& Xh, const at::Tensor& tol, int64_t W,
+                                                         bool onesided, bool centered, bool log_amplitude) {
   check_rows(Xh, 4, "Xh");
+  check_rows(tol, 1, "tol");
   const int64_t R = Xh.size(0), H = Xh.size(1);
   const auto L = SpectrumLayout::make(H, W, onesided, centered);
   TORCH_CHECK(Xh.size(2) == L.Wh && Xh.size(3) == 2, "Xh must be the real view of a half spectrum");
+  TORCH_CHECK(tol.size(0) == R && tol.scalar_type() == Xh.scalar_type(), "tol must hold one value per image");
   auto A = at::empty({R, H, L.Wo}, Xh.options()), P = at::empty_like(A);
   dispatch(Xh, "fourier_split_fwd_cpu", [&]<typename T>() {
-    split_rows<T>(in<T>(Xh), out<T>(A), out<T>(P), R, L, log_amplitude);
+    split_rows<T>(in<T>(Xh), in<T>(tol), out<T>(A), out<T>(P), R, L, log_amplitude);
   });
   return {A, P};
 }

@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> svd_core_cpu(const at::Tensor& A, const at::T
     core_rows(t.rows, k, k, k, ps, out<T>(t.inv), out<T>(t.Kt), [&](int64_t b, int64_t j, int64_t l, double s1) {
       const T *a = pa + b * k * k, *bb = pb + b * k * k, *s = ps + b * k;
       return svd_core_entry(a[j * k + l], a[l * k + j], bb[j * k + l], bb[l * k + j], s[j], s[l], pg[b * k + j],
-                            svd_inv(s[j], s1), svd_inv(s[l], s1), s1, j == l);
+                            svd_inv(s[j], s1), svd_inv(s[l], s1), s1, j == l, lorentz_rel<T>());
     });
   });
   return {t.Kt, t.inv};
@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> svd_exact_core_cpu(const at::Tensor& P, const
     core_rows(t.rows, r, k, r, ps, out<T>(t.inv), out<T>(t.C), [&](int64_t b, int64_t i, int64_t j, double s1) {
       const T *p = pp + b * r * k, *q = pq + b * r * k, *s = ps + b * r;
       return svd_exact_entry(p[i * k + j], q[i * k + j], q[j * k + j], s[i], s[j], pg[b * k + j], svd_inv(s[j], s1),
-                             s1, i == j);
+                             s1, i == j, lorentz_rel<T>());
     });
   });
   return {t.C, t.inv};

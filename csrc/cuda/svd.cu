@@ -29,7 +29,7 @@ __global__ void svd_core_kernel(const T* __restrict__ As, const T* __restrict__ 
   for (int64_t e = threadIdx.x; e < kk; e += kThreads) {
     const int64_t j = e / k, l = e % k;
     Kts[row * kk + e] = T(svd_core_entry(A[e], A[l * k + j], B[e], B[l * k + j], S[j], S[l], gS[j], svd_inv(S[j], s1),
-                                   svd_inv(S[l], s1), s1, j == l));
+                                   svd_inv(S[l], s1), s1, j == l, lorentz_rel<T>()));
   }
 }
 
@@ -44,7 +44,8 @@ __global__ void svd_exact_core_kernel(const T* __restrict__ Ps, const T* __restr
   const double s1 = row_inverses(s, r, k, invs + row * k, red);
   for (int64_t e = threadIdx.x; e < rk; e += kThreads) {
     const int64_t i = e / k, j = e % k;
-    Cs[row * rk + e] = T(svd_exact_entry(P[e], Q[e], Q[j * k + j], s[i], s[j], gS[j], svd_inv(s[j], s1), s1, i == j));
+    Cs[row * rk + e] = T(svd_exact_entry(P[e], Q[e], Q[j * k + j], s[i], s[j], gS[j], svd_inv(s[j], s1), s1, i == j,
+                                         lorentz_rel<T>()));
   }
 }
 

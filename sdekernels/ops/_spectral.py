@@ -14,7 +14,7 @@ Scaling (SPEC §10)
   and no pass over F where that changes no result), the non-finite rows zeroed; unscale(c, *ts);
   fix_signs(U, V) (largest entry of each u_i positive).
 Stabilisers (SPEC §1), relative to σ_1, never absolute
-- safe_inv(σ, σ_1) = σ/(σ² + ε'), lorentz(x, σ_1) = x/(x² + ε); LOR_REL, INV_REL (as csrc/spectral_math.h).
+- safe_inv(σ, σ_1) = σ/(σ² + ε'), lorentz(x, σ_1, dtype) = x/(x² + ε); lorentz_rel, INV_REL (as csrc/spectral_math.h).
 Gram eigensolver
 - eigh_desc(G); gram_eigh(F3, finite, vectors, fast): eigenpairs (or values) of the short-side
   Gram, descending; use_gram(r): r <= GRAM_MAX_R; fast_gram(r, dtype): float32 Gram and eigh.
@@ -60,10 +60,17 @@ KRYLOV_AFTER = 4    # subspace_basis turns to the Krylov space where more iterat
 BACKWARDS = ("exact", "truncated")
 
 # Stabilisers of the backward (SPEC §1), relative to σ_1 (never absolute, SPEC §10): 1/(σ_j² − σ_i²)
-# -> x/(x² + ε) with ε = (LOR_REL·σ_1²)², and 1/σ -> σ/(σ² + ε') with ε' = INV_REL·σ_1²; both 0
-# when σ_1 = 0. Callers first scale each batch element by a power of two (scaled_rows), so σ_1 is
-# of order 1 and ε stays far inside the float64 range. The same constants are in csrc/spectral_math.h.
-LOR_REL, INV_REL = 1e-7, 1e-20
+# -> x/(x² + ε) with ε = (lorentz_rel(dtype)·σ_1²)², and 1/σ -> σ/(σ² + ε') with ε' = INV_REL·σ_1²;
+# both 0 when σ_1 = 0. Callers first scale each batch element by a power of two (scaled_rows), so σ_1
+# is of order 1 and ε stays far inside the float64 range. The same widths are in csrc/spectral_math.h.
+INV_REL = 1e-20
+
+
+def lorentz_rel(dtype: torch.dtype) -> float:
+    """The Lorentzian's width over σ_1²: the machine epsilon of the working dtype, the resolution of σ²
+    next to σ_1². A fixed width would damp gaps that the working precision resolves (float64 would
+    miss its exact gradient wherever a gap is below the float32-sized width)."""
+    return torch.finfo(work_dtype(dtype)).eps
 
 if HAS_TRITON:
     import triton
@@ -184,10 +191,11 @@ def safe_inv(s: Tensor, s1: Tensor) -> Tensor:
     return _damped(sd, INV_REL * s1 * s1).to(s.dtype)
 
 
-def lorentz(x: Tensor, s1: Tensor) -> Tensor:
-    """x/(x² + ε), ε = (LOR_REL·σ_1²)²: 1/x for gaps x of squared singular values, bounded at 0."""
+def lorentz(x: Tensor, s1: Tensor, dtype: torch.dtype) -> Tensor:
+    """x/(x² + ε), ε = (lorentz_rel(dtype)·σ_1²)²: 1/x for gaps x of squared singular values of a
+    `dtype` input, bounded at 0 (evaluated in float64)."""
     x, s1 = x.double(), s1.double()
-    return _damped(x, (LOR_REL * s1 * s1) ** 2)
+    return _damped(x, (lorentz_rel(dtype) * s1 * s1) ** 2)
 
 
 # ---------------------------------------------------------------- Gram eigensolver
@@ -592,7 +600,7 @@ def truncated_backward_math(U: Tensor, S: Tensor, V: Tensor, gU: Tensor, gS: Ten
     Sd, gSd = S.double(), gS.double()
     s1 = Sd.abs().amax(-1, keepdim=True)
     s2 = Sd * Sd
-    L = lorentz(s2.unsqueeze(-2) - s2.unsqueeze(-1), s1.unsqueeze(-1))  # of E_jl = σ_l² − σ_j²
+    L = lorentz(s2.unsqueeze(-2) - s2.unsqueeze(-1), s1.unsqueeze(-1), U.dtype)  # of E_jl = σ_l² − σ_j²
     K = L * ((A - A.mT) * Sd.unsqueeze(-2) + Sd.unsqueeze(-1) * (B - B.mT))
     K = K * (1 - torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)) + torch.diag_embed(gSd)
     inv = safe_inv(Sd, s1)
@@ -637,7 +645,7 @@ def exact_backward_math(A: Tensor, Ws: Tensor, Wl: Tensor, W: Tensor, sigma: Ten
     sd = sigma.double()
     s1 = sd.abs().amax(-1, keepdim=True)
     inv = safe_inv(sd[:, :k], s1)
-    C = lorentz(sd[:, None, :k] ** 2 - sd[:, :, None] ** 2, s1[:, :, None]) * (
+    C = lorentz(sd[:, None, :k] ** 2 - sd[:, :, None] ** 2, s1[:, :, None], W.dtype) * (
         P.double() + Q.double() * inv[:, None, :])
     idx = torch.arange(k, device=C.device)
     C[:, idx, idx] = (gS.double() - inv * inv * Q.double()[:, idx, idx]) * inv / 2

@@ -196,7 +196,7 @@ def _gram_backward(A: Tensor, G: Tensor, W: Tensor, S_all: Tensor, ns: Tensor, n
     lam = S_all.double() ** 2
     f = torch.zeros_like(lam)
     f[:, :k] = d.double()
-    Gam = (f[:, :k, None] - f[:, None, :]) * lorentz(lam[:, :k, None] - lam[:, None, :], s1[:, :, None])
+    Gam = (f[:, :k, None] - f[:, None, :]) * lorentz(lam[:, :k, None] - lam[:, None, :], s1[:, :, None], A.dtype)
     Z = (Gam.to(A.dtype) * Xs)
     Z[:, :, :k] = Z[:, :, :k] * (1 - torch.eye(k, dtype=A.dtype, device=A.device)) + torch.diag_embed(
         gS * safe_inv(S, S_all[:, :1]) / 2)

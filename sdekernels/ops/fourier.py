@@ -25,7 +25,7 @@ from .. import reference as ref
 from .._core import (HAS_TRITON, check, check_domain, check_int, check_real, grad_like, pow2_scale,
                      ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
-from ..reference.fourier import zero_phase_floor
+from ..reference.fourier import cut_width, zero_phase_floor
 
 NORMS = ("backward", "ortho", "forward")
 
@@ -89,8 +89,8 @@ if HAS_TRITON:
         tl.store(YI + out, yi, mask=omask)
 
     @triton.jit(do_not_specialize=["H", "W", "Wh", "Wo"])
-    def _split_kernel(YR, YI, CH, SH, A, P, PI, H, W, Wh, Wo, scale, ONESIDED: tl.constexpr, CENTERED: tl.constexpr,
-                      LOG: tl.constexpr, PRECISION: tl.constexpr, REFINE: tl.constexpr,
+    def _split_kernel(YR, YI, CH, SH, A, P, PI, TOL, H, W, Wh, Wo, scale, ONESIDED: tl.constexpr,
+                      CENTERED: tl.constexpr, LOG: tl.constexpr, PRECISION: tl.constexpr, REFINE: tl.constexpr,
                       ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # Stage 2: X = (C − iS) · Y over the columns of one image, then the polar epilogue.
         img = tl.program_id(0).to(tl.int64)
@@ -116,7 +116,8 @@ if HAS_TRITON:
         im = tl.where(real_bin, 0.0, im)
         pi = tl.load(PI)
         amp = tl.sqrt(re * re + im * im)
-        ph = _atan2(im, re, pi, REFINE)
+        # SPEC §8's branch cut: π on the negative real axis up to round-off (the image's cut width).
+        ph = tl.where((re < 0) & (tl.abs(im) <= tl.load(TOL + img)), pi, _atan2(im, re, pi, REFINE))
         if LOG:  # log1p without cancellation: log(u)·a/(u − 1), u = 1 + a
             u = 1.0 + amp
             amp = tl.where(u == 1.0, amp, tl.log(u) * (amp / tl.where(u == 1.0, 1.0, u - 1.0)))
@@ -189,7 +190,7 @@ def _blocks(acc: torch.dtype):
     return dict(PRECISION=kt.precision(acc), BM=64, BN=32, BK=16, num_warps=4)
 
 
-def _split_triton(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: bool):
+def _split_triton(x: Tensor, tol: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: bool):
     R, H, W = x.shape
     Wh, Wo = W // 2 + 1, (W // 2 + 1 if onesided else W)
     acc = work_dtype(x.dtype)
@@ -207,7 +208,7 @@ def _split_triton(x: Tensor, onesided: bool, norm: str, centered: bool, log_ampl
     _dft_rows_kernel[grid1](x, cw, sw, yr, yi, R * H, W, Wh, ACC=tacc, **cfg)
     pi = torch.full((1,), math.pi, device=x.device, dtype=acc)
     grid2 = (R, triton.cdiv(H, cfg["BM"]), triton.cdiv(Wh, cfg["BN"]))
-    _split_kernel[grid2](yr, yi, ch, sh, A, P, pi, H, W, Wh, Wo, _scale(norm, H, W), ONESIDED=onesided,
+    _split_kernel[grid2](yr, yi, ch, sh, A, P, pi, tol, H, W, Wh, Wo, _scale(norm, H, W), ONESIDED=onesided,
                          CENTERED=centered, LOG=log_amplitude, REFINE=acc == torch.float64, ACC=tacc, **cfg)
     return A, P
 
@@ -248,11 +249,12 @@ def _split(x: Tensor, onesided: bool, norm: str, centered: bool, log_amplitude: 
     xf = _flat(x).to(work_dtype(x.dtype))
     c = pow2_scale(xf, (-2, -1))
     xf = xf / c
+    tol = cut_width(xf, norm).reshape(-1).contiguous()  # SPEC §8's branch cut, per image
     if use_triton(x):
-        A, P = _split_triton(xf, onesided, norm, centered, False)
+        A, P = _split_triton(xf, tol, onesided, norm, centered, False)
     elif _ext.available():
         Xh = torch.fft.rfft2(xf, norm=norm)
-        A, P = torch.ops.sdekernels_C.fourier_split_fwd(torch.view_as_real(Xh), W, onesided, centered, False)
+        A, P = torch.ops.sdekernels_C.fourier_split_fwd(torch.view_as_real(Xh), tol, W, onesided, centered, False)
     else:
         A, P = ref.fourier_split(xf, onesided=onesided, norm=norm, centered=centered)
     A = A.reshape(c.shape[0], H, Wo) * c
@@ -332,10 +334,11 @@ def fourier_split(x: Tensor, *, onesided: bool = False, norm: str = "backward", 
 
     A = |X| (log1p|X| when log_amplitude), P = arg X ∈ (−π, π], X = fft2(x, norm) — the half
     spectrum [..., H, W//2 + 1] of rfft2 when onesided; centered applies fftshift (rows only when
-    onesided). P = 0 where |X| is zero up to round-off (4·√(HW)·eps·‖x‖₂, so that every path
-    gives the same phase there). Where |X|² < 1e-30·c² (c: the image's scale, as in the reference) the
-    gradients of A and P are 0. No complex tensor is returned
-    or kept: the fused kernels write A and P directly.
+    onesided). One phase on every path at the branch cut (SPEC §8): Im X = 0 at the self-conjugate
+    frequencies, P = π where Re X < 0 and |Im X| ≤ 2·√(H + W)·eps·‖x‖₂ (never −π from the sign of
+    round-off), P = 0 where |X| is zero up to round-off (4·√(HW)·eps·‖x‖₂). Where |X|² < 1e-30·c²
+    (c: the image's scale, as in the reference) the gradients of A and P are 0. No complex tensor
+    is returned or kept: the fused kernels write A and P directly.
     """
     _check_image(x, "x")
     _check_norm(norm)

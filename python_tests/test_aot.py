@@ -13,8 +13,9 @@ import pytest
 import sdekernels.ops
 from sdekernels.aot import SHARED_LIMIT, problems
 
+from helpers import require
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CI = os.environ.get("CI") == "true"
 
 # The one place for what the kernels still get wrong: (kernel, dtype, problem) -> the worst figure
 # measured (spill or shared bytes; None for a dot on FMA units). A row may show a listed problem up
@@ -39,10 +40,7 @@ def _figure(row, problem):
 @pytest.mark.parametrize("triton_env", ["installed", "3.6"])
 def test_kernels_compile_for_sm90(triton_env, tmp_path):
     python = sys.executable if triton_env == "installed" else _python36()
-    if python is None:
-        if CI:
-            pytest.fail("CI must compile the kernels under Triton 3.6 too, but .venv36 is missing (.ci/setup)")
-        pytest.skip("no Triton 3.6 environment here (set SDEKERNELS_TRITON36_PYTHON)")
+    require(python is not None, "Triton 3.6's environment (.venv36, or SDEKERNELS_TRITON36_PYTHON)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHONPATH=ROOT, TRITON_CACHE_DIR=str(tmp_path / "triton"), SDEKERNELS_NO_EXT="1")
     out = tmp_path / "aot.json"

@@ -83,8 +83,9 @@ class _Ptr:
 
 class _Recorder:
     """Stands in for `JITFunction.run`: binds the arguments as Triton would for `target` and keeps
-    the specialisation. Nothing is launched; a real tensor argument is zeroed instead, so that what
-    follows stays finite."""
+    the specialisation. Nothing is launched: on real tensors a kernel's host equivalent (its `host`
+    attribute, where it has one) computes its result, else its tensor arguments are zeroed, so that
+    what follows stays finite."""
 
     def __init__(self, target):
         from triton.compiler import make_backend
@@ -110,8 +111,14 @@ class _Recorder:
         spec = self.specs.setdefault(spec.key(), spec)
         if self.case not in spec.cases:
             spec.cases.append(self.case)
-        for a in args:
-            if isinstance(a, torch.Tensor) and a.is_floating_point() and not is_fake(a):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        host = getattr(fn, "host", None)
+        if host and tensors and not any(map(is_fake, tensors)):
+            with torch.no_grad():
+                host(*args, **kwargs)
+            return
+        for a in tensors:
+            if a.is_floating_point() and not is_fake(a):
                 a.data.zero_()  # .data: autograd's version counters are not bumped
 
 
@@ -142,28 +149,39 @@ def _cuda_host():
 
 
 def cases(shapes: str, ops=None):
-    """(op info, shape, dtype, backward) for every op, shape of the set and dtype it is tested in."""
+    """(op info, shape, dtype, backward) for every op, shape of the set and dtype it is tested in, and
+    data regime of the op (the shape updated by it)."""
     for name, info in sorted(all_ops().items()):
         if ops and name not in ops:
             continue
         for shape in (info.bench if shapes == "bench" else info.shapes):
             backward = info.differentiable and (shapes == "test" or bool(shape.get("backward")))
             for dtype in info.tol:
-                yield info, shape, dtype, backward
+                for regime in info.regimes or ({},):
+                    yield info, {**shape, **regime}, dtype, backward
+
+
+def _regime(info, shape) -> dict:
+    return {k: shape[k] for r in info.regimes for k in r if k in shape}
 
 
 def label(info, shape, dtype, backward) -> str:
-    sh = ",".join(f"{k}={v}" for k, v in shape.items() if k not in ("quick", "backward"))
+    """The case: op, shape, dtype and pass (a data regime is not part of it)."""
+    sh = ",".join(f"{k}={v}" for k, v in shape.items() if k not in ("quick", "backward", *_regime(info, shape)))
     return f"{info.name}({sh}) {str(dtype).replace('torch.', '')}{' fwd+bwd' if backward else ''}"
 
 
 def run_case(info, shape, dtype, backward):
-    """One call of the op on CPU (forward, and backward when asked) with its launches recorded:
-    on fake tensors first (no storage, no arithmetic, any size in no time); where host code reads
-    data (a data-dependent size), again on real tensors of zeros."""
+    """One call of the op on CPU (forward, and backward when asked) with its launches recorded. In a
+    data regime, on its data: each kernel with a host equivalent computes its result, so the host
+    code takes the paths that data takes. Else on fake tensors first (no storage, no arithmetic,
+    any size in no time); where host code reads data, again on real tensors of zeros."""
     def make():
         return Sample(*info.make(shape, torch.device("cpu"), dtype, torch.Generator().manual_seed(0)).prepared())
 
+    if _regime(info, shape):
+        _call(info, make(), backward)
+        return "data"
     try:
         with fake_mode(allow_non_fake_inputs=True):
             _call(info, make(), backward)
@@ -216,7 +234,8 @@ def capture(shapes: str, target, ops=None, progress=True):
             except Exception as e:
                 how = "failed"
                 failed.append((recorder.case, f"{type(e).__name__}: {str(e).strip()[:200]}"))
-            timing.append({"case": recorder.case, "tensors": how, "s": round(time.perf_counter() - t0, 3)})
+            timing.append({"case": recorder.case, "regime": _regime(case[0], case[1]), "tensors": how,
+                           "s": round(time.perf_counter() - t0, 3)})
     return list(recorder.specs.values()), failed, timing
 
 

@@ -1,7 +1,9 @@
 """Every Triton kernel compiles for Hopper (sm_90) at the specialisations the ops launch at their
-bench shapes, under the installed Triton and under Triton 3.6 (the lent GPU's): no compile error,
-no register spill, shared memory within a block's 227 KB, and every dot other than float64 on the
-tensor cores. Runs `python -m sdekernels aot` as the user would, with fresh compile caches."""
+bench shapes (in every data regime), under the installed Triton and under Triton 3.6 (the lent
+GPU's): no compile error, no register spill, shared memory within a block's 227 KB, and every dot
+other than float64 on the tensor cores, judged per dot. Runs `python -m sdekernels aot` as the user
+would, with a fresh compile cache, then again on the warm one: the same rows. Also: one kernel with a
+tensor-core and an FMA dot, and the data-dependent paths the capture takes."""
 import inspect
 import json
 import re

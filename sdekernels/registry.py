@@ -72,6 +72,10 @@ class OpInfo:
     # Every scale (SPEC §10): scaling(shape) -> (positions in Sample.tensors() multiplied by s, the degree d
     # of each flat output: out(s·x) = s^d·out(x)), or None where that sample is not homogeneous.
     scaling: Callable | None = None
+    # Data regimes of `python -m sdekernels aot`: shape updates under which `make` draws data taking each
+    # data-dependent path of the host code (a solver, a rank); the capture runs the op at every
+    # shape once per regime, on that data. Empty: the host code reads no data that changes a launch.
+    regimes: tuple = ()
     typical: int = 1                 # index in `shapes` of the typical shape (see typical_shape)
     # The GPU-sized shape, where the emulated CUDA launches (python_tests/test_triton.py) and the GPU
     # tests (test_gpu.py) run the op: big enough that every kernel takes each path of its CUDA launch

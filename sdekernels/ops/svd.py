@@ -27,9 +27,9 @@ from .. import reference as ref
 from .._core import check, check_int, check_real, cuda_like, grad_like, pow2_scale, work_dtype
 from ..reference.svd import SpectralPartition
 from ..registry import F64, OpInfo, Sample, register
-from ._spectral import (DEFAULT_SEED, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,
-                        partition_counts, planted, safe_inv, scaled_rows, sigma_den, spiked, topk, truncated_grad,
-                        unscale, use_gram)
+from ._spectral import (DEFAULT_SEED, SPECTRA, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,
+                        partition_counts, planted, safe_inv, scaled_rows, sigma_den, spectrum, spiked, topk,
+                        truncated_grad, unscale, use_gram)
 
 __all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition"]
 
@@ -324,7 +324,8 @@ def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5, center:
 
 
 def _make_topk(shape, device, dtype, gen):
-    F = planted(shape.get("batch", 0), shape["m"], shape["n"], shape["k"], gen)
+    b, m, n, k = shape.get("batch", 0), shape["m"], shape["n"], shape["k"]
+    F = spectrum(b, m, n, k, shape["spectrum"], gen) if "spectrum" in shape else planted(b, m, n, k, gen)
     return Sample((F.to(device=device, dtype=dtype), shape["k"]), {"niter": shape.get("niter")})
 
 
@@ -389,6 +390,7 @@ register(OpInfo(
            {"batch": 64, "m": 256, "n": 256, "k": 16}, {"batch": 64, "m": 256, "n": 256, "k": 16, "backward": True},
            {"batch": 0, "m": 1024, "n": 4096, "k": 32}],
     cost=_topk_cost,
+    regimes=tuple({"spectrum": s} for s in SPECTRA),  # the Gram solver, the subspace iteration, Krylov
     baselines={"torch.linalg.svd": _full_svd, "torch.svd_lowrank": _lowrank},
 ))
 

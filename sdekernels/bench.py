@@ -402,7 +402,7 @@ def bench_case(benchmark, case: Case, *, device, dtype, timer, budget_s: float =
     scale = {"fwd": 1, "bwd": 2, "full": 3}[case.mode]  # a backward reads and writes about twice the forward
     benchmark.extra_info.update(
         op=case.op, shape=case.label, provider=case.provider, mode=case.mode, dtype=str(dtype).replace("torch.", ""),
-        device=device_name(device), commit=commit(), op_commit=op_commit(info),
+        device=device_name(device), commit=commit(tuple(info.sources())), op_commit=op_commit(info),
         peak_bytes=peak_memory(run, device, setup),
         first_call_s=first, p20_s=p20, p50_s=p50, p80_s=p80, bytes=scale * nbytes, flops=scale * flops,
         **({info.baselines[case.provider].knob: knob} if knob is not None else {}))
@@ -432,10 +432,13 @@ def _git(*args) -> str:
 
 
 @functools.cache
-def commit() -> str:
-    """HEAD, with "+dirty" when a tracked file differs from it (then no row can claim that commit)."""
+def commit(files: tuple = ()) -> str:
+    """HEAD, with "+dirty" when the timing code (this file) or one of `files` differs from it: then
+    the row measured code that no commit has."""
     head = _git("rev-parse", "HEAD") or os.environ.get("SDEKERNELS_COMMIT", "")
-    return head + ("+dirty" if head and _git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = head and _git("status", "--porcelain", "--untracked-files=no", "--",
+                            os.path.relpath(__file__, ROOT), *files)
+    return head + ("+dirty" if changed else "")
 
 
 def op_commit(info) -> str:

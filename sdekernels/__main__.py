@@ -57,6 +57,12 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        print("the bench runs on pytest-benchmark, which is not installed: pip install pytest-benchmark",
+              file=sys.stderr)
+        return 2
     from . import bench
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -14,12 +14,12 @@ import callgrind  # noqa: E402
 
 
 def test_compare_names_the_op_over_the_tolerance():
-    base = {"hellinger": {"fwd": 1000, "bwd": 2000}, "radial_psd": {"fwd": 500}}
-    now = {"hellinger": {"fwd": 1049, "bwd": 2101}, "radial_psd": {"fwd": 400, "bwd": 7}}
+    base = {"hellinger": {"fwd": 100000, "bwd": 200000}, "radial_psd": {"fwd": 500, "bwd": 10000}}
+    now = {"hellinger": {"fwd": 104900, "bwd": 210100}, "radial_psd": {"fwd": 400, "bwd": 11500, "x": 7}}
     bad = callgrind.compare(now, base)
-    assert len(bad) == 2
-    assert bad[0].startswith("hellinger bwd: 2101 instructions, +5.0% over")
-    assert bad[1].startswith("radial_psd bwd: 7 instructions, not in the baseline")
+    assert len(bad) == 2  # radial_psd bwd: +15 % but 1,500 instructions, within the allocator's spread
+    assert bad[0].startswith("hellinger bwd: 210100 instructions, +5.0% over")
+    assert bad[1].startswith("radial_psd x: 7 instructions, not in the baseline")
 
 
 def test_baseline_covers_every_op_with_a_cpu_twin():

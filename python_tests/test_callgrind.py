@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-import pytest
+from helpers import require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -34,8 +34,9 @@ def test_baseline_covers_every_op_with_a_cpu_twin():
             assert counts[op].get("fwd", 0) + counts[op].get("bwd", 0) > 0, f"{op}: no C++ instructions counted"
 
 
-@pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed (apt-get install valgrind)")
 def test_instruction_counts_within_5_percent_of_the_baseline():
+    require(shutil.which("valgrind") is not None and os.path.isfile("/usr/include/valgrind/callgrind.h"),
+            "valgrind and its callgrind.h (apt-get install valgrind)")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "callgrind.py")], capture_output=True,
                          text=True, cwd=ROOT, timeout=1800)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]

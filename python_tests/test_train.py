@@ -487,7 +487,7 @@ def _farl_step(init, state, backend, step):
         warnings.simplefilter("error", common.FallbackWarning)
         loss = farl.batch_loss(model, ops, pool_x[shots], targets, step, args)[0]
     loss.backward()
-    return float(loss), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return float(loss.detach()), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("init", ["random", f"sde{FARL_INITS[0]}", f"sde{FARL_INITS[1]}"])

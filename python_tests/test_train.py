@@ -3,7 +3,8 @@
 For each driver: an uninterrupted run equals an interrupted one (--stop-after) resumed with
 --resume, bit for bit (metrics, final weights, evaluation); the fused and the reference backend
 follow the same trajectory over PARITY_STEPS steps (every loss within RTOL[dtype]; in float64 the
-final weights too); metrics.jsonl, summary.json and the plots exist.
+final weights too; FARL in float32 at its defaults from the 100-step SDE model, and from any start
+step by step); metrics.jsonl, summary.json and the plots exist.
 Checkpoints and model files load with weights_only=True: a malicious, corrupt or foreign one is a
 one-line error and exit code 2, and nothing in it runs. Fashion-MNIST and the MiniLM model are
 optional here (tests skip without them) but required under CI (CI=true).

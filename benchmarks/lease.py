@@ -42,34 +42,28 @@ def versions(out: str) -> None:
 
 def notes(out: str, dry: bool) -> int:
     """Bench every (op, shape) of NOTES.md's prediction table that --quick leaves out, one case at a
-    time, the JSON rewritten after each. --dry: one small case on this machine's device."""
+    time through pytest-benchmark (sdekernels.bench: CUDA-event timer, L2 flushed between rounds,
+    first call apart), the JSON rewritten after each. --dry: one tiny case on this machine's device."""
     from roofline import notes_cases
 
     from sdekernels import bench
-    from sdekernels.registry import all_ops
 
     path = os.path.join(out, "bench-notes.json")
-    todo = notes_cases(quick=False)
-    if dry:
-        todo = [("hellinger", {"batch": 64, "r": 32})]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ops, rows, failed = all_ops(), [], 0
-    for name, shape in todo:
-        info = ops[name]
-        saved = info.bench
-        info.bench = [shape]
+    todo = [("hellinger", None)] if dry else [(name, bench._label(shape)) for name, shape in notes_cases(quick=False)]
+    merged, failed = None, 0
+    for name, label in todo:
         try:
-            r, limits = bench.run([name], device=device, progress=False)
+            data = bench.run([name], size="tiny" if dry else "bench", shapes=[label] if label else None,
+                             compile_ref=not dry)
         except Exception as e:  # one case that breaks must not lose the others
-            error = f"{type(e).__name__}: {e}"
-            r, limits, failed = [{"op": name, "shape": bench._label(shape), "error": error}], {}, failed + 1
-        finally:
-            info.bench = saved
-        rows += r
-        print(bench.table(r), flush=True)
+            print(f"{name} {label}: {type(e).__name__}: {e}", flush=True)
+            failed += 1
+            continue
+        merged = data if merged is None else {**merged, "benchmarks": merged["benchmarks"] + data["benchmarks"]}
+        print(bench.table(bench.rows(data)), flush=True)
         with open(path, "w") as f:
-            json.dump({"environment": bench.environment(limits), "rows": rows}, f, indent=1, default=str)
-    print(f"wrote {path}: {len(rows)} rows")
+            json.dump(merged, f, indent=1, default=str)
+    print(f"wrote {path}: {len(merged['benchmarks']) if merged else 0} benchmarks")
     return 1 if failed else 0
 
 

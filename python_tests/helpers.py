@@ -1,5 +1,6 @@
 """What the generic tests share: the device under test, the kernel paths on it, comparisons."""
 import contextlib
+import importlib
 import itertools
 import os
 import socket
@@ -9,6 +10,29 @@ import torch
 
 from sdekernels._core import HAS_TRITON, INTERPRET, triton_on_cpu
 from sdekernels.registry import flat
+
+# .ci/run exports CI=true: there every tool, package and data set .ci/setup installs is required.
+CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(present: bool, what: str):
+    """Skip the calling test where `what` (a tool, package or data set of .ci/setup) is missing; under
+    CI fail instead, naming it: a missing requirement must never pass CI as a skip."""
+    if present:
+        return
+    if CI:
+        pytest.fail(f"CI requires {what}, but it is missing (.ci/setup installs it)", pytrace=False)
+    pytest.skip(f"{what} is not installed")
+
+
+def require_module(name: str, what: str | None = None):
+    """The module `name` (pytest.importorskip, but a failure under CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pass
+    require(False, what or f"the Python package {name}")
+
 
 DEVICE = torch.device(os.environ.get("SDEKERNELS_TEST_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -12,7 +12,9 @@ import torch.nn.functional as Fn
 import sdekernels as sk
 import sdekernels.nn as snn
 import sdekernels.reference as ref
-from sdekernels.data import have_fashion_mnist
+from sdekernels.data import FASHION_DIR, have_fashion_mnist
+
+from helpers import require
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [{}, {"center": True}, {"center": True, "mode": "augment"}, {"spectral_terms": ("subspace",)},
@@ -99,9 +101,9 @@ def test_ablation_record_is_complete():
         assert all(k in c for k in mod.EXTRA)
 
 
-@pytest.mark.skipif(not have_fashion_mnist(), reason="needs Fashion-MNIST")
 def test_ablation_cell_repeats_exactly(tmp_path, monkeypatch):
     """One short cell (the centred variant, 3 steps) twice: identical accuracies and energies."""
+    require(have_fashion_mnist(), f"Fashion-MNIST ({FASHION_DIR})")
     mod = _script()
     monkeypatch.chdir(tmp_path)
     first, second = (mod.run_cell("center", 0, 3) for _ in range(2))

@@ -22,13 +22,14 @@ import subprocess
 import pytest
 import torch
 
+from helpers import require
+
 from sdekernels import _ext
 
 CSRC = _ext.csrc_dir()
 HOST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_host")
 CUDA_SOURCES = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
 DTYPES = [torch.float32, torch.float64]
-CI = os.environ.get("CI") == "true"
 
 
 def _nvcc():
@@ -98,8 +99,7 @@ class Emulated:
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    if shutil.which("g++") is None:
-        pytest.skip("no g++ here")
+    require(shutil.which("g++") is not None, "g++ (the host emulation of the CUDA kernels)")
     return Emulated(build_emulation(str(tmp_path_factory.mktemp("emulated"))))
 
 
@@ -111,8 +111,7 @@ def test_every_cuda_twin_runs_in_the_emulation():
 
 
 def _twin(op):
-    if not _ext.available():
-        pytest.skip(f"C++ extension unavailable: {_ext.status()}")
+    require(_ext.available(), f"the C++ extension ({_ext.status()})")
     return getattr(torch.ops.sdekernels_C, op)
 
 
@@ -302,8 +301,8 @@ def _ptx_calls(ptx: str) -> dict:
 @pytest.fixture(scope="module")
 def ptx(tmp_path_factory):
     nvcc = _nvcc()
-    if nvcc is None or shutil.which("c++filt") is None:
-        pytest.skip("no nvcc here")
+    require(nvcc is not None, "nvcc (the sm_90 compile check of csrc/cuda)")
+    require(shutil.which("c++filt") is not None, "c++filt (demangling the launchers' PTX)")
     d, out = tmp_path_factory.mktemp("ptx"), {}
     for src in CUDA_SOURCES:
         dst = str(d / os.path.basename(src).replace(".cu", ".ptx"))
@@ -337,8 +336,7 @@ def test_cuda_distance_kernels_accumulate_float_rows_in_double(ptx, kernel):
 
 def test_launcher_definition_that_drifts_from_its_declaration_does_not_compile(tmp_path):
     nvcc = _nvcc()
-    if nvcc is None:
-        pytest.skip("no nvcc here")
+    require(nvcc is not None, "nvcc (the sm_90 compile check of csrc/cuda)")
     shutil.copytree(CSRC, tmp_path / "csrc")
     src = tmp_path / "csrc" / "cuda" / "svd.cu"
     text = src.read_text()
@@ -365,10 +363,8 @@ def test_cuda_build_host_side_compiles_against_the_launchers(source, tmp_path):
     homes = [os.environ.get("CUDA_HOME", ""), os.path.dirname(os.path.dirname(os.path.realpath(nvcc or "/")))]
     cuda_inc = next((os.path.join(h, "include") for h in homes + sorted(glob.glob("/usr/local/cuda*"))
                      if os.path.isfile(os.path.join(h, "include", "cuda_runtime_api.h"))), None)
-    if cuda_inc is None or shutil.which("g++") is None:
-        if CI:
-            pytest.fail("CI must compile-check the CUDA build's host side, but the CUDA headers are missing")
-        pytest.skip("no CUDA toolkit headers here")
+    require(cuda_inc is not None and shutil.which("g++") is not None,
+            "the CUDA toolkit's headers and g++ (the compile check of the CUDA build's host side)")
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")

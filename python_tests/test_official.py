@@ -17,9 +17,9 @@ import torch.nn.functional as F
 import sdekernels as sk
 from sdekernels.nn import ESMLoss
 
-from helpers import PATHS, on_path
+from helpers import PATHS, on_path, require_module
 
-dct = pytest.importorskip("torch_dct")
+dct = require_module("torch_dct", "torch-dct")
 
 EPS = 1e-8  # latent_spectral_reg_dct's eps (SDVAE_and_ESM utils_DCT.py L244), passed to every step
 

@@ -20,7 +20,7 @@ import sdekernels
 from sdekernels.bench import load_open_clip_loss
 from sdekernels.nn import SDELoss, SigLipLoss
 
-from helpers import PATHS, average_over_ranks, free_port, on_path
+from helpers import PATHS, average_over_ranks, free_port, on_path, require
 
 WORLD = 2
 B, D_IN, D = 24, 12, 10
@@ -28,8 +28,7 @@ B, D_IN, D = 24, 12, 10
 
 def open_clip_loss():
     module = load_open_clip_loss()
-    if module is None:
-        pytest.skip("open-clip-torch is not installed (.ci/setup installs it)")
+    require(module is not None, "open-clip-torch")
     return module
 
 
@@ -195,8 +194,7 @@ def open_clip_train(monkeypatch):
     import sys
     import types
 
-    if importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open-clip-torch is not installed (.ci/setup installs it)")
+    require(importlib.util.find_spec("open_clip") is not None, "open-clip-torch")
 
     class Anything(type):
         def __getattr__(cls, attr):

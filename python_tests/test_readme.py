@@ -3,6 +3,7 @@ name it points to exists, so a newcomer following it never lands on a moved or r
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -60,16 +61,43 @@ def test_bench_column_names_the_op(op):
     assert f"--op {op}" in ROWS[op]["bench"], f"{op}: the bench column should give `bench --op {op}`"
 
 
-@pytest.mark.parametrize("path", ["README.md", "benchmarks/results/cpu.md"])
-def test_bench_table_is_the_record(path):
+def _record():
+    with open(os.path.join(ROOT, "benchmarks", "results", "cpu-bench.json")) as f:
+        return json.load(f)["rows"]
+
+
+@pytest.mark.parametrize("path, make", [("README.md", lambda rows: bench.markdown(bench.headline(rows))),
+                                        ("benchmarks/results/cpu.md", bench.markdown)])
+def test_bench_table_is_the_record(path, make):
     """The measured table is the one benchmarks/record.py draws from results/cpu-bench.json: no
     figure is edited by hand or left behind when the record changes."""
-    with open(os.path.join(ROOT, "benchmarks", "results", "cpu-bench.json")) as f:
-        rows = json.load(f)["rows"]
     text = open(os.path.join(ROOT, path), encoding="utf-8").read()
     found = re.search(r"<!-- bench-table -->\n(.*?)\n<!-- /bench-table -->", text, re.S)
     assert found, f"{path}: no bench-table markers"
-    assert found.group(1) == bench.markdown(rows)
+    assert found.group(1) == make(_record())
+
+
+def _git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_no_bench_row_is_older_than_its_op_code():
+    """Each row of the record was measured at a commit that has its op's current code: no commit
+    since it changed any of the op's files (OpInfo.sources: its module, the sdekernels modules it
+    uses, the C++ it calls, the reference). A stale row is re-measured, not explained away."""
+    if _git("rev-parse", "--is-shallow-repository").stdout.strip() != "false":
+        pytest.skip("needs the git history (a full clone)")
+    ops, stale = all_ops(), []
+    for r in _record():
+        if r["impl"] != "sdekernels":
+            continue
+        files = ops[r["op"]].sources()
+        changed = _git("log", "--format=%h %s", f"{r['commit']}..HEAD", "--", *files)
+        assert changed.returncode == 0, f"{r['op']}: commit {r['commit']} is not in this history: {changed.stderr}"
+        if changed.stdout.strip():
+            stale.append(f"{r['op']} {r['shape']} {r['mode']} (measured at {r['commit'][:7]}): "
+                         + "; ".join(changed.stdout.strip().splitlines()[:3]))
+    assert not stale, "bench rows older than their op's code, re-measure them:\n" + "\n".join(stale)
 
 
 def test_install_section_runs_as_written():

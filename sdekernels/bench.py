@@ -2,17 +2,21 @@
 baselines timed in the same run, with peak memory, achieved GB/s and FLOP/s, and the fraction
 of the device's limit (bytes over bandwidth, flops over peak)."""
 import contextlib
+import dataclasses
+import functools
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from .registry import Sample, all_ops, flat
+from .registry import Sample, Tuned, all_ops, flat
 
 # Published dense peaks: (memory GB/s, fp32 non-tensor TFLOP/s, tf32/bf16 tensor TFLOP/s).
 GPU_LIMITS = {
@@ -101,19 +105,21 @@ def fwd_bwd(fn, *inputs, weight=None):
     return run
 
 
-def peak_memory(fn, device) -> int:
-    """Peak bytes allocated while `fn()` runs, above what was allocated before."""
+def peak_memory(fn, device, setup=None) -> int:
+    """Peak bytes allocated while `fn()` runs, above what was allocated before (with `setup`: fn(*args,
+    **kwargs) of setup()'s (args, kwargs), setup's own allocations not counted)."""
+    args, kwargs = setup() if setup else ((), {})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        fn()
+        fn(*args, **kwargs)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+        fn(*args, **kwargs)
     # The raw allocation events, in order (per-op totals would count nested ops twice).
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     level = peak = 0
@@ -162,126 +168,427 @@ def device_limits(device) -> dict:
     return dict(_CPU_LIMITS)
 
 
-def _runner(fn, sample: Sample, backward: bool, info):
-    """A closure that runs one call (forward, or forward + backward of a random-weighted sum)."""
-    if not backward:
-        def run():
-            with torch.no_grad():
-                return sample.call(fn)
-        return run
-    leaves = info.leaves(sample)
-    gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
-               for t in flat(leaves.call(fn)) if t.is_floating_point()]
+# ---------------------------------------------------------------- the cases and their timing
+#
+# One timing loop: pytest-benchmark's, through `bench_case` (benchmarks/test_ops.py and
+# `python -m sdekernels bench`, which runs pytest on this module). Everything below prepares what it
+# times: the cases from the registry, one closure per mode, the clock, the memory measurement.
 
-    def run():
-        outs = [t for t in flat(leaves.call(fn)) if t.is_floating_point()]
-        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-    return run
+MODES = ("fwd", "bwd", "full")
+SIZES = ("quick", "bench", "tiny")
+COMPILED = "reference (compiled)"
+L2_FLUSH_BYTES = 256 * 2**20  # above the L2 of every GPU we target (H100 50 MB, H200 60 MB)
 
 
 def _label(shape: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in shape.items() if k not in ("quick", "backward"))
 
 
-def _ratios(num: list, den: list) -> tuple[float, float, float]:
-    """Quartiles of the per-round ratios num[i] / den[i] of two interleaved timings."""
-    return quartiles([a / b for a, b in zip(num, den)])
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in text).strip("_")
 
 
-def run(names=None, *, quick=False, device=None, dtype=torch.float32, compile_ref=False, progress=True,
-        budget_s: float = 3.0, max_runs: int = 31, clock=time.perf_counter, shapes=None):
-    """Rows of the bench table (one per op, shape and implementation).
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark: an op at one shape, one provider (sdekernels, the reference, its compiled form
+    or a named baseline), one mode (fwd, bwd: the backward alone after its own forward, or full)."""
+    op: str
+    shape: tuple  # the shape dict's items (hashable)
+    provider: str
+    mode: str
 
-    Per case every implementation runs twice (compilation, first-call allocations; the second
-    call sizes the run to `budget_s`), then 5 to `max_runs` interleaved rounds. Times are medians
-    with quartiles by `clock` (time.process_time on a loaded CPU: the process's own CPU time, which
-    preemption does not inflate; meaningful with one thread); the ratios are medians of per-round
-    ratios. On the sdekernels row, vs_best is
-    the ratio against the fastest (by median) of every other implementation timed: the
-    reference, its compiled form and the op's baselines. `shapes`: only the cases whose label
-    (e.g. "B=4096,d=256") starts with one of these."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    @property
+    def label(self) -> str:
+        return _label(dict(self.shape))
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-{self.label}-{_slug(self.provider)}-{self.mode}"
+
+
+def modes_of(info, shape: dict) -> tuple:
+    """fwd, bwd and full where the shape times the backward, else fwd (under no_grad)."""
+    return MODES if shape.get("backward") and info.differentiable else ("fwd",)
+
+
+def tiny_shape(info) -> dict:
+    """The op's typical test shape: the smoke test's size, every mode where the op has a backward."""
+    return {**info.typical_shape, "backward": info.differentiable}
+
+
+def cases(names=None, *, size: str = "quick", compile_ref: bool = True, shapes=None, modes=None,
+          providers=None) -> list[Case]:
+    """The cases of the registry, op by op, shape by shape, each shape's providers and modes together.
+    size: "quick" (the shapes marked quick), "bench" (every bench shape) or "tiny" (the typical test
+    shape); shapes: label prefixes to keep; modes, providers: subsets to keep."""
     ops = all_ops()
     unknown = set(names or ()) - set(ops)
     if unknown:
         raise ValueError(f"unknown op(s) {sorted(unknown)}; registered: {sorted(ops)}")
-    limits = device_limits(device)
-    cases = [(info, shape) for name, info in sorted(ops.items()) if not names or name in names
-             for shape in info.bench if (not quick or shape.get("quick"))
-             and (not shapes or any(_label(shape).startswith(p) for p in shapes))]
-    rows = []
-    try:
-        from tqdm import tqdm
-        cases_iter = tqdm(cases, desc="bench", disable=not progress)
-    except ImportError:  # pragma: no cover
-        cases_iter = cases
-    for info, shape in cases_iter:
-        sample = Sample(*info.make(shape, device, dtype, torch.Generator().manual_seed(0)).prepared())
-        backward = bool(shape.get("backward")) and info.differentiable
-        nbytes, flops = info.cost(sample)
-        if backward:  # a backward pass reads and writes about twice what the forward does
-            nbytes, flops = 3 * nbytes, 3 * flops
-        impls = {"reference": info.ref, "sdekernels": info.op, **info.baselines}
-        if compile_ref:
-            impls["reference (compiled)"] = torch.compile(info.ref)
-        calls, errors = {}, {}
-        for impl, fn in impls.items():
-            try:
-                calls[impl] = _runner(fn, sample, backward, info)
-                calls[impl]()
-            except Exception as e:  # a baseline that cannot run this case (e.g. out of memory)
-                calls.pop(impl, None)
-                errors[impl] = f"{type(e).__name__}: {str(e)[:120]}"
-        t0 = time.perf_counter()
-        for call in calls.values():
-            call()
-        _sync(device)
-        runs = max(5, min(max_runs, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
-        times = interleaved_times(calls, runs, clock=clock, warmup=0, device=device)
-        others = [i for i in times if i != "sdekernels"]
-        best = min(others, key=lambda i: statistics.median(times[i])) if others else None
-        for impl in impls:
-            row = {"op": info.name, "shape": _label(shape), "dtype": str(dtype).replace("torch.", ""),
-                   "pass": "fwd+bwd" if backward else "fwd", "impl": impl}
-            if impl in errors:
-                rows.append({**row, "error": errors[impl]})
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    out = []
+    for name, info in sorted(ops.items()):
+        if names and name not in names:
+            continue
+        todo = [tiny_shape(info)] if size == "tiny" else [s for s in info.bench if size == "bench" or s.get("quick")]
+        with_bwd, seen = {_label(s) for s in todo if len(modes_of(info, s)) > 1}, set()
+        for shape in todo:
+            if len(modes_of(info, shape)) == 1 and _label(shape) in with_bwd or _label(shape) in seen:
+                continue  # its forward is timed with the backward shape of the same size, or listed twice
+            seen.add(_label(shape))
+            if shapes and not any(_label(shape).startswith(p) for p in shapes):
                 continue
-            t = times[impl]
-            q1, med, q3 = quartiles(t)
-            row.update(ms=med * 1e3, ms_q1=q1 * 1e3, ms_q3=q3 * 1e3, runs=runs,
-                       peak_MB=peak_memory(calls[impl], device) / 2**20, GBs=nbytes / med / 1e9,
-                       TFLOPs=flops / med / 1e12)
-            row["bw_frac"] = row["GBs"] / limits["bandwidth_GBs"]
-            row["flop_frac"] = row["TFLOPs"] / limits["tflops_fp32"]
-            if "reference" in times:
-                row["speedup"] = _ratios(times["reference"], t)[1]
-            if impl == "sdekernels":
-                if "reference (compiled)" in times:
-                    row["vs_compiled"] = _ratios(times["reference (compiled)"], t)[1]
-                if best:
-                    row["vs_best_q1"], row["vs_best"], row["vs_best_q3"] = _ratios(times[best], t)
-                    row["best_alternative"] = best
-            rows.append(row)
-    return rows, limits
+            provs = ["sdekernels", "reference", *([COMPILED] if compile_ref else []), *info.baselines]
+            for provider in provs:
+                if providers and provider not in providers:
+                    continue
+                for mode in modes_of(info, shape):
+                    if not modes or mode in modes:
+                        out.append(Case(name, tuple(shape.items()), provider, mode))
+    return out
 
 
-def environment(limits: dict) -> dict:
-    import subprocess
+@functools.lru_cache(maxsize=1)
+def _sample(op: str, shape: tuple, device: str, dtype: torch.dtype) -> Sample:
+    """The case's inputs (one case's at a time in memory: the providers and modes of a shape run together)."""
+    info = all_ops()[op]
+    made = info.make(dict(shape), torch.device(device), dtype, torch.Generator().manual_seed(0))
+    return Sample(*made.prepared())
 
-    from . import _core, _ext
+
+_COMPILED: dict = {}
+_TUNED: dict = {}
+
+
+def provider_fn(info, provider: str, sample: Sample, key=None):
+    """(function, knob value or None) of a provider; a Tuned baseline is resolved on the sample (once per key)."""
+    if provider == "sdekernels":
+        return info.op, None
+    if provider == "reference":
+        return info.ref, None
+    if provider == COMPILED:
+        if info.name not in _COMPILED:
+            _COMPILED[info.name] = torch.compile(info.ref)
+        return _COMPILED[info.name], None
+    base = info.baselines[provider]
+    if isinstance(base, Tuned):
+        if key not in _TUNED:
+            _TUNED[key] = base.resolve(sample)
+        return _TUNED[key]
+    return base, None
+
+
+def closures(info, fn, sample: Sample, mode: str, device):
+    """(setup, target) for pytest-benchmark's pedantic: setup (untimed) returns target's arguments.
+    fwd: the call (under no_grad unless the shape times a backward: then with autograd recording, what a
+    training step's forward costs); bwd: setup runs the forward and the loss, target the backward
+    alone; full: forward and backward. The loss is sum(output · w) with fixed random w."""
+    flush = _l2_flusher(device)
+    weights = None
+
+    def loss_of(leaves):
+        nonlocal weights
+        outs = [t for t in flat(leaves.call(fn)) if t.is_floating_point()]
+        if weights is None:
+            gen = torch.Generator().manual_seed(0)
+            weights = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype) for t in outs]
+        return sum((o * w).sum() for o, w in zip(outs, weights))
+
+    if mode == "fwd":
+        def setup():
+            flush()
+            return (info.leaves(sample),), {}
+
+        def target(leaves):
+            return leaves.call(fn)
+        return setup, target
+    if mode == "bwd":
+        def setup():
+            loss = loss_of(info.leaves(sample))
+            flush()
+            return (loss,), {}
+
+        def target(loss):
+            loss.backward()
+        return setup, target
+
+    def setup_full():
+        flush()
+        return (info.leaves(sample),), {}
+
+    def full(leaves):
+        loss_of(leaves).backward()
+    return setup_full, full
+
+
+def _l2_flusher(device):
+    """On CUDA, a closure that overwrites a buffer larger than L2 (so no repeat finds its inputs
+    cached, the pitfall of timing a kernel in a loop); elsewhere a no-op."""
+    if device.type != "cuda":
+        return lambda: None
+    buf = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+    return buf.zero_
+
+
+class CudaClock:
+    """Seconds since its creation by CUDA events: reading it records an event on the current stream
+    and waits for it, so a duration between two readings is the device's time for the work enqueued
+    between them (launch overhead included, host time between launches included)."""
+    __name__ = "CudaClock"
+
+    def __init__(self, device=None):
+        self.origin = torch.cuda.Event(enable_timing=True)
+        self.origin.record()
+
+    def __call__(self) -> float:
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        e.synchronize()
+        return self.origin.elapsed_time(e) / 1e3
+
+
+def clock(device, cpu_time: bool = False):
+    """The timer of a run: CUDA events on a GPU; on CPU the wall clock, or the process's CPU time
+    (cpu_time: on a shared, loaded machine, with one thread)."""
+    if device.type == "cuda":
+        return CudaClock(device)
+    if cpu_time and torch.get_num_threads() != 1:
+        raise ValueError("cpu_time needs one thread (torch.set_num_threads(1)): it sums the CPU time of all threads")
+    return time.process_time if cpu_time else time.perf_counter
+
+
+def rounds_for(first_s: float, budget_s: float, lo: int = 5, hi: int = 31) -> int:
+    return max(lo, min(hi, int(budget_s / max(first_s, 1e-9))))
+
+
+def bench_case(benchmark, case: Case, *, device, dtype, timer, budget_s: float = 3.0, max_rounds: int = 31,
+               warmup_s: float = 0.0):
+    """Time one case with pytest-benchmark and fill benchmark.extra_info.
+
+    The first call (torch.compile, Triton's autotuning and compilation, first allocations) is timed
+    alone and reported as first_call_s, apart from the runs; the second sizes the rounds to budget_s
+    (5 to max_rounds). Then warm-up rounds (at least one, more until warmup_s has passed: on a GPU
+    long enough for clocks and caches to settle), then the timed rounds, each after an untimed setup
+    (fresh leaves, the forward of bwd, and on CUDA an L2 flush)."""
+    info = all_ops()[case.op]
+    sample = _sample(case.op, case.shape, str(device), dtype)
+    fn, knob = provider_fn(info, case.provider, sample, key=(case.op, case.shape, str(device), dtype, case.provider))
+    setup, target = closures(info, fn, sample, case.mode, device)
+    grad = info.differentiable and case.mode != "fwd" or dict(case.shape).get("backward")
+
+    def once():
+        args, kwargs = setup()
+        t0 = timer()
+        with torch.set_grad_enabled(bool(grad)):
+            target(*args, **kwargs)
+        return timer() - t0
+
+    first = once()
+    second = once()
+    warm, spent = 1, second
+    while spent < warmup_s:
+        spent += once()
+        warm += 1
+
+    def run(*args, **kwargs):
+        with torch.set_grad_enabled(bool(grad)):
+            return target(*args, **kwargs)
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds_for(second, budget_s, hi=max_rounds), warmup_rounds=warm)
+    data = sorted(benchmark.stats.stats.data)
+    p20, p50, p80 = (_quantile(data, q) for q in (0.2, 0.5, 0.8))
+    nbytes, flops = info.cost(sample)
+    scale = {"fwd": 1, "bwd": 2, "full": 3}[case.mode]  # a backward reads and writes about twice the forward
+    benchmark.extra_info.update(
+        op=case.op, shape=case.label, provider=case.provider, mode=case.mode, dtype=str(dtype).replace("torch.", ""),
+        device=device_name(device), commit=commit(tuple(info.sources())), op_commit=op_commit(info),
+        peak_bytes=peak_memory(run, device, setup),
+        first_call_s=first, p20_s=p20, p50_s=p50, p80_s=p80, bytes=scale * nbytes, flops=scale * flops,
+        **({info.baselines[case.provider].knob: knob} if knob is not None else {}))
+
+
+def _quantile(sorted_data, q: float) -> float:
+    """Linear-interpolation quantile of sorted data (numpy's default)."""
+    pos = q * (len(sorted_data) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_data) - 1)
+    return sorted_data[lo] + (sorted_data[hi] - sorted_data[lo]) * (pos - lo)
+
+
+def device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(*args) -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                                cwd=__file__.rsplit("/", 2)[0]).stdout.strip()
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=ROOT)
     except OSError:
-        commit = ""
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@functools.cache
+def commit(files: tuple = ()) -> str:
+    """HEAD, with "+dirty" when the timing code (this file) or one of `files` differs from it: then
+    the row measured code that no commit has."""
+    head = _git("rev-parse", "HEAD") or os.environ.get("SDEKERNELS_COMMIT", "")
+    changed = head and _git("status", "--porcelain", "--untracked-files=no", "--",
+                            os.path.relpath(__file__, ROOT), *files)
+    return head + ("+dirty" if changed else "")
+
+
+def op_commit(info) -> str:
+    """The last commit that changed the op's code (OpInfo.sources), or "" outside a git checkout."""
+    return _sources_commit(tuple(info.sources()))
+
+
+@functools.cache
+def _sources_commit(files: tuple) -> str:
+    return _git("log", "-1", "--format=%H", "--", *files)
+
+
+# ---------------------------------------------------------------- pytest glue
+
+
+class Plugin:
+    """The bench's pytest options and parametrisation (benchmarks/conftest.py installs these hooks;
+    `python -m sdekernels bench` passes this class to pytest.main as a plugin)."""
+
+    @staticmethod
+    def pytest_addoption(parser):
+        g = parser.getgroup("sdekernels bench")
+        g.addoption("--bench-size", default=None, choices=SIZES,
+                    help="quick shapes, every bench shape, or the tiny typical test shape "
+                         "(default: bench on a GPU, quick on CPU)")
+        g.addoption("--bench-op", action="append", help="only this op (repeatable)")
+        g.addoption("--bench-shape", action="append", help="only shapes whose label starts with this")
+        g.addoption("--bench-mode", action="append", choices=MODES, help="only this mode (repeatable)")
+        g.addoption("--bench-provider", action="append", help="only this provider (repeatable)")
+        g.addoption("--bench-no-compile", action="store_true", help="leave out the compiled reference")
+        g.addoption("--bench-device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
+        g.addoption("--bench-dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+        g.addoption("--bench-cpu-time", action="store_true",
+                    help="time by the process's CPU time (CPU, one thread: a shared, loaded machine)")
+        g.addoption("--bench-threads", type=int, help="torch.set_num_threads first")
+        g.addoption("--bench-budget", type=float, default=3.0, help="seconds of timed rounds per case (5 to 31)")
+
+    @staticmethod
+    def pytest_generate_tests(metafunc):
+        if "case" not in metafunc.fixturenames:
+            return
+        opt = metafunc.config.getoption
+        device = _device(opt("bench_device"))
+        if opt("bench_threads"):
+            torch.set_num_threads(opt("bench_threads"))
+        size = opt("bench_size") or ("bench" if device.type == "cuda" else "quick")
+        todo = cases(opt("bench_op"), size=size, compile_ref=not opt("bench_no_compile"), shapes=opt("bench_shape"),
+                     modes=opt("bench_mode"), providers=opt("bench_provider"))
+        timer = clock(device, opt("bench_cpu_time"))
+        metafunc.parametrize("case", [
+            pytest.param(c, id=c.id, marks=pytest.mark.benchmark(group=f"{c.op}-{c.label}-{c.mode}", timer=timer))
+            for c in todo])
+
+
+def _device(name):
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def test_bench(benchmark, case, request):
+    """One case of the bench (collected from benchmarks/ or by `python -m sdekernels bench`)."""
+    opt = request.config.getoption
+    device = _device(opt("bench_device"))
+    timer = request.node.get_closest_marker("benchmark").kwargs["timer"]
+    bench_case(benchmark, case, device=device, dtype=getattr(torch, opt("bench_dtype")), timer=timer,
+               budget_s=opt("bench_budget"), warmup_s=0.5 if device.type == "cuda" else 0.0)
+
+
+# ---------------------------------------------------------------- the front end: pytest, then rows
+
+
+def run(names=None, *, size="quick", device=None, dtype="float32", compile_ref=True, cpu_time=False, threads=None,
+        shapes=None, modes=None, providers=None, budget_s=3.0, json_path=None, quiet=True, extra_args=()) -> dict:
+    """Run the bench through pytest-benchmark (this module's test_bench, in this process) and return
+    its JSON (machine_info, commit_info, benchmarks with extra_info). Raises RuntimeError when a case
+    fails."""
+    import tempfile
+
+    args = [os.path.abspath(__file__), "-p", "no:cacheprovider", "--benchmark-only", "-o", "python_files=*.py",
+            "--bench-size", size, "--bench-dtype", str(dtype).replace("torch.", ""), "--bench-budget", str(budget_s)]
+    args += ["-q", "--benchmark-disable-gc"] if quiet else []
+    for flag, values in (("--bench-op", names), ("--bench-shape", shapes), ("--bench-mode", modes),
+                         ("--bench-provider", providers)):
+        for v in values or ():
+            args += [flag, v]
+    args += ["--bench-device", str(device)] if device else []
+    args += ["--bench-no-compile"] if not compile_ref else []
+    args += ["--bench-cpu-time"] if cpu_time else []
+    args += ["--bench-threads", str(threads)] if threads else []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = json_path or os.path.join(tmp, "bench.json")
+        code = pytest.main([*args, f"--benchmark-json={out}", *extra_args], plugins=[Plugin])
+        if code not in (0,):
+            raise RuntimeError(f"the bench failed (pytest exit code {int(code)})")
+        with open(out) as f:
+            return json.load(f)
+
+
+def rows(data: dict) -> list[dict]:
+    """One row per benchmark of a pytest-benchmark JSON, in milliseconds and MB, with the ratios of
+    each (op, shape, mode): speedup (the reference's median over ours), vs_compiled (the compiled
+    reference's), vs_best (the fastest of every other provider's, named in best_alternative)."""
+    out = []
+    for b in data["benchmarks"]:
+        e, st = b["extra_info"], b["stats"]
+        r = {"op": e["op"], "shape": e["shape"], "mode": e["mode"], "impl": e["provider"], "dtype": e["dtype"],
+             "device": e["device"], "ms": 1e3 * st["median"], "ms_q1": 1e3 * st["q1"], "ms_q3": 1e3 * st["q3"],
+             "ms_p20": 1e3 * e["p20_s"], "ms_p80": 1e3 * e["p80_s"], "runs": st["rounds"],
+             "first_call_ms": 1e3 * e["first_call_s"], "peak_MB": e["peak_bytes"] / 2**20,
+             "GBs": e["bytes"] / st["median"] / 1e9, "TFLOPs": e["flops"] / st["median"] / 1e12,
+             "commit": e["commit"], "op_commit": e["op_commit"], "timer": b["options"].get("timer")}
+        r.update({k: v for k, v in e.items() if k == "niter"})
+        out.append(r)
+    return with_ratios(out)
+
+
+def with_ratios(rs: list[dict]) -> list[dict]:
+    groups = {}
+    for r in rs:
+        groups.setdefault((r["op"], r["shape"], r["mode"]), {})[r["impl"]] = r
+    for impls in groups.values():
+        ours = impls.get("sdekernels")
+        for k in ("speedup", "vs_compiled", "vs_best", "best_alternative"):
+            for r in impls.values():
+                r.pop(k, None)
+        if not ours:
+            continue
+        for r in impls.values():
+            if "reference" in impls:
+                r["speedup"] = impls["reference"]["ms"] / r["ms"]
+        if COMPILED in impls:
+            ours["vs_compiled"] = impls[COMPILED]["ms"] / ours["ms"]
+        others = [i for i in impls if i != "sdekernels"]
+        if others:
+            best = min(others, key=lambda i: impls[i]["ms"])
+            ours["vs_best"], ours["best_alternative"] = impls[best]["ms"] / ours["ms"], best
+    return rs
+
+
+def environment(data: dict | None = None) -> dict:
+    from . import __version__, _core, _ext
     tri = None
     if _core.HAS_TRITON:
         import triton
         tri = triton.__version__
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": tri, "python": platform.python_version(),
-            "extension": _ext.status(), "commit": commit or os.environ.get("SDEKERNELS_COMMIT"), "limits": limits,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    env = {"sdekernels": __version__, "torch": torch.__version__, "cuda": torch.version.cuda, "triton": tri,
+           "python": platform.python_version(), "extension": _ext.status(), "commit": commit(),
+           "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if data:
+        env["machine"] = {k: data["machine_info"].get(k) for k in ("node", "processor", "machine", "python_version")}
+    return env
 
 
 _LABELS = {"vs_compiled": "vs compiled ref", "vs_best": "vs best alternative"}
@@ -291,65 +598,98 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else ("-" if isinstance(v, float) else str(v))
 
 
-def table(rows) -> str:
-    cols = ["op", "shape", "pass", "impl", "ms", "speedup", "vs_compiled", "vs_best", "peak_MB", "GBs", "bw_frac",
-            "TFLOPs", "flop_frac"]
+def table(rs) -> str:
+    cols = ["op", "shape", "mode", "impl", "ms", "first_call_ms", "speedup", "vs_compiled", "vs_best", "peak_MB",
+            "GBs", "TFLOPs"]
     cells = [[_LABELS.get(c, c) for c in cols]]
-    cells += [[r["error"] if c == "ms" and "error" in r else _fmt(r.get(c, "")) for c in cols] for r in rows]
+    cells += [[_fmt(r.get(c, "")) for c in cols] for r in rs]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
 
 
-def markdown(rows) -> str:
-    """One line per case: our time, the reference's and the best alternative's, the ratios against
-    each (medians of interleaved per-round ratios; vs best alternative with its quartiles)."""
-    head = ("| op | shape | pass | sdekernels ms (quartiles) | reference ms | best alternative (ms) | vs reference "
-            "| vs compiled ref | vs best alternative (quartiles) | peak MB (ours / ref) |")
+def headline(rs) -> list[dict]:
+    """Per (op, shape) the rows of one mode: full where the shape times a backward, else fwd."""
+    full = {(r["op"], r["shape"]) for r in rs if r["mode"] == "full"}
+    return [r for r in rs if r["mode"] == ("full" if (r["op"], r["shape"]) in full else "fwd")]
+
+
+def _short(commit_: str) -> str:
+    return commit_[:7] + ("+dirty" if commit_.endswith("+dirty") else "")
+
+
+def markdown(rs) -> str:
+    """One line per (op, shape, mode): our time with its quartiles, the reference's and the best
+    alternative's, the ratios of medians against each, peak memory, and the commit the row was
+    measured at."""
+    head = ("| op | shape | mode | sdekernels ms (quartiles) | reference ms | best alternative (ms) | vs reference "
+            "| vs compiled ref | vs best alternative | peak MB (ours / ref) | measured at |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     by_case = {}
-    for r in rows:
-        by_case.setdefault((r["op"], r["shape"], r["pass"]), {})[r["impl"]] = r
+    for r in rs:
+        by_case.setdefault((r["op"], r["shape"], r["mode"]), {})[r["impl"]] = r
     x = lambda v: f"{v:.2f}x" if isinstance(v, float) and math.isfinite(v) else "-"  # noqa: E731
-    for (op, shape, pas), impls in by_case.items():
+    for (op, shape, mode), impls in by_case.items():
         ours, ref = impls.get("sdekernels", {}), impls.get("reference", {})
         if "ms" not in ours:
-            lines.append(f"| {op} | {shape} | {pas} | {ours.get('error', '-')} | | | | | | |")
             continue
-        best = impls.get(ours.get("best_alternative"), {})
+        alt = ours.get("best_alternative", "-")
+        alt_name = f"{alt} (niter={impls[alt]['niter']})" if "niter" in impls.get(alt, {}) else alt
+        best = impls.get(alt, {})
         lines.append(
-            f"| {op} | {shape} | {pas} | {_fmt(ours['ms'])} ({_fmt(ours['ms_q1'])}–{_fmt(ours['ms_q3'])}) "
-            f"| {_fmt(ref.get('ms', float('nan')))} "
-            f"| {ours.get('best_alternative', '-')} ({_fmt(best.get('ms', float('nan')))}) "
-            f"| {x(ours.get('speedup'))} | {x(ours.get('vs_compiled'))} "
-            f"| **{x(ours.get('vs_best'))}** ({x(ours.get('vs_best_q1'))}–{x(ours.get('vs_best_q3'))}) "
-            f"| {_fmt(ours['peak_MB'])} / {_fmt(ref.get('peak_MB', float('nan')))} |")
+            f"| {op} | {shape} | {mode} | {_fmt(ours['ms'])} ({_fmt(ours['ms_q1'])}–{_fmt(ours['ms_q3'])}) "
+            f"| {_fmt(ref.get('ms', float('nan')))} | {alt_name} ({_fmt(best.get('ms', float('nan')))}) "
+            f"| {x(ours.get('speedup'))} | {x(ours.get('vs_compiled'))} | **{x(ours.get('vs_best'))}** "
+            f"| {_fmt(ours['peak_MB'])} / {_fmt(ref.get('peak_MB', float('nan')))} | {_short(ours['commit'])} |")
     return "\n".join(lines)
 
 
-def write_json(path: str, rows, limits) -> None:
-    with open(path, "w") as f:
-        json.dump({"environment": environment(limits), "rows": rows}, f, indent=1, default=str)
+CSV_COLUMNS = ["kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name",
+               "x_value", "y_value_20", "y_value_50", "y_value_80", "dtype", "device", "version", "commit"]
 
 
-def plot(rows, path: str, title: str = "") -> None:
-    """Bar chart of the speedup over the reference of every implementation, per op and shape."""
+def csv_rows(rs) -> list[dict]:
+    """Liger-Kernel's benchmark columns: per row a speed line (ms at p20/p50/p80) and a memory line
+    (peak MB, one measurement: the three equal). x is the shape label."""
+    from . import __version__
+    out = []
+    for r in rs:
+        base = {"kernel_name": r["op"], "kernel_provider": r["impl"], "kernel_operation_mode": r["mode"],
+                "x_name": "shape", "x_value": r["shape"], "dtype": r["dtype"], "device": r.get("device", ""),
+                "version": __version__, "commit": r.get("commit", "")}
+        out.append({**base, "metric_name": "speed", "metric_unit": "ms", "y_value_20": r["ms_p20"],
+                    "y_value_50": r["ms"], "y_value_80": r["ms_p80"]})
+        out.append({**base, "metric_name": "memory", "metric_unit": "MB", "y_value_20": r["peak_MB"],
+                    "y_value_50": r["peak_MB"], "y_value_80": r["peak_MB"]})
+    return out
+
+
+def write_csv(path: str, rs) -> None:
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(csv_rows(rs))
+
+
+def plot(rs, path: str, title: str = "") -> None:
+    """Bar chart of the speedup over the reference of every implementation, per op, shape and mode."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = list(dict.fromkeys((r["op"], r["shape"], r["pass"]) for r in rows))
-    impls = [i for i in dict.fromkeys(r["impl"] for r in rows) if i != "reference"]
-    speed = {(r["op"], r["shape"], r["pass"], r["impl"]): r.get("speedup", float("nan")) for r in rows}
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cases) + 2), 4.5))
+    cases_ = list(dict.fromkeys((r["op"], r["shape"], r["mode"]) for r in rs))
+    impls = [i for i in dict.fromkeys(r["impl"] for r in rs) if i != "reference"]
+    speed = {(r["op"], r["shape"], r["mode"], r["impl"]): r.get("speedup", float("nan")) for r in rs}
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cases_) + 2), 4.5))
     width = 0.8 / max(1, len(impls))
     for j, impl in enumerate(impls):
-        ax.bar([i + j * width for i in range(len(cases))], [speed.get((*c, impl), float("nan")) for c in cases],
+        ax.bar([i + j * width for i in range(len(cases_))], [speed.get((*c, impl), float("nan")) for c in cases_],
                width, label=impl)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.set_ylabel("speedup over the reference (log)")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
-    ax.set_xticklabels([f"{o}\n{s}\n{p}" for o, s, p in cases], fontsize=6, rotation=30, ha="right")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases_))])
+    ax.set_xticklabels([f"{o}\n{s}\n{p}" for o, s, p in cases_], fontsize=6, rotation=30, ha="right")
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -3,6 +3,10 @@
 An op module registers its entry beside its kernels (`register(OpInfo(...))`); adding an op is
 writing its kernel, its backward and that one entry.
 """
+import inspect
+import os
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,7 +67,7 @@ class OpInfo:
     batch_key: str | None = "batch"  # shape key of the leading batch dim (non-finite isolation test)
     valid: Callable | None = None    # valid(shape) -> bool, to filter the hypothesis shapes
     canon: Callable | None = None    # canon(output) -> what is compared (e.g. sign-free SVD factors)
-    baselines: dict = field(default_factory=dict)  # {label: fn called like the op} timed beside the reference
+    baselines: dict = field(default_factory=dict)  # {label: fn called like the op, or a Tuned}, timed beside it
     constant: tuple = ()             # positions in Sample.tensors() that take no gradient (e.g. a detached target)
     own_dims: dict = field(default_factory=dict)  # {argument: how many trailing dims are the op's own, the rest batch}
                                        # where a shape without "batch" still has batch dims (e.g. channels)
@@ -72,6 +76,10 @@ class OpInfo:
     # Every scale (SPEC §10): scaling(shape) -> (positions in Sample.tensors() multiplied by s, the degree d
     # of each flat output: out(s·x) = s^d·out(x)), or None where that sample is not homogeneous.
     scaling: Callable | None = None
+    # Data regimes of `python -m sdekernels aot`: shape updates under which `make` draws data taking each
+    # data-dependent path of the host code (a solver, a rank); the capture runs the op at every
+    # shape once per regime, on that data. Empty: the host code reads no data that changes a launch.
+    regimes: tuple = ()
     typical: int = 1                 # index in `shapes` of the typical shape (see typical_shape)
     # The GPU-sized shape, where the emulated CUDA launches (python_tests/test_triton.py) and the GPU
     # tests (test_gpu.py) run the op: big enough that every kernel takes each path of its CUDA launch
@@ -119,6 +127,61 @@ class OpInfo:
         """The sample's tensors as fresh leaves, requiring grad where the op is differentiable in them."""
         return sample.with_tensors([t.detach().requires_grad_(self.differentiable and i not in self.constant)
                                     for i, t in enumerate(sample.tensors())])
+
+
+    def sources(self) -> list[str]:
+        """The files of the op's CPU code, relative to the repository: the module that defines the op,
+        the sdekernels modules it takes names from (not this registry), the C++ functions it calls
+        through the extension (the CPU implementations bindings.cpp names) and the headers those
+        include. A change to any of them makes a measurement of the op out of date."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        module = sys.modules[inspect.unwrap(self.op).__module__]
+        mods = {module} | {sys.modules[getattr(v, "__module__", None) or v.__name__] for v in vars(module).values()
+                           if inspect.ismodule(v) or inspect.isfunction(v) or inspect.isclass(v)}
+        files = {os.path.abspath(m.__file__) for m in mods if m.__name__.startswith("sdekernels")
+                 and m.__name__ != __name__ and getattr(m, "__file__", None)}
+        called = set()
+        for f in files:
+            called |= set(re.findall(r"torch\.ops\.sdekernels_C\.(\w+)", open(f).read()))
+        csrc = os.path.join(root, "csrc")
+        if called and os.path.isfile(os.path.join(csrc, "bindings.cpp")):
+            text = open(os.path.join(csrc, "bindings.cpp")).read()
+            cpu_block = text.split("TORCH_LIBRARY_IMPL(sdekernels_C, CPU", 1)[-1].split("}", 1)[0]
+            impls = {f for name, f in re.findall(r'm\.impl\("(\w+)", &sdekernels::(\w+)\)', cpu_block)
+                     if name in called}
+            for f in list(impls):  # a wrapper in bindings.cpp: the CPU twins it dispatches to
+                body = re.search(rf"static [^;{{]*\b{f}\((.*?)\n}}\n", text, re.S)
+                if body:
+                    files.add(os.path.join(csrc, "bindings.cpp"))
+                    impls |= {t + "_cpu" for t in re.findall(r"SDK_TWIN\((\w+)", body.group(1))}
+            for cpp in sorted(os.listdir(os.path.join(csrc, "cpu"))):
+                path = os.path.join(csrc, "cpu", cpp)
+                code = open(path).read()
+                if any(re.search(rf"\b{f}\s*\(", code) for f in impls):
+                    files.add(path)
+                    headers = re.findall(r'#include "\.\./(\w+\.h)"', code)
+                    files |= {os.path.join(csrc, h) for h in headers if h != "ops.h"}  # ops.h: declarations only
+        return sorted(os.path.relpath(f, root) for f in files)
+
+
+@dataclass
+class Tuned:
+    """A baseline with a knob, run at the first of `values` whose output meets the op's accuracy bar
+    on the sample (e.g. torch.svd_lowrank at the smallest niter that meets SPEC §1): a comparison at
+    equal accuracy. make(value) -> a function called like the op; ok(sample, output) -> bool."""
+    make: Callable
+    values: tuple
+    ok: Callable
+    knob: str = "value"
+
+    def resolve(self, sample: "Sample"):
+        """(function, value) at the first value that meets the bar; (last, None) where none does."""
+        for v in self.values:
+            torch.manual_seed(0)
+            fn = self.make(v)
+            if self.ok(sample, sample.call(fn)):
+                return fn, v
+        return self.make(self.values[-1]), None
 
 
 OPS: dict[str, OpInfo] = {}

@@ -98,6 +98,15 @@ if HAS_TRITON:
         tl.store(C + b * sc0 + rm[:, None] * sc1 + rn[None, :] * sc2, acc.to(C.dtype.element_ty),
                  mask=(rm[:, None] < M) & (rn[None, :] < N))
 
+    def _bmm_host(A, B, C, *_, **__):
+        """What _bmm_kernel computes, in ATen: its result where `python -m sdekernels aot` records a
+        launch on real data instead of running it, so that the host code after it (the solvers'
+        data-dependent paths) sees the numbers it would see on a GPU."""
+        acc = torch.float64 if C.dtype == torch.float64 else torch.float32
+        C.copy_(torch.matmul(A.to(acc), B.to(acc)))
+
+    _bmm_kernel.host = _bmm_host
+
 
 def _bstride(x: Tensor, i: int) -> int:
     return x.stride(i) if x.shape[i] != 1 else 0
@@ -890,6 +899,32 @@ def planted(batch, m, n, k, gen, *, ratio=0.8, tail=1e-10, rank=None):
                        3.0 * tail * 0.9 ** torch.arange(r - rank, dtype=torch.float64)])
         U, V = _orth(m, r, gen), _orth(n, r, gen)
         out.append((U * s) @ V.T)
+    F = torch.stack(out)
+    return F if batch else F[0]
+
+
+SPECTRA = ("zero", "flat", "spiked", "slow")
+
+
+def spectrum(batch, m, n, k, kind, gen):
+    """float64 test data [batch..., m, n] whose spectrum takes one path of the top-k solvers (cheap at
+    any size: no full QR): "zero"; "flat" (unit Gaussian noise: the Marchenko–Pastur bulk, no gap
+    anywhere, which the subspace iteration hands to the Gram solver); "spiked" (k values 8× the
+    bulk's edge: the subspace iteration's first test passes); "slow" (k values at 3.3× the edge over a
+    plateau of 2k + 16 at 3×: a gap of 1.1, where the Krylov space takes over)."""
+    if kind not in SPECTRA:
+        raise ValueError(f"kind must be one of {SPECTRA}, got {kind!r}")
+    if kind == "zero":
+        return torch.zeros((*([batch] if batch else []), m, n), dtype=torch.float64)
+    edge, r = math.sqrt(m) + math.sqrt(n), min(m, n)
+    top = {"flat": [], "spiked": [8.0] * k, "slow": [3.3] * k + [3.0] * (2 * k + 16)}[kind][:r]
+    out = []
+    for _ in range(max(batch, 1)):
+        X = torch.randn((m, n), generator=gen, dtype=torch.float64)
+        if top:
+            s = edge * torch.tensor(top, dtype=torch.float64)
+            X = X + (_orth(m, len(top), gen) * s) @ _orth(n, len(top), gen).T
+        out.append(X)
     F = torch.stack(out)
     return F if batch else F[0]
 

@@ -209,9 +209,9 @@ def _norm_parts(z: Tensor, normalize: bool):
     if not normalize:
         return x, None
     top = max_abs(x, (-1,))
-    # On CPU (a check costs no device sync there; not under CUDA emulation, which runs the GPU's host
-    # code): where no square can overflow or underflow, ‖z‖ itself equals c·‖z/c‖ to rounding and the
-    # passes that divide by c are saved (c = 1).
+    # On CPU (a check costs no device sync there; not where CPU tensors take the GPU's path: CUDA
+    # emulation and the aot capture): where no square can overflow or underflow, ‖z‖ itself equals
+    # c·‖z/c‖ to rounding and the passes that divide by c are saved (c = 1).
     if not cuda_like(x) and x.shape[-1] and bool(((top >= 2.0 ** -_RAW_LOG2) & (top <= 2.0 ** _RAW_LOG2)).all()):
         norm = x.norm(dim=-1, keepdim=True)
         return x / norm, (x.new_ones(()), norm)

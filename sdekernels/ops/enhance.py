@@ -37,7 +37,7 @@ from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, w
 from ..registry import F64, OpInfo, Sample, register
 from ..schedules import alpha as _alpha
 from ._spectral import (DEFAULT_SEED, IQR_C, OVERSAMPLE, draw_xi, energies, enhance_coefs, fast_gram, full_delta,
-                        gram_eigh, lorentz, mm_for, partition_counts, planted, safe_inv, scaled_rows, topk,
+                        gram_eigh, lorentz, mm_for, partition_counts, planted, safe_inv, scaled_rows, spectrum, topk,
                         truncated_grad, use_gram)
 from .svd import Decomposition, SpectralPartition
 
@@ -440,7 +440,11 @@ def _make(shape, device, dtype, gen):
     """A planted signal (strong and weak values) over a noise tail at 1e-3 of σ_1: partition margins
     far above gradcheck's steps."""
     b, m, n, s = shape.get("batch", 0), shape["m"], shape["n"], shape.get("s", 4)
-    F = planted(b, m, n, s, gen, ratio=shape.get("ratio", 0.6), tail=1e-3).to(device=device, dtype=dtype)
+    if "rank" in shape:  # a spike of that many values over Gaussian noise: about as many signal values
+        F = spectrum(b, m, n, shape["rank"], "spiked" if shape["rank"] else "zero", gen)
+    else:
+        F = planted(b, m, n, s, gen, ratio=shape.get("ratio", 0.6), tail=1e-3)
+    F = F.to(device=device, dtype=dtype)
     kwargs = {k: shape[k] for k in ("mode", "rho", "gamma_noise", "center") if k in shape}
     t = shape.get("t", 0.6)
     if shape.get("direction", True):
@@ -489,4 +493,7 @@ register(OpInfo(
            *[{"batch": 0, "m": B, "n": D, "backward": True} for B in (1024, 4096) for D in (512, 768, 1024)],
            {"batch": 64, "m": 256, "n": 256, "backward": True}],
     cost=_cost,
+    # ranks k = max n_signal of each class of the k-wide launches (tile 16, 32 or 64; k = 1, a multiple
+    # of 16 or neither: Triton specialises both), and none
+    regimes=tuple({"rank": k} for k in (0, 1, 5, 16, 24, 32, 40, 48)),
 ))

@@ -135,6 +135,16 @@ def augment(x: torch.Tensor, rng: np.random.Generator, ops, amp_mix: float, amp_
     return mix_pixels(ops, x, x[torch.from_numpy(rng.permutation(B))], lam)
 
 
+def batch_loss(model: Adapter, ops, shots: torch.Tensor, targets: torch.Tensor, step: int, args):
+    """Training batch ``step`` (a pure function of --seed and step): its augmented shots' cross-entropy
+    over the base classes → (loss, logits, targets)."""
+    idx = torch.from_numpy(common.epoch_batch(args.seed, step, args.batch_size, len(shots)))
+    x = augment(shots[idx], np.random.default_rng([args.seed, 3, step]), ops, args.amp_mix, args.amp_alpha)
+    device = model.ctx.device
+    logits = model.logits(x.to(device), BASE)
+    return Fn.cross_entropy(logits, targets[idx].to(device)), logits, targets[idx]
+
+
 @torch.no_grad()
 def accuracy(model: Adapter, x, y, classes, device, batch=500) -> float:
     if len(x) == 0:
@@ -179,8 +189,8 @@ def load_clip(init: Path, device, dtype=torch.float32):
     return clip.to(device, dtype).eval(), templates
 
 
-@common.main_entry
-def main(argv=None) -> int:
+def arguments():
+    """The command line's parser (its defaults are the driver's)."""
     p = common.parser("farl", __doc__.split("\n")[0], steps=100, batch_size=32, lr=5e-4)
     p.add_argument("--init", required=True, help="output directory of `train sde` (reads DIR/model.pt)")
     p.add_argument("--method", choices=("farl", "coop"), default="farl")
@@ -191,6 +201,12 @@ def main(argv=None) -> int:
                    help="probability that a shot's Fourier amplitude is mixed with another shot's (FACT augmentation)")
     p.add_argument("--amp-alpha", type=common.float_range(0.0, 1.0), default=1.0,
                    help="FACT's alpha: the mixing weight is drawn from U(0, alpha)")
+    return p
+
+
+@common.main_entry
+def main(argv=None) -> int:
+    p = arguments()
     args = p.parse_args(argv)
     if not data.have_fashion_mnist():
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
@@ -236,15 +252,12 @@ def main(argv=None) -> int:
     targets = torch.as_tensor([BASE.index(int(c)) for c in train_y])
 
     def step_fn(step):
-        idx = torch.from_numpy(common.epoch_batch(args.seed, step, args.batch_size, len(train_x)))
-        x = augment(train_x[idx], np.random.default_rng([args.seed, 3, step]), ops, args.amp_mix, args.amp_alpha)
-        logits = model.logits(x.to(device), BASE)
-        loss = Fn.cross_entropy(logits, targets[idx].to(device))
+        loss, logits, y = batch_loss(model, ops, train_x, targets, step, args)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        acc = (logits.argmax(-1).cpu() == targets[idx]).double().mean()
+        acc = (logits.argmax(-1).cpu() == y).double().mean()
         return {"loss": float(loss.detach()), "train_acc": float(acc)}
 
     t0 = time.perf_counter()

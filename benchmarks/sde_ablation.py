@@ -72,13 +72,12 @@ def platform() -> dict:
 
 def head() -> str:
     """HEAD's commit, refusing a tree whose code differs from it (the record must name its code)."""
-    root = HERE.parent
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "sdekernels", "csrc",
-                            "reference", "benchmarks/sde_ablation.py"], cwd=root, capture_output=True, text=True)
-    if dirty.returncode != 0 or dirty.stdout.strip():
-        raise SystemExit("the record names the commit it was measured at: commit the code first\n" + dirty.stdout)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    from sdekernels.bench import commit
+
+    at = commit(("sdekernels", "csrc", "reference", "benchmarks/sde_ablation.py"))
+    if not at or at.endswith("+dirty"):
+        raise SystemExit(f"the record names the commit it was measured at: commit the code first ({at or 'no git'})")
+    return at
 
 
 def lookup(summary: dict, key: str):

@@ -126,13 +126,13 @@ def test_ablation_record_names_its_commit():
         assert shallow == "true", f"the ablation record's commit {record['commit']} is not in this history"
 
 
-@pytest.mark.skipif(not have_fashion_mnist(), reason="needs Fashion-MNIST")
 def test_ablation_record_reproduces_at_head(tmp_path, monkeypatch):
     """One recorded cell (full SDE, seed 0: the SVD, partition, enhancement, both spectral terms and
     info_nce), trained again at HEAD, equals the record bit for bit. A change of the numerics fails
     here until the record is measured again (`python benchmarks/sde_ablation.py --run --fresh`).
     Bit-for-bit holds on the CPU capability and torch the record names; elsewhere torch dispatches to
     other kernels, so the test says so and skips."""
+    require(have_fashion_mnist(), "Fashion-MNIST")
     mod = _script()
     record = mod.load_record()
     here = mod.platform()

@@ -529,7 +529,14 @@ def run(names=None, *, size="quick", device=None, dtype="float32", compile_ref=T
     args += ["--bench-threads", str(threads)] if threads else []
     with tempfile.TemporaryDirectory() as tmp:
         out = json_path or os.path.join(tmp, "bench.json")
-        code = pytest.main([*args, f"--benchmark-json={out}", *extra_args], plugins=[Plugin])
+        # A bench started from inside a pytest-xdist worker (a test that runs it) inherits the worker's
+        # marker, which pytest-benchmark reads as "xdist is on" and then disables every benchmark.
+        worker = os.environ.pop("PYTEST_XDIST_WORKER", None)
+        try:
+            code = pytest.main([*args, f"--benchmark-json={out}", *extra_args], plugins=[Plugin])
+        finally:
+            if worker is not None:
+                os.environ["PYTEST_XDIST_WORKER"] = worker
         if code not in (0,):
             raise RuntimeError(f"the bench failed (pytest exit code {int(code)})")
         with open(out) as f:

@@ -244,3 +244,19 @@ def randn(shape, device, dtype, gen, scale=1.0, shift=0.0):
 def rand(shape, device, dtype, gen, lo=0.0, hi=1.0):
     x = torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo
     return x.to(device=device, dtype=dtype)
+
+
+def grad_error(name: str, seed: int = 0) -> float:
+    """The op's float64 gradients at its typical shape against its reference's autograd: the largest
+    difference relative to the reference gradient's largest entry, over every input (one random
+    cotangent for every output). `check` holds the forwards; this holds a backward."""
+    info = all_ops()[name]
+    s = info.make(info.typical_shape, torch.device("cpu"), F64, torch.Generator().manual_seed(seed))
+    got = []
+    for fn in (info.op, info.ref):
+        leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in s.tensors()]
+        outs = [o for o in flat(s.with_tensors(leaves).call(fn)) if o.requires_grad]
+        g = torch.Generator().manual_seed(seed + 1)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+        got.append(torch.autograd.grad(loss, [x for x in leaves if x.requires_grad], allow_unused=True))
+    return max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(*got) if a is not None)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _triton as kt
-from .. import reference as ref
+from .._fallback import ref
 from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like,
                      max_abs, next_pow2, pow2_of, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from .. import reference as ref
+from .._fallback import ref
 from . import _triton as kt
 from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, work_dtype
 from ..registry import F64, OpInfo, Sample, register

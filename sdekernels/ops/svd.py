@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from .. import reference as ref
+from .._fallback import ref
 from .._core import check, check_int, check_real, cuda_like, grad_like, pow2_scale, work_dtype
 from ..registry import F64, OpInfo, Sample, Tuned, register
 from ._spectral import (DEFAULT_SEED, SPECTRA, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,

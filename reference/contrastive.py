@@ -384,7 +384,10 @@ class SDELoss(torch.nn.Module):
         # 3. instance term (local: this rank's rows against the gathered columns)
         if self.local_loss:  # without a process group: offset 0, every row (the global loss)
             b, off = image_features.shape[-2], rank_offset(image_features)
-            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad else (E_a.detach(), E_b.detach())
+            cols_a, cols_b = E_a, E_b
+            if not self.gather_with_grad and _distributed():  # open_clip: other ranks' columns are constants
+                cols_a, cols_b = (torch.cat([E[..., :off, :].detach(), E[..., off:off + b, :],
+                                             E[..., off + b:, :].detach()], -2) for E in (E_a, E_b))
             loss_inst = ops.local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,
                                            self.temperature, logit_scale=logit_scale)
         else:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._core import check, check_int, check_real, without_autocast, work_dtype
-from .ops._spectral import draw_xi, seeded_xi
+from .ops._spectral import draw_xi, safe_inv, seeded_xi
 from .ops.contrastive import gather_batch, info_nce, local_info_nce, rank_offset
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_decomposed
@@ -44,6 +44,51 @@ BACKENDS = {
     "linalg": types.SimpleNamespace(name="linalg", decompose=_linalg_decompose, partition=spectral_partition,
                                     enhance=enhance_decomposed),
 }
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
+
+
+def _live_rows(E: Tensor, start: int, count: int) -> Tensor:
+    """E with gradient through rows start..start+count only (this rank's): the other ranks' rows are
+    constants, as the columns of open_clip's local loss gathered without gradient."""
+    rows = torch.arange(E.shape[-2], device=E.device)
+    mine = ((rows >= start) & (rows < start + count)).unsqueeze(-1)
+    return torch.where(mine, E, E.detach())
+
+
+class _AllReduce(torch.autograd.Function):
+    """The sum of x over the ranks. Backward: every rank's loss reads the sum, so a rank's share
+    receives the sum of the ranks' gradients (live=True: gather_with_grad's convention), or only
+    its own rank's (live=False: the other ranks' shares are constants there)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, live: bool) -> Tensor:
+        ctx.live = live
+        y = x.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        if ctx.live:
+            g = g.clone(memory_format=torch.contiguous_format)
+            torch.distributed.all_reduce(g)
+        return g, None
+
+
+def _global_decompose(X: Tensor, live: bool) -> Decomposition:
+    """The thin SVD of the rows of X [..., b, d] of every rank stacked, without gathering them: σ and V
+    from the eigendecomposition of the all-reduced float64 Gram Σ_r X_rᵀX_r [..., d, d], and this rank's
+    rows of U = X V diag(1/σ). Needs at least d rows over all ranks (else σ has fewer than d values)."""
+    w = work_dtype(X.dtype)
+    Xd = X.double()
+    lam, W = torch.linalg.eigh(_AllReduce.apply(Xd.mT @ Xd, live))
+    S, V = lam.flip(-1).clamp_min(0).sqrt(), W.flip(-1)
+    U = (Xd @ V) * safe_inv(S, S[..., :1]).unsqueeze(-2)
+    return Decomposition(U.to(w), S.to(w), V.to(w))
 
 
 def _local_info_nce(z_a, z_b, all_a, all_b, offset, temperature, logit_scale):
@@ -90,6 +135,10 @@ class SDELoss(torch.nn.Module):
     one-process gradient, which DDP's averaging turns into that of one process on the whole batch),
     else only this rank's slot is live. local_loss=True: the instance term takes this rank's rows
     against the gathered columns. cache_labels and rank are accepted for ClipLoss compatibility.
+    With more than one rank and a global batch B >= d (direction="random"), the features are not
+    gathered for the spectrum: σ and V come from the all-reduced d×d Gram (and row sums, center=True),
+    each rank enhances its own rows, and only the enhanced rows are gathered for the instance term
+    (SPEC §7); with B < d, or direction="adversarial", the features are gathered first.
 
     center=True: the partition, the enhancement and both spectral terms act on the row-centred
     features X = F − 1μᵀ (μ the batch mean), and F' = 1μᵀ + X'. spectral_terms: the terms summed in
@@ -248,6 +297,16 @@ class SDELoss(torch.nn.Module):
 
         E.register_hook(hook)
 
+    def _gram_rows(self, F: Tensor) -> Optional[int]:
+        """The global batch size B when this call gathers across more than one rank and B >= d: the
+        spectrum then comes from the all-reduced d×d Gram (SPEC §7), not from gathered features.
+        None otherwise, and with direction="adversarial" (its ξ reads the gradient of the gathered F')."""
+        if not (self.gather and _distributed()) or self.direction == "adversarial":
+            return None
+        count = torch.tensor(F.shape[-2], dtype=torch.int64, device=F.device)
+        torch.distributed.all_reduce(count)
+        return int(count) if int(count) >= F.shape[-1] else None
+
     # -- the loss -------------------------------------------------------------------------------
     def forward(self, image_features, text_features, logit_scale=None, logit_bias=None, output_dict=False, *,
                 step=None, **model_outputs):
@@ -264,15 +323,22 @@ class SDELoss(torch.nn.Module):
         t, step = self.progress(step)
         lam_t = _lam(t, self.lambda_start, self.lambda_end)
         F_a, F_b = image_features, text_features
-        if self.gather:
+        rows = self._gram_rows(F_a)  # the global batch when the spectrum comes from the all-reduced Gram
+        if self.gather and rows is None:
             F_a, F_b = gather_batch(F_a, self.gather_with_grad), gather_batch(F_b, self.gather_with_grad)
-        m, n = F_a.shape[-2:]
+        m, n = (rows, F_a.shape[-1]) if rows else F_a.shape[-2:]
         enhance = dict(eps_strong=self.eps_strong, gamma_weak=self.gamma_weak, gamma_noise=self.gamma_noise,
                        rho=self.rho, mode=self.mode)
 
         # 1. one decomposition per feature matrix (of X = F − 1μᵀ with center=True) and its partition
-        X = {key: F - F.mean(-2, keepdim=True) if self.center else F for key, F in (("a", F_a), ("b", F_b))}
-        d = {key: be.decompose(X[key]) for key in X}
+        if rows:  # this rank's rows: the global mean, σ and V from all-reduced sums, this rank's rows of U
+            live = self.gather_with_grad
+            X = {key: F - _AllReduce.apply(F.sum(-2, keepdim=True), live) / rows if self.center else F
+                 for key, F in (("a", F_a), ("b", F_b))}
+            d = {key: _global_decompose(X[key], live) for key in X}
+        else:
+            X = {key: F - F.mean(-2, keepdim=True) if self.center else F for key, F in (("a", F_a), ("b", F_b))}
+            d = {key: be.decompose(X[key]) for key in X}
         part = {key: be.partition(d[key].S, m, n, center=self.center) for key in X}
         # 2. the enhanced features F' from them
         xi = self._xi({key: d[key].S for key in X}, step)
@@ -283,9 +349,17 @@ class SDELoss(torch.nn.Module):
         (d_a, d_b), (part_a, part_b), (E_a, E_b) = (d["a"], d["b"]), (part["a"], part["b"]), (E["a"], E["b"])
 
         # 3. instance term (local: this rank's rows against the gathered columns)
-        if self.local_loss:  # without a process group: offset 0, every row (the global loss)
+        if rows:  # E holds this rank's rows only: gather them as the other path gathers F
+            cols_a, cols_b = (gather_batch(E, self.gather_with_grad) for E in (E_a, E_b))
+            if self.local_loss:
+                loss_inst = _local_info_nce(E_a, E_b, cols_a, cols_b, rank_offset(image_features), self.temperature,
+                                            logit_scale)
+            else:
+                loss_inst = info_nce(cols_a, cols_b, self.temperature, logit_scale=logit_scale)
+        elif self.local_loss:  # without a process group: offset 0, every row (the global loss)
             b, off = image_features.shape[-2], rank_offset(image_features)
-            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad else (E_a.detach(), E_b.detach())
+            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad or not _distributed() else \
+                (_live_rows(E, off, b) for E in (E_a, E_b))
             loss_inst = _local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,
                                         self.temperature, logit_scale)
         else:

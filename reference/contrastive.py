@@ -385,9 +385,8 @@ class SDELoss(torch.nn.Module):
         if self.local_loss:  # without a process group: offset 0, every row (the global loss)
             b, off = image_features.shape[-2], rank_offset(image_features)
             cols_a, cols_b = E_a, E_b
-            if not self.gather_with_grad and _distributed():  # open_clip: other ranks' columns are constants
-                cols_a, cols_b = (torch.cat([E[..., :off, :].detach(), E[..., off:off + b, :],
-                                             E[..., off + b:, :].detach()], -2) for E in (E_a, E_b))
+            if not self.gather_with_grad and _distributed():  # open_clip: then every column is a constant
+                cols_a, cols_b = E_a.detach(), E_b.detach()
             loss_inst = ops.local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,
                                            self.temperature, logit_scale=logit_scale)
         else:

@@ -51,14 +51,6 @@ def _distributed() -> bool:
         torch.distributed.get_world_size() > 1
 
 
-def _live_rows(E: Tensor, start: int, count: int) -> Tensor:
-    """E with gradient through rows start..start+count only (this rank's): the other ranks' rows are
-    constants, as the columns of open_clip's local loss gathered without gradient."""
-    rows = torch.arange(E.shape[-2], device=E.device)
-    mine = ((rows >= start) & (rows < start + count)).unsqueeze(-1)
-    return torch.where(mine, E, E.detach())
-
-
 class _AllReduce(torch.autograd.Function):
     """The sum of x over the ranks. Backward: every rank's loss reads the sum, so a rank's share
     receives the sum of the ranks' gradients (live=True: gather_with_grad's convention), or only
@@ -336,21 +328,26 @@ class SDELoss(torch.nn.Module):
             X = {key: F - _AllReduce.apply(F.sum(-2, keepdim=True), live) / rows if self.center else F
                  for key, F in (("a", F_a), ("b", F_b))}
             d = {key: _global_decompose(X[key], live) for key in X}
+            energy = {key: _AllReduce.apply(X[key].square().sum((-2, -1)), live) for key in X}  # ‖X‖², all rows
         else:
             X = {key: F - F.mean(-2, keepdim=True) if self.center else F for key, F in (("a", F_a), ("b", F_b))}
             d = {key: be.decompose(X[key]) for key in X}
+            energy = {}
         part = {key: be.partition(d[key].S, m, n, center=self.center) for key in X}
         # 2. the enhanced features F' from them
         xi = self._xi({key: d[key].S for key in X}, step)
         E = {}
         for key, F in (("a", F_a), ("b", F_b)):
-            E[key] = be.enhance(F, d[key], part[key], xi[key], t, centred=X[key] if self.center else None, **enhance)
+            E[key] = be.enhance(F, d[key], part[key], xi[key], t, centred=X[key] if self.center else None,
+                                energy=energy.get(key), **enhance)
             self._record_gradient(key, d[key], E[key])
         (d_a, d_b), (part_a, part_b), (E_a, E_b) = (d["a"], d["b"]), (part["a"], part["b"]), (E["a"], E["b"])
 
         # 3. instance term (local: this rank's rows against the gathered columns)
         if rows:  # E holds this rank's rows only: gather them as the other path gathers F
-            cols_a, cols_b = (gather_batch(E, self.gather_with_grad) for E in (E_a, E_b))
+            # open_clip's columns: without gather_with_grad this rank's are live, or with local_loss none are
+            live = self.gather_with_grad
+            cols_a, cols_b = (gather_batch(E.detach() if self.local_loss and not live else E, live) for E in (E_a, E_b))
             if self.local_loss:
                 loss_inst = _local_info_nce(E_a, E_b, cols_a, cols_b, rank_offset(image_features), self.temperature,
                                             logit_scale)
@@ -358,8 +355,8 @@ class SDELoss(torch.nn.Module):
                 loss_inst = info_nce(cols_a, cols_b, self.temperature, logit_scale=logit_scale)
         elif self.local_loss:  # without a process group: offset 0, every row (the global loss)
             b, off = image_features.shape[-2], rank_offset(image_features)
-            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad or not _distributed() else \
-                (_live_rows(E, off, b) for E in (E_a, E_b))
+            # open_clip: a process group without gather_with_grad makes every column a constant
+            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad or not _distributed() else (E_a.detach(), E_b.detach())
             loss_inst = _local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,
                                         self.temperature, logit_scale)
         else:

@@ -346,65 +346,79 @@ def _torch_reconstruct(F3: Tensor, U: Tensor, V: Tensor, c: Tensor, s_n: Tensor)
 
 
 def _enhance_rows(F3: Tensor, U: Tensor, S: Tensor, V: Tensor, ns: Tensor, nsig: Tensor, xi: Tensor, k: int, params,
-                  reconstruct=_torch_reconstruct) -> Tensor:
+                  reconstruct=_torch_reconstruct, energy: Tensor | None = None) -> Tensor:
     """s_n·F + U_k diag(c) V_kᵀ for rows F3 [R, m, n] and their decomposition (U [R, m, r], S [R, r],
     V [R, n, r]), all in the work dtype. The coefficients come from σ/c and ‖F/c‖² (c: the row's
-    power-of-two scale): no overflow of σ² or ‖F‖² at any scale; c (a constant) multiplies them back."""
+    power-of-two scale): no overflow of σ² or ‖F‖² at any scale; c (a constant) multiplies them back.
+    energy [R]: ‖F‖² given (F3 then holds some of the rows of the decomposed matrix)."""
     sc = scaled_rows(F3.detach())[2][:, None]
-    nf2 = ((F3 / sc[..., None]) ** 2).sum((-2, -1))
+    nf2 = ((F3 / sc[..., None]) ** 2).sum((-2, -1)) if energy is None else energy / (sc * sc).reshape(-1)
     c, s_n, _, _ = enhance_coefs(S[:, :k] / sc, nf2, ns, nsig, xi[:, :k], *params)
     return reconstruct(F3, U[..., :k], V[..., :k], c * sc, s_n)
 
 
-def _rows(F, U, S, V, n_strong, n_weak, xi):
+def _rows(F, U, S, V, n_strong, n_weak, xi, energy=None):
     (m, n), r = F.shape[-2:], S.shape[-1]
     w = work_dtype(F.dtype)
     ns, nsig = n_strong.reshape(-1), (n_strong + n_weak).reshape(-1)
     k = max(int(nsig.max()), 1) if nsig.numel() else 1
     rows = (F.reshape(-1, m, n).to(w), U.reshape(-1, m, r), S.reshape(-1, r), V.reshape(-1, n, r))
+    rows += () if energy is None else (energy.reshape(-1).to(w),)
     return rows, (ns, nsig, xi.reshape(-1, r).to(w), k)
+
+
+def _enhance_given(F3, U, S, V, *energy, ns, nsig, xi, k, params, reconstruct=_torch_reconstruct):
+    """_enhance_rows with the optional energy as a trailing positional (what _rows returns)."""
+    return _enhance_rows(F3, U, S, V, ns, nsig, xi, k, params, reconstruct, *energy)
 
 
 @torch.library.custom_op("sdekernels::enhance_decomposed", mutates_args=())
 def _enhance_decomposed(F: Tensor, U: Tensor, S: Tensor, V: Tensor, n_strong: Tensor, n_weak: Tensor, xi: Tensor,
-                        alpha: float, eps_strong: float, gamma_weak: float, gamma_noise: float, rho: float) -> Tensor:
+                        alpha: float, eps_strong: float, gamma_weak: float, gamma_noise: float, rho: float,
+                        energy: Tensor | None = None) -> Tensor:
     """F' [..., m, n] in the work dtype (one Triton pass over F on CUDA, a baddbmm on CPU)."""
-    rows, (ns, nsig, xi, k) = _rows(F, U, S, V, n_strong, n_weak, xi)
-    out = _enhance_rows(*rows, ns, nsig, xi, k, (alpha, eps_strong, gamma_weak, gamma_noise, rho), _reconstruct)
+    rows, (ns, nsig, xi, k) = _rows(F, U, S, V, n_strong, n_weak, xi, energy)
+    params = (alpha, eps_strong, gamma_weak, gamma_noise, rho)
+    out = _enhance_given(*rows, ns=ns, nsig=nsig, xi=xi, k=k, params=params, reconstruct=_reconstruct)
     return out.reshape(F.shape)
 
 
 @_enhance_decomposed.register_fake
-def _(F, U, S, V, n_strong, n_weak, xi, alpha, eps_strong, gamma_weak, gamma_noise, rho):
+def _(F, U, S, V, n_strong, n_weak, xi, alpha, eps_strong, gamma_weak, gamma_noise, rho, energy=None):
     return F.new_empty(F.shape, dtype=work_dtype(F.dtype))
 
 
 @torch.library.custom_op("sdekernels::enhance_decomposed_backward", mutates_args=())
 def _enhance_decomposed_backward(grad: Tensor, F: Tensor, U: Tensor, S: Tensor, V: Tensor, n_strong: Tensor,
                                  n_weak: Tensor, xi: Tensor, alpha: float, eps_strong: float, gamma_weak: float,
-                                 gamma_noise: float, rho: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                                 gamma_noise: float, rho: float,
+                                 energy: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     # The pullback of the forward's own formula (by autograd, on k-column factors): the gradient
-    # reaches U, S, V and F; the decomposition's backward takes it on from U, S, V.
-    rows, (ns, nsig, xi, k) = _rows(F, U, S, V, n_strong, n_weak, xi)
+    # reaches U, S, V, F (and the given energy); the decomposition's backward takes it on from U, S, V.
+    # Without an energy its gradient is an empty tensor.
+    rows, (ns, nsig, xi, k) = _rows(F, U, S, V, n_strong, n_weak, xi, energy)
     params = (alpha, eps_strong, gamma_weak, gamma_noise, rho)
-    _, pullback = vjp(lambda *t: _enhance_rows(*t, ns, nsig, xi, k, params), *rows)
-    gF, gU, gS, gV = pullback(grad.reshape(rows[0].shape).to(rows[0].dtype))
-    return grad_like(gF.reshape(F.shape), F), gU.reshape(U.shape), gS.reshape(S.shape), gV.reshape(V.shape)
+    _, pullback = vjp(lambda *t: _enhance_given(*t, ns=ns, nsig=nsig, xi=xi, k=k, params=params), *rows)
+    gF, gU, gS, gV, *gE = pullback(grad.reshape(rows[0].shape).to(rows[0].dtype))
+    gE = gE[0].reshape(energy.shape) if gE else F.new_empty(0)
+    return grad_like(gF.reshape(F.shape), F), gU.reshape(U.shape), gS.reshape(S.shape), gV.reshape(V.shape), gE
 
 
 @_enhance_decomposed_backward.register_fake
-def _(grad, F, U, S, V, n_strong, n_weak, xi, alpha, eps_strong, gamma_weak, gamma_noise, rho):
-    return torch.empty_like(F), torch.empty_like(U), torch.empty_like(S), torch.empty_like(V)
+def _(grad, F, U, S, V, n_strong, n_weak, xi, alpha, eps_strong, gamma_weak, gamma_noise, rho, energy=None):
+    gE = F.new_empty(0) if energy is None else torch.empty_like(energy)
+    return torch.empty_like(F), torch.empty_like(U), torch.empty_like(S), torch.empty_like(V), gE
 
 
 def _enhance_decomposed_setup(ctx, inputs, output):
-    ctx.params = inputs[7:]
-    ctx.save_for_backward(*inputs[:7])
+    ctx.params, ctx.given = inputs[7:12], inputs[12] is not None
+    ctx.save_for_backward(*inputs[:7], inputs[12])
 
 
 def _enhance_decomposed_grad(ctx, grad):
-    gF, gU, gS, gV = _enhance_decomposed_backward(grad, *ctx.saved_tensors, *ctx.params)
-    return gF, gU, gS, gV, None, None, None, None, None, None, None, None
+    gF, gU, gS, gV, gE = _enhance_decomposed_backward(grad, *ctx.saved_tensors[:7], *ctx.params,
+                                                      ctx.saved_tensors[7])
+    return gF, gU, gS, gV, None, None, None, None, None, None, None, None, gE if ctx.given else None
 
 
 _enhance_decomposed.register_autograd(_enhance_decomposed_grad, setup_context=_enhance_decomposed_setup)
@@ -412,22 +426,23 @@ _enhance_decomposed.register_autograd(_enhance_decomposed_grad, setup_context=_e
 
 def enhance_decomposed(F: Tensor, d: Decomposition, part: SpectralPartition, xi: Tensor, t: float, *,
                        eps_strong: float = 0.1, gamma_weak: float = 0.3, gamma_noise: float = 0.9, rho: float = 0.5,
-                       mode: str = "full", centred: Tensor | None = None) -> Tensor:
+                       mode: str = "full", centred: Tensor | None = None, energy: Tensor | None = None) -> Tensor:
     """spectral_enhance (SPEC §4) from a given decomposition: F' = s_n·X + U_k diag(c) V_kᵀ, where
     d = decompose(X), part = spectral_partition(d.S, m, n, center=centred is not None) and
     xi = draw_xi(...) [..., r]; X is F, or with center=True `centred` = F − 1μᵀ (and F' = 1μᵀ + X').
     Gradients flow through X and the factors of d (mode="full"), or dF = dF' (mode="augment").
-    Returns F' in F's dtype."""
+    energy [...]: ‖X‖² of the decomposed matrix when F holds only some of its rows (d.U those rows'),
+    as SDELoss across ranks does; by default ‖X‖² of F. Returns F' in F's dtype."""
     X = F if centred is None else centred
     params = (_alpha(t), eps_strong, gamma_weak, gamma_noise, rho)
     U, S, V = d
     if mode == "full":
-        out = _enhance_decomposed(X, U, S, V, part.n_strong, part.n_weak, xi, *params)
+        out = _enhance_decomposed(X, U, S, V, part.n_strong, part.n_weak, xi, *params, energy)
         if centred is not None:
             out = out + (F - X)  # the mean rows 1μᵀ
     else:  # dF = dF'
         with torch.no_grad():
-            out = _enhance_decomposed(X, U, S, V, part.n_strong, part.n_weak, xi, *params)
+            out = _enhance_decomposed(X, U, S, V, part.n_strong, part.n_weak, xi, *params, energy)
         w = out.dtype
         out = F.to(w) + (out - X.to(w)).detach()
     return out.to(F.dtype)

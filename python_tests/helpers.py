@@ -8,6 +8,7 @@ import socket
 import pytest
 import torch
 
+from sdekernels import _ext
 from sdekernels._core import HAS_TRITON, INTERPRET, triton_on_cpu
 from sdekernels.registry import flat
 
@@ -41,6 +42,10 @@ PATHS = ["triton"] if DEVICE.type == "cuda" else ["aten"] + (["triton"] if HAS_T
 
 
 def on_path(path: str):
+    """The op's `path` for the tests' device. On CPU the "aten" path needs the C++ extension: without it
+    some ops run the reference's own code there, and a parity test would compare the reference with itself."""
+    if path == "aten" and DEVICE.type == "cpu":
+        require(_ext.available(), f"the C++ extension ({_ext.status()}), without which the aten path is the reference")
     return triton_on_cpu() if path == "triton" and DEVICE.type == "cpu" else contextlib.nullcontext()
 
 

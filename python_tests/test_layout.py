@@ -1,8 +1,12 @@
 """Rules of the package layout, read from the source (AST), so a violation fails here and not in review:
 - torch.linalg.eigh / eigvalsh are called from the spectral core (sdekernels/ops/_spectral.py) alone;
+- the reference (reference/*.py) is a leaf: it imports nothing from sdekernels;
+- the library enters the reference through two doors only: sdekernels/_fallback.py (the no-extension
+  fallback and the registry's reference of each op) and the drivers' --backend switch (train/common.py);
+- sdekernels/data.py imports nothing from the training drivers (sdekernels/train/ imports it);
 - an op module (sdekernels/ops/*.py) or loss.py imports from the shared modules (_spectral, _core,
-  _triton, _ext, registry, reference, schedules) and from another op module only public names: those
-  of sdekernels.functional or sdekernels.reference (never a module object, which would reach its internals)."""
+  _triton, _ext, _fallback, registry, schedules) and from another op module only public names: those
+  of sdekernels.functional (never a module object, which would reach its internals)."""
 import ast
 import importlib.util
 import pathlib
@@ -14,8 +18,9 @@ import sdekernels.reference
 
 PKG = pathlib.Path(sdekernels.functional.__file__).parent
 SHARED = {"sdekernels.ops._spectral", "sdekernels.ops._triton", "sdekernels._core", "sdekernels._ext",
-          "sdekernels.registry", "sdekernels.reference", "sdekernels.schedules"}
-PUBLIC = set(sdekernels.functional.__all__) | set(sdekernels.reference.__all__)
+          "sdekernels.registry", "sdekernels._fallback", "sdekernels.schedules"}
+PUBLIC = set(sdekernels.functional.__all__)
+DOORS = {"_fallback.py", "train/common.py"}  # the only library modules that import the reference
 OP_MODULES = sorted(p for p in (PKG / "ops").glob("*.py") if not p.name.startswith("_"))
 
 
@@ -108,3 +113,49 @@ def test_import_rule_catches_internal_names():
     assert [v.split(" imports ")[1] for v in _violations(PKG / "ops" / "svd.py", src)] == [
         "sdekernels.ops.enhance.enhance_coefs", "sdekernels.ops.distances", "sdekernels.ops.fourier",
         "sdekernels.ops.contrastive._info_nce"]
+
+
+REFERENCE = pathlib.Path(sdekernels.reference.__file__).parent
+
+
+def _sdekernels_imports(source: str) -> list:
+    """Line numbers of absolute imports of sdekernels (the reference's own modules are imported relatively)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        lines += [node.lineno for n in names if n.split(".")[0] == "sdekernels"]
+    return lines
+
+
+@pytest.mark.parametrize("path", sorted(REFERENCE.glob("*.py")), ids=lambda p: p.name)
+def test_reference_is_a_leaf(path):
+    assert _sdekernels_imports(path.read_text()) == []
+
+
+def test_leaf_rule_catches_library_imports():
+    src = "import torch\nfrom .svd import mp_median\nfrom sdekernels._core import check_int\nimport sdekernels.ops\n"
+    assert _sdekernels_imports(src) == [3, 4]
+
+
+def test_data_does_not_import_the_drivers():
+    path = PKG / "data.py"
+    assert [m for m, _, _ in _imports(path, path.read_text()) if m.startswith("sdekernels.train")] == []
+    src = "from .train.common import load_file\nfrom .files import CheckpointError\n"
+    assert [m for m, _, _ in _imports(path, src) if m.startswith("sdekernels.train")] == ["sdekernels.train.common"]
+
+
+def _reference_imports(path: pathlib.Path, source: str) -> list:
+    return [line for module, _, line in _imports(path, source) if module.startswith("sdekernels.reference")]
+
+
+@pytest.mark.parametrize("path", sorted(_package_files()), ids=lambda p: str(p.relative_to(PKG)))
+def test_library_enters_the_reference_through_its_doors(path):
+    found = _reference_imports(path, path.read_text())
+    assert (str(path.relative_to(PKG)) in DOORS) == bool(found), found
+
+
+def test_door_rule_catches_reference_imports():
+    src = ("from .. import reference as ref\nfrom ..reference.fourier import cut_width\n"
+           "import sdekernels.reference.svd\nfrom .._fallback import ref\nfrom .._core import check\n")
+    assert _reference_imports(PKG / "ops" / "fourier.py", src) == [1, 2, 3]

@@ -121,9 +121,9 @@ def test_training_trajectory_matches_reference():
 
 @pytest.mark.parametrize("m,n", [(12, 7), (7, 12), (9, 9)])
 def test_shared_decomposition_gradient(m, n):
-    """The one-eigh thin SVD shared by the ops during a call has the exact SVD gradient (sign-free
-    functions of its factors: σ, the rank-3 part, the top-2 projectors) in float64."""
-    from sdekernels.ops._spectral import SharedSpectra
+    """The one-eigh thin SVD the loss decomposes each feature matrix with has the exact SVD gradient
+    (sign-free functions of its factors: σ, the rank-3 part, the top-2 projectors) in float64."""
+    from sdekernels.ops.svd import decompose
 
     F = torch.randn(2, m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
 
@@ -133,7 +133,7 @@ def test_shared_decomposition_gradient(m, n):
 
     U, S, Vh = torch.linalg.svd(F, full_matrices=False)
     want = outputs(U, S, Vh.mT)
-    d = SharedSpectra().get(F)
+    d = decompose(F)
     got = outputs(d.U, d.S, d.V)
     w = [torch.randn(t.shape, dtype=t.dtype, generator=torch.Generator().manual_seed(1)) for t in want]
     g_want = torch.autograd.grad(sum((t * x).sum() for t, x in zip(want, w)), F)[0]
@@ -142,23 +142,24 @@ def test_shared_decomposition_gradient(m, n):
     torch.testing.assert_close(g_got, g_want, atol=1e-9, rtol=1e-8)
 
 
-def test_shared_spectra_keys():
-    """One decomposition per tensor: F.detach() finds F's, an in-place change makes a new one, and
-    shared_spectra() scopes the cache to its block."""
-    from sdekernels.ops._spectral import current_spectra, shared_spectra
+@pytest.mark.parametrize("center", [False, True])
+def test_one_decomposition_per_feature_matrix(center):
+    """A call decomposes each feature matrix once (its partition, enhancement and both spectral terms
+    read that decomposition), and the linalg backend (torch.linalg.svd) gives the same loss."""
+    import sdekernels.loss as L
 
-    F = torch.randn(3, 12, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    assert current_spectra() is None
-    with shared_spectra() as sp:
-        assert current_spectra() is sp
-        d = sp.get(F)
-        assert sp.get(F) is d and sp.get(F.detach()) is d and sp.center(F) is sp.center(F)
-        F.mul_(2)
-        d2 = sp.get(F)
-        assert d2 is not d
-        torch.testing.assert_close(d2.S, 2 * d.S, atol=1e-12, rtol=1e-12)
-        assert d.backward == "exact"
-    assert current_spectra() is None
+    F_a, F_b = _features()
+    calls = []
+    fused = L.BACKENDS["fused"]
+    counting = type(fused)(**{**vars(fused), "decompose": lambda X: calls.append(X) or fused.decompose(X)})
+    loss_fn = SDELoss(10, generator=torch.Generator().manual_seed(0), center=center)
+    loss_fn.backend = counting
+    loss = loss_fn(F_a, F_b, step=4)
+    assert len(calls) == 2
+    linalg = SDELoss(10, generator=torch.Generator().manual_seed(0), center=center, backend="linalg")
+    torch.testing.assert_close(linalg(F_a, F_b, step=4), loss, atol=1e-10, rtol=1e-9)
+    with pytest.raises(ValueError, match="backend"):
+        SDELoss(10, backend="numpy")
 
 
 def test_batched_and_wide_features_match_reference():

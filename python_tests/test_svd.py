@@ -547,3 +547,18 @@ def test_partition_edge_cases():
     b = sdekernels.spectral_partition(unsorted.sort(descending=True).values, 6, 10)
     assert a.n_strong == b.n_strong and a.n_weak == b.n_weak
     assert math.isclose(float(a.tau_noise), float(b.tau_noise))
+
+
+def test_mp_median_library_and_reference_agree():
+    """The MP median exists twice, written independently: a closed-form CDF in the library, Gauss–Legendre
+    quadrature in the reference; μ_1 solves φ + sin φ = π/2 in the reference's parametrisation."""
+    from sdekernels.ops._spectral import mp_median
+
+    for beta in (1e-4, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0):
+        assert mp_median(beta) == pytest.approx(ref.mp_median(beta), rel=1e-12), beta
+    phi = 1.0
+    for _ in range(60):  # Newton on φ + sin φ − π/2
+        phi -= (phi + math.sin(phi) - math.pi / 2) / (1 + math.cos(phi))
+    assert mp_median(1.0) == pytest.approx(2 * (1 - math.cos(phi)), rel=1e-14)
+    with pytest.raises(ValueError, match="beta"):
+        mp_median(0.0)

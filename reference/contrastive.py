@@ -1,15 +1,14 @@
 """Contrastive loss (SPEC §6) and the SDE loss (SPEC §7), in plain PyTorch."""
+import math
 import types
 from typing import Optional
 
 import torch
 import torch.nn.functional as Fn
 
-from sdekernels._core import check_int, check_real
-from sdekernels.schedules import alpha as _alpha
-from sdekernels.schedules import lam as _lam
-
 from .distances import hellinger, subspace_distance
+from .schedules import alpha as _alpha
+from .schedules import lam as _lam
 from .svd import singular_values, spectral_enhance, spectral_partition, svd_topk
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -17,6 +16,23 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def _work(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def check_int(v, name: str, lo: int) -> int:
+    """v as an int >= lo: TypeError for a non-integer (a bool or 2.0 too), ValueError naming `name` below lo."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v}")
+    return v
+
+
+def check_real(v, name: str, lo: float, hi: float = math.inf, *, open_lo: bool = False) -> float:
+    """v as a float in [lo, hi] ((lo, hi] when open_lo); else a ValueError naming `name`."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+    if not ok or (open_lo and v == lo):
+        raise ValueError(f"{name} must be a finite number in {'(' if open_lo else '['}{lo}, {hi}], got {v!r}")
+    return float(v)
 
 
 def _distributed() -> bool:
@@ -368,7 +384,9 @@ class SDELoss(torch.nn.Module):
         # 3. instance term (local: this rank's rows against the gathered columns)
         if self.local_loss:  # without a process group: offset 0, every row (the global loss)
             b, off = image_features.shape[-2], rank_offset(image_features)
-            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad else (E_a.detach(), E_b.detach())
+            cols_a, cols_b = E_a, E_b
+            if not self.gather_with_grad and _distributed():  # open_clip: then every column is a constant
+                cols_a, cols_b = E_a.detach(), E_b.detach()
             loss_inst = ops.local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,
                                            self.temperature, logit_scale=logit_scale)
         else:

@@ -45,33 +45,27 @@ def _dct2(x: torch.Tensor) -> torch.Tensor:
     return DH @ x @ DW.mT
 
 
-def _radius(H: int, W: int, transform: str, device) -> tuple:
-    u = torch.arange(H, dtype=torch.float64, device=device).unsqueeze(1)
-    v = torch.arange(W, dtype=torch.float64, device=device).unsqueeze(0)
-    if transform == "dct":
-        r = torch.sqrt(u * u + v * v)
-        r_max = math.sqrt((H - 1) ** 2 + (W - 1) ** 2)
-    else:
-        uu, vv = torch.minimum(u, H - u), torch.minimum(v, W - v)
-        r = torch.sqrt(uu * uu + vv * vv)
-        r_max = math.sqrt((H // 2) ** 2 + (W // 2) ** 2)
-    return r, r_max
-
-
 def bin_index(H: int, W: int, bins: int, transform: str, official: bool = False) -> torch.Tensor:
-    """Bin of every (u, v) [H, W] (int64): min(⌊r / r_max · bins⌋, bins − 1).
+    """Bin of every (u, v) [H, W] (int64): min(⌊r / r_max · bins⌋, bins − 1), in exact arithmetic: the bin
+    is the number of j in 1..bins−1 with j / bins ≤ r / r_max, i.e. j²·r_max² ≤ bins²·r² (integers).
 
-    official=True computes r, r_max and the quotient in float32 with r_max = max(r_max, 1), as the
-    official Spectrum Matching code does (utils_DCT.py, radial_bin_map): an entry whose r / r_max ·
-    bins is an integer in exact arithmetic may land one bin apart from the float64 map (e.g. 5×5).
+    transform="dct": r² = u² + v², r_max² = (H−1)² + (W−1)²; "fft": u, v wrapped (min(u, H−u)),
+    r_max² = ⌊H/2⌋² + ⌊W/2⌋². official=True computes r, r_max and the quotient in float32 with
+    r_max = max(r_max, 1), as the official Spectrum Matching code does (utils_DCT.py, radial_bin_map):
+    an entry whose r / r_max · bins is an integer may land one bin below the exact map (e.g. 5×5).
     """
+    u = torch.arange(H).unsqueeze(1)
+    v = torch.arange(W).unsqueeze(0)
     if official:
-        u = torch.arange(H, dtype=torch.float32).unsqueeze(1)
-        v = torch.arange(W, dtype=torch.float32).unsqueeze(0)
-        r = torch.sqrt(u * u + v * v)
+        r = torch.sqrt((u * u + v * v).to(torch.float32))
         return torch.floor(r / r.max().clamp_min(1.0) * bins).long().clamp(0, bins - 1)
-    r, r_max = _radius(H, W, transform, "cpu")
-    return torch.floor(r / max(r_max, 1e-12) * bins).long().clamp_max(bins - 1)
+    if transform == "fft":
+        u, v = torch.minimum(u, H - u), torch.minimum(v, W - v)
+        r2_max = (H // 2) ** 2 + (W // 2) ** 2
+    else:
+        r2_max = (H - 1) ** 2 + (W - 1) ** 2
+    j2 = torch.arange(1, bins) ** 2  # a 1×1 image (r_max = 0) has r = 0: bin 0
+    return (j2 * max(r2_max, 1) <= (bins * bins * (u * u + v * v)).unsqueeze(-1)).sum(-1)
 
 
 def _bin_means(P: torch.Tensor, idx: torch.Tensor, bins: int, count_eps: float = 0.0) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from sdekernels.schedules import alpha as _alpha
+from .schedules import alpha as _alpha
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 

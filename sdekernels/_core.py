@@ -111,6 +111,20 @@ def check_real(v, name: str, lo: float = -math.inf, hi: float = math.inf, *, ope
     return v
 
 
+def check_choice(v, name: str, choices: tuple):
+    """v if it is one of `choices`; else a ValueError naming `name`."""
+    if not any(v is c or (isinstance(v, str) and v == c) for c in choices):
+        raise ValueError(f"{name} must be one of {choices}, got {v!r}")
+    return v
+
+
+def check_flag(v, name: str) -> bool:
+    """v if it is a bool; else a TypeError naming `name` (1 or "yes" are not flags)."""
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return v
+
+
 def check_domain(x: torch.Tensor, name: str, ok, what: str):
     """Debug mode only (a value check costs a device sync): ValueError naming `name` unless ok(x) holds
     for every entry."""

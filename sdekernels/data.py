@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from .train.common import CheckpointError, load_file
+from .files import CheckpointError, load_file
 
 FASHION_DIR = Path(os.environ.get("SDEKERNELS_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")

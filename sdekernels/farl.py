@@ -1,7 +1,7 @@
 """FARL's Fourier-attentive tokens and their asymmetric deep-prompt injection (SPEC §8).
 
-- `FourierAttentiveTokens`: the reference module (reference/fourier.py) with the fused
-  `fourier_split` swapped in (amplitude log1p and phase of the centred spectrum in one kernel).
+- `FourierAttentiveTokens`: learnable tokens cross-attending to the amplitude and phase maps of the
+  centred spectrum, taken by the fused `fourier_split` (amplitude log1p and phase in one kernel).
 - `DeepPromptEncoder`: wraps a frozen stack of transformer layers ([B, N, d] → [B, N, d], e.g.
   `nn.TransformerEncoderLayer(batch_first=True)`) and inserts per-layer prompt tokens at its first
   `depth` layers (deep prompting): at layer 0 the prompts are inserted into the sequence (or
@@ -17,21 +17,56 @@ import torch
 from torch import Tensor, nn
 
 from .ops.fourier import fourier_split
-from .reference.fourier import FourierAttentiveTokens as _RefFourierAttentiveTokens
-from .reference.fourier import FourierTokens
 
 __all__ = ["FourierAttentiveTokens", "FourierTokens", "DeepPromptEncoder", "FARLPromptedEncoders", "FARLOutput"]
 
 
-class FourierAttentiveTokens(_RefFourierAttentiveTokens):
-    """FARL's Fourier-attentive tokens (SPEC §8) on the fused `sdekernels.fourier_split`.
+class FourierTokens(NamedTuple):
+    """FourierAttentiveTokens' outputs, each [B, n_tokens, dim]."""
+    fused: Tensor      # tokens + Linear([structure, style]): the text encoder's deep prompts
+    structure: Tensor  # the tokens' attention over the phase patches
+    style: Tensor      # the tokens' attention over the amplitude patches
+    tokens: Tensor     # the learnable tokens themselves, unfused: the image encoder's prompts
+
+
+class FourierAttentiveTokens(nn.Module):
+    """FARL's Fourier-attentive tokens (SPEC §8).
 
     x [B, C, H, W] → FourierTokens(fused, structure, style, tokens), each [B, n_tokens, dim]: the
-    learnable tokens cross-attend to phase patches (structure) and to log-amplitude patches (style)
-    of the centred spectrum; fused = tokens + Linear([structure, style]). H, W multiples of patch.
+    learnable tokens cross-attend to phase patches (structure: cos P and sin P, continuous across the
+    branch cut) and to log-amplitude patches (style) of the centred spectrum; a patch embedding is a
+    Conv2d of kernel = stride = patch followed by LayerNorm, with no positional embedding; fused =
+    tokens + Linear([structure, style]). H and W must be multiples of patch; dim of heads.
     """
 
     split = staticmethod(fourier_split)
+
+    def __init__(self, in_channels: int, dim: int, n_tokens: int, patch: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.in_channels, self.dim, self.n_tokens, self.patch, self.heads = in_channels, dim, n_tokens, patch, heads
+        self.tokens = nn.Parameter(0.02 * torch.randn(n_tokens, dim))
+        for name, maps in (("amp", in_channels), ("phase", 2 * in_channels)):
+            setattr(self, f"{name}_embed", nn.Conv2d(maps, dim, kernel_size=patch, stride=patch))
+        self.amp_norm, self.phase_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.structure_attn, self.style_attn = (nn.MultiheadAttention(dim, heads, batch_first=True) for _ in "ab")
+        self.fuse = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: Tensor) -> FourierTokens:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        if x.shape[-1] % self.patch or x.shape[-2] % self.patch:
+            raise ValueError(f"x's H and W must be multiples of patch={self.patch}, got {tuple(x.shape[-2:])}")
+        amplitude, phase = self.split(x, centered=True, log_amplitude=True)
+        dtype = self.fuse.weight.dtype
+        style_keys = self.amp_norm(self.amp_embed(amplitude.to(dtype)).flatten(2).mT)
+        phase = torch.cat((phase.cos(), phase.sin()), 1).to(dtype)
+        structure_keys = self.phase_norm(self.phase_embed(phase).flatten(2).mT)
+        T = self.tokens.expand(x.shape[0], -1, -1)
+        structure, _ = self.structure_attn(T, structure_keys, structure_keys, need_weights=False)
+        style, _ = self.style_attn(T, style_keys, style_keys, need_weights=False)
+        return FourierTokens(T + self.fuse(torch.cat((structure, style), -1)), structure, style, T)
 
 
 class DeepPromptEncoder(nn.Module):

@@ -1,10 +1,14 @@
 """Curriculum schedules of SDE (SPEC §3). t is training progress in [0, 1]."""
 import math
 
+import torch
+
 from ._core import check_real
 
 
 def _check(t: float) -> float:
+    if torch.compiler.is_compiling():  # traced by torch.compile, t may be symbolic (from a step): checked by the caller
+        return t
     return check_real(t, "t", 0.0, 1.0)
 
 

@@ -1,7 +1,7 @@
 """The spectral core (private): the decompositions, stabilisers and backwards that the SVD-based ops share.
 
-ops/svd.py (svd_topk, singular_values, spectral_partition), ops/enhance.py (spectral_enhance) and
-loss.py (SDELoss) are thin op modules on top of it: kernels, custom ops, registry entries. Every
+ops/svd.py (svd_topk, singular_values, spectral_partition, decompose) and ops/enhance.py
+(spectral_enhance) are thin op modules on top of it: kernels, custom ops, registry entries. Every
 function works on batches of matrices F3 [R, m, n] in the work dtype, on the short side
 A = F (m <= n) or Fᵀ, r = min(m, n). torch.linalg.eigh / eigvalsh are called from this module
 alone (python_tests/test_layout.py holds that).
@@ -32,18 +32,15 @@ Backwards
 - exact_grad_short(A, Ws, Wl, W, σ, gWs, gS, gWl): the exact top-k gradient in the short-side
   frame from the full eigenbasis (the extension's kernel, else exact_backward_math).
 Partition and enhancement arithmetic (SPEC §2, §4)
-- partition_counts, energies, energy_fractions, sigma_den; enhance_coefs.
-Shared decomposition (SDELoss)
-- thin_svd(F) -> Decomposition(U, S, V, backward="exact"): all r triplets from one float64 eigh,
-  with the exact gradient; SharedSpectra: one Decomposition (and one row-centred copy) per feature
-  tensor; shared_spectra(): a context making a fresh one current in this thread; current_spectra().
+- IQR_C; partition_counts, energies, energy_fractions, sigma_den; draw_xi, seeded_xi (ξ), enhance_coefs (c, s_n, δ_k),
+  full_delta (δ over all r values).
+Thin SVD (ops/svd.py's `decompose`, which SDELoss calls once per feature matrix)
+- thin_svd(F3) -> (U, S, V): all r triplets from one float64 eigh; thin_svd_grad: their exact gradient.
 Test matrices (registry entries, tests, benchmarks)
 - planted(...): exact low-rank triplets over a tail; spiked(...): noise plus a planted spike.
 """
-import contextlib
 import functools
 import math
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +50,9 @@ from torch import Tensor
 from .. import _ext
 from . import _triton as kt
 from .._core import HAS_TRITON, pow2_scale, use_triton, work_dtype
-from ..reference.svd import mp_median
 
+IQR_C = 1.5         # SPEC §2's IQR fence factor (τ_strong = max(τ_noise, q3 + IQR_C·(q3 − q1))), the default
+OVERSAMPLE = 8      # SPEC §1's default extra columns of the randomized basis (q = k + OVERSAMPLE)
 GRAM_MAX_R = 2048   # up to this r = min(m, n) the Gram eigen-solver (exact, measured faster here) is used
 DEFAULT_SEED = 0x5DE
 FIRST_TEST = 2      # the iteration of subspace_basis's first test (see there)
@@ -689,6 +687,30 @@ def _quartile_taps(r: int, dtype: torch.dtype, device: torch.device):
     return idx, torch.tensor([p - i for p, i in zip(pos, lo)], dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=None)
+def mp_median(beta: float) -> float:
+    """The median of the Marchenko–Pastur law of ratio β ∈ (0, 1] (SPEC §2), in closed form.
+
+    With x = c + d·cos θ (c = 1 + β, d = 2√β, θ ∈ [0, π] from the upper edge to the lower one) the
+    density √((b − x)(x − a))/(2πβx) dx is 2 sin²θ/(π x) dθ, whose integral from 0 is
+    G(θ) = 2/(π d²)·[c·θ − d·sin θ − 2(1 − β)·atan2(κ sin(θ/2), cos(θ/2))], κ = (1 − √β)/(1 + √β);
+    the median solves G(θ) = 1/2 (bisection to the last bit; G(π) = 1)."""
+    beta = float(beta)
+    if not 0.0 < beta <= 1.0:
+        raise ValueError(f"beta must lie in (0, 1], got {beta}")
+    c, d, kappa = 1.0 + beta, 2.0 * math.sqrt(beta), (1.0 - math.sqrt(beta)) / (1.0 + math.sqrt(beta))
+
+    def upper_mass(t):
+        return 2.0 / (math.pi * d * d) * (c * t - d * math.sin(t) - 2.0 * (1.0 - beta) * math.atan2(
+            kappa * math.sin(t / 2), math.cos(t / 2)))
+
+    lo, hi = 0.0, math.pi
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if upper_mass(mid) < 0.5 else (lo, mid)
+    return c + d * math.cos(0.5 * (lo + hi))
+
+
 def sigma_den(m: int, n: int) -> float:
     """σ̂ = median(σ) / √(max(m, n)·μ_β)."""
     return math.sqrt(max(m, n) * mp_median(min(m, n) / max(m, n)))
@@ -735,6 +757,42 @@ def energy_fractions(s: Tensor, n_strong: Tensor, n_weak: Tensor) -> Tensor:
     return torch.where(zero, torch.tensor([1.0, 0.0, 0.0], dtype=e.dtype, device=e.device), e)
 
 
+def draw_xi(shape: tuple, dtype: torch.dtype, device, direction: Tensor | None = None,
+            generator: torch.Generator | None = None) -> Tensor:
+    """ξ of SPEC §4, `shape` = [..., r] in `dtype`: sign(direction) (broadcast over the batch) when given,
+    else uniform(−1, 1) drawn as 2·rand(float32) − 1 from `generator` (the draw the reference makes)."""
+    if direction is not None:  # (a zero gradient for direction)
+        return torch.sign(direction).to(device=device, dtype=dtype).expand(shape)
+    return (2.0 * torch.rand(shape, generator=generator, dtype=torch.float32, device=device) - 1.0).to(dtype)
+
+
+@torch.library.custom_op("sdekernels::seeded_xi", mutates_args=())
+def _seeded_xi(likes: list[Tensor], seed: int) -> list[Tensor]:
+    gen = torch.Generator(device=likes[0].device).manual_seed(seed) if likes else None
+    return [draw_xi(t.shape, t.dtype, t.device, generator=gen) for t in likes]
+
+
+@_seeded_xi.register_fake
+def _(likes, seed):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in likes]
+
+
+def seeded_xi(likes: list[Tensor], seed: int) -> list[Tensor]:
+    """draw_xi for each tensor of `likes` (its shape, dtype and device), in order, from one generator
+    seeded with `seed`: a random ξ that torch.compile can trace (a Generator cannot enter a graph)."""
+    return _seeded_xi([t.detach() for t in likes], seed)
+
+
+def full_delta(S: Tensor, delta_k: Tensor, s_n: Tensor, n_signal: Tensor) -> Tensor:
+    """δ over all r values [R, r] (SPEC §4) from every σ [R, r], enhance_coefs' δ_k [R, k] and s_n [R]:
+    δ_k on each row's signal values, −(1 − s_n)·σ on its noise values."""
+    k = delta_k.shape[-1]
+    delta = -(1.0 - s_n).unsqueeze(-1) * S
+    signal = torch.arange(k, device=S.device) < n_signal.unsqueeze(-1)
+    delta[:, :k] = torch.where(signal, delta_k, delta[:, :k])
+    return delta
+
+
 def enhance_coefs(S: Tensor, nf2: Tensor, n_strong: Tensor, n_signal: Tensor, xi: Tensor, alpha: float,
                   eps_strong: float, gamma_weak: float, gamma_noise: float, rho: float):
     """δ on the top-k and the noise scale from σ_k [R, k] (descending) and ‖F‖² [R] (SPEC §4).
@@ -762,7 +820,7 @@ def enhance_coefs(S: Tensor, nf2: Tensor, n_strong: Tensor, n_signal: Tensor, xi
     return c, s_n, delta, scale
 
 
-# ---------------------------------------------------------------- shared decomposition (SDELoss)
+# ---------------------------------------------------------------- thin SVD (all r triplets, exact gradient)
 
 
 def _grad_width(*grads) -> int:
@@ -777,125 +835,50 @@ def _grad_width(*grads) -> int:
     return int(nonzero.nonzero().max()) + 1
 
 
-class _ThinSVD(torch.autograd.Function):
-    """(U [R, m, r], S [R, r], V [R, n, r]) of F3 [R, m, n] from the eigh of the float64 Gram of
-    the short side; the long-side factor is F·W/σ (stabilised 1/σ). Rows with a non-finite entry
-    give NaN factors (LAPACK would raise for the whole batch)."""
-
-    @staticmethod
-    def forward(ctx, F3):
-        m, n = F3.shape[-2:]
-        tall = m >= n
-        # Decomposed as Fz = F/c (c: each row's power-of-two scale, no overflow or underflow of the
-        # Gram at any scale of F; non-finite rows zeroed); σ(F) = c·σ(Fz).
-        finite, Fz, c = scaled_rows(F3)
-        finite = finite[:, None, None]
-        Fd = Fz.double()
-        lam, W = eigh_desc(Fd.mT @ Fd if tall else Fd @ Fd.mT)
-        S = lam.sqrt()
-        W = W.to(F3.dtype)
-        inv = safe_inv(S, S[:, :1]).to(F3.dtype).unsqueeze(-2)
-        other = (Fz @ W if tall else Fz.mT @ W) * inv
-        U, V = (other, W) if tall else (W, other)
-        nan = torch.tensor(float("nan"), dtype=F3.dtype, device=F3.device)
-        U, V = torch.where(finite, U, nan), torch.where(finite, V, nan)
-        S = torch.where(finite[:, :, 0], S.to(F3.dtype), nan)
-        ctx.save_for_backward(Fz, U, S, V, c)
-        return U, S * c[:, None], V
-
-    @staticmethod
-    def backward(ctx, gU, gS, gV):
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):  # as the forward ran
-            return _ThinSVD._backward(ctx, gU, gS, gV)
-
-    @staticmethod
-    def _backward(ctx, gU, gS, gV):
-        # Linear in (gU, gS, gV): U diag(gS) Vᵀ over all r values, plus the exact top-k gradient
-        # (exact_grad_short, as svd_topk's Gram path) for the leading k columns of gU, gV that carry a
-        # gradient, in the short-side frame where W (all r eigenvectors of the Gram) is the square factor.
-        Fz, U, S, V, c = ctx.saved_tensors  # S: the σ of Fz = F/c
-        R, m, r = U.shape
-        n = V.shape[-2]
-        gF = (U * gS.unsqueeze(-2)) @ V.mT if gS is not None else U.new_zeros(R, m, n)
-        k = _grad_width(gU, gV)  # callers differentiate through leading columns: O(k) work, not O(r)
-        if k == 0:
-            return gF
-        gUk = U.new_zeros(R, m, k) if gU is None else gU[..., :k]
-        gVk = V.new_zeros(R, n, k) if gV is None else gV[..., :k]
-        tall = m >= n  # as in forward: W = V, the long factor U
-        gUk, gVk = gUk / c[:, None, None], gVk / c[:, None, None]  # the gradient in Fz's frame, over c
-        A, W, L, gW, gL = (Fz.mT, V, U, gVk, gUk) if tall else (Fz, U, V, gUk, gVk)
-        gA = exact_grad_short(A, W[..., :k], L[..., :k], W, S, gW, S.new_zeros(R, k), gL)
-        return gF + (gA.mT if tall else gA)
+def thin_svd(F3: Tensor):
+    """(U [R, m, r], S [R, r], V [R, n, r]) of F3 [R, m, n] (work dtype) from the eigh of the float64
+    Gram of the short side; the long-side factor is F·W/σ (stabilised 1/σ). Rows with a non-finite
+    entry give NaN factors (LAPACK would raise for the whole batch)."""
+    m, n = F3.shape[-2:]
+    tall = m >= n
+    # Decomposed as Fz = F/c (c: each row's power-of-two scale, no overflow or underflow of the
+    # Gram at any scale of F; non-finite rows zeroed); σ(F) = c·σ(Fz).
+    finite, Fz, c = scaled_rows(F3)
+    finite = finite[:, None, None]
+    Fd = Fz.double()
+    lam, W = eigh_desc(Fd.mT @ Fd if tall else Fd @ Fd.mT)
+    S = lam.sqrt()
+    W = W.to(F3.dtype)
+    inv = safe_inv(S, S[:, :1]).to(F3.dtype).unsqueeze(-2)
+    other = (Fz @ W if tall else Fz.mT @ W) * inv
+    U, V = (other, W) if tall else (W, other)
+    nan = torch.tensor(float("nan"), dtype=F3.dtype, device=F3.device)
+    U, V = torch.where(finite, U, nan), torch.where(finite, V, nan)
+    S = torch.where(finite[:, :, 0], S.to(F3.dtype), nan)
+    return U, S * c[:, None], V
 
 
-@dataclass(frozen=True)
-class Decomposition:
-    """The thin SVD of a feature tensor F [..., m, n]: U [..., m, r], S [..., r], V [..., n, r], all r
-    values descending, in the work dtype, attached to F's graph. Its backward is the exact SVD
-    gradient whatever the tail of the spectrum (all r eigenvectors are known)."""
-    U: Tensor
-    S: Tensor
-    V: Tensor
-    backward: str = "exact"
-
-
-def thin_svd(F: Tensor) -> Decomposition:
-    """One eigh of the float64 Gram of F's short side (each batch element scaled by its power of two)."""
-    m, n = F.shape[-2:]
-    U, S, V = _ThinSVD.apply(F.reshape(-1, m, n).to(work_dtype(F.dtype)))
-    batch, r = F.shape[:-2], S.shape[-1]
-    return Decomposition(U.reshape(*batch, m, r), S.reshape(*batch, r), V.reshape(*batch, n, r))
-
-
-class SharedSpectra:
-    """One Decomposition, and one row-centred copy, per feature tensor while an SDELoss call runs, so
-    that svd_topk, singular_values and spectral_enhance decompose each feature matrix once.
-
-    Entries are keyed by storage, dtype, shape, strides and version: F.detach() finds F's entry, and
-    a tensor changed in place is decomposed again. An entry holds its tensor, so its storage is not
-    reused while the cache lives. Entries never change once made: a Decomposition's gradient depends
-    on its saved tensors and its incoming gradients only."""
-
-    def __init__(self):
-        self._svd = {}
-        self._centred = {}
-
-    @staticmethod
-    def key(F: Tensor):
-        return (F.data_ptr(), F.dtype, tuple(F.shape), tuple(F.stride()), F._version)
-
-    def center(self, F: Tensor) -> Tensor:
-        """F − 1μᵀ, one tensor per F (so its decomposition is shared too)."""
-        key = self.key(F)
-        if key not in self._centred:
-            self._centred[key] = (F, F - F.mean(-2, keepdim=True))
-        return self._centred[key][1]
-
-    def get(self, F: Tensor) -> Decomposition:
-        key = self.key(F)
-        if key not in self._svd:
-            self._svd[key] = (F, thin_svd(F))
-        return self._svd[key][1]
-
-
-_local = threading.local()
-
-
-@contextlib.contextmanager
-def shared_spectra():
-    """Makes a fresh SharedSpectra current in this thread for the block (the previous one after it)."""
-    old = getattr(_local, "spectra", None)
-    _local.spectra = SharedSpectra()
-    try:
-        yield _local.spectra
-    finally:
-        _local.spectra = old
-
-
-def current_spectra() -> SharedSpectra | None:
-    """The SharedSpectra of the innermost shared_spectra() block of this thread, else None."""
-    return getattr(_local, "spectra", None)
+def thin_svd_grad(F3: Tensor, U: Tensor, S: Tensor, V: Tensor, gU: Tensor | None, gS: Tensor | None,
+                  gV: Tensor | None) -> Tensor:
+    """dL/dF3 of thin_svd's outputs (U, S, V) from their gradients (None: zero). Linear in (gU, gS, gV):
+    U diag(gS) Vᵀ over all r values, plus the exact top-k gradient (exact_grad_short, as svd_topk's
+    Gram path) for the leading k columns of gU, gV that carry a gradient, in the short-side frame
+    where W (all r eigenvectors of the Gram) is the square factor."""
+    _, Fz, c = scaled_rows(F3)  # the forward's frame: σ(Fz) = σ/c (c a power of two: exact)
+    R, m, r = U.shape
+    n = V.shape[-2]
+    gF = (U * gS.unsqueeze(-2)) @ V.mT if gS is not None else U.new_zeros(R, m, n)
+    k = _grad_width(gU, gV)  # callers differentiate through leading columns: O(k) work, not O(r)
+    if k == 0:
+        return gF
+    S = S / c[:, None]
+    gUk = U.new_zeros(R, m, k) if gU is None else gU[..., :k]
+    gVk = V.new_zeros(R, n, k) if gV is None else gV[..., :k]
+    tall = m >= n  # as in thin_svd: W = V, the long factor U
+    gUk, gVk = gUk / c[:, None, None], gVk / c[:, None, None]  # the gradient in Fz's frame, over c
+    A, W, L, gW, gL = (Fz.mT, V, U, gVk, gUk) if tall else (Fz, U, V, gUk, gVk)
+    gA = exact_grad_short(A, W[..., :k], L[..., :k], W, S, gW, S.new_zeros(R, k), gL)
+    return gF + (gA.mT if tall else gA)
 
 
 # ---------------------------------------------------------------- test matrices

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _triton as kt
-from .. import reference as ref
+from .._fallback import ref
 from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like,
                      max_abs, next_pow2, pow2_of, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
@@ -450,6 +450,33 @@ def _info_nce_grad(ctx, grad, *_):
 _info_nce.register_autograd(_info_nce_grad, setup_context=_info_nce_setup)
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def gather_batch(z: Tensor, with_grad: bool = True) -> Tensor:
+    """z [..., B, d] of every rank concatenated along the batch dim, rank order (z itself without a
+    process group of more than one rank). with_grad: through torch.distributed.nn's all_gather, whose
+    backward sums every rank's gradient of each slot (so the features of a global loss receive
+    world_size × the one-process gradient, which DDP's averaging undoes: open_clip's gather_with_grad);
+    else the other ranks' slots are constants and this rank's slot is z itself."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return z
+    if with_grad:
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(z.contiguous()), dim=-2)
+    slots = [torch.empty_like(z) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(slots, z.detach().contiguous())
+    slots[torch.distributed.get_rank()] = z
+    return torch.cat(slots, dim=-2)
+
+
+def rank_offset(z: Tensor) -> int:
+    """Where this rank's rows z [..., B, d] start in gather_batch's result (0 without a process group)."""
+    return torch.distributed.get_rank() * z.shape[-2] if _distributed() else 0
+
+
 def local_info_nce(z_a: Tensor, z_b: Tensor, all_a: Tensor, all_b: Tensor, scale: Tensor, offset: int,
                    normalize: bool = True, symmetric: bool = True) -> Tensor:
     """open_clip's ClipLoss(local_loss=True): the local rows z_a against the gathered columns all_b
@@ -479,11 +506,10 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
     if z_a.numel() == 0:
         return _empty_loss(z_a, z_b, scale)
     if gather and local_loss:
-        gather_batch = ref.gather_batch
-        return local_info_nce(z_a, z_b, gather_batch(z_a), gather_batch(z_b), scale, ref.rank_offset(z_a),
+        return local_info_nce(z_a, z_b, gather_batch(z_a), gather_batch(z_b), scale, rank_offset(z_a),
                               bool(normalize), bool(symmetric))
     if gather:
-        z_a, z_b = ref.gather_batch(z_a), ref.gather_batch(z_b)
+        z_a, z_b = gather_batch(z_a), gather_batch(z_b)
     return _info_nce(z_a, z_b, scale, 0, bool(normalize), bool(symmetric))[0]
 
 
@@ -612,9 +638,9 @@ def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize:
         return _empty_loss(z_a, z_b, scale, bias)
     offset = 0
     if gather and local_loss:
-        offset, z_b = ref.rank_offset(z_a), ref.gather_batch(z_b)
+        offset, z_b = rank_offset(z_a), gather_batch(z_b)
     elif gather:
-        z_a, z_b = ref.gather_batch(z_a), ref.gather_batch(z_b)
+        z_a, z_b = gather_batch(z_a), gather_batch(z_b)
     need = torch.is_grad_enabled() and any(t.requires_grad for t in (z_a, z_b, scale, bias))
     return _siglip(z_a, z_b, scale, bias, offset, bool(normalize), need)[0]
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _triton as kt
 from .. import _ext
-from .. import reference as ref
+from .._fallback import ref
 from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like, next_pow2,
                      pow2_scale, ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register

@@ -31,16 +31,17 @@ import math
 import torch
 from torch import Tensor
 
-from .. import reference as ref
+from .._fallback import ref
 from . import _triton as kt
 from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, work_dtype
-from ..reference.svd import SpectralPartition
 from ..registry import F64, OpInfo, Sample, register
 from ..schedules import alpha as _alpha
-from ._spectral import (DEFAULT_SEED, energies, enhance_coefs, fast_gram, gram_eigh, lorentz, mm_for, partition_counts,
-                        planted, safe_inv, scaled_rows, spectrum, topk, truncated_grad, use_gram)
+from ._spectral import (DEFAULT_SEED, IQR_C, OVERSAMPLE, draw_xi, energies, enhance_coefs, fast_gram, full_delta,
+                        gram_eigh, lorentz, mm_for, partition_counts, planted, safe_inv, scaled_rows, spectrum, topk,
+                        truncated_grad, use_gram)
+from .svd import Decomposition, SpectralPartition
 
-__all__ = ["spectral_enhance"]
+__all__ = ["spectral_enhance", "enhance_decomposed"]
 
 if HAS_TRITON:
     import triton
@@ -96,19 +97,27 @@ def _reconstruct(F3: Tensor, U: Tensor, V: Tensor, c: Tensor, s_n: Tensor) -> Te
     return torch.baddbmm(F3.to(w) * s_n.to(w)[:, None, None], U * c.to(w).unsqueeze(-2), V.mT).to(F3.dtype)
 
 
-_PART_OUTS = 8  # n_strong, n_weak, tau_noise, tau_strong, sigma_hat, E_strong, E_weak, E_noise
-
-
 def _short(x: Tensor) -> Tensor:
     """The short-side frame: x [R, m, n] as A [R, r, long] (a transposed view when m > n)."""
     return x if x.shape[-2] <= x.shape[-1] else x.mT
 
 
+# The partition travels out of the custom op packed in one [..., 8] tensor of the work dtype (counts
+# exact below 2^24), in SpectralPartition's order: n_strong, n_weak, tau_noise, tau_strong, sigma_hat,
+# then the energies (strong, weak, noise).
+def _unpack_partition(p: Tensor, dtype: torch.dtype) -> SpectralPartition:
+    f = p.detach().unbind(-1)
+    return SpectralPartition(f[0].long(), f[1].long(), *(x.to(dtype) for x in f[2:5]),
+                             tuple(x.to(dtype) for x in f[5:]))
+
+
 @torch.library.custom_op("sdekernels::spectral_enhance", mutates_args=())
-def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: float, eps_strong: float,
-             gamma_weak: float, gamma_noise: float, rho: float, center: bool = False) -> tuple[(Tensor,) * 14]:
-    """Outputs: F', three saved factors, ξ [R, r], the 8 partition fields, δ [..., r]. The factors are
-    (W [R, r, r], σ [R, r], unused) on the Gram path, (U, S, V) of the top k_max on the randomized one."""
+def _enhance(F: Tensor, xi: Tensor, alpha: float, eps_strong: float, gamma_weak: float, gamma_noise: float,
+             rho: float, center: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(F', U, S, V, partition [..., 8], δ [..., r]). (U, S, V) is the decomposition the backward
+    differentiates, in the scaled frame F/c: on the Gram path (use_gram(r)) the short-side Gram's
+    eigenbasis U = W [R, r, r], every σ in S [R, r] and V empty (the exact backward recomputes the
+    rest from F); on the randomized path the top-k_max triplets (the truncated backward)."""
     w = work_dtype(F.dtype)
     batch, (m, n) = F.shape[:-2], F.shape[-2:]
     r = min(m, n)
@@ -118,8 +127,7 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     finite, Fs, sc = scaled_rows(F3)
     R = F3.shape[0]
     mm = mm_for(F3)
-    xi = (torch.sign(direction) if direction is not None else xi).to(w).expand(*batch, r).reshape(R, r)
-    xi = xi.clone(memory_format=torch.contiguous_format)  # the layout the fake kernel declares
+    xi = xi.to(w).expand(*batch, r).reshape(R, r)
     A = _short(Fs)
     if use_gram(r):
         # One eigendecomposition of the short-side Gram gives every σ (partition) and the basis.
@@ -128,7 +136,7 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
     else:
         S_all = gram_eigh(Fs, finite, vectors=False, fast=fast_gram(r, F.dtype)).sqrt()
     S_all = torch.where(finite[:, None], S_all.to(w), float("nan"))
-    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s_sorted = partition_counts(S_all, m, n, 1.5, center)
+    n_strong, n_weak, tau_noise, tau_strong, sigma_hat, s_sorted = partition_counts(S_all, m, n, IQR_C, center)
     tau_noise, tau_strong, sigma_hat = (t * sc for t in (tau_noise, tau_strong, sigma_hat))
     e = energies(s_sorted, n_strong, n_weak)
     n_signal = n_strong + n_weak
@@ -145,24 +153,19 @@ def _enhance(F: Tensor, xi: Tensor | None, direction: Tensor | None, alpha: floa
         out = _reconstruct(F3, U, V, c * safe_inv(S, S[:, :1]) * sc[:, None], torch.where(finite, s_n, float("nan")))
         saved = (W.to(w).contiguous(), S_all.clone(), F.new_empty(0, dtype=w))
     else:
-        top = topk(Fs, k, oversample=8, seed=DEFAULT_SEED)  # the truncated backward applies
+        top = topk(Fs, k, oversample=OVERSAMPLE, seed=DEFAULT_SEED)  # the truncated backward applies
         U, S, V = top.U, top.S, top.V
         c, s_n, delta_k, _ = enhance_coefs(S, nf2, n_strong, n_signal, xi[:, :k], alpha, eps_strong, gamma_weak,
                                            gamma_noise, rho)
         out = _reconstruct(F3, U, V, c * sc[:, None], torch.where(finite, s_n, float("nan")))
         saved = tuple(t.contiguous() for t in (U, S, V))
-    # δ over all r values (details): the top-k part, then −(1 − s_n)·σ for the noise.
-    idx = torch.arange(r, device=F.device)
-    delta = -(1.0 - s_n).unsqueeze(-1) * S_all
-    delta[:, :k] = torch.where(idx[:k] < n_signal.unsqueeze(-1), delta_k, delta[:, :k])
-    delta = delta * sc[:, None]
-    part = (n_strong, n_weak, tau_noise, tau_strong, sigma_hat, *e)
-    part = [(p.long() if i < 2 else p.to(F.dtype)).reshape(batch) for i, p in enumerate(part)]
-    return (out.reshape(F.shape), *saved, xi, *part, delta.reshape(*batch, r).to(F.dtype))
+    delta = full_delta(S_all, delta_k, s_n, n_signal) * sc[:, None]
+    part = torch.stack([n_strong.to(w), n_weak.to(w), tau_noise, tau_strong, sigma_hat, *e], -1).reshape(*batch, 8)
+    return (out.reshape(F.shape), *saved, part, delta.reshape(*batch, r).to(F.dtype))
 
 
 @_enhance.register_fake
-def _(F, xi, direction, alpha, eps_strong, gamma_weak, gamma_noise, rho, center=False):
+def _(F, xi, alpha, eps_strong, gamma_weak, gamma_noise, rho, center=False):
     w = work_dtype(F.dtype)
     batch, (m, n) = F.shape[:-2], F.shape[-2:]
     R, r = math.prod(batch), min(m, n)
@@ -172,8 +175,7 @@ def _(F, xi, direction, alpha, eps_strong, gamma_weak, gamma_noise, rho, center=
     else:
         k = torch.library.get_ctx().new_dynamic_size()
         saved = (e(R, m, k), e(R, k), e(R, n, k))
-    part = [F.new_empty(batch, dtype=torch.long) for _ in range(2)] + [F.new_empty(batch) for _ in range(6)]
-    return (F.new_empty(F.shape), *saved, e(R, r), *part, F.new_empty((*batch, r)))
+    return (F.new_empty(F.shape), *saved, e(*batch, 8), F.new_empty((*batch, r)))
 
 
 def _gram_backward(A: Tensor, G: Tensor, W: Tensor, S_all: Tensor, ns: Tensor, nsig: Tensor, xi: Tensor, params):
@@ -209,7 +211,7 @@ def _d_and_sn(S, nf2, ns, nsig, xi, params):
 
 
 @torch.library.custom_op("sdekernels::spectral_enhance_backward", mutates_args=())
-def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tensor, xi: Tensor, n_strong: Tensor,
+def _enhance_backward(F: Tensor, grad: Tensor, U: Tensor, S: Tensor, V: Tensor, xi: Tensor, n_strong: Tensor,
                       n_weak: Tensor, alpha: float, eps_strong: float, gamma_weak: float, gamma_noise: float,
                       rho: float) -> Tensor:
     w = work_dtype(F.dtype)
@@ -222,11 +224,10 @@ def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tenso
     ns, nsig = n_strong.reshape(-1), (n_strong + n_weak).reshape(-1)
     params = (alpha, eps_strong, gamma_weak, gamma_noise, rho)
     if use_gram(min(m, n)):
-        gA = _gram_backward(_short(F3), _short(G), T1, T2, ns, nsig, xi, params)
+        gA = _gram_backward(_short(F3), _short(G), U, S, ns, nsig, xi, params)  # U = W, S = every σ
         gF = gA if m <= n else gA.mT
     else:
         # Top-k triplets and the truncated-SVD backward of SPEC §1 (exact as the noise values → 0).
-        U, S, V = T1, T2, T3
         k = S.shape[-1]
         coefs = lambda S_, nf2_: enhance_coefs(S_, nf2_, ns, nsig, xi[:, :k], *params)[:2]  # noqa: E731
         (c, s_n), pullback = vjp(coefs, S, (F3 * F3).sum((-2, -1)))
@@ -238,21 +239,25 @@ def _enhance_backward(F: Tensor, grad: Tensor, T1: Tensor, T2: Tensor, T3: Tenso
 
 
 @_enhance_backward.register_fake
-def _(F, grad, T1, T2, T3, xi, n_strong, n_weak, alpha, eps_strong, gamma_weak, gamma_noise, rho):
+def _(F, grad, U, S, V, xi, n_strong, n_weak, alpha, eps_strong, gamma_weak, gamma_noise, rho):
     return torch.empty_like(F)
 
 
 def _enhance_setup(ctx, inputs, output):
-    F, _, direction, *params = inputs
+    F, xi, *params = inputs
     ctx.params = params[:5]  # alpha, eps_strong, gamma_weak, gamma_noise, rho (center acts on the forward only)
-    ctx.has_direction = direction is not None
-    ctx.save_for_backward(F, *output[1:7], direction)
+    m, n = F.shape[-2:]
+    R = math.prod(F.shape[:-2])
+    counts = output[4].detach()[..., :2].reshape(R, 2).long()  # n_strong, n_weak
+    ctx.save_for_backward(F, *output[1:4], xi.detach().expand(*F.shape[:-2], min(m, n)).reshape(R, min(m, n)), counts)
+    ctx.xi_shape = xi.shape
 
 
 def _enhance_grad(ctx, grad, *_):
-    F, T1, T2, T3, xi, n_strong, n_weak, direction = ctx.saved_tensors
-    gF = _enhance_backward(F, grad, T1, T2, T3, xi, n_strong, n_weak, *ctx.params)
-    return gF, None, torch.zeros_like(direction) if ctx.has_direction else None, None, None, None, None, None, None
+    F, U, S, V, xi, counts = ctx.saved_tensors
+    gF = _enhance_backward(F, grad, U, S, V, xi.to(U.dtype), counts[:, 0], counts[:, 1], *ctx.params)
+    g_xi = F.new_zeros(ctx.xi_shape, dtype=xi.dtype) if ctx.needs_input_grad[1] else None  # ξ = sign(direction)
+    return gF, g_xi, None, None, None, None, None, None
 
 
 _enhance.register_autograd(_enhance_grad, setup_context=_enhance_setup)
@@ -302,7 +307,6 @@ def spectral_enhance(F: Tensor, t: float, *, eps_strong: float = 0.1, gamma_weak
     batch, r = F.shape[:-2], min(F.shape[-2:])
     if r == 0:
         raise ValueError(f"F must have m, n >= 1, got shape {tuple(F.shape)}")
-    xi = None
     if direction is not None:
         check(direction, "direction", like=F)
         if direction.shape[-1] != r or direction.dim() > F.dim() - 1 or \
@@ -312,26 +316,136 @@ def spectral_enhance(F: Tensor, t: float, *, eps_strong: float = 0.1, gamma_weak
     else:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        xi = 2.0 * torch.rand((*batch, r), generator=generator, dtype=torch.float32, device=F.device) - 1.0
     if not isinstance(center, bool):
         raise TypeError(f"center must be a bool, got {type(center).__name__}")
     if center and F.shape[-2] < 2:
         raise ValueError(f"center=True needs F with m >= 2 rows, got shape {tuple(F.shape)}")
+    xi = draw_xi((*batch, r), work_dtype(F.dtype), F.device, direction=direction, generator=generator)
     a = _alpha(float(t))
     Fc = F - F.mean(-2, keepdim=True) if center else F
     if mode == "full":
-        outs = _enhance(Fc, xi, direction, a, *params, center)
+        outs = _enhance(Fc, xi, a, *params, center)
     else:
         with torch.no_grad():
-            outs = _enhance(Fc.detach(), xi, None if direction is None else direction.detach(), a, *params, center)
-    Fp, part, delta = outs[0], outs[5:5 + _PART_OUTS], outs[-1]
+            outs = _enhance(Fc.detach(), xi, a, *params, center)
+    Fp, part, delta = outs[0], outs[4], outs[5]
     if center:
         Fp = Fp + (F - Fc).detach() if mode == "augment" else Fp + (F - Fc)
     if mode == "augment":
         Fp = _Augment.apply(F, Fp)
     if not return_details:
         return Fp
-    return Fp, SpectralPartition(*part[:5], tuple(part[5:])), delta.detach()
+    return Fp, _unpack_partition(part, F.dtype), delta.detach()
+
+
+# ---------------------------------------------------------------- from a given decomposition
+
+
+def _torch_reconstruct(F3: Tensor, U: Tensor, V: Tensor, c: Tensor, s_n: Tensor) -> Tensor:
+    return torch.baddbmm(F3 * s_n[:, None, None], U * c.unsqueeze(-2), V.mT)
+
+
+def _enhance_rows(F3: Tensor, U: Tensor, S: Tensor, V: Tensor, ns: Tensor, nsig: Tensor, xi: Tensor, k: int, params,
+                  reconstruct=_torch_reconstruct, energy: Tensor | None = None) -> Tensor:
+    """s_n·F + U_k diag(c) V_kᵀ for rows F3 [R, m, n] and their decomposition (U [R, m, r], S [R, r],
+    V [R, n, r]), all in the work dtype. The coefficients come from σ/c and ‖F/c‖² (c: the row's
+    power-of-two scale): no overflow of σ² or ‖F‖² at any scale; c (a constant) multiplies them back.
+    energy [R]: ‖F‖² given (F3 then holds some of the rows of the decomposed matrix)."""
+    sc = scaled_rows(F3.detach())[2][:, None]
+    nf2 = ((F3 / sc[..., None]) ** 2).sum((-2, -1)) if energy is None else energy / (sc * sc).reshape(-1)
+    c, s_n, _, _ = enhance_coefs(S[:, :k] / sc, nf2, ns, nsig, xi[:, :k], *params)
+    return reconstruct(F3, U[..., :k], V[..., :k], c * sc, s_n)
+
+
+def _rows(F, U, S, V, n_strong, n_weak, xi, energy=None):
+    (m, n), r = F.shape[-2:], S.shape[-1]
+    w = work_dtype(F.dtype)
+    ns, nsig = n_strong.reshape(-1), (n_strong + n_weak).reshape(-1)
+    k = max(int(nsig.max()), 1) if nsig.numel() else 1
+    rows = (F.reshape(-1, m, n).to(w), U.reshape(-1, m, r), S.reshape(-1, r), V.reshape(-1, n, r))
+    rows += () if energy is None else (energy.reshape(-1).to(w),)
+    return rows, (ns, nsig, xi.reshape(-1, r).to(w), k)
+
+
+def _enhance_given(F3, U, S, V, *energy, ns, nsig, xi, k, params, reconstruct=_torch_reconstruct):
+    """_enhance_rows with the optional energy as a trailing positional (what _rows returns)."""
+    return _enhance_rows(F3, U, S, V, ns, nsig, xi, k, params, reconstruct, *energy)
+
+
+@torch.library.custom_op("sdekernels::enhance_decomposed", mutates_args=())
+def _enhance_decomposed(F: Tensor, U: Tensor, S: Tensor, V: Tensor, n_strong: Tensor, n_weak: Tensor, xi: Tensor,
+                        alpha: float, eps_strong: float, gamma_weak: float, gamma_noise: float, rho: float,
+                        energy: Tensor | None = None) -> Tensor:
+    """F' [..., m, n] in the work dtype (one Triton pass over F on CUDA, a baddbmm on CPU)."""
+    rows, (ns, nsig, xi, k) = _rows(F, U, S, V, n_strong, n_weak, xi, energy)
+    params = (alpha, eps_strong, gamma_weak, gamma_noise, rho)
+    out = _enhance_given(*rows, ns=ns, nsig=nsig, xi=xi, k=k, params=params, reconstruct=_reconstruct)
+    return out.reshape(F.shape)
+
+
+@_enhance_decomposed.register_fake
+def _(F, U, S, V, n_strong, n_weak, xi, alpha, eps_strong, gamma_weak, gamma_noise, rho, energy=None):
+    return F.new_empty(F.shape, dtype=work_dtype(F.dtype))
+
+
+@torch.library.custom_op("sdekernels::enhance_decomposed_backward", mutates_args=())
+def _enhance_decomposed_backward(grad: Tensor, F: Tensor, U: Tensor, S: Tensor, V: Tensor, n_strong: Tensor,
+                                 n_weak: Tensor, xi: Tensor, alpha: float, eps_strong: float, gamma_weak: float,
+                                 gamma_noise: float, rho: float,
+                                 energy: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # The pullback of the forward's own formula (by autograd, on k-column factors): the gradient
+    # reaches U, S, V, F (and the given energy); the decomposition's backward takes it on from U, S, V.
+    # Without an energy its gradient is an empty tensor.
+    rows, (ns, nsig, xi, k) = _rows(F, U, S, V, n_strong, n_weak, xi, energy)
+    params = (alpha, eps_strong, gamma_weak, gamma_noise, rho)
+    _, pullback = vjp(lambda *t: _enhance_given(*t, ns=ns, nsig=nsig, xi=xi, k=k, params=params), *rows)
+    gF, gU, gS, gV, *gE = pullback(grad.reshape(rows[0].shape).to(rows[0].dtype))
+    gE = gE[0].reshape(energy.shape) if gE else F.new_empty(0)
+    return grad_like(gF.reshape(F.shape), F), gU.reshape(U.shape), gS.reshape(S.shape), gV.reshape(V.shape), gE
+
+
+@_enhance_decomposed_backward.register_fake
+def _(grad, F, U, S, V, n_strong, n_weak, xi, alpha, eps_strong, gamma_weak, gamma_noise, rho, energy=None):
+    gE = F.new_empty(0) if energy is None else torch.empty_like(energy)
+    return torch.empty_like(F), torch.empty_like(U), torch.empty_like(S), torch.empty_like(V), gE
+
+
+def _enhance_decomposed_setup(ctx, inputs, output):
+    ctx.params, ctx.given = inputs[7:12], inputs[12] is not None
+    ctx.save_for_backward(*inputs[:7], inputs[12])
+
+
+def _enhance_decomposed_grad(ctx, grad):
+    gF, gU, gS, gV, gE = _enhance_decomposed_backward(grad, *ctx.saved_tensors[:7], *ctx.params,
+                                                      ctx.saved_tensors[7])
+    return gF, gU, gS, gV, None, None, None, None, None, None, None, None, gE if ctx.given else None
+
+
+_enhance_decomposed.register_autograd(_enhance_decomposed_grad, setup_context=_enhance_decomposed_setup)
+
+
+def enhance_decomposed(F: Tensor, d: Decomposition, part: SpectralPartition, xi: Tensor, t: float, *,
+                       eps_strong: float = 0.1, gamma_weak: float = 0.3, gamma_noise: float = 0.9, rho: float = 0.5,
+                       mode: str = "full", centred: Tensor | None = None, energy: Tensor | None = None) -> Tensor:
+    """spectral_enhance (SPEC §4) from a given decomposition: F' = s_n·X + U_k diag(c) V_kᵀ, where
+    d = decompose(X), part = spectral_partition(d.S, m, n, center=centred is not None) and
+    xi = draw_xi(...) [..., r]; X is F, or with center=True `centred` = F − 1μᵀ (and F' = 1μᵀ + X').
+    Gradients flow through X and the factors of d (mode="full"), or dF = dF' (mode="augment").
+    energy [...]: ‖X‖² of the decomposed matrix when F holds only some of its rows (d.U those rows'),
+    as SDELoss across ranks does; by default ‖X‖² of F. Returns F' in F's dtype."""
+    X = F if centred is None else centred
+    params = (_alpha(t), eps_strong, gamma_weak, gamma_noise, rho)
+    U, S, V = d
+    if mode == "full":
+        out = _enhance_decomposed(X, U, S, V, part.n_strong, part.n_weak, xi, *params, energy)
+        if centred is not None:
+            out = out + (F - X)  # the mean rows 1μᵀ
+    else:  # dF = dF'
+        with torch.no_grad():
+            out = _enhance_decomposed(X, U, S, V, part.n_strong, part.n_weak, xi, *params, energy)
+        w = out.dtype
+        out = F.to(w) + (out - X.to(w)).detach()
+    return out.to(F.dtype)
 
 
 # ---------------------------------------------------------------- registry entry

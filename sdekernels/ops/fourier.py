@@ -21,11 +21,10 @@ from torch import Tensor
 
 from . import _triton as kt
 from .. import _ext
-from .. import reference as ref
+from .._fallback import ref
 from .._core import (HAS_TRITON, check, check_domain, check_int, check_real, grad_like, pow2_scale,
                      ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, rand, randn, register
-from ..reference.fourier import cut_width, zero_phase_floor
 
 NORMS = ("backward", "ortho", "forward")
 
@@ -235,6 +234,29 @@ def _flat(t: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- fourier_split
+
+
+def _round_off(x: Tensor, norm: str, factor: float) -> Tensor:
+    """Per image [..., 1, 1]: factor·eps·‖x‖₂ in the units of X under `norm` (0 for a non-finite image)."""
+    n = x.shape[-2] * x.shape[-1]
+    unit = {"backward": 1.0, "ortho": n ** -0.5, "forward": 1.0 / n}[norm]
+    c = pow2_scale(x, (-2, -1))  # ‖x‖ = c·‖x/c‖: no overflow or underflow at any scale
+    size = (x / c).square().sum((-2, -1), keepdim=True).sqrt() * c
+    return torch.nan_to_num(size, nan=0.0, posinf=0.0) * (factor * unit * torch.finfo(x.dtype).eps)
+
+
+def cut_width(x: Tensor, norm: str) -> Tensor:
+    """SPEC §8's branch cut: 2·√(H + W)·eps·‖x‖₂ per image, twice the round-off of Im X of a DFT taken as
+    two matrix products (the widest of the paths); a phase of ±π within it of the cut is set to π."""
+    return _round_off(x, norm, 2.0 * math.sqrt(x.shape[-2] + x.shape[-1]))
+
+
+def zero_phase_floor(x: Tensor, norm: str, log_amplitude: bool) -> Tensor:
+    """The stored amplitude (log1p when log_amplitude) at or below which a coefficient is zero up to the
+    transform's round-off, 4·√(HW)·eps·‖x‖₂ per image: its phase is set to 0 (atan2 of round-off would
+    depend on how the transform was taken)."""
+    tol = _round_off(x, norm, 4.0 * math.sqrt(x.shape[-2] * x.shape[-1]))
+    return torch.log1p(tol) if log_amplitude else tol
 
 
 @torch.library.custom_op("sdekernels::fourier_split", mutates_args=())

@@ -24,10 +24,9 @@ from torch import Tensor
 
 from . import _triton as kt
 from .. import _ext
-from .. import reference as ref
-from .._core import (HAS_TRITON, check, check_int, check_real, grad_like, pow2_scale, ref_vjp, rows, use_triton,
-                     work_dtype)
-from ..reference import spectrum as ref_spec
+from .._fallback import ref
+from .._core import (HAS_TRITON, check, check_choice, check_flag, check_int, check_real, grad_like, pow2_scale,
+                     ref_vjp, rows, use_triton, work_dtype)
 from ..registry import F64, OpInfo, Sample, randn, register
 
 if HAS_TRITON:
@@ -145,7 +144,32 @@ if HAS_TRITON:
 
 @functools.lru_cache(maxsize=64)
 def _dct(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return ref.dct_matrix(n, dtype, device)
+    """Orthonormal DCT-II [n, n] (row k: frequency k); (2i + 1)·k is reduced mod 4n first, for accuracy at large n."""
+    k = torch.arange(n, dtype=torch.int64)
+    ang = ((2 * k[None, :] + 1) * k[:, None] % (4 * n)).double() * (math.pi / (2 * n))
+    w = torch.full((n, 1), math.sqrt(2.0 / n), dtype=torch.float64)
+    w[0] = math.sqrt(1.0 / n)
+    return (w * ang.cos()).to(dtype=dtype, device=device)
+
+
+def _bin_index(H: int, W: int, bins: int, transform: str, official: bool = False) -> Tensor:
+    """Bin of every (u, v), row-major (int64): ⌊r / r_max · bins⌋ capped at bins − 1, exactly: r² and r_max²
+    are integers, so j = ⌊√(⌊bins²·r² / r_max²⌋)⌋ with an integer square root (float64 would send an
+    entry on a boundary, e.g. the diagonal of an FFT map, either way). official: the official code's
+    float32 map, ⌊r / max(max r, 1) · bins⌋ (SPEC §9)."""
+    u, v = torch.arange(H)[:, None], torch.arange(W)[None, :]
+    if official:
+        r = (u * u + v * v).float().sqrt()
+        return (r / r.max().clamp_min(1.0) * bins).floor().long().clamp(0, bins - 1).reshape(-1)
+    if transform == "fft":
+        u, v = torch.minimum(u, H - u), torch.minimum(v, W - v)
+        r2_max = (H // 2) ** 2 + (W // 2) ** 2
+    else:
+        r2_max = (H - 1) ** 2 + (W - 1) ** 2
+    q = (bins * bins * (u * u + v * v)) // max(r2_max, 1)
+    j = q.double().sqrt().long()
+    j = j - (j * j > q).long() + ((j + 1) * (j + 1) <= q).long()  # the float root corrected to ⌊√q⌋
+    return j.clamp_max(bins - 1).reshape(-1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -161,7 +185,7 @@ def _bin_map(H: int, W: int, bins: int, transform: str, dtype: torch.dtype, devi
              official: bool = False):
     """Bin index of every (u, v) (row-major, int64) and 1 / count per bin (0 for an empty bin);
     official: the official code's float32 map and 1 / (count + 1e-8) (SPEC §9, esm_loss)."""
-    idx = ref_spec.bin_index(H, W, bins, transform, official).reshape(-1)
+    idx = _bin_index(H, W, bins, transform, official)
     count = torch.bincount(idx, minlength=bins).double()
     if official:  # an empty bin's sum is 0, so any factor does there
         inv = 1.0 / (count.clamp_min(1) + 1e-8)
@@ -173,7 +197,7 @@ def _bin_map(H: int, W: int, bins: int, transform: str, dtype: torch.dtype, devi
 @functools.lru_cache(maxsize=64)
 def _projector(block: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """P = Kᵀ diag(keep) K with K = D ⊗ D: the block-DCT low-pass on row-major block²-vectors (symmetric)."""
-    D = ref.dct_matrix(block, torch.float64)
+    D = _dct(block, torch.float64, torch.device("cpu"))
     K = torch.kron(D, D)
     u = torch.arange(block)
     keep = ((u[:, None] + u[None, :]) < (2 * block - 1 - k)).reshape(-1).double()
@@ -185,7 +209,8 @@ def _blur_matrix(n: int, size: int, sigma: float, padding: str = "reflect") -> T
     """[n, n] float64: the 1-D normalised Gaussian blur (odd `size`) with reflect (edge not repeated)
     or zero padding as a banded matrix."""
     r = size // 2
-    g = ref_spec._gaussian_kernel1d(size, sigma, torch.float64, "cpu").expand(n, -1)
+    g = torch.exp(-0.5 * ((torch.arange(size, dtype=torch.float64) - r) / sigma) ** 2)
+    g = (g / g.sum()).expand(n, -1)
     pos = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
     if padding == "reflect":
         pos = torch.where(pos < 0, -pos, torch.where(pos > n - 1, 2 * (n - 1) - pos, pos))
@@ -269,7 +294,7 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
             out, Y = torch.ops.sdekernels_C.radial_psd_fwd(x4.to(w), idx, inv, _dct(H, w, x.device),
                                                            _dct(W, w, x.device), channel_mean, save)
     else:
-        out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, 1e-12, official)
+        out = _psd_aten(x4.to(w), bins, fft, channel_mean, official)
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
     out = out.reshape(x4.shape[0], (1 if channel_mean else C) * bins) * (c * c).reshape(-1, 1)
     out = out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins)))
@@ -281,14 +306,26 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
     return out.to(x.dtype), Y, c.reshape(-1)
 
 
+def _psd_aten(x4: Tensor, bins: int, fft: bool, channel_mean: bool, official: bool) -> Tensor:
+    """What the kernels compute, in differentiable ATen (the path without the extension): the power of
+    x4's spectrum [R, C, H, W] (channel mean), floored at 1e-12, P[0, 0] = 0, binned."""
+    H, W = x4.shape[-2:]
+    S = _spectrum(x4, fft)
+    P = S.square().sum(-1) / (H * W) if fft else S.square()
+    P = (P.mean(-3) if channel_mean else P).clamp_min(1e-12).flatten(-2)
+    P = torch.cat([torch.zeros_like(P[..., :1]), P[..., 1:]], -1)
+    idx, inv = _bin_map(H, W, bins, "fft" if fft else "dct", P.dtype, P.device, official)
+    return P.new_zeros(P.shape[:-1] + (bins,)).index_add(-1, idx, P) * inv
+
+
 def _unit_samples(x: Tensor, official: bool = False):
-    """(centred x / c as [R, C, H, W] in the work dtype, c [R, 1, 1, 1]), c = ref_spec.sample_scale of the
+    """(centred x / c as [R, C, H, W] in the work dtype, c [R, 1, 1, 1]), c = pow2_scale of the
     centred x: the kernels' floor P >= 1e-12 on x/c is the reference's relative floor 1e-12·c², P(x) =
     c²·P(x/c), and the spectrum never overflows (SPEC §10). Centring changes only the DC entry (0).
     official: c = 1, since the official code's floor is absolute (esm_loss scales its input for it)."""
     x4 = x.reshape(-1, *x.shape[-3:]).to(work_dtype(x.dtype))
     x4 = x4 - x4.mean((-2, -1), keepdim=True)
-    c = torch.ones_like(x4[:, :1, :1, :1]) if official else pow2_scale(x4, (1, 2, 3))  # ref_spec.sample_scale
+    c = torch.ones_like(x4[:, :1, :1, :1]) if official else pow2_scale(x4, (1, 2, 3))
     return x4 / c, c
 
 
@@ -322,9 +359,8 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, c: Tensor, grad: Tensor, bins: in
         dx = torch.ops.sdekernels_C.radial_psd_bwd(Y, gc, idx, inv, *D, channel_mean).reshape(x.shape)
     else:
         x4 = _unit_samples(x, official)[0]
-        (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
-                        transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
-                        official=official)
+        (dx,) = ref_vjp(_psd_aten, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
+                        fft=transform == "fft", channel_mean=channel_mean, official=official)
         dx = (dx.reshape(c.shape[0], C * H * W) * c.reshape(-1, 1)).reshape(x.shape)
     if keep_dc and not centre:  # d(H·W·m²)/dx = 2m at every pixel, where the floor does not clamp P[0, 0]
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)
@@ -376,7 +412,10 @@ def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str
     """
     check(x, "x", min_dim=3)
     bins = _check_bins(bins)
-    ref_spec.check_psd_options(transform, center, channel_reduce, keep_dc)
+    check_choice(transform, "transform", ("dct", "fft"))
+    check_choice(center, "center", ("mean", None, "none"))
+    check_choice(channel_reduce, "channel_reduce", ("mean", "none"))
+    check_flag(keep_dc, "keep_dc")
     save = torch.is_grad_enabled() and x.requires_grad  # keep the spectrum only when a backward may follow
     return _radial_psd(x, bins, transform, channel_reduce == "mean", save, False, keep_dc, center == "mean")[0]
 
@@ -413,7 +452,7 @@ def _esm_axis(n: int, out: int, blur, padding: str, dtype: torch.dtype, device: 
 def _esm_target(x4: Tensor, size, blur, official: bool) -> Tensor:
     """reference esm_target_images by two GEMMs: blur and bicubic resize are both separable linear
     maps, so the whole target side is M_H x M_Wᵀ per image (the W side first, which shrinks it)."""
-    blur = ref_spec.esm_blur(blur, size, official)
+    blur = None if official and size[0] == 32 else blur  # the official code does not blur 32-px targets
     (H, W), (h, w) = x4.shape[-2:], tuple(size)
     if blur is None and (H, W) == (h, w):
         return x4
@@ -446,7 +485,9 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
         if size % 2 == 0:
             raise ValueError(f"blur size must be odd, got {size}")
         blur = (size, sigma)
-    ref_spec.check_esm_options(variant, loss, blur, log_power)
+    check_choice(variant, "variant", ("library", "official"))
+    check_choice(loss, "loss", ("kl", "l2"))
+    check_flag(log_power, "log_power")
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"x must have z's batch shape {tuple(z.shape[:-3])}, got {tuple(x.shape[:-3])}")
     official = variant == "official"
@@ -459,7 +500,29 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
         f = torch.arange(1, bins + 1, dtype=w, device=xw.device)
         s_x = _esm_spectrum(xw, bins, official) * f ** delta
     s_z = _esm_spectrum(zw, bins, official)
-    return ref_spec.esm_distance(s_x, s_z, loss, log_power, official).to(z.dtype)
+    return _esm_distance(s_x, s_z, loss, log_power, official).to(z.dtype)
+
+
+def _esm_distance(s_x: Tensor, s_z: Tensor, loss: str, log_power: bool, official: bool) -> Tensor:
+    """esm_loss from the target spectrum s_x (times f^delta) and s_z, both [N, bins] (SPEC §9)."""
+    eps = 1e-8 if official else 0.0
+    p, q = (_unit_sum(torch.log1p(s + 1e-8) if log_power else s, official) for s in (s_x, s_z))
+    if p.numel() == 0:  # an empty batch: 0 (with a graph), not the NaN of an empty mean
+        return (p.sum() + q.sum()) * 0
+    if loss == "l2":
+        return (q - p).square().mean()
+    if official:
+        return (p * ((p + eps).log() - (q + eps).log())).sum(-1).mean()
+    keep = p > 0  # 0 · log 0 = 0: a bin empty in the target adds nothing (and no gradient)
+    ratio = torch.where(keep, p, 1.0) / torch.where(keep, q, 1.0)
+    return torch.where(keep, p * ratio.log(), 0.0).sum(-1).mean()
+
+
+def _unit_sum(s: Tensor, official: bool) -> Tensor:
+    """s clamped at 0 and divided by its sum over bins: + 1e-8 (official), at least the dtype's tiny (library)."""
+    s = s.clamp_min(0)
+    total = s.sum(-1, keepdim=True)
+    return s / (total + 1e-8) if official else s / total.clamp_min(torch.finfo(s.dtype).tiny)
 
 
 # ---------------------------------------------------------------- block_dct_lowpass
@@ -559,11 +622,11 @@ def _dog_map(z3: Tensor, sigma1: float, sigma2: float, adjoint: bool = False) ->
 @torch.library.custom_op("sdekernels::dog", mutates_args=())
 def _dog(z: Tensor, sigma1: float, sigma2: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(output, per-sample std s and mean of d and scale c, each [N] in the work dtype: the backward
-    needs only these). Each sample is divided by c = ref_spec.sample_scale(z), a power of two (exact):
+    needs only these). Each sample is divided by c = pow2_scale(z), a power of two (exact):
     d/max(s, 1e-6) of z/c is the reference's d/max(std, 1e-6·c) of z, a relative floor (SPEC §10)."""
     C, H, W = z.shape[-3:]
     z2 = z.to(work_dtype(z.dtype)).reshape(-1, C * H * W)
-    c = ref_spec.sample_scale(z2).reshape(-1)
+    c = pow2_scale(z2, (1,)).reshape(-1)
     d = _dog_map((z2 / c[:, None]).reshape(-1, H, W), sigma1, sigma2).reshape(-1, C * H * W)
     s, mean = torch.std_mean(d, dim=1, correction=0)
     return (d / s.clamp_min(1e-6)[:, None]).reshape(z.shape).to(z.dtype), s, mean, c

@@ -18,20 +18,33 @@ path the truncated-SVD gradient of SPEC §1 (exact only as σ_{k+1..r} → 0).
 Reference: reference/svd.py. Tests: python_tests/test_svd.py and the generic test_ops.py.
 """
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .. import _ext
-from .. import reference as ref
+from .._fallback import ref
 from .._core import check, check_int, check_real, cuda_like, grad_like, pow2_scale, work_dtype
-from ..reference.svd import SpectralPartition
 from ..registry import F64, OpInfo, Sample, Tuned, register
 from ._spectral import (DEFAULT_SEED, SPECTRA, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,
-                        partition_counts, planted, safe_inv, scaled_rows, sigma_den, spectrum, spiked, topk,
-                        truncated_grad, unscale, use_gram)
+                        partition_counts, planted, safe_inv, scaled_rows, sigma_den, spectrum, spiked, thin_svd,
+                        thin_svd_grad, topk, truncated_grad, unscale, use_gram)
 
-__all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition"]
+__all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition", "decompose", "Decomposition"]
+
+
+class SpectralPartition(NamedTuple):
+    """spectral_partition's result (SPEC §2), per batch element: the counts (int64) and thresholds of
+    the strong / weak / noise sets and their energy fractions (E_strong, E_weak, E_noise)."""
+
+    n_strong: Tensor
+    n_weak: Tensor
+    tau_noise: Tensor
+    tau_strong: Tensor
+    sigma_hat: Tensor
+    energy: tuple[Tensor, Tensor, Tensor]
+
 
 DEFAULT_NITER = 8   # typical subspace iterations, for cost estimates (each: one F·X and one Fᵀ·Y product)
 
@@ -318,6 +331,71 @@ def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5, center:
         raise ValueError(f"center=True needs m >= 2 rows, got m={m}")
     ns, nw, tn, ts, sh, e = _spectral_partition(S.detach(), m, n, iqr_c, center)
     return SpectralPartition(ns, nw, tn, ts, sh, e.unbind(-1))
+
+
+# ---------------------------------------------------------------- decompose
+
+
+class Decomposition(NamedTuple):
+    """The thin SVD F = U diag(S) Vᵀ of F [..., m, n]: U [..., m, r], S [..., r], V [..., n, r], all
+    r = min(m, n) values descending, in the work dtype."""
+
+    U: Tensor
+    S: Tensor
+    V: Tensor
+
+
+@torch.library.custom_op("sdekernels::decompose", mutates_args=())
+def _decompose(F: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    (m, n), batch = F.shape[-2:], F.shape[:-2]
+    U, S, V = thin_svd(F.reshape(-1, m, n).to(work_dtype(F.dtype)))
+    r = S.shape[-1]
+    # contiguous, as the fake kernel declares (the Gram's eigenvectors come column-major)
+    return (U.reshape(*batch, m, r).contiguous(), S.reshape(*batch, r).contiguous(),
+            V.reshape(*batch, n, r).contiguous())
+
+
+@_decompose.register_fake
+def _(F):
+    (m, n), batch, w = F.shape[-2:], F.shape[:-2], work_dtype(F.dtype)
+    r = min(m, n)
+    return F.new_empty((*batch, m, r), dtype=w), F.new_empty((*batch, r), dtype=w), F.new_empty((*batch, n, r), dtype=w)
+
+
+@torch.library.custom_op("sdekernels::decompose_backward", mutates_args=())
+def _decompose_backward(F: Tensor, U: Tensor, S: Tensor, V: Tensor, gU: Tensor | None, gS: Tensor | None,
+                        gV: Tensor | None) -> Tensor:
+    (m, n), r = F.shape[-2:], S.shape[-1]
+    flat = lambda t, *s: None if t is None else t.reshape(-1, *s)  # noqa: E731
+    gF = thin_svd_grad(F.reshape(-1, m, n).to(U.dtype), flat(U, m, r), flat(S, r), flat(V, n, r), flat(gU, m, r),
+                       flat(gS, r), flat(gV, n, r))
+    return grad_like(gF.reshape(F.shape), F)
+
+
+@_decompose_backward.register_fake
+def _(F, U, S, V, gU, gS, gV):
+    return torch.empty_like(F)
+
+
+def _decompose_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], *output)
+
+
+def _decompose_grad(ctx, gU, gS, gV):
+    return _decompose_backward(*ctx.saved_tensors, gU, gS, gV)
+
+
+_decompose.register_autograd(_decompose_grad, setup_context=_decompose_setup)
+
+
+def decompose(F: Tensor) -> Decomposition:
+    """The thin SVD of F [..., m, n] (SPEC §1, all r = min(m, n) triplets), from one eigendecomposition of
+    the float64 Gram of the short side; differentiable, with the exact SVD gradient whatever the tail of
+    the spectrum (stabilised as in SPEC §1). Signs of the singular pairs are unspecified."""
+    check(F, "F", min_dim=2)
+    if min(F.shape[-2:]) == 0:
+        raise ValueError(f"F must have m, n >= 1, got shape {tuple(F.shape)}")
+    return Decomposition(*_decompose(F))
 
 
 # ---------------------------------------------------------------- registry entries

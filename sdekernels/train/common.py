@@ -9,7 +9,6 @@ import functools
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import types
@@ -19,6 +18,8 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+
+from ..files import CheckpointError, first_line, load_file  # noqa: F401  (the drivers' names for them)
 
 # Every op or module a driver may use, by its public name (the same in both namespaces).
 NAMES = ("info_nce", "SDELoss", "singular_values", "spectral_partition", "svd_topk", "spectral_enhance",
@@ -59,10 +60,6 @@ def backend(name: str, needed=NAMES) -> types.SimpleNamespace:
             warnings.warn(f"--backend fused: no fused {', '.join(fallbacks)} in sdekernels yet; "
                           "using sdekernels.reference for them", FallbackWarning, stacklevel=2)
     return types.SimpleNamespace(name=name, fallbacks=fallbacks, **ops)
-
-
-class CheckpointError(Exception):
-    """A checkpoint or model file that cannot be used; the command line prints it in one line and exits with 2."""
 
 
 def main_entry(fn: Callable) -> Callable:
@@ -233,27 +230,6 @@ def set_rng_states(state: dict, generators: dict) -> None:
         g.set_state(state["generators"][k])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
-
-
-def load_file(path, what: str = "checkpoint"):
-    """torch.load with weights_only=True: tensors, numbers, strings and containers only, never code.
-
-    A corrupt, truncated, empty, foreign or unsafe file is a CheckpointError naming it.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
-            raise CheckpointError(f"{path}: refused to load this {what}: it holds Python objects other than tensors, "
-                                  "numbers, strings and containers (nothing in it was run)") from None
-        raise CheckpointError(f"{path}: not a readable {what} ({first_line(exc)})") from None
-    except Exception as exc:  # truncated or empty zip, a foreign format, an unreadable file
-        raise CheckpointError(f"{path}: not a readable {what} ({first_line(exc)})") from None
 
 
 def write_json(path, obj) -> None:

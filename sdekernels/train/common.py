@@ -21,7 +21,7 @@ import torch
 
 from ..files import CheckpointError, first_line, load_file  # noqa: F401  (the drivers' names for them)
 from . import distributed
-from .distributed import DistributedFailure, Group, collective_failure, launched, local_device, shutdown
+from .distributed import DistributedFailure, Group, collective_failure, launched, local_device, restarts, shutdown
 
 # Every op or module a driver may use, by its public name (the same in both namespaces).
 NAMES = ("info_nce", "SDELoss", "singular_values", "spectral_partition", "svd_topk", "spectral_enhance",
@@ -276,11 +276,6 @@ def read_metrics(out) -> list:
         return [json.loads(line) for line in lines]
     except json.JSONDecodeError:  # a process killed mid-write leaves a torn last line
         return [json.loads(line) for line in lines[:-1]]
-
-
-def restarts() -> int:
-    """How often torchrun (--max-restarts) has restarted this job's workers."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 class Run:

@@ -36,6 +36,11 @@ def collective_failure(exc: BaseException) -> bool:
                                                 bool(_COLLECTIVE_ERROR.search(str(exc))))
 
 
+def restarts() -> int:
+    """How often torchrun (--max-restarts) has restarted this job's workers."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def launched() -> bool:
     """Whether torchrun started this process as one of several ranks."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -113,8 +118,13 @@ def init(timeout: float, device: torch.device) -> Group:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout))
+        wait = datetime.timedelta(seconds=timeout)
+        store, rank, size = next(dist.rendezvous("env://", timeout=wait))
+        # torchrun keeps its store across restarts: a restarted job must not read the addresses the
+        # ranks of an earlier attempt left there (gloo then fails to connect; pytorch/pytorch#135712)
+        store = dist.PrefixStore(f"sdekernels/attempt{restarts()}", store)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=size, timeout=wait)
     return Group(dist.get_rank(), dist.get_world_size(), timeout)
 
 

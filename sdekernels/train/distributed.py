@@ -55,11 +55,13 @@ def local_device(device: torch.device) -> torch.device:
 
 @dataclass(frozen=True)
 class Group:
-    """This process's place in the job: rank, world size, the collectives' timeout (seconds)."""
+    """This process's place in the job: rank, world size, the collectives' timeout (seconds) and
+    device (NCCL's collectives take CUDA tensors only)."""
 
     rank: int = 0
     size: int = 1
     timeout: float = 0.0
+    device: torch.device = torch.device("cpu")
 
     @property
     def main(self) -> bool:
@@ -89,7 +91,7 @@ class Group:
         """The mean over ranks of each number (logging: equal shards make it the global batch's)."""
         if self.size == 1:
             return values
-        t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
+        t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return dict(zip(values, (t / self.size).tolist()))
 
@@ -120,12 +122,13 @@ def init(timeout: float, device: torch.device) -> Group:
             torch.cuda.set_device(device)
         wait = datetime.timedelta(seconds=timeout)
         store, rank, size = next(dist.rendezvous("env://", timeout=wait))
-        # torchrun keeps its store across restarts: a restarted job must not read the addresses the
-        # ranks of an earlier attempt left there (gloo then fails to connect; pytorch/pytorch#135712)
-        store = dist.PrefixStore(f"sdekernels/attempt{restarts()}", store)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's own store outlives restarts: a restarted job must not read the addresses the
+            # ranks of an earlier attempt left there (gloo then fails to connect; pytorch/pytorch#135712)
+            store = dist.PrefixStore(f"sdekernels/attempt{restarts()}", store)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
                                 world_size=size, timeout=wait)
-    return Group(dist.get_rank(), dist.get_world_size(), timeout)
+    return Group(dist.get_rank(), dist.get_world_size(), timeout, device)
 
 
 def shutdown() -> None:

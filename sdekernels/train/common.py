@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from ..files import CheckpointError, first_line, load_file  # noqa: F401  (the drivers' names for them)
+from . import distributed
+from .distributed import DistributedFailure, Group, collective_failure, launched, local_device, restarts, shutdown
 
 # Every op or module a driver may use, by its public name (the same in both namespaces).
 NAMES = ("info_nce", "SDELoss", "singular_values", "spectral_partition", "svd_topk", "spectral_enhance",
@@ -73,6 +75,17 @@ def main_entry(fn: Callable) -> Callable:
         except CheckpointError as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2
+        except DistributedFailure as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 1
+        except RuntimeError as exc:
+            if not (launched() and collective_failure(exc)):
+                raise
+            print(f"{prog}: error: rank {os.environ.get('RANK')}: a collective failed or waited longer than "
+                  f"--dist-timeout (another rank died or stalled): {first_line(exc)}", file=sys.stderr)
+            return 1
+        finally:
+            shutdown()
 
     return main
 
@@ -159,6 +172,9 @@ def parser(prog: str, description: str, *, steps: int, batch_size: int, lr: floa
     p.add_argument("--threads", type=POSITIVE, default=None,
                    help="CPU threads for torch (default: torch's; 1 is much faster on a busy machine with few cores)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dist-timeout", type=float_range(0.0, lo_open=True), default=600.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits in a collective for the others (one that died or "
+                        "stalled, or rank 0 evaluating before training) before it fails")
     return p
 
 
@@ -171,9 +187,22 @@ def check_limits(p: argparse.ArgumentParser, args, train_size: int, test_size: i
 
 
 def device_of(args) -> torch.device:
+    """The device of --device (under torchrun: an accelerator without an index is this rank's)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return local_device(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
+
+def join(args, device: torch.device) -> Group:
+    """This process's place in the job: torchrun's process group (collectives time out after
+    --dist-timeout), or one process without torchrun."""
+    return distributed.init(args.dist_timeout, device)
+
+
+def check_shards(p: argparse.ArgumentParser, args, group: Group) -> None:
+    """A mean of per-sample losses over N ranks is the batch's mean only for equal shards."""
+    if args.batch_size % group.size:
+        p.error(f"argument --batch-size: must be a multiple of the {group.size} processes, got {args.batch_size}")
 
 
 def dtype_of(args) -> torch.dtype:
@@ -242,7 +271,11 @@ def read_metrics(out) -> list:
     path = Path(out) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in lines]
+    except json.JSONDecodeError:  # a process killed mid-write leaves a torn last line
+        return [json.loads(line) for line in lines[:-1]]
 
 
 class Run:
@@ -251,10 +284,14 @@ class Run:
     ``state`` maps names to objects with state_dict/load_state_dict (model, optimizer, …),
     ``generators`` to torch.Generators whose states are checkpointed with the global RNGs,
     ``extra`` is a dict saved with every checkpoint (e.g. the evaluation before training).
+    Under torchrun (``group``) rank 0 writes metrics.jsonl and the checkpoints, every rank resumes
+    from the same checkpoint (the RNG states are alike on every rank: each draws the global batch's
+    randomness), and a job restarted by torchrun resumes without --resume.
     """
 
-    def __init__(self, args, state: dict, generators: Optional[dict] = None):
+    def __init__(self, args, state: dict, generators: Optional[dict] = None, group: Group = distributed.ONE):
         self.args = args
+        self.group = group
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = state
@@ -265,8 +302,10 @@ class Run:
         self.start = 0
 
     def restore(self) -> int:
-        """Load DIR/checkpoint.pt under --resume (returns its step), else start a fresh metrics file at step 0."""
-        if self.args.resume and self.ckpt.exists():
+        """Load DIR/checkpoint.pt under --resume or after a restart by torchrun (returns its step), else
+        start a fresh metrics file at step 0."""
+        resume = self.args.resume or restarts() > 0
+        if resume and self.ckpt.exists():
             ck = load_file(self.ckpt)
             try:
                 made_with = ck["args"].get("dtype", "float32")
@@ -280,22 +319,33 @@ class Run:
                 self.start = int(ck["step"])
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
                 raise CheckpointError(f"{self.ckpt}: not a checkpoint of this run ({first_line(exc)})") from None
-            # metrics logged after the checkpoint belong to the lost part of the interrupted run
-            kept = [m for m in read_metrics(self.out) if m["step"] < self.start]
-            self.metrics_path.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
+            if self.group.main:
+                if restarts():
+                    print(f"restart {restarts()}: resuming from step {self.start} ({self.ckpt})", file=sys.stderr)
+                # metrics logged after the checkpoint belong to the lost part of the interrupted run
+                kept = [m for m in read_metrics(self.out) if m["step"] < self.start]
+                self.metrics_path.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
         else:
-            if self.args.resume:
+            if self.args.resume and self.group.main:
                 warnings.warn(f"--resume: no checkpoint in {self.out}; starting from step 0", stacklevel=2)
-            self.metrics_path.write_text("")
+            if self.group.main:
+                self.metrics_path.write_text("")
             self.start = 0
         return self.start
 
     def save(self, step: int) -> None:
+        """Rank 0 writes the checkpoint of ``step`` atomically (a temporary file, then a rename)."""
+        if not self.group.main:
+            return
         ck = {"step": step, "data_position": step * self.args.batch_size, "args": vars(self.args),
+              "world_size": self.group.size,
               "state": {k: obj.state_dict() for k, obj in self.state.items()},
               "rng": rng_states(self.generators), "extra": self.extra}
         tmp = self.out / "checkpoint.pt.tmp"
-        torch.save(ck, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(ck, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.ckpt)
 
     def loop(self, step_fn: Callable[[int], dict]) -> bool:
@@ -304,11 +354,19 @@ class Run:
 
         a = self.args
         end = a.steps if a.stop_after is None else min(a.steps, a.stop_after)
-        bar = tqdm(range(self.start, end), initial=self.start, total=a.steps, disable=a.no_progress,
-                   desc=f"train {Path(a.out).name}", dynamic_ncols=True)
-        with open(self.metrics_path, "a") as log:
+        bar = tqdm(range(self.start, end), initial=self.start, total=a.steps,
+                   disable=a.no_progress or not self.group.main, desc=f"train {Path(a.out).name}", dynamic_ncols=True)
+        with open(self.metrics_path, "a") if self.group.main else open(os.devnull, "w") as log:
             for step in bar:
-                m = step_fn(step)
+                try:
+                    m = step_fn(step)
+                except RuntimeError as exc:
+                    if self.group.size > 1 and collective_failure(exc):
+                        raise DistributedFailure(
+                            f"rank {self.group.rank} of {self.group.size}, step {step}: a collective failed or waited "
+                            f"longer than --dist-timeout {a.dist_timeout:g} s (another rank died or stalled): "
+                            f"{first_line(exc)}") from None
+                    raise
                 if step % a.log_every == 0 or step == a.steps - 1:
                     log.write(json.dumps({"step": step, **m}, sort_keys=True) + "\n")
                     log.flush()

@@ -44,6 +44,11 @@ class AutoEncoder(nn.Module):
             nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.SiLU(),      # 64×64
             nn.Conv2d(w, 3, 3, padding=1))
 
+    def forward(self, x, lowpass=None):
+        """(latent z, reconstruction from lowpass(z), or from z without one)."""
+        z = self.encoder(x)
+        return z, self.decoder(z if lowpass is None else lowpass(z))
+
 
 class Denoiser(nn.Module):
     """The diffusability probe: predicts the clean latent from latent + σ·noise (σ given as an extra channel)."""
@@ -134,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--probe-samples", type=common.POSITIVE, default=512, help="latents the probe trains on")
     args = p.parse_args(argv)
     device, dtype = common.device_of(args), common.dtype_of(args)
+    group = common.join(args, device)
+    common.check_shards(p, args, group)
     common.seed_everything(args.seed)
     ops = common.backend(args.backend, needed=("esm_loss", "radial_psd", "block_dct_lowpass"))
     out = Path(args.out)
@@ -149,17 +156,17 @@ def main(argv=None) -> int:
     model = AutoEncoder(args.width).to(device, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = common.warmup_cosine(opt, args.steps, warmup=20)
-    run = common.Run(args, {"model": model, "opt": opt, "sched": sched})
-    if run.restore() == 0:
+    run = common.Run(args, {"model": model, "opt": opt, "sched": sched}, group=group)
+    if run.restore() == 0 and group.main:
         run.extra["before"] = evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device)
+    net = group.ddp(model)
 
     def step_fn(step):
         rng = np.random.default_rng([args.seed, 4, step])
-        x = data.random_crops(train_imgs, args.batch_size, 64, rng).to(device, dtype)
-        z = model.encoder(x)
+        x = data.random_crops(train_imgs, args.batch_size, 64, rng)[group.shard(args.batch_size)].to(device, dtype)
         k = int(rng.choice(DSM_K)) if args.dsm else 0
-        target, z_in = (ops.block_dct_lowpass(x, k), ops.block_dct_lowpass(z, k)) if k else (x, z)
-        rec = model.decoder(z_in)
+        z, rec = net(x, (lambda t: ops.block_dct_lowpass(t, k)) if k else None)
+        target = ops.block_dct_lowpass(x, k) if k else x
         loss_rec = Fn.mse_loss(rec, target)
         if args.esm_weight > 0:
             loss_esm = ops.esm_loss(z, x)
@@ -172,12 +179,11 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
         sched.step()
-        return {"loss": float(loss.detach()), "loss_rec": float(loss_rec.detach()),
-                "loss_esm": float(loss_esm.detach()),
-                "k": k, "psnr_train": float(psnr(rec.detach(), target).mean())}
+        m = {"loss": loss, "loss_rec": loss_rec, "loss_esm": loss_esm, "psnr_train": psnr(rec.detach(), target).mean()}
+        return {**group.mean({key: float(v.detach()) for key, v in m.items()}), "k": k}
 
     t0 = time.perf_counter()
-    if not run.loop(step_fn):
+    if not run.loop(step_fn) or not group.main:
         return 0
     train_seconds = time.perf_counter() - t0
     after = evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device)
@@ -185,7 +191,8 @@ def main(argv=None) -> int:
     summary = {"driver": "esm", "variant": variant, "esm_weight": args.esm_weight, "dsm": args.dsm,
                "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks, "steps": args.steps,
                "batch_size": args.batch_size,
-               "seed": args.seed, "device": str(device), "test_crops": n_test, "final_loss": metrics[-1]["loss"],
+               "seed": args.seed, "device": str(device), "processes": group.size,
+               "test_crops": n_test, "final_loss": metrics[-1]["loss"],
                "before": run.extra["before"], "after": after, "train_seconds_this_process": train_seconds}
     common.write_json(out / "summary.json", summary)
     common.plot_curves(metrics, ["loss", "loss_rec", "loss_esm", "psnr_train"], out / "curves.png",

@@ -84,6 +84,9 @@ class Adapter(nn.Module):
         self.clip.eval()  # frozen, BatchNorm statistics included
         return self
 
+    def forward(self, x: torch.Tensor, classes) -> torch.Tensor:
+        return self.logits(x, classes)
+
     def logits(self, x: torch.Tensor, classes) -> torch.Tensor:
         """Scaled cosine logits [B, len(classes)] of images x [B, 1, 28, 28]."""
         B, K, d = x.shape[0], len(classes), self.ctx.shape[-1]
@@ -135,14 +138,18 @@ def augment(x: torch.Tensor, rng: np.random.Generator, ops, amp_mix: float, amp_
     return mix_pixels(ops, x, x[torch.from_numpy(rng.permutation(B))], lam)
 
 
-def batch_loss(model: Adapter, ops, shots: torch.Tensor, targets: torch.Tensor, step: int, args):
-    """Training batch ``step`` (a pure function of --seed and step): its augmented shots' cross-entropy
-    over the base classes → (loss, logits, targets)."""
+def batch_loss(model: nn.Module, ops, shots: torch.Tensor, targets: torch.Tensor, step: int, args,
+               group: common.Group = common.distributed.ONE):
+    """Training batch ``step`` (a pure function of --seed and step), augmented as a whole, and this
+    rank's shard of it (``group``): the shard's cross-entropy over the base classes → (loss, logits,
+    targets). ``model``: the Adapter or its data-parallel wrapper."""
     idx = torch.from_numpy(common.epoch_batch(args.seed, step, args.batch_size, len(shots)))
     x = augment(shots[idx], np.random.default_rng([args.seed, 3, step]), ops, args.amp_mix, args.amp_alpha)
-    device = model.ctx.device
-    logits = model.logits(x.to(device), BASE)
-    return Fn.cross_entropy(logits, targets[idx].to(device)), logits, targets[idx]
+    part = group.shard(len(idx))
+    x, y = x[part], targets[idx][part]
+    device = next(model.parameters()).device
+    logits = model(x.to(device), BASE)
+    return Fn.cross_entropy(logits, y.to(device)), logits, y
 
 
 @torch.no_grad()
@@ -214,6 +221,8 @@ def main(argv=None) -> int:
         p.error(f"--init {args.init}: no model.pt (run `python -m sdekernels train sde --out {args.init}` first)")
     common.check_limits(p, args, data.fashion_size("train"), data.fashion_size("test"))
     device, dtype = common.device_of(args), common.dtype_of(args)
+    group = common.join(args, device)
+    common.check_shards(p, args, group)
     common.seed_everything(args.seed)
     ops = common.backend(args.backend, needed=("FourierAttentiveTokens", "amplitude_mix"))
     out = Path(args.out)
@@ -228,7 +237,8 @@ def main(argv=None) -> int:
     train_x, train_y = pool_x[shots], pool_y[shots]
     test_x, test_y = data.fashion_mnist("test", args.test_limit, dtype)
     clip, templates = load_clip(args.init, device, dtype)
-    cap_emb = data.embed_texts(data.captions(templates=templates), out / "captions.pt")
+    with group.main_first():
+        cap_emb = data.embed_texts(data.captions(templates=templates), out / "captions.pt")
     class_emb = cap_emb.view(len(data.FASHION_CLASSES), len(templates), -1).mean(1)
 
     model = Adapter(clip, class_emb.to(device, dtype), args.method, ops, args.n_ctx,
@@ -245,23 +255,24 @@ def main(argv=None) -> int:
         def load_state_dict(self, sd):
             model.load_state_dict(sd, strict=False)
 
-    run = common.Run(args, {"model": TrainableState(), "opt": opt, "sched": sched})
+    run = common.Run(args, {"model": TrainableState(), "opt": opt, "sched": sched}, group=group)
     model.train()
-    if run.restore() == 0:
+    if run.restore() == 0 and group.main:
         run.extra["zero_shot"] = evaluate(model, test_x, test_y, device)
     targets = torch.as_tensor([BASE.index(int(c)) for c in train_y])
+    net = group.ddp(model)
 
     def step_fn(step):
-        loss, logits, y = batch_loss(model, ops, train_x, targets, step, args)
+        loss, logits, y = batch_loss(net, ops, train_x, targets, step, args, group)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         acc = (logits.argmax(-1).cpu() == y).double().mean()
-        return {"loss": float(loss.detach()), "train_acc": float(acc)}
+        return group.mean({"loss": float(loss.detach()), "train_acc": float(acc)})
 
     t0 = time.perf_counter()
-    if not run.loop(step_fn):
+    if not run.loop(step_fn) or not group.main:
         return 0
     train_seconds = time.perf_counter() - t0
     after = evaluate(model, test_x, test_y, device)
@@ -272,6 +283,7 @@ def main(argv=None) -> int:
                "base_classes": [data.FASHION_CLASSES[c] for c in BASE],
                "novel_classes": [data.FASHION_CLASSES[c] for c in NOVEL],
                "trainable_parameters": sum(p.numel() for p in params), "test_samples": len(test_x),
+               "processes": group.size,
                "final_loss": metrics[-1]["loss"], "zero_shot": run.extra["zero_shot"], "adapted": after,
                "train_seconds_this_process": train_seconds}
     common.write_json(out / "summary.json", summary)

@@ -63,6 +63,10 @@ class ClipModel(nn.Module):
     def scale(self):
         return self.logit_scale.exp().clamp(max=100.0)
 
+    def forward(self, x, e):
+        """(image features, text features, logit scale): one training step's model outputs."""
+        return self.encode_image(x), self.encode_text(e), self.scale()
+
 
 def caption_batch(idx: np.ndarray, labels: torch.Tensor, n_templates: int, rng: np.random.Generator):
     """Captions for the images ``idx``: distinct templates for the images of one class.
@@ -161,6 +165,7 @@ def main(argv=None) -> int:
         warnings.warn(f"{why}; the fused backend's stabilised gradient is used (no reference run can follow it)",
                       stacklevel=2)
     device, dtype = common.device_of(args), common.dtype_of(args)
+    group = common.join(args, device)
     common.seed_everything(args.seed)
     ops = common.backend(args.backend, needed=("SDELoss", "info_nce", "singular_values", "spectral_partition"))
 
@@ -171,7 +176,8 @@ def main(argv=None) -> int:
     T = len(templates)
     run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cap_emb = data.embed_texts(caps, run_dir / "captions.pt").to(dtype)  # frozen text encoder: embedded once
+    with group.main_first():  # frozen text encoder: embedded once
+        cap_emb = data.embed_texts(caps, run_dir / "captions.pt").to(dtype)
 
     model = ClipModel(args.dim, args.width).to(device, dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
@@ -186,18 +192,21 @@ def main(argv=None) -> int:
     if args.no_enhance:
         variant.update(eps_strong=0.0, gamma_weak=0.0, gamma_noise=0.0)
     sde_loss = ops.SDELoss(args.steps, generator=gen, **variant) if args.loss == "sde" else None
-    run = common.Run(args, {"model": model, "opt": opt, "sched": sched}, {"sde": gen})
-    if run.restore() == 0:
+    run = common.Run(args, {"model": model, "opt": opt, "sched": sched}, {"sde": gen}, group)
+    if run.restore() == 0 and group.main:
         run.extra["before"] = evaluate(model, ops, test_x, test_y, cap_emb, T, device, args.seed)
     cap_dev, train_n = cap_emb.to(device), len(train_x)
+    net = group.ddp(model)
 
     def step_fn(step):
+        # the global batch (as one process), this rank's shard of it; the loss is the global batch's on every rank
         idx, cap_idx = caption_batch(common.epoch_batch(args.seed, step, args.batch_size, train_n), train_y,
                                      T, np.random.default_rng([args.seed, 1, step]))
-        x = train_x[idx].to(device)
-        cap = cap_dev[torch.from_numpy(cap_idx).to(device)]
-        img, txt = model.encode_image(x), model.encode_text(cap)
-        scale = model.scale()
+        part = group.shard(len(idx))
+        x = train_x[idx[part]].to(device)
+        cap = cap_dev[torch.from_numpy(cap_idx[part]).to(device)]
+        img, txt, scale = net(x, cap)
+        img, txt = group.gather(img), group.gather(txt)
         if sde_loss is not None:
             loss = sde_loss(img, txt, scale, step=step)
         else:
@@ -213,7 +222,7 @@ def main(argv=None) -> int:
         return m
 
     t0 = time.perf_counter()
-    if not run.loop(step_fn):
+    if not run.loop(step_fn) or not group.main:
         return 0
     train_seconds = time.perf_counter() - t0
     after = evaluate(model, ops, test_x, test_y, cap_emb, T, device, args.seed)
@@ -224,7 +233,7 @@ def main(argv=None) -> int:
                "fallbacks": ops.fallbacks,
                "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
                "variant": {**variant, "spectral_terms": list(terms)} if sde_loss is not None else None,
-               "train_samples": train_n, "test_samples": len(test_x),
+               "train_samples": train_n, "test_samples": len(test_x), "processes": group.size,
                "final_loss": metrics[-1]["loss"], "before": run.extra["before"], "after": after,
                "train_seconds_this_process": train_seconds}
     common.write_json(run_dir / "summary.json", summary)

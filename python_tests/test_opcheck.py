@@ -26,6 +26,34 @@ def _column_major(t: torch.Tensor) -> torch.Tensor:
 def _record(info, path, layout, monkeypatch) -> dict:
     """{qualname: (op, args, kwargs)}: the first call of each custom op while the entry's op runs
     forward and backward on its typical sample."""
+    sample = info.make(info.typical_shape, DEVICE, torch.float32, torch.Generator().manual_seed(0)).bare()
+    s = info.leaves(sample.map(layout))
+
+    def run():
+        out = s.call(info.op)
+        if info.differentiable:
+            weighted_sum(out, torch.Generator().manual_seed(1)).backward()
+
+    with on_path(path):
+        return _recorded(run, monkeypatch)
+
+
+def _record_loss(layout, monkeypatch) -> dict:
+    """The same for SDELoss, whose own custom ops (decompose, enhance_decomposed, seeded_xi) no op's
+    registry entry calls: forward and backward, centred and not, ξ from the agreed seed."""
+    from sdekernels.nn import SDELoss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = (layout(torch.randn(12, 7, generator=g)).requires_grad_() for _ in range(2))
+
+    def run():
+        for center in (False, True):
+            SDELoss(10, center=center)(a, b, step=3).backward()
+
+    return _recorded(run, monkeypatch)
+
+
+def _recorded(run, monkeypatch) -> dict:
     calls = {}
     call = torch.library.CustomOpDef.__call__
 
@@ -35,17 +63,14 @@ def _record(info, path, layout, monkeypatch) -> dict:
             calls[op._qualname] = (op, tree_map(snap, args), tree_map(snap, kwargs))
         return call(op, *args, **kwargs)
 
-    sample = info.make(info.typical_shape, DEVICE, torch.float32, torch.Generator().manual_seed(0)).bare()
-    s = info.leaves(sample.map(layout))
-    with monkeypatch.context() as m, on_path(path):
+    with monkeypatch.context() as m:
         m.setattr(torch.library.CustomOpDef, "__call__", recording)
-        out = s.call(info.op)
-        if info.differentiable:
-            weighted_sum(out, torch.Generator().manual_seed(1)).backward()
+        run()
     return calls
 
 
 SOLVERS = {"gram": spectral.GRAM_MAX_R, "randomized": 1}  # the SVD ops' two paths (GRAM_MAX_R lowered)
+NO_GRAD = {"sdekernels::spectral_partition", "sdekernels::seeded_xi"}  # SDELoss's ops without a gradient
 RANDOMIZED = {"sdekernels::svd_topk", "sdekernels::spectral_enhance"}  # the custom ops with a randomized path
 
 
@@ -62,9 +87,22 @@ def test_opcheck(name, path, layout, solver, monkeypatch):
     calls = _record(info, path, to_layout, monkeypatch)
     if solver != "gram" and not RANDOMIZED & set(calls):
         pytest.skip("no SVD solver in this op")
+    _opcheck(calls, info.differentiable, path, utils)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "column_major"])
+def test_opcheck_sde_loss(layout, monkeypatch):
+    calls = _record_loss(_column_major if layout == "column_major" else (lambda t: t), monkeypatch)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor") + (
+        ("test_aot_dispatch_dynamic",) if layout == "contiguous" else ())
+    _opcheck(calls, True, "aten", utils)
+
+
+def _opcheck(calls: dict, differentiable: bool, path: str, utils: tuple) -> None:
     failures = []
     for qualname, (op, args, kwargs) in calls.items():
-        grad = info.differentiable and not op._name.endswith("backward")  # forward ops: through their autograd
+        # forward ops through their autograd; not the partition's counts nor ξ's draw
+        grad = differentiable and not op._name.endswith("backward") and qualname not in NO_GRAD
 
         def req(v, grad=grad):
             return v.requires_grad_(grad and v.is_floating_point()) if isinstance(v, torch.Tensor) else v
@@ -76,11 +114,13 @@ def test_opcheck(name, path, layout, solver, monkeypatch):
 
 
 def test_every_custom_op_is_checked(monkeypatch):
-    """The registry's ops reach every custom op of the namespace, so test_opcheck checks them all."""
+    """The registry's ops and SDELoss reach every custom op of the namespace, so test_opcheck (and
+    test_opcheck_sde_loss) check them all."""
     defined = _torch.defined_ops(NAMESPACE)
     reached = set()
     for limit in SOLVERS.values():
         monkeypatch.setattr(spectral, "GRAM_MAX_R", limit)
         for info in OPS.values():
             reached |= set(_record(info, "aten", lambda t: t, monkeypatch))
+    reached |= set(_record_loss(lambda t: t, monkeypatch))
     assert defined - reached == set(), f"custom ops no registry entry reaches: {sorted(defined - reached)}"

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ._core import check, check_int, check_real, without_autocast, work_dtype
+from .dist import check_gather, world
 from .ops._spectral import draw_xi, seeded_xi
 from .ops.contrastive import gather_batch, info_nce, local_info_nce, rank_offset
 from .ops.distances import hellinger, subspace_distance
@@ -89,7 +90,9 @@ class SDELoss(torch.nn.Module):
     when gather=True or gather_with_grad=True (the local features' gradient is then world_size × the
     one-process gradient, which DDP's averaging turns into that of one process on the whole batch),
     else only this rank's slot is live. local_loss=True: the instance term takes this rank's rows
-    against the gathered columns. cache_labels and rank are accepted for ClipLoss compatibility.
+    against the gathered columns. gather="ring": as gather=True, but the instance term is info_nce's
+    ring (the spectrum still reads the gathered batch). cache_labels and rank are accepted for
+    ClipLoss compatibility.
 
     center=True: the partition, the enhancement and both spectral terms act on the row-centred
     features X = F − 1μᵀ (μ the batch mean), and F' = 1μᵀ + X'. spectral_terms: the terms summed in
@@ -155,6 +158,7 @@ class SDELoss(torch.nn.Module):
         self.weighted_subspace = weighted_subspace
         self.direction = direction
         self.mode = mode
+        self.ring = check_gather(gather) == "ring"
         self.gather = bool(gather) or int(world_size) > 1
         self.gather_with_grad = bool(gather) or bool(gather_with_grad)
         self.local_loss = bool(local_loss)
@@ -251,8 +255,9 @@ class SDELoss(torch.nn.Module):
     # -- the loss -------------------------------------------------------------------------------
     def forward(self, image_features, text_features, logit_scale=None, logit_bias=None, output_dict=False, *,
                 step=None, **model_outputs):
-        check(image_features, "image_features", min_dim=2)
-        check(text_features, "text_features", min_dim=2, like=image_features)
+        own = 1 if self.gather and world() > 1 and image_features.dim() >= 2 else 2  # a rank may hold no rows
+        check(image_features, "image_features", min_dim=own)
+        check(text_features, "text_features", min_dim=own, like=image_features)
         no_autocast, (image_features, text_features, logit_scale, logit_bias) = without_autocast(
             image_features.device.type, image_features, text_features, logit_scale, logit_bias)
         with no_autocast:
@@ -283,7 +288,11 @@ class SDELoss(torch.nn.Module):
         (d_a, d_b), (part_a, part_b), (E_a, E_b) = (d["a"], d["b"]), (part["a"], part["b"]), (E["a"], E["b"])
 
         # 3. instance term (local: this rank's rows against the gathered columns)
-        if self.local_loss:  # without a process group: offset 0, every row (the global loss)
+        if self.ring and world() > 1:  # this rank's rows; the other ranks' pass by the ring
+            b, off = image_features.shape[-2], rank_offset(image_features)
+            loss_inst = info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], self.temperature,
+                                 logit_scale=logit_scale, gather="ring", local_loss=self.local_loss)
+        elif self.local_loss:  # without a process group: offset 0, every row (the global loss)
             b, off = image_features.shape[-2], rank_offset(image_features)
             cols_a, cols_b = (E_a, E_b) if self.gather_with_grad else (E_a.detach(), E_b.detach())
             loss_inst = _local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,

@@ -84,6 +84,11 @@ def _worker(rank, world, init, path):
                         sde = SDELoss(10, gather=gather, local_loss=local, generator=torch.Generator().manual_seed(3))
                         fn = lambda x, y, s, t, sde=sde: sde(x, y, s, step=4)  # noqa: E731
                         out[("sde", gather, local, dtype)] = _run(fn, a, b)
+            # leading batch dims: [2, B_local, d]
+            a, b = (torch.stack([z, z.flip(-1)])[:, _part(sizes, rank)] for z in _features(sizes, torch.float64))
+            for key, fn in _cases():
+                if key[0] == "siglip" or key[3]:
+                    out[("lead", *key)] = _run(fn, a, b)
             caught = [str(w.message) for w in seen if issubclass(w.category, (FutureWarning, DeprecationWarning))]
         from sdekernels.bench import load_open_clip_loss
 
@@ -210,6 +215,17 @@ def test_siglip_ring_equals_open_clip_neighbour_exchange(ranks, dtype):
         for impl in ("bidir", "shift"):
             _assert_same(out[("open_clip", "ours", dtype)], out[("open_clip", impl, dtype)], dtype,
                          f"world {world} rank {r} SigLipLoss(dist_impl='ring') vs open_clip {impl}")
+
+
+def test_leading_batch_dims_ring_equals_gather(ranks):
+    world, res = ranks
+    for r in range(world):
+        out = res[r]["out"]
+        keys = [k for k in out if k[0] == "lead" and k[2] == "ring"]
+        assert len(keys) == 6
+        for key in keys:
+            gathered = out[(key[0], key[1], True, *key[3:])]
+            _assert_same(out[key], gathered, torch.float64, f"world {world} rank {r} {key}")
 
 
 def test_no_deprecation_warning(ranks):

@@ -473,7 +473,7 @@ def local_info_nce(z_a: Tensor, z_b: Tensor, all_a: Tensor, all_b: Tensor, scale
 
 
 def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale=None, normalize: bool = True,
-             symmetric: bool = True, gather: bool = False, local_loss: bool = False) -> Tensor:
+             symmetric: bool = True, gather: bool | str = False, local_loss: bool = False) -> Tensor:
     """InfoNCE of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
 
     logits = s·ẑ_a ẑ_bᵀ with s = logit_scale if given (a float, or a one-element tensor that
@@ -483,7 +483,9 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
     gather=True under torch.distributed: the loss of the batch all-gathered (with gradient) over
     the process group, identical on every rank. With local_loss=True as well: this rank's rows
     against the gathered columns, both ways (open_clip's ClipLoss(local_loss=True)); the mean of
-    the ranks' losses is the global loss.
+    the ranks' losses is the global loss. gather="ring": the same losses and gradients without
+    gathering, memory O(B_local·d) per rank (sdekernels/ops/ring.py). The ranks' batch sizes may
+    differ (0 included); a rank without rows still takes part in every collective.
     """
     gather, spread = _check_pairs(z_a, z_b, gather)
     temperature = check_real(temperature, "temperature", 0.0, open_lo=True)
@@ -611,8 +613,8 @@ def _siglip_grad(ctx, grad, *_):
 _siglip.register_autograd(_siglip_grad, setup_context=_siglip_setup)
 
 
-def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize: bool = True, gather: bool = False,
-                local_loss: bool = False) -> Tensor:
+def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize: bool = True,
+                gather: bool | str = False, local_loss: bool = False) -> Tensor:
     """Sigmoid contrastive loss (SigLIP) of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
 
     L = s·ẑ_a ẑ_bᵀ + b with labels y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's
@@ -621,6 +623,8 @@ def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize:
     gather=True under torch.distributed: the loss of one process on the all-gathered batch (with
     gradient). With local_loss=True as well: this rank's rows against the gathered columns divided
     by the local batch, which is exactly the per-rank loss of open_clip's SigLipLoss(world_size > 1).
+    gather="ring": the same without gathering (memory O(B_local·d) per rank); batch sizes may
+    differ between ranks, as for info_nce.
     """
     gather, spread = _check_pairs(z_a, z_b, gather)
     scale = _scalar(logit_scale, "logit_scale", z_a, positive=True)

@@ -4,7 +4,7 @@ the number of ranks.
 Rank r keeps its rows a_r and passes the other modality's blocks around the ring (to r + 1, from
 r − 1): at step k it holds block q = r − k, and the transfer of the next block (batch_isend_irecv)
 overlaps the tile a_r·b_qᵀ. What a block gathers on its way (info_nce's column log-sum-exps in the
-forward, every modality's gradient in the backward) travels one step behind it, is updated by each
+forward, its gradient in the backward) travels one step behind it, is updated by each
 rank in turn and ends at the block's owner. So every rank holds only its own rows' statistics, and
 the only labels are on the diagonal of each rank's own tile (no offsets: the batch sizes may differ).
 
@@ -32,8 +32,7 @@ def _round(held: list[Tensor], sizes: list[int], tile, acc_like=None, combine=No
     accumulator (acc_like(n_q)); the accumulator of each block is combined rank after rank, one step
     behind the block, and the one of this rank's own block is returned once it is home."""
     r, w = D.rank(), D.world()
-    sent = []  # the previous accumulator's send (the tensor is held until it is waited on)
-    acc = None
+    sent = []  # the previous accumulator's send (its tensor stays referenced until it is waited on)
     for k in range(w):
         q = (r - k) % w
         last = k == w - 1

@@ -22,7 +22,7 @@ from sdekernels import reference as ref
 import sdekernels
 from sdekernels.nn import SDELoss, SigLipLoss
 
-from helpers import free_port
+from helpers import free_port, require
 
 SIZES = {2: [5, 3], 4: [3, 0, 5, 2]}  # the 5 and 3 rows; a rank without rows
 EVEN = 4  # rows per rank for the open_clip comparison (its exchange needs equal shapes)
@@ -210,8 +210,7 @@ def test_siglip_ring_equals_open_clip_neighbour_exchange(ranks, dtype):
     world, res = ranks
     for r in range(world):
         out = res[r]["out"]
-        if ("open_clip", "ours", dtype) not in out:
-            pytest.skip("open-clip-torch is not installed")
+        require(("open_clip", "ours", dtype) in out, "open-clip-torch")
         for impl in ("bidir", "shift"):
             _assert_same(out[("open_clip", "ours", dtype)], out[("open_clip", impl, dtype)], dtype,
                          f"world {world} rank {r} SigLipLoss(dist_impl='ring') vs open_clip {impl}")

@@ -5,7 +5,7 @@
   fallback and the registry's reference of each op) and the drivers' --backend switch (train/common.py);
 - sdekernels/data.py imports nothing from the training drivers (sdekernels/train/ imports it);
 - an op module (sdekernels/ops/*.py) or loss.py imports from the shared modules (_spectral, _core,
-  _triton, _ext, _fallback, registry, schedules) and from another op module only public names: those
+  _triton, _ext, _fallback, registry, schedules, dist, _ring) and from another op module only public names: those
   of sdekernels.functional (never a module object, which would reach its internals)."""
 import ast
 import importlib.util
@@ -18,7 +18,8 @@ import sdekernels.reference
 
 PKG = pathlib.Path(sdekernels.functional.__file__).parent
 SHARED = {"sdekernels.ops._spectral", "sdekernels.ops._triton", "sdekernels._core", "sdekernels._ext",
-          "sdekernels.registry", "sdekernels._fallback", "sdekernels.schedules"}
+          "sdekernels.registry", "sdekernels._fallback", "sdekernels.schedules", "sdekernels.dist",
+          "sdekernels.ops._ring"}  # _ring: the contrastive op's ring exchange, its own private part
 PUBLIC = set(sdekernels.functional.__all__)
 DOORS = {"_fallback.py", "train/common.py"}  # the only library modules that import the reference
 OP_MODULES = sorted(p for p in (PKG / "ops").glob("*.py") if not p.name.startswith("_"))

@@ -39,32 +39,49 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def gather_batch(z: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
-    """All-gather z [..., B, d] over the process group along the batch dim.
+def _sizes(z: torch.Tensor) -> list:
+    """z.shape[-2] of every rank, in rank order."""
+    n = torch.tensor([z.shape[-2]], device=z.device)
+    out = n.new_empty(torch.distributed.get_world_size())
+    torch.distributed.all_gather_single(out, n)
+    return out.tolist()
 
-    Without an initialised process group, z is returned as is. with_grad: the backward of
-    ``torch.distributed.nn.functional.all_gather`` sums the gradients of all ranks, so when
-    every rank computes the same global loss the local features receive world_size times the
-    single-process gradient; DDP's gradient averaging turns that into exactly the gradient of
+
+def gather_batch(z: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """All-gather z [..., B, d] over the process group along the batch dim (the ranks' B may differ).
+
+    Without an initialised process group, z is returned as is. with_grad: through the functional
+    collectives' all_gather_single_autograd, whose backward sums the gradients of all ranks, so
+    when every rank computes the same global loss the local features receive world_size times
+    the single-process gradient; DDP's gradient averaging turns that into exactly the gradient of
     one process on the whole batch (the convention of open_clip's ``gather_with_grad``).
     with_grad=False: gathered without gradient except this rank's own slot, which is z itself
     (open_clip's ``gather_with_grad=False``).
     """
     if not _distributed() or torch.distributed.get_world_size() == 1:
         return z
+    sizes = _sizes(z)
+    top = max(sizes)
+    x = z.movedim(-2, 0)
+    x = torch.cat([x, x.new_zeros((top - x.shape[0], *x.shape[1:]))]).contiguous()  # equal blocks for the collective
     if with_grad:
-        from torch.distributed.nn.functional import all_gather
+        from torch.distributed._functional_collectives import all_gather_single_autograd
 
-        return torch.cat(all_gather(z.contiguous()), dim=-2)
-    parts = [torch.empty_like(z) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(parts, z.detach().contiguous())
-    parts[torch.distributed.get_rank()] = z
+        slots = all_gather_single_autograd(x, 0, torch.distributed.group.WORLD)
+    else:
+        slots = x.new_empty((len(sizes) * top, *x.shape[1:]))
+        torch.distributed.all_gather_single(slots, x.detach())
+    parts = [slots[q * top:q * top + n].movedim(0, -2) for q, n in enumerate(sizes)]
+    if not with_grad:
+        parts[torch.distributed.get_rank()] = z
     return torch.cat(parts, dim=-2)
 
 
 def rank_offset(z: torch.Tensor) -> int:
     """Label offset of this rank's rows z [..., B, d] in the gathered batch (0 without a process group)."""
-    return torch.distributed.get_rank() * z.shape[-2] if _distributed() else 0
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return 0
+    return sum(_sizes(z)[:torch.distributed.get_rank()])
 
 
 def _pair(z_a, z_b, normalize: bool, gather: bool):

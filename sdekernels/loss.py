@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from ._core import check, check_int, check_real, without_autocast, work_dtype
-from .ops._spectral import draw_xi, safe_inv, seeded_xi
+from .dist import check_gather, world
+from .ops._spectral import draw_xi, eigh_desc, safe_inv, seeded_xi
 from .ops.contrastive import gather_batch, info_nce, local_info_nce, rank_offset
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_decomposed
@@ -46,11 +47,6 @@ BACKENDS = {
 }
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
-        torch.distributed.get_world_size() > 1
-
-
 class _AllReduce(torch.autograd.Function):
     """The sum of x over the ranks. Backward: every rank's loss reads the sum, so a rank's share
     receives the sum of the ranks' gradients (live=True: gather_with_grad's convention), or only
@@ -71,16 +67,28 @@ class _AllReduce(torch.autograd.Function):
         return g, None
 
 
-def _global_decompose(X: Tensor, live: bool) -> Decomposition:
-    """The thin SVD of the rows of X [..., b, d] of every rank stacked, without gathering them: σ and V
-    from the eigendecomposition of the all-reduced float64 Gram Σ_r X_rᵀX_r [..., d, d], and this rank's
-    rows of U = X V diag(1/σ). Needs at least d rows over all ranks (else σ has fewer than d values)."""
-    w = work_dtype(X.dtype)
-    Xd = X.double()
-    lam, W = torch.linalg.eigh(_AllReduce.apply(Xd.mT @ Xd, live))
-    S, V = lam.flip(-1).clamp_min(0).sqrt(), W.flip(-1)
-    U = (Xd @ V) * safe_inv(S, S[..., :1]).unsqueeze(-2)
-    return Decomposition(U.to(w), S.to(w), V.to(w))
+def _all_reduced(parts: list, live: bool) -> list:
+    """Each tensor of `parts` summed over the ranks, in one all-reduce (one collective, so its backward
+    cannot be reordered against another's on some rank)."""
+    flat = _AllReduce.apply(torch.cat([t.reshape(-1) for t in parts]), live)
+    return [v.reshape(t.shape) for v, t in zip(flat.split([t.numel() for t in parts]), parts)]
+
+
+def _global_spectra(X: dict, live: bool):
+    """({key: Decomposition}, {key: ‖X‖²}, the all-reduced sums) of the rows of each X [..., b, d] of
+    every rank stacked, without gathering them: σ and V from the eigendecomposition of the all-reduced
+    float64 Gram Σ_r X_rᵀX_r [..., d, d], this rank's rows of U = X V diag(1/σ). Needs at least d rows
+    over all ranks (else σ has fewer than d values)."""
+    Xd = {key: x.double() for key, x in X.items()}
+    sums = _all_reduced([x.mT @ x for x in Xd.values()] + [x.square().sum((-2, -1)) for x in Xd.values()], live)
+    d, energy = {}, {}
+    for (key, x), G, e in zip(Xd.items(), sums, sums[len(X):]):
+        lam, V = eigh_desc(G)
+        S = lam.sqrt()
+        U = (x @ V) * safe_inv(S, S[..., :1]).unsqueeze(-2)
+        w = work_dtype(X[key].dtype)
+        d[key], energy[key] = Decomposition(U.to(w), S.to(w), V.to(w)), e
+    return d, energy, sums
 
 
 def _local_info_nce(z_a, z_b, all_a, all_b, offset, temperature, logit_scale):
@@ -131,6 +139,8 @@ class SDELoss(torch.nn.Module):
     gathered for the spectrum: σ and V come from the all-reduced d×d Gram (and row sums, center=True),
     each rank enhances its own rows, and only the enhanced rows are gathered for the instance term
     (SPEC §7); with B < d, or direction="adversarial", the features are gathered first.
+    gather="ring": as gather=True, but the instance term is info_nce's ring, so with B >= d nothing
+    of the batch is gathered: a rank holds its own rows and one other rank's block at a time.
 
     center=True: the partition, the enhancement and both spectral terms act on the row-centred
     features X = F − 1μᵀ (μ the batch mean), and F' = 1μᵀ + X'. spectral_terms: the terms summed in
@@ -196,6 +206,7 @@ class SDELoss(torch.nn.Module):
         self.weighted_subspace = weighted_subspace
         self.direction = direction
         self.mode = mode
+        self.ring = check_gather(gather) == "ring"
         self.gather = bool(gather) or int(world_size) > 1
         self.gather_with_grad = bool(gather) or bool(gather_with_grad)
         self.local_loss = bool(local_loss)
@@ -293,7 +304,7 @@ class SDELoss(torch.nn.Module):
         """The global batch size B when this call gathers across more than one rank and B >= d: the
         spectrum then comes from the all-reduced d×d Gram (SPEC §7), not from gathered features.
         None otherwise, and with direction="adversarial" (its ξ reads the gradient of the gathered F')."""
-        if not (self.gather and _distributed()) or self.direction == "adversarial":
+        if not self.gather or world() == 1 or self.direction == "adversarial":
             return None
         count = torch.tensor(F.shape[-2], dtype=torch.int64, device=F.device)
         torch.distributed.all_reduce(count)
@@ -302,8 +313,9 @@ class SDELoss(torch.nn.Module):
     # -- the loss -------------------------------------------------------------------------------
     def forward(self, image_features, text_features, logit_scale=None, logit_bias=None, output_dict=False, *,
                 step=None, **model_outputs):
-        check(image_features, "image_features", min_dim=2)
-        check(text_features, "text_features", min_dim=2, like=image_features)
+        own = 1 if self.gather and world() > 1 and image_features.dim() >= 2 else 2  # a rank may hold no rows
+        check(image_features, "image_features", min_dim=own)
+        check(text_features, "text_features", min_dim=own, like=image_features)
         no_autocast, (image_features, text_features, logit_scale, logit_bias) = without_autocast(
             image_features.device.type, image_features, text_features, logit_scale, logit_bias)
         with no_autocast:
@@ -325,26 +337,36 @@ class SDELoss(torch.nn.Module):
         # 1. one decomposition per feature matrix (of X = F − 1μᵀ with center=True) and its partition
         if rows:  # this rank's rows: the global mean, σ and V from all-reduced sums, this rank's rows of U
             live = self.gather_with_grad
-            X = {key: F - _AllReduce.apply(F.sum(-2, keepdim=True), live) / rows if self.center else F
-                 for key, F in (("a", F_a), ("b", F_b))}
-            d = {key: _global_decompose(X[key], live) for key in X}
-            energy = {key: _AllReduce.apply(X[key].square().sum((-2, -1)), live) for key in X}  # ‖X‖², all rows
+            X = {"a": F_a, "b": F_b}
+            if self.center:
+                mean = _all_reduced([F.sum(-2, keepdim=True) for F in X.values()], live)
+                X = {key: F - mu / rows for (key, F), mu in zip(X.items(), mean)}
+            d, energy, sums = _global_spectra(X, live)
         else:
             X = {key: F - F.mean(-2, keepdim=True) if self.center else F for key, F in (("a", F_a), ("b", F_b))}
             d = {key: be.decompose(X[key]) for key in X}
-            energy = {}
+            energy, sums = {}, []
         part = {key: be.partition(d[key].S, m, n, center=self.center) for key in X}
         # 2. the enhanced features F' from them
         xi = self._xi({key: d[key].S for key in X}, step)
         E = {}
         for key, F in (("a", F_a), ("b", F_b)):
+            if F.shape[-2] == 0:  # a rank without rows (under a process group) has nothing to enhance
+                E[key] = F.to(work_dtype(F.dtype))
+                continue
             E[key] = be.enhance(F, d[key], part[key], xi[key], t, centred=X[key] if self.center else None,
                                 energy=energy.get(key), **enhance)
             self._record_gradient(key, d[key], E[key])
         (d_a, d_b), (part_a, part_b), (E_a, E_b) = (d["a"], d["b"]), (part["a"], part["b"]), (E["a"], E["b"])
 
         # 3. instance term (local: this rank's rows against the gathered columns)
-        if rows:  # E holds this rank's rows only: gather them as the other path gathers F
+        if self.ring and world() > 1:  # this rank's rows; the other ranks' pass by the ring
+            if not rows:  # E holds every rank's rows
+                b, off = image_features.shape[-2], rank_offset(image_features)
+                E_a, E_b = E_a[..., off:off + b, :], E_b[..., off:off + b, :]
+            loss_inst = info_nce(E_a, E_b, self.temperature, logit_scale=logit_scale, gather="ring",
+                                 local_loss=self.local_loss)
+        elif rows:  # E holds this rank's rows only: gather them as the other path gathers F
             # open_clip's columns: without gather_with_grad this rank's are live, or with local_loss none are
             live = self.gather_with_grad
             cols_a, cols_b = (gather_batch(E.detach() if self.local_loss and not live else E, live) for E in (E_a, E_b))
@@ -356,7 +378,7 @@ class SDELoss(torch.nn.Module):
         elif self.local_loss:  # without a process group: offset 0, every row (the global loss)
             b, off = image_features.shape[-2], rank_offset(image_features)
             # open_clip: a process group without gather_with_grad makes every column a constant
-            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad or not _distributed() else (E_a.detach(), E_b.detach())
+            cols_a, cols_b = (E_a, E_b) if self.gather_with_grad or world() == 1 else (E_a.detach(), E_b.detach())
             loss_inst = _local_info_nce(E_a[..., off:off + b, :], E_b[..., off:off + b, :], cols_a, cols_b, off,
                                         self.temperature, logit_scale)
         else:
@@ -381,8 +403,11 @@ class SDELoss(torch.nn.Module):
                 else {}
             loss_spec = loss_spec + subspace_distance(V_a, V_b, **weights).mean()
 
-        # 5. curriculum mix
+        # 5. curriculum mix; across ranks every rank's loss reads the all-reduced sums (a zero term), so that
+        # their backward collective runs on every rank, also on one without rows or spectral terms
         loss = (1.0 - lam_t) * loss_inst + lam_t * loss_spec
+        if sums:
+            loss = loss + 0.0 * sums[-1].sum().to(loss.dtype)
 
         # statistics, kept as tensors (no host sync in the graph) and read as floats through last_stats
         scalars = (("t", t), ("alpha", _alpha(t)), ("lam", lam_t))

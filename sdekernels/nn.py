@@ -17,15 +17,17 @@ class SigLipLoss(torch.nn.Module):
 
     With world_size > 1 (under torch.distributed) each rank's rows meet the columns gathered from
     every rank (with gradient), divided by the local batch: open_clip's per-rank loss, whatever
-    its dist_impl (they differ only in how the columns travel). Features are used as given
+    its dist_impl (they differ only in how the columns travel). Their exchange is an all-gather,
+    except dist_impl="ring": siglip_loss's ring (memory O(B_local·d) per rank). Features are used as given
     (open_clip's models normalise them); normalize=True normalises them first.
     """
 
     def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1, dist_impl=None, *,
                  normalize: bool = False):
         super().__init__()
-        if dist_impl not in (None, "bidir", "shift", "reduce", "gather"):
-            raise ValueError(f"dist_impl must be None, 'bidir', 'shift', 'reduce' or 'gather', got {dist_impl!r}")
+        if dist_impl not in (None, "bidir", "shift", "reduce", "gather", "ring"):
+            raise ValueError(f"dist_impl must be None, 'bidir', 'shift', 'reduce', 'gather' or 'ring', "
+                             f"got {dist_impl!r}")
         if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
             raise ValueError(f"rank must be in [0, world_size) and world_size >= 1, got rank={rank}, "
                              f"world_size={world_size}")
@@ -34,8 +36,9 @@ class SigLipLoss(torch.nn.Module):
         self.normalize = normalize
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False, **model_outputs):
+        gather = ("ring" if self.dist_impl == "ring" else True) if self.world_size > 1 else False
         loss = siglip_loss(image_features, text_features, logit_scale, 0.0 if logit_bias is None else logit_bias,
-                           normalize=self.normalize, gather=self.world_size > 1, local_loss=True)
+                           normalize=self.normalize, gather=gather, local_loss=True)
         return {"contrastive_loss": loss} if output_dict else loss
 
 

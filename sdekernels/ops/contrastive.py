@@ -21,9 +21,11 @@ import torch
 from torch import Tensor
 
 from . import _triton as kt
+from .. import dist
 from .._fallback import ref
 from .._core import (HAS_TRITON, check, check_domain, check_real, check_shape, cuda_like, grad_like,
                      max_abs, next_pow2, pow2_of, rows, use_triton, work_dtype)
+from ..dist import batch_sizes, gather_batch, rank_offset
 from ..registry import F64, OpInfo, Sample, rand, randn, register
 
 NORM_EPS = 1e-12  # ẑ = z / max(‖z‖, eps) after scaling z by a power of two to max|z| in [1, 2): eps only acts at z = 0
@@ -273,10 +275,16 @@ def _scalar(value, name: str, z: Tensor, default=None, positive: bool = False) -
     return torch.full((), value, dtype=work_dtype(z.dtype), device=z.device)
 
 
-def _check_pairs(z_a: Tensor, z_b: Tensor):
-    check(z_a, "z_a", min_dim=2)
-    check(z_b, "z_b", min_dim=2, like=z_a)
+def _check_pairs(z_a: Tensor, z_b: Tensor, gather=False):
+    """(gather checked, whether it spans a process group of several ranks). There a rank may hold
+    no rows: it still takes part in every collective, so that its peers do not wait for it."""
+    gather = dist.check_gather(gather)
+    spread = bool(gather) and dist.world() > 1
+    own = 1 if spread and z_a.dim() >= 2 else 2  # the dims that must be non-empty
+    check(z_a, "z_a", min_dim=own)
+    check(z_b, "z_b", min_dim=own, like=z_a)
     check_shape(z_b, "z_b", z_a.shape, " (that of z_a)")
+    return gather, spread
 
 
 def _empty_loss(z_a: Tensor, z_b: Tensor, *scalars) -> Tensor:
@@ -450,37 +458,14 @@ def _info_nce_grad(ctx, grad, *_):
 _info_nce.register_autograd(_info_nce_grad, setup_context=_info_nce_setup)
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def gather_batch(z: Tensor, with_grad: bool = True) -> Tensor:
-    """z [..., B, d] of every rank concatenated along the batch dim, rank order (z itself without a
-    process group of more than one rank). with_grad: through torch.distributed.nn's all_gather, whose
-    backward sums every rank's gradient of each slot (so the features of a global loss receive
-    world_size × the one-process gradient, which DDP's averaging undoes: open_clip's gather_with_grad);
-    else the other ranks' slots are constants and this rank's slot is z itself."""
-    if not _distributed() or torch.distributed.get_world_size() == 1:
-        return z
-    if with_grad:
-        import torch.distributed.nn.functional as dist_fn
-
-        return torch.cat(dist_fn.all_gather(z.contiguous()), dim=-2)
-    slots = [torch.empty_like(z) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(slots, z.detach().contiguous())
-    slots[torch.distributed.get_rank()] = z
-    return torch.cat(slots, dim=-2)
-
-
-def rank_offset(z: Tensor) -> int:
-    """Where this rank's rows z [..., B, d] start in gather_batch's result (0 without a process group)."""
-    return torch.distributed.get_rank() * z.shape[-2] if _distributed() else 0
-
-
 def local_info_nce(z_a: Tensor, z_b: Tensor, all_a: Tensor, all_b: Tensor, scale: Tensor, offset: int,
                    normalize: bool = True, symmetric: bool = True) -> Tensor:
     """open_clip's ClipLoss(local_loss=True): the local rows z_a against the gathered columns all_b
-    (labels offset by `offset`), and z_b against all_a; each cross-entropy a mean over the local rows."""
+    (labels offset by `offset`), and z_b against all_a; each cross-entropy a mean over the local rows.
+    A rank without rows contributes 0, through the gathered columns that the other ranks use (their
+    backward is a collective)."""
+    if z_a.shape[-2] == 0:
+        return _empty_loss(all_a if symmetric else all_a.detach(), all_b, scale)
     loss = _info_nce(z_a, all_b, scale, offset, normalize, False)[0]
     if symmetric:
         loss = 0.5 * (loss + _info_nce(z_b, all_a, scale, offset, normalize, False)[0])
@@ -488,7 +473,7 @@ def local_info_nce(z_a: Tensor, z_b: Tensor, all_a: Tensor, all_b: Tensor, scale
 
 
 def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale=None, normalize: bool = True,
-             symmetric: bool = True, gather: bool = False, local_loss: bool = False) -> Tensor:
+             symmetric: bool = True, gather: bool | str = False, local_loss: bool = False) -> Tensor:
     """InfoNCE of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
 
     logits = s·ẑ_a ẑ_bᵀ with s = logit_scale if given (a float, or a one-element tensor that
@@ -498,19 +483,27 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale
     gather=True under torch.distributed: the loss of the batch all-gathered (with gradient) over
     the process group, identical on every rank. With local_loss=True as well: this rank's rows
     against the gathered columns, both ways (open_clip's ClipLoss(local_loss=True)); the mean of
-    the ranks' losses is the global loss.
+    the ranks' losses is the global loss. gather="ring": the same losses and gradients without
+    gathering, memory O(B_local·d) per rank (sdekernels/ops/_ring.py). The ranks' batch sizes may
+    differ (0 included); a rank without rows still takes part in every collective.
     """
-    _check_pairs(z_a, z_b)
+    gather, spread = _check_pairs(z_a, z_b, gather)
     temperature = check_real(temperature, "temperature", 0.0, open_lo=True)
     scale = _scalar(logit_scale, "logit_scale", z_a, 1.0 / temperature, positive=True)
+    normalize, symmetric = bool(normalize), bool(symmetric)
+    if spread and gather == "ring":
+        from ._ring import ring_info_nce
+
+        return ring_info_nce(z_a, z_b, scale, normalize, symmetric, bool(local_loss))
+    if spread:
+        sizes = batch_sizes(z_a)
+        all_a, all_b = gather_batch(z_a, sizes=sizes), gather_batch(z_b, sizes=sizes)
+        if local_loss and all_a.numel():
+            return local_info_nce(z_a, z_b, all_a, all_b, scale, rank_offset(z_a, sizes), normalize, symmetric)
+        z_a, z_b = all_a, all_b
     if z_a.numel() == 0:
         return _empty_loss(z_a, z_b, scale)
-    if gather and local_loss:
-        return local_info_nce(z_a, z_b, gather_batch(z_a), gather_batch(z_b), scale, rank_offset(z_a),
-                              bool(normalize), bool(symmetric))
-    if gather:
-        z_a, z_b = gather_batch(z_a), gather_batch(z_b)
-    return _info_nce(z_a, z_b, scale, 0, bool(normalize), bool(symmetric))[0]
+    return _info_nce(z_a, z_b, scale, 0, normalize, symmetric)[0]
 
 
 # ---------------------------------------------------------------- siglip_loss
@@ -620,8 +613,8 @@ def _siglip_grad(ctx, grad, *_):
 _siglip.register_autograd(_siglip_grad, setup_context=_siglip_setup)
 
 
-def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize: bool = True, gather: bool = False,
-                local_loss: bool = False) -> Tensor:
+def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize: bool = True,
+                gather: bool | str = False, local_loss: bool = False) -> Tensor:
     """Sigmoid contrastive loss (SigLIP) of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
 
     L = s·ẑ_a ẑ_bᵀ + b with labels y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's
@@ -630,17 +623,25 @@ def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize:
     gather=True under torch.distributed: the loss of one process on the all-gathered batch (with
     gradient). With local_loss=True as well: this rank's rows against the gathered columns divided
     by the local batch, which is exactly the per-rank loss of open_clip's SigLipLoss(world_size > 1).
+    gather="ring": the same without gathering (memory O(B_local·d) per rank); batch sizes may
+    differ between ranks, as for info_nce.
     """
-    _check_pairs(z_a, z_b)
+    gather, spread = _check_pairs(z_a, z_b, gather)
     scale = _scalar(logit_scale, "logit_scale", z_a, positive=True)
     bias = _scalar(logit_bias, "logit_bias", z_a)
-    if z_a.numel() == 0:
-        return _empty_loss(z_a, z_b, scale, bias)
+    if spread and gather == "ring":
+        from ._ring import ring_siglip
+
+        return ring_siglip(z_a, z_b, scale, bias, bool(normalize), bool(local_loss))
     offset = 0
-    if gather and local_loss:
-        offset, z_b = rank_offset(z_a), gather_batch(z_b)
-    elif gather:
-        z_a, z_b = gather_batch(z_a), gather_batch(z_b)
+    if spread:
+        sizes = batch_sizes(z_a)
+        if local_loss:
+            offset, z_b = rank_offset(z_a, sizes), gather_batch(z_b, sizes=sizes)
+        else:
+            z_a, z_b = gather_batch(z_a, sizes=sizes), gather_batch(z_b, sizes=sizes)
+    if z_a.numel() == 0:  # without rows here: 0, through the gathered columns (their backward is a collective)
+        return _empty_loss(z_a, z_b, scale, bias)
     need = torch.is_grad_enabled() and any(t.requires_grad for t in (z_a, z_b, scale, bias))
     return _siglip(z_a, z_b, scale, bias, offset, bool(normalize), need)[0]
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._core import check, check_int, check_real, without_autocast, work_dtype
-from .ops._spectral import draw_xi, seeded_xi
+from .ops._partition import draw_xi, seeded_xi
 from .ops.contrastive import gather_batch, info_nce, local_info_nce, rank_offset
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_decomposed

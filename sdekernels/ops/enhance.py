@@ -36,9 +36,12 @@ from . import _triton as kt
 from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, work_dtype
 from ..registry import F64, OpInfo, Sample, register
 from ..schedules import alpha as _alpha
-from ._spectral import (DEFAULT_SEED, IQR_C, OVERSAMPLE, draw_xi, energies, enhance_coefs, fast_gram, full_delta,
-                        gram_eigh, lorentz, mm_for, partition_counts, planted, safe_inv, scaled_rows, spectrum, topk,
-                        truncated_grad, use_gram)
+from ._gemm import mm_for
+from ._matrices import planted, spectrum
+from ._partition import IQR_C, draw_xi, energies, enhance_coefs, full_delta, partition_counts
+from ._scaling import lorentz, safe_inv, scaled_rows
+from ._solvers import DEFAULT_SEED, OVERSAMPLE, fast_gram, gram_eigh, topk, use_gram
+from ._svd_backward import truncated_grad
 from .svd import Decomposition, SpectralPartition
 
 __all__ = ["spectral_enhance", "enhance_decomposed"]

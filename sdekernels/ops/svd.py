@@ -27,9 +27,13 @@ from .. import _ext
 from .. import reference as ref
 from .._core import check, check_int, check_real, cuda_like, grad_like, pow2_scale, work_dtype
 from ..registry import F64, OpInfo, Sample, Tuned, register
-from ._spectral import (DEFAULT_SEED, SPECTRA, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,
-                        partition_counts, planted, safe_inv, scaled_rows, sigma_den, spectrum, spiked, thin_svd,
-                        thin_svd_grad, topk, truncated_grad, unscale, use_gram)
+from ._decompose import thin_svd, thin_svd_grad
+from ._gemm import mm_for
+from ._matrices import SPECTRA, planted, spectrum, spiked
+from ._partition import energy_fractions, partition_counts, sigma_den
+from ._scaling import fix_signs, safe_inv, scaled_rows, unscale
+from ._solvers import DEFAULT_SEED, gram_eigh, topk, use_gram
+from ._svd_backward import exact_grad_short, truncated_grad
 
 __all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition", "decompose", "Decomposition"]
 

@@ -9,6 +9,7 @@ import contextlib
 
 import torch
 
+from .. import constants
 from .._core import HAS_TRITON, INTERPRET, next_pow2
 
 EMULATED_SMS = 132  # multiprocessors of the GPU that emulated CUDA launches size their grids for (an H100/H200)
@@ -23,6 +24,13 @@ if HAS_TRITON:
     # it ignores input_precision, so the TF32 rounding of the operands is applied here. CPU tests of
     # the Triton path thus see the error the tensor cores will make.
     _INTERPRETER: tl.constexpr = tl.constexpr(INTERPRET)
+
+    # The values of sdekernels/constants.py that kernels read, which the C++/CUDA twins read from
+    # csrc/constants.h: Triton takes a module-level value only as a constexpr.
+    HELLINGER_SUM_FLOOR = tl.constexpr(constants.HELLINGER_SUM_FLOOR)
+    HELLINGER_PROB_FLOOR = tl.constexpr(constants.HELLINGER_PROB_FLOOR)
+    HELLINGER_SCALE_LOG2 = tl.constexpr(constants.HELLINGER_SCALE_LOG2)
+    PSD_FLOOR = tl.constexpr(constants.PSD_FLOOR)
 
     @triton.jit
     def _tf32(x, ROUND: tl.constexpr):

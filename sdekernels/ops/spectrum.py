@@ -23,7 +23,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from . import _triton as kt
-from .. import _ext
+from .. import _ext, constants
 from .. import reference as ref
 from .._core import (HAS_TRITON, check, check_int, check_real, grad_like, pow2_scale, ref_vjp, rows, use_triton,
                      work_dtype)
@@ -34,12 +34,12 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ._triton import mma
+    from ._triton import PSD_FLOOR, mma
 
     @triton.jit
     def _bin_store(p, u, v, H, W, IDX, OUT, bins):
         # Clamp, zero the DC entry, and write the per-bin sums of this tile (NaN survives the clamp).
-        p = tl.where(p < 1e-12, 1e-12, p)
+        p = tl.where(p < PSD_FLOOR, PSD_FLOOR, p)
         p = tl.where((u[:, None] == 0) & (v[None, :] == 0), 0.0, p)
         idx = tl.load(IDX + u[:, None] * W + v[None, :], mask=(u[:, None] < H) & (v[None, :] < W), other=-1)
         for j in range(bins):
@@ -269,7 +269,7 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
             out, Y = torch.ops.sdekernels_C.radial_psd_fwd(x4.to(w), idx, inv, _dct(H, w, x.device),
                                                            _dct(W, w, x.device), channel_mean, save)
     else:
-        out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, 1e-12, official)
+        out = ref_spec._psd(x4, bins, transform, True, channel_mean, False, constants.PSD_FLOOR, official)
         Y = _spectrum(x4.to(w), fft).contiguous() if save else Y
     out = out.reshape(x4.shape[0], (1 if channel_mean else C) * bins) * (c * c).reshape(-1, 1)
     out = out.reshape(x.shape[:-3] + ((bins,) if channel_mean else (C, bins)))
@@ -294,7 +294,7 @@ def _unit_samples(x: Tensor, official: bool = False):
 
 def _dc_floor(c: Tensor, x: Tensor, channel_mean: bool) -> Tensor:
     """The relative floor 1e-12·c² of P[0, 0], shaped like _dc_power(x, channel_mean)."""
-    cc = (1e-12 * c * c).reshape(x.shape[:-3])
+    cc = (constants.PSD_FLOOR * c * c).reshape(x.shape[:-3])
     return cc if channel_mean else cc.unsqueeze(-1)
 
 
@@ -323,8 +323,8 @@ def _radial_psd_backward(x: Tensor, Y: Tensor, c: Tensor, grad: Tensor, bins: in
     else:
         x4 = _unit_samples(x, official)[0]
         (dx,) = ref_vjp(ref_spec._psd, (x4,), g.reshape(x4.shape[:1] + g.shape[x.dim() - 3:]), bins=bins,
-                        transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False, floor=1e-12,
-                        official=official)
+                        transform=transform, centre=True, channel_mean=channel_mean, keep_dc=False,
+                        floor=constants.PSD_FLOOR, official=official)
         dx = (dx.reshape(c.shape[0], C * H * W) * c.reshape(-1, 1)).reshape(x.shape)
     if keep_dc and not centre:  # d(H·W·m²)/dx = 2m at every pixel, where the floor does not clamp P[0, 0]
         _, inv = _bin_map(H, W, bins, transform, w, x.device, official)

@@ -183,8 +183,8 @@ def _triplets(Q: Tensor, B: Tensor, lam: Tensor, W: Tensor, k: int, lifted=None)
 
 def _conditioned(B: Tensor, G: Tensor):
     """(Z, R): B = Z·R with R [R, q, q] upper triangular and Z well conditioned, in B's dtype: Z = B·R⁻¹
-    with R the Cholesky factor of the float64 Gram G = BᵀB (CholeskyQR: ~3× cheaper than Householder
-    here), Householder QR where G is not numerically positive definite. Z needs no exact
+    with R the Cholesky factor of the float64 Gram G = BᵀB (CholeskyQR, cheaper than Householder:
+    benchmarks/NOTES.md), Householder QR where G is not numerically positive definite. Z needs no exact
     orthonormality: it conditions the product A·Z, and A·B = (A·Z)·R holds either way."""
     L, info = torch.linalg.cholesky_ex(G)
     if bool(info.any()):

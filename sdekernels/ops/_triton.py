@@ -109,9 +109,8 @@ def tile(n: int, cap: int) -> int:
 
 def gemm_tiles(M: int, N: int, K: int, dot: torch.dtype):
     """(BM, BN, BK, num_warps) of a GEMM on tensor cores: 64×64 output tiles, K steps of 16 (fp64),
-    32 (fp32) or 64 (bf16/fp16) entries, on 4 warps (8 for fp64, whose 64×64 accumulator took up to
-    192 registers a thread on 4 and spilled under Triton 3.6): no spills and 2+ programs per
-    multiprocessor for sm_90 at every bench shape (Gram, Rayleigh–Ritz and reconstruction products)."""
+    32 (fp32) or 64 (bf16/fp16) entries, on 4 warps (8 for fp64): no spills and 2+ programs per
+    multiprocessor for sm_90 at every bench shape (benchmarks/NOTES.md, "Tile choices")."""
     bk = {torch.float64: 16, torch.float32: 32}.get(dot, 64)
     return tile(M, 64), tile(N, 64), tile(K, bk), 8 if dot == torch.float64 else 4
 

@@ -370,8 +370,7 @@ def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str
     transform="dct": orthonormal 2-D DCT-II; "fft": |FFT2|² / (HW) with wrapped frequencies.
     P[0, 0] = 0 unless keep_dc, and removing each channel's spatial mean changes only the (0, 0)
     coefficient of either transform (every other basis function sums to zero), so without keep_dc
-    center="mean" and center=None give the same spectrum (and gradient); the fused paths always
-    centre, which keeps fp32 accurate for inputs with a large mean. keep_dc=True keeps P[0, 0]
+    center="mean" and center=None give the same spectrum (and gradient). keep_dc=True keeps P[0, 0]
     (with center="none": the Spectrum Matching paper's analysis spectra).
     """
     check(x, "x", min_dim=3)

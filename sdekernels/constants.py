@@ -2,10 +2,9 @@
 
 Python reads them from this module, the Triton kernels as constexprs (ops/_triton.py), and the C++
 and CUDA twins from csrc/constants.h, which is generated from `CPP` below: `python -m
-sdekernels.constants` writes it, `--check` exits 1 where the committed header differs, and
+sdekernels constants` writes it, `--check` exits 1 where the committed header differs, and
 python_tests/test_constants.py holds the two equal. Change a value here, then regenerate.
 """
-import argparse
 import os
 import sys
 
@@ -18,6 +17,13 @@ FOURIER_TINY = 1e-30           # |X|² below this: fourier_split's amplitude and
 INV_REL = 1e-20                # the SVD backwards' 1/σ -> σ/(σ² + ε'), ε' = INV_REL·σ_1² (SPEC §1)
 LORENTZ_REL_F32 = 2.0 ** -23   # the Lorentzian width over σ_1² of float32 rows: float32's machine epsilon
 LORENTZ_REL_F64 = 2.0 ** -52   # the same for float64 rows (SPEC §1; ops/_scaling.py lorentz_rel)
+# fourier_split's phase: atan on |u| <= tan(π/8) by Cephes' atanf polynomial
+# u − C3·u³ + C5·u⁵ − C7·u⁷ + C9·u⁹ (the Triton kernel and the C++ forward evaluate the same one)
+ATAN_TAN_PI_8 = 0.41421356237309503
+ATAN_C3 = 3.33329491539e-1
+ATAN_C5 = 1.99777106478e-1
+ATAN_C7 = 1.38776856032e-1
+ATAN_C9 = 8.05374449538e-2
 
 # Python name -> the C++ name of csrc/constants.h.
 CPP = {
@@ -29,6 +35,11 @@ CPP = {
     "INV_REL": "kInvRel",
     "LORENTZ_REL_F32": "kLorentzRelFloat",
     "LORENTZ_REL_F64": "kLorentzRelDouble",
+    "ATAN_TAN_PI_8": "kAtanTanPi8",
+    "ATAN_C3": "kAtanC3",
+    "ATAN_C5": "kAtanC5",
+    "ATAN_C7": "kAtanC7",
+    "ATAN_C9": "kAtanC9",
 }
 
 HEADER = "constants.h"
@@ -40,7 +51,7 @@ def header() -> str:
     this = sys.modules[__name__]
     lines = [f"constexpr double {cpp} = {float(getattr(this, name))!r};  // sdekernels.constants.{name}"
              for name, cpp in CPP.items()]
-    return ("// Generated from sdekernels/constants.py by `python -m sdekernels.constants`: edit the table there.\n"
+    return ("// Generated from sdekernels/constants.py by `python -m sdekernels constants`: edit the table there.\n"
             "// python_tests/test_constants.py fails where this file and the table differ.\n"
             "#pragma once\n\nnamespace sdekernels {\n\n" + "\n".join(lines) + "\n\n}  // namespace sdekernels\n")
 
@@ -60,12 +71,10 @@ def stale(path: str | None = None) -> bool:
         return f.read() != header()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdekernels.constants", description="write csrc/constants.h")
-    p.add_argument("--check", action="store_true", help="exit 1 where the committed header differs from the table")
-    args = p.parse_args(argv)
+def write_header(check: bool = False) -> int:
+    """Write csrc/constants.h from the table; with check, write nothing and return 1 where it differs."""
     path = header_path()
-    if args.check:
+    if check:
         bad = stale(path)
         print(f"{path}: {'differs from sdekernels/constants.py' if bad else 'up to date'}")
         return int(bad)
@@ -73,7 +82,3 @@ def main(argv=None) -> int:
         f.write(header())
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

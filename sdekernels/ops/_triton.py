@@ -31,6 +31,11 @@ if HAS_TRITON:
     HELLINGER_PROB_FLOOR = tl.constexpr(constants.HELLINGER_PROB_FLOOR)
     HELLINGER_SCALE_LOG2 = tl.constexpr(constants.HELLINGER_SCALE_LOG2)
     PSD_FLOOR = tl.constexpr(constants.PSD_FLOOR)
+    ATAN_TAN_PI_8 = tl.constexpr(constants.ATAN_TAN_PI_8)
+    ATAN_C3 = tl.constexpr(constants.ATAN_C3)
+    ATAN_C5 = tl.constexpr(constants.ATAN_C5)
+    ATAN_C7 = tl.constexpr(constants.ATAN_C7)
+    ATAN_C9 = tl.constexpr(constants.ATAN_C9)
 
     @triton.jit
     def _tf32(x, ROUND: tl.constexpr):

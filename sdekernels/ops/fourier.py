@@ -182,8 +182,8 @@ def _scale(norm: str, H: int, W: int) -> float:
 
 def _blocks(acc: torch.dtype):
     """Tiles, warps and dot precision of both DFT stages (no spills for sm_90 under Triton 3.6 and
-    3.9: benchmarks/NOTES.md, "Tile choices"). tf32x3 keeps fp32 accuracy (a phase is as sensitive as the smallest
-    amplitude); fp64 runs on the fp64 MMA."""
+    3.9: benchmarks/NOTES.md, "Tile choices"). tf32x3 keeps fp32 accuracy (a phase is as sensitive
+    as the smallest amplitude); fp64 runs on the fp64 MMA."""
     if acc == torch.float64:
         return dict(PRECISION="ieee", BM=16, BN=32, BK=16, num_warps=4)
     return dict(PRECISION=kt.precision(acc), BM=64, BN=32, BK=16, num_warps=4)

@@ -5,11 +5,11 @@ backwards (ops/_svd_backward.py), partition arithmetic (ops/_partition.py) and t
 (ops/_decompose.py) are the spectral core's. svd_topk: up to r = min(m, n) = GRAM_MAX_R with a
 gradient, the Gram eigen-solver (short-side Gram in float64 for r <= 256 and fp32 above, its top
 k + oversample eigenvectors as the basis of a float64 Rayleigh–Ritz step): exact whatever the tail
-of the spectrum. Otherwise the adaptive randomized block subspace iteration with the same Rayleigh–Ritz
-step, stopping on a-posteriori bounds from the Ritz residuals, continuing in a block Krylov space
-when its observed rate predicts many iterations, or switching to the Gram solver when that is
-predicted cheaper. The big products run in a Triton batched GEMM on CUDA and in
-ATen (MKL) on CPU; the random test matrix comes from a seeded generator (a fixed seed when none is
+of the spectrum. Otherwise the adaptive randomized block subspace iteration with the same
+Rayleigh–Ritz step, stopping on a-posteriori bounds from the Ritz residuals, continuing in a block
+Krylov space when its observed rate predicts many iterations, or switching to the Gram solver when
+that is predicted cheaper. The big products run in a Triton batched GEMM on CUDA and in ATen (MKL)
+on CPU; the random test matrix comes from a seeded generator (a fixed seed when none is
 given), shared by the batch, so results are reproducible and a batch element never depends on its
 neighbours.
 Backward (csrc/cpu/svd.cpp, csrc/cuda/svd.cu, with an ATen fallback), named by the forward
@@ -170,8 +170,9 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
     S descending, the largest-magnitude entry of each column of U positive.
 
     niter: None (default) iterates until SPEC §1's bounds hold; an int caps the subspace iterations
-    (niter=0: the sketch alone), still stopping earlier once the bounds hold, and selects the
-    truncated backward. oversample: extra columns of the randomized basis (k + oversample in all).
+    (niter=0: the sketch alone; no Krylov space, no switch to the Gram solver), still stopping
+    earlier once the bounds hold, and selects the truncated backward. oversample: extra columns of
+    the randomized basis (k + oversample in all).
     tol: the target of the bound on the relative error of σ_1..k; sin∠ of the top-k subspaces is
     held to 10·tol where σ_k/σ_{k+1} >= 1.1. Default: 1e-4 for float32 and below (SPEC §1's bars: σ
     within 1e-4, sin∠ within 1e-3), 1e-10 for float64. generator seeds the sketch (default: a fixed

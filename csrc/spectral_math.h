@@ -5,6 +5,8 @@
 #pragma once
 #include <cmath>
 
+#include "constants.h"  // the values Python and the Triton kernels share (sdekernels/constants.py)
+
 // Host and device inline. Predefined by a test (with __noinline__) to see the shared functions as
 // calls in the PTX of each kernel.
 #ifndef SDK_HD
@@ -41,8 +43,7 @@ using std::sqrt;
 template <typename T>
 using acc_t = double;
 
-constexpr double kSumFloor = 1e-30;   // max(Σ S^power, 1e-30)
-constexpr double kProbFloor = 1e-12;  // entries of p clamped to >= 1e-12
+// kSumFloor: max(Σ S^power, kSumFloor); kProbFloor: entries of p clamped to >= it (constants.h).
 
 // max(x, lo) that passes NaN on (std::max would drop it), so bad input stays visible.
 template <typename T>
@@ -61,12 +62,13 @@ SDK_HD T sum_term(acc_t<T> v, acc_t<T> Z) { return floored(Z) ? T(0) : T(v); }
 // A row is taken as it is given (any scale): both twins find its largest entry and whether every
 // entry is in the domain S >= 0 (a row outside it, NaN included, gives NaN), and divide it by
 // hellinger_row_scale's power of two.
-// That power of two c: max/c in [1, 2) where the row's largest S^power lies outside [2^-40, 2^40]
-// (only there can scaling change a result: the sums are in acc_t and p's floor is relative to
-// them), else 1, also for a zero or non-finite max. S/c is exact; c and 1/c are normal numbers.
+// That power of two c: max/c in [1, 2) where the row's largest S^power lies outside [2^-L, 2^L],
+// L = kHellingerScaleLog2 (constants.h; only there can scaling change a result: the sums are in
+// acc_t and p's floor is relative to them), else 1, also for a zero or non-finite max. S/c is
+// exact; c and 1/c are normal numbers.
 template <typename T>
 SDK_HD T hellinger_row_scale(T top, T power) {
-  if (!(top > T(0)) || !isfinite(top) || fabs(log2(top) * power) <= T(40)) return T(1);
+  if (!(top > T(0)) || !isfinite(top) || fabs(log2(top) * power) <= T(kHellingerScaleLog2)) return T(1);
   int e;
   frexp(top, &e);
   const int lo = sizeof(T) == 4 ? -125 : -1021, hi = sizeof(T) == 4 ? 126 : 1022;
@@ -119,8 +121,8 @@ SDK_HD T subspace_grad_w(T g, T w, acc_t<T> wm2) { return g * (T(2) * w - T(2) *
 template <typename T>
 SDK_HD T weight_grad(T S, T iz, T gw, T c) { return T(2) * S * iz * (gw - c); }
 
-// ---- Radial PSD (SPEC §9): an entry's power is clamped to >= 1e-12 and the DC entry (hw = 0) is 0.
-constexpr double kPowerFloor = 1e-12;
+// ---- Radial PSD (SPEC §9): an entry's power is clamped to >= kPowerFloor (constants.h) and the DC
+// entry (hw = 0) is 0.
 template <typename T>
 SDK_HD T psd_value(T p, long long hw) { return hw == 0 ? T(0) : (p < T(kPowerFloor) ? T(kPowerFloor) : p); }
 // d psd_value / dp: 0 at DC and below the floor (like torch's clamp_min, it passes at equality).
@@ -140,7 +142,7 @@ SDK_HD T psd_grad_factor(T p, long long hw, T bin_factor) { return psd_pass(p, h
 
 // ---- Fourier split/merge (SPEC §8). Index helpers of the fftshifted layout and the pointwise
 // gradients of the polar form; the FFT steps themselves are ATen's.
-constexpr double kFourierTiny = 1e-30;  // |X|² below this: amplitude and phase gradients are 0
+// kFourierTiny (constants.h): |X|² below it, the amplitude and phase gradients are 0.
 
 // Position of frequency k on an fftshifted axis of length n, and the frequency at position s.
 SDK_HD long long fft_shift(long long k, long long n) { return (k + n / 2) % n; }
@@ -227,10 +229,9 @@ SDK_HD void polar_grad(T a, T c, T s, T gr, T gi, T& gA, T& gP) {
 // 1/σ -> σ/(σ² + ε'), ε' = kInvRel·σ_1² (evaluated in double); 0 where the denominator is 0 (σ_1 = 0).
 // Relative, never absolute (SPEC §10): the callers (sdekernels/ops/svd.py) pass the σ of each row
 // divided by its power-of-two scale, so σ_1 is of order 1 and ε stays far inside the double range.
-// Same widths as sdekernels/ops/_spectral.py (lorentz_rel, INV_REL).
-constexpr double kInvRel = 1e-20;
+// kInvRel, kLorentzRelFloat and kLorentzRelDouble are constants.h's (Python: ops/_scaling.py).
 template <typename T>
-SDK_HD constexpr double lorentz_rel() { return sizeof(T) == 4 ? 1.1920928955078125e-07 : 2.220446049250313e-16; }
+SDK_HD constexpr double lorentz_rel() { return sizeof(T) == 4 ? kLorentzRelFloat : kLorentzRelDouble; }
 // σ_1 of a row: the running max |σ| (NaN dropped, like the reduction it stands in).
 SDK_HD double max_abs(double m, double v) { return fmax(m, fabs(v)); }
 SDK_HD double svd_damped(double x, double e) { const double d = x * x + e; return d > 0 ? x / d : 0.0; }

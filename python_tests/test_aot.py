@@ -170,14 +170,14 @@ _PATHS = '''
 import collections, json
 from triton.backends.compiler import GPUTarget
 from sdekernels import aot
-from sdekernels.ops import _spectral
+from sdekernels.ops import _solvers
 
 taken, regime = collections.defaultdict(set), [None]
 for name in ("subspace_basis", "_krylov", "_gram_basis"):
-    def counted(*a, _f=getattr(_spectral, name), _name=name, **k):
+    def counted(*a, _f=getattr(_solvers, name), _name=name, **k):
         taken[regime[0]].add(_name)
         return _f(*a, **k)
-    setattr(_spectral, name, counted)
+    setattr(_solvers, name, counted)
 every, run_case = aot.cases, aot.run_case
 aot.cases = lambda shapes, ops=None: [c for c in every(shapes, ops) if c[1].get("quick")]
 def noted(info, shape, *a):

@@ -90,7 +90,7 @@ def test_opcheck_of_the_loss_ops():
     """The custom ops SDELoss adds (decompose, enhance_decomposed, seeded_xi): schema, fake kernels that
     match the real ones (shapes, dtypes, strides), autograd registration."""
     from sdekernels.ops import enhance, svd
-    from sdekernels.ops._spectral import _seeded_xi
+    from sdekernels.ops._partition import _seeded_xi
 
     a, _ = _features(m=10, n=7)
     F = a.detach().double().requires_grad_()

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import sdekernels
-import sdekernels.ops._spectral as spectral
+import sdekernels.ops._solvers as solvers
 from sdekernels import reference as ref
-from sdekernels.ops._spectral import planted, spiked
+from sdekernels.ops._matrices import planted, spiked
 
 from helpers import PATHS, on_path
 
@@ -102,7 +102,7 @@ def test_low_precision_and_batch_shapes():
 @pytest.fixture
 def randomized(monkeypatch):
     """The large-r path (top-k_max by randomized subspace iteration, truncated-SVD backward)."""
-    monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)
+    monkeypatch.setattr(solvers, "GRAM_MAX_R", 0)
 
 
 def test_randomized_path_parity_and_gradient(randomized):

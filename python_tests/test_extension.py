@@ -138,7 +138,7 @@ def test_fused_lists_are_what_calls_the_extension(monkeypatch):
     torch.ops.sdekernels_C (spectral_enhance's backward beyond the Gram path)."""
     import torch
 
-    from sdekernels.ops import _spectral
+    from sdekernels.ops import _solvers
     from sdekernels.registry import F64, all_ops, flat
 
     if not _ext.available():
@@ -153,9 +153,9 @@ def test_fused_lists_are_what_calls_the_extension(monkeypatch):
             self.used = True
             return getattr(real, name)
 
-    fwd, bwd, gram = set(), set(), _spectral.GRAM_MAX_R
+    fwd, bwd, gram = set(), set(), _solvers.GRAM_MAX_R
     for name, info in sorted(all_ops().items()):
-        monkeypatch.setattr(_spectral, "GRAM_MAX_R", 0 if name == "spectral_enhance" else gram)
+        monkeypatch.setattr(_solvers, "GRAM_MAX_R", 0 if name == "spectral_enhance" else gram)
         sample = info.make(info.typical_shape, torch.device("cpu"), F64, torch.Generator().manual_seed(0))
         leaves = [t.detach().requires_grad_(info.differentiable and t.is_floating_point()) for t in sample.tensors()]
         rf, rb = Recorder(), Recorder()

@@ -1,12 +1,15 @@
 """Rules of the package layout, read from the source (AST), so a violation fails here and not in review:
-- torch.linalg.eigh / eigvalsh are called from the spectral core (sdekernels/ops/_spectral.py) alone;
+- torch.linalg.eigh / eigvalsh are called from the spectral core's solvers (sdekernels/ops/_solvers.py) alone;
 - the reference (reference/*.py) is a leaf: it imports nothing from sdekernels;
 - the library enters the reference through two doors only: sdekernels/_fallback.py (the no-extension
   fallback and the registry's reference of each op) and the drivers' --backend switch (train/common.py);
 - sdekernels/data.py imports nothing from the training drivers (sdekernels/train/ imports it);
-- an op module (sdekernels/ops/*.py) or loss.py imports from the shared modules (_spectral, _core,
-  _triton, _ext, _fallback, registry, schedules, dist, _ring) and from another op module only public names: those
-  of sdekernels.functional (never a module object, which would reach its internals)."""
+- an op module (sdekernels/ops/*.py) or loss.py imports from the shared modules (the private modules
+  of sdekernels/ops: the spectral core, the ring exchange and the Triton policy; _core, _ext,
+  _fallback, constants, dist, registry, schedules) and from another op module only public names:
+  those of sdekernels.functional (never a module object, which would reach its internals);
+- no module of sdekernels/ops, shared or not, nor loss.py imports a private (leading-underscore)
+  name of another module of sdekernels/ops."""
 import ast
 import importlib.util
 import pathlib
@@ -17,9 +20,9 @@ import sdekernels.functional
 import sdekernels.reference
 
 PKG = pathlib.Path(sdekernels.functional.__file__).parent
-SHARED = {"sdekernels.ops._spectral", "sdekernels.ops._triton", "sdekernels._core", "sdekernels._ext",
-          "sdekernels.registry", "sdekernels._fallback", "sdekernels.schedules", "sdekernels.dist",
-          "sdekernels.ops._ring"}  # _ring: the contrastive op's ring exchange, its own private part
+CORE = {f"sdekernels.ops.{p.stem}" for p in (PKG / "ops").glob("_*.py") if p.stem != "__init__"}
+SHARED = CORE | {"sdekernels._core", "sdekernels._ext", "sdekernels._fallback", "sdekernels.constants",
+                 "sdekernels.dist", "sdekernels.registry", "sdekernels.schedules"}
 PUBLIC = set(sdekernels.functional.__all__)
 DOORS = {"_fallback.py", "train/common.py"}  # the only library modules that import the reference
 OP_MODULES = sorted(p for p in (PKG / "ops").glob("*.py") if not p.name.startswith("_"))
@@ -53,7 +56,7 @@ def test_eigh_only_in_the_spectral_core():
         lines = _eigh_calls(ast.parse(path.read_text()))
         if lines:
             found[str(path.relative_to(PKG))] = lines
-    assert set(found) == {"ops/_spectral.py"}, found
+    assert set(found) == {"ops/_solvers.py"}, found
 
 
 def _is_module(name: str) -> bool:
@@ -110,10 +113,31 @@ def test_op_modules_import_only_public_names(path):
 def test_import_rule_catches_internal_names():
     """The rule above can fail: an internal name, a module object and a private name are each caught."""
     src = ("from .enhance import enhance_coefs\nfrom . import distances\nimport sdekernels.ops.fourier as f\n"
-           "from .contrastive import info_nce, _info_nce\nfrom ._spectral import topk\nfrom .. import _ext\n")
+           "from .contrastive import info_nce, _info_nce\nfrom ._solvers import topk\nfrom .. import _ext\n")
     assert [v.split(" imports ")[1] for v in _violations(PKG / "ops" / "svd.py", src)] == [
         "sdekernels.ops.enhance.enhance_coefs", "sdekernels.ops.distances", "sdekernels.ops.fourier",
         "sdekernels.ops.contrastive._info_nce"]
+
+
+def _private_names(path: pathlib.Path, source: str) -> list:
+    """Private names that the module at path imports from another module of sdekernels/ops."""
+    own = _module_name(path)
+    return [f"{path.name}:{line} imports {module}.{name}" for module, name, line in _imports(path, source)
+            if module != own and module.startswith("sdekernels.ops.") and name and name.startswith("_")]
+
+
+@pytest.mark.parametrize("path", [*sorted((PKG / "ops").glob("*.py")), PKG / "loss.py"], ids=lambda p: p.name)
+def test_no_private_name_crosses_op_modules(path):
+    assert _private_names(path, path.read_text()) == []
+
+
+def test_private_name_rule_catches_them():
+    """The rule above can fail: a private name of an op module or of the shared core is caught; a private
+    module object (the Triton policy) and a name of the module itself are not private names."""
+    src = ("from .svd import _svd_topk\nfrom ._solvers import _krylov, topk\nfrom . import _triton as kt\n"
+           "from .enhance import _enhance\n")
+    assert [v.split(" imports ")[1] for v in _private_names(PKG / "ops" / "enhance.py", src)] == [
+        "sdekernels.ops.svd._svd_topk", "sdekernels.ops._solvers._krylov"]
 
 
 REFERENCE = pathlib.Path(sdekernels.reference.__file__).parent

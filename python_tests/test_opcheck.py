@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._pytree import tree_map
 
-import sdekernels.ops._spectral as spectral
+import sdekernels.ops._solvers as solvers
 from sdekernels import _torch
 from sdekernels.registry import all_ops
 
@@ -69,7 +69,7 @@ def _recorded(run, monkeypatch) -> dict:
     return calls
 
 
-SOLVERS = {"gram": spectral.GRAM_MAX_R, "randomized": 1}  # the SVD ops' two paths (GRAM_MAX_R lowered)
+SOLVERS = {"gram": solvers.GRAM_MAX_R, "randomized": 1}  # the SVD ops' two paths (GRAM_MAX_R lowered)
 NO_GRAD = {"sdekernels::spectral_partition", "sdekernels::seeded_xi"}  # SDELoss's ops without a gradient
 RANDOMIZED = {"sdekernels::svd_topk", "sdekernels::spectral_enhance"}  # the custom ops with a randomized path
 
@@ -83,7 +83,7 @@ def test_opcheck(name, path, layout, solver, monkeypatch):
     to_layout = _column_major if layout == "column_major" else (lambda t: t)
     utils = ("test_schema", "test_autograd_registration", "test_faketensor") + (
         ("test_aot_dispatch_dynamic",) if layout == "contiguous" else ())
-    monkeypatch.setattr(spectral, "GRAM_MAX_R", SOLVERS[solver])
+    monkeypatch.setattr(solvers, "GRAM_MAX_R", SOLVERS[solver])
     calls = _record(info, path, to_layout, monkeypatch)
     if solver != "gram" and not RANDOMIZED & set(calls):
         pytest.skip("no SVD solver in this op")
@@ -119,8 +119,32 @@ def test_every_custom_op_is_checked(monkeypatch):
     defined = _torch.defined_ops(NAMESPACE)
     reached = set()
     for limit in SOLVERS.values():
-        monkeypatch.setattr(spectral, "GRAM_MAX_R", limit)
+        monkeypatch.setattr(solvers, "GRAM_MAX_R", limit)
         for info in OPS.values():
             reached |= set(_record(info, "aten", lambda t: t, monkeypatch))
     reached |= set(_record_loss(lambda t: t, monkeypatch))
     assert defined - reached == set(), f"custom ops no registry entry reaches: {sorted(defined - reached)}"
+
+
+MAX_OUTPUTS = 6  # a custom op returns at most this many tensors: more is a sign that it does two jobs
+
+
+def _outputs(qualname: str) -> int:
+    """How many tensors the operator's schema returns (a Tensor[] counts as one: its length is the input's)."""
+    ns, name = qualname.split("::")
+    return sum(1 for r in getattr(getattr(torch.ops, ns), name).default._schema.returns
+               if "Tensor" in str(r.type))
+
+
+def test_no_custom_op_returns_more_than_six_tensors():
+    counts = {q: _outputs(q) for q in sorted(_torch.defined_ops(NAMESPACE))}
+    assert counts and all(n >= 1 for n in counts.values()), counts
+    assert {q: n for q, n in counts.items() if n > MAX_OUTPUTS} == {}
+
+
+def test_output_count_reads_the_schema():
+    """The count above can fail: an op of seven tensors counts seven."""
+    lib = torch.library.Library("sdekernels_layout_test", "FRAGMENT")
+    lib.define("seven(Tensor x) -> (" + ", ".join(["Tensor"] * 7) + ")")
+    assert _outputs("sdekernels_layout_test::seven") == 7
+    assert _outputs("sdekernels::spectral_enhance") == 6

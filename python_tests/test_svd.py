@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import sdekernels
-import sdekernels.ops._spectral as spectral
+import sdekernels.ops._solvers as solvers
 from sdekernels import reference as ref
-from sdekernels.ops._spectral import planted, spiked, truncated_backward_math
+from sdekernels.ops._matrices import planted, spiked
+from sdekernels.ops._svd_backward import exact_backward_math, truncated_backward_math
 
 from helpers import on_path, PATHS
 
@@ -51,7 +52,7 @@ def test_accuracy_gram_solver(m, n, k, dtype):
 
 def test_accuracy_randomized_solver(monkeypatch):
     """The randomized subspace iteration (used beyond GRAM_MAX_R) on a decaying spectrum."""
-    monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)
+    monkeypatch.setattr(solvers, "GRAM_MAX_R", 0)
     g = torch.Generator().manual_seed(0)
     m, n, k = 200, 300, 12
     s = 10 * 0.8 ** torch.arange(200, dtype=torch.float64)
@@ -77,7 +78,7 @@ def _errors(F, out, k):
 
 def _count_products(monkeypatch, m, n):
     """A list that records each product over an m×n F (either orientation) the solvers run."""
-    calls, mm_for = [], spectral.mm_for
+    calls, mm_for = [], solvers.mm_for
     big = {(m, n), (n, m)}
 
     def counted(x):
@@ -87,7 +88,7 @@ def _count_products(monkeypatch, m, n):
             calls.extend(t for t in (a, b) if tuple(t.shape[-2:]) in big)
             return mm(a, b, dtype)
         return run
-    monkeypatch.setattr(spectral, "mm_for", counted)
+    monkeypatch.setattr(solvers, "mm_for", counted)
     return calls
 
 
@@ -100,7 +101,7 @@ def test_adaptive_meets_bar(m, n, k, kind, dtype):
     is held to its own default tol (1e-10)."""
     g = torch.Generator().manual_seed(m + k)
     F = (spiked(0, m, n, k, 3.0, g) if kind == "spiked" else _gap_matrix(m, n, k, g)[0]).to(dtype)
-    tol = spectral.default_tol(dtype)
+    tol = solvers.default_tol(dtype)
     err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
     assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (err, sin_u, sin_v)
 
@@ -121,13 +122,13 @@ def test_bound_holds_at_every_iteration(case, monkeypatch):
          "flat32": lambda: _gap_matrix(m, n, k, g, low=0.9)[0].float(),
          "flat64": lambda: _gap_matrix(m, n, 4, g, low=0.9)[0]}[case]()
     k = 4 if case == "flat64" else k  # float64's tol 1e-10 needs a deeper basis: within r/2 for k = 4
-    tol = spectral.default_tol(F.dtype)
-    monkeypatch.setattr(spectral, "FIRST_TEST", 1)  # a test after every iteration
+    tol = solvers.default_tol(F.dtype)
+    monkeypatch.setattr(solvers, "FIRST_TEST", 1)  # a test after every iteration
     if case.startswith("flat"):  # and after every Krylov block
-        monkeypatch.setattr(spectral, "_krylov_blocks", lambda err, *a: np.zeros_like(err))
+        monkeypatch.setattr(solvers, "_krylov_blocks", lambda err, *a: np.zeros_like(err))
     else:
-        monkeypatch.setattr(spectral, "_predicted_iterations", lambda err, *a: np.zeros_like(err))
-    ritz_error = spectral.ritz_error
+        monkeypatch.setattr(solvers, "_predicted_iterations", lambda err, *a: np.zeros_like(err))
+    ritz_error = solvers.ritz_error
     rows = []
     for stop in range(1, 40):
         bounds = []
@@ -136,7 +137,7 @@ def test_bound_holds_at_every_iteration(case, monkeypatch):
             err, lift = ritz_error(RtR, s, k, unit)
             bounds.append(err[0])
             return np.full_like(err, 0.0 if len(bounds) == stop else 1e300), lift
-        monkeypatch.setattr(spectral, "ritz_error", forced)
+        monkeypatch.setattr(solvers, "ritz_error", forced)
         err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
         true = max(err, sin_u / 10, sin_v / 10)
         rows.append((stop, bounds[-1], true))
@@ -176,13 +177,13 @@ def test_spiked_certified_after_three_iterations(monkeypatch):
 
 def _krylov_runs(monkeypatch):
     """A list that records, for each Krylov run of the solver, (rows it was given, rows it left to the Gram solver)."""
-    runs, krylov = [], spectral._krylov
+    runs, krylov = [], solvers._krylov
 
     def spy(F3, *args):
         out, failed = krylov(F3, *args)
         runs.append((F3.shape[0], int(failed.sum())))
         return out, failed
-    monkeypatch.setattr(spectral, "_krylov", spy)
+    monkeypatch.setattr(solvers, "_krylov", spy)
     return runs
 
 
@@ -195,7 +196,7 @@ def test_krylov_meets_bar_on_flat_tail(m, n, k, dtype, monkeypatch):
     subspaces; an int niter keeps the subspace iteration."""
     runs = _krylov_runs(monkeypatch)
     F = _gap_matrix(m, n, k, torch.Generator().manual_seed(m + k), low=0.9)[0].to(dtype)
-    tol = spectral.default_tol(dtype)
+    tol = solvers.default_tol(dtype)
     err, sin_u, sin_v = _errors(F, sdekernels.svd_topk(F, k), k)
     assert runs == [(1, 0)]
     assert err <= tol and sin_u <= 10 * tol and sin_v <= 10 * tol, (err, sin_u, sin_v)
@@ -253,7 +254,7 @@ def test_rows_stop_independently():
 
 
 def test_randomized_solver_parity_and_gradient(monkeypatch):
-    monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)
+    monkeypatch.setattr(solvers, "GRAM_MAX_R", 0)
     g = torch.Generator().manual_seed(1)
     F = planted(2, 30, 20, 4, g, tail=1e-12).requires_grad_()
     U, S, V = sdekernels.svd_topk(F, 4)
@@ -267,7 +268,7 @@ def test_randomized_solver_parity_and_gradient(monkeypatch):
 
 
 def test_generator_seeding(monkeypatch):
-    monkeypatch.setattr(spectral, "GRAM_MAX_R", 0)  # the randomized solver, where the seed matters
+    monkeypatch.setattr(solvers, "GRAM_MAX_R", 0)  # the randomized solver, where the seed matters
     F = torch.randn(3, 40, 90)
     a = sdekernels.svd_topk(F, 4, niter=1, generator=torch.Generator().manual_seed(5))
     b = sdekernels.svd_topk(F, 4, niter=1, generator=torch.Generator().manual_seed(5))
@@ -281,14 +282,14 @@ def test_generator_seeding(monkeypatch):
 def test_topk_result_names_its_backward():
     """The spectral core's result says which gradient applies, and carries what that gradient needs."""
     F = planted(2, 30, 20, 4, torch.Generator().manual_seed(8))
-    exact = spectral.topk(F, 4, backward="exact")
-    trunc = spectral.topk(F, 4, backward="truncated")
+    exact = solvers.topk(F, 4, backward="exact")
+    trunc = solvers.topk(F, 4, backward="truncated")
     assert exact.backward == "exact" and exact.W.shape == (2, 20, 20) and exact.S_all.shape == (2, 20)
     assert trunc.backward == "truncated" and trunc.W.shape == (2, 0, 0) and trunc.S_all.shape == (2, 0)
     torch.testing.assert_close(exact.S, trunc.S, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(exact.S_all[:, :4], exact.S, atol=1e-12, rtol=1e-10)
     with pytest.raises(ValueError, match="backward"):
-        spectral.topk(F, 4, backward="full")
+        solvers.topk(F, 4, backward="full")
 
 
 def test_batch_element_independent_of_batch():
@@ -457,7 +458,7 @@ def test_exact_backward_cpp_matches_aten():
     Wl = (A.mT @ Ws / sigma[:, None, :k]).contiguous()
     gWs, gS, gWl = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (Ws, sigma[:, :k], Wl))
     args = (A, Ws, Wl, W, sigma, gWs, gS, gWl)
-    py = spectral.exact_backward_math(*args)
+    py = exact_backward_math(*args)
     torch.testing.assert_close(torch.ops.sdekernels_C.svd_topk_exact_bwd(*args), py, atol=1e-12, rtol=1e-10)
     cpp32 = torch.ops.sdekernels_C.svd_topk_exact_bwd(*(t.float() for t in args))
     torch.testing.assert_close(cpp32.double(), py, atol=1e-4, rtol=1e-4)
@@ -552,7 +553,7 @@ def test_partition_edge_cases():
 def test_mp_median_library_and_reference_agree():
     """The MP median exists twice, written independently: a closed-form CDF in the library, Gauss–Legendre
     quadrature in the reference; μ_1 solves φ + sin φ = π/2 in the reference's parametrisation."""
-    from sdekernels.ops._spectral import mp_median
+    from sdekernels.ops._partition import mp_median
 
     for beta in (1e-4, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0):
         assert mp_median(beta) == pytest.approx(ref.mp_median(beta), rel=1e-12), beta

@@ -1,4 +1,4 @@
-"""Command line: python -m sdekernels info | check | bench | aot | train sde|farl|esm."""
+"""Command line: python -m sdekernels info | check | bench | aot | constants | train sde|farl|esm."""
 import argparse
 import sys
 
@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     a.add_argument("--op", action="append", help="only this op (repeatable)")
     a.add_argument("--json", help="write the rows to this file")
     a.add_argument("--no-progress", action="store_true")
+    k = sub.add_parser("constants", help="write csrc/constants.h from the table sdekernels/constants.py")
+    k.add_argument("--check", action="store_true", help="write nothing; exit 1 where the header differs from the table")
     t = sub.add_parser("train", help="training drivers: train sde|farl|esm --help", add_help=False)
     t.add_argument("which", choices=("sde", "farl", "esm"))
     t.add_argument("rest", nargs=argparse.REMAINDER, help="the driver's own arguments")
@@ -151,6 +153,10 @@ def main(argv=None) -> int:
         from .aot import main as aot_main
 
         return aot_main(args)
+    if args.cmd == "constants":
+        from .constants import write_header
+
+        return write_header(check=args.check)
     return {"info": _info, "check": _check, "bench": _bench}[args.cmd](args)
 
 

@@ -21,7 +21,9 @@ from torch import Tensor
 
 from ._core import check, check_int, check_real, without_autocast, work_dtype
 from .dist import check_gather, world
-from .ops._spectral import draw_xi, eigh_desc, safe_inv, seeded_xi
+from .ops._partition import draw_xi, seeded_xi
+from .ops._scaling import safe_inv
+from .ops._solvers import eigh_desc
 from .ops.contrastive import gather_batch, info_nce, local_info_nce, rank_offset
 from .ops.distances import hellinger, subspace_distance
 from .ops.enhance import enhance_decomposed

@@ -3,6 +3,8 @@
 An op module registers its entry beside its kernels (`register(OpInfo(...))`); adding an op is
 writing its kernel, its backward and that one entry.
 """
+import ast
+import importlib.util
 import inspect
 import os
 import re
@@ -131,13 +133,33 @@ class OpInfo:
 
     def sources(self) -> list[str]:
         """The files of the op's CPU code, relative to the repository: the module that defines the op,
-        the sdekernels modules it takes names from (not this registry), the C++ functions it calls
-        through the extension (the CPU implementations bindings.cpp names) and the headers those
-        include. A change to any of them makes a measurement of the op out of date."""
+        the sdekernels modules it takes names from (not this registry) and, transitively, those the
+        shared core takes names from (the private modules of sdekernels/ops and the constants table),
+        the C++ functions it calls through the extension (the CPU implementations bindings.cpp names)
+        and the headers those include, transitively. A change to any of them makes a measurement of
+        the op out of date."""
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         module = sys.modules[inspect.unwrap(self.op).__module__]
-        mods = {module} | {sys.modules[getattr(v, "__module__", None) or v.__name__] for v in vars(module).values()
-                           if inspect.ismodule(v) or inspect.isfunction(v) or inspect.isclass(v)}
+
+        def used(mod):  # the modules of its functions, classes and modules, and those it imports values from
+            found = {sys.modules[getattr(v, "__module__", None) or v.__name__] for v in vars(mod).values()
+                     if inspect.ismodule(v) or inspect.isfunction(v) or inspect.isclass(v)}
+            for node in ast.walk(ast.parse(inspect.getsource(mod))):
+                if isinstance(node, ast.ImportFrom):
+                    name = importlib.util.resolve_name("." * node.level + (node.module or ""), mod.__package__)
+                    values = [a.name for a in node.names if f"{name}.{a.name}" not in sys.modules]  # not submodules
+                    found |= {sys.modules[name]} if values and name in sys.modules else set()
+            return found
+
+        def core(mod):
+            return mod.__name__.startswith("sdekernels.ops._") or mod.__name__ == "sdekernels.constants"
+
+        mods = {module} | used(module)
+        todo = [m for m in mods if core(m)]
+        while todo:
+            new = {m for m in used(todo.pop()) if m not in mods}
+            mods |= new
+            todo += [m for m in new if core(m)]
         files = {os.path.abspath(m.__file__) for m in mods if m.__name__.startswith("sdekernels")
                  and m.__name__ != __name__ and getattr(m, "__file__", None)}
         called = set()
@@ -159,8 +181,12 @@ class OpInfo:
                 code = open(path).read()
                 if any(re.search(rf"\b{f}\s*\(", code) for f in impls):
                     files.add(path)
-                    headers = re.findall(r'#include "\.\./(\w+\.h)"', code)
-                    files |= {os.path.join(csrc, h) for h in headers if h != "ops.h"}  # ops.h: declarations only
+                    headers = [h for h in re.findall(r'#include "\.\./(\w+\.h)"', code) if h != "ops.h"]
+                    while headers:  # ops.h: declarations only; a header's own includes too
+                        h = os.path.join(csrc, headers.pop())
+                        if h not in files and os.path.isfile(h):
+                            files.add(h)
+                            headers += re.findall(r'#include "(\w+\.h)"', open(h).read())
         return sorted(os.path.relpath(f, root) for f in files)
 
 

@@ -33,16 +33,17 @@ inline int32_t fbits(float v) { return c10::bit_cast<int32_t>(v); }
 inline float fsel(int32_t mask, float a, float b) { return c10::bit_cast<float>((fbits(a) & mask) | (fbits(b) & ~mask)); }
 
 // atan2 in float: reduction to |u| <= tan(π/8) and Cephes' atanf polynomial (absolute error
-// < 3e-7). atan2(±0, x < 0) = ±π; the callers map −π to π.
+// < 3e-7; its coefficients are constants.h's, as the Triton kernel's; each double rounds to the
+// float of its decimal literal). atan2(±0, x < 0) = ±π; the callers map −π to π.
 inline float atan2_fast(float y, float x) {
   const int32_t bx = fbits(x) & 0x7fffffff, by = fbits(y) & 0x7fffffff;  // |x|, |y|: ordered as integers
   const int32_t steep = -int32_t(by > bx);
   const float num = c10::bit_cast<float>(steep ? bx : by), den = c10::bit_cast<float>(steep ? by : bx);
   const float t = num / fsel(-int32_t(fbits(den) > 0), den, 1.f);
-  const int32_t big = -int32_t(fbits(t) > fbits(0.41421356f));
+  const int32_t big = -int32_t(fbits(t) > fbits(float(kAtanTanPi8)));
   const float u = fsel(big, (t - 1.f) / (t + 1.f), t);
   const float z = u * u;
-  float r = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z - 3.33329491539e-1f) * z * u + u;
+  float r = (((float(kAtanC9) * z - float(kAtanC7)) * z + float(kAtanC5)) * z - float(kAtanC3)) * z * u + u;
   r += fsel(big, 0.78539816339f, 0.f);
   r = fsel(steep, 1.57079632679f - r, r);
   r = fsel(fbits(x) >> 31, 3.14159265359f - r, r);

@@ -1,7 +1,7 @@
 // CPU spectral partition (SPEC §2) of rows of singular values already sorted descending: one pass
 // per row for the quartiles, thresholds, counts and energy fractions, where the same formula in
 // ATen costs some 40 small dispatches for r ~ 1000. Roundings follow the ATen formula in
-// sdekernels/ops/_spectral.py (partition_counts, energies): T arithmetic, Σσ² accumulated in double,
+// sdekernels/ops/_partition.py (partition_counts, energies): T arithmetic, Σσ² accumulated in double,
 // on each row divided by its power of two c (_core.pow2_scale: max|σ|/c in [1, 2), exact), so that
 // σ² never overflows (SPEC §10); the thresholds come back multiplied by c.
 #include <ATen/Parallel.h>

@@ -9,6 +9,7 @@ import contextlib
 
 import torch
 
+from .. import constants
 from .._core import HAS_TRITON, INTERPRET, next_pow2
 
 EMULATED_SMS = 132  # multiprocessors of the GPU that emulated CUDA launches size their grids for (an H100/H200)
@@ -23,6 +24,18 @@ if HAS_TRITON:
     # it ignores input_precision, so the TF32 rounding of the operands is applied here. CPU tests of
     # the Triton path thus see the error the tensor cores will make.
     _INTERPRETER: tl.constexpr = tl.constexpr(INTERPRET)
+
+    # The values of sdekernels/constants.py that kernels read, which the C++/CUDA twins read from
+    # csrc/constants.h: Triton takes a module-level value only as a constexpr.
+    HELLINGER_SUM_FLOOR = tl.constexpr(constants.HELLINGER_SUM_FLOOR)
+    HELLINGER_PROB_FLOOR = tl.constexpr(constants.HELLINGER_PROB_FLOOR)
+    HELLINGER_SCALE_LOG2 = tl.constexpr(constants.HELLINGER_SCALE_LOG2)
+    PSD_FLOOR = tl.constexpr(constants.PSD_FLOOR)
+    ATAN_TAN_PI_8 = tl.constexpr(constants.ATAN_TAN_PI_8)
+    ATAN_C3 = tl.constexpr(constants.ATAN_C3)
+    ATAN_C5 = tl.constexpr(constants.ATAN_C5)
+    ATAN_C7 = tl.constexpr(constants.ATAN_C7)
+    ATAN_C9 = tl.constexpr(constants.ATAN_C9)
 
     @triton.jit
     def _tf32(x, ROUND: tl.constexpr):
@@ -101,9 +114,8 @@ def tile(n: int, cap: int) -> int:
 
 def gemm_tiles(M: int, N: int, K: int, dot: torch.dtype):
     """(BM, BN, BK, num_warps) of a GEMM on tensor cores: 64×64 output tiles, K steps of 16 (fp64),
-    32 (fp32) or 64 (bf16/fp16) entries, on 4 warps (8 for fp64, whose 64×64 accumulator took up to
-    192 registers a thread on 4 and spilled under Triton 3.6): no spills and 2+ programs per
-    multiprocessor for sm_90 at every bench shape (Gram, Rayleigh–Ritz and reconstruction products)."""
+    32 (fp32) or 64 (bf16/fp16) entries, on 4 warps (8 for fp64): no spills and 2+ programs per
+    multiprocessor for sm_90 at every bench shape (benchmarks/NOTES.md, "Tile choices")."""
     bk = {torch.float64: 16, torch.float32: 32}.get(dot, 64)
     return tile(M, 64), tile(N, 64), tile(K, bk), 8 if dot == torch.float64 else 4
 

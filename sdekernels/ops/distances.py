@@ -18,7 +18,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ._triton import mma
+    from ._triton import HELLINGER_PROB_FLOOR, HELLINGER_SCALE_LOG2, HELLINGER_SUM_FLOOR, mma
 
     @triton.jit
     def _spow(s, power, POWER_ONE: tl.constexpr):
@@ -49,7 +49,7 @@ if HAS_TRITON:
             idx = start + tl.arange(0, BLOCK)
             top = tl.maximum(top, tl.load(X + idx, mask=idx < r, other=0).to(ACC))
         t = tl.max(top, 0)
-        far = (t > 0) & (t - t == 0) & (tl.abs(tl.log2(tl.where(t > 0, t, 1.0)) * power) > 40.0)
+        far = (t > 0) & (t - t == 0) & (tl.abs(tl.log2(tl.where(t > 0, t, 1.0)) * power) > HELLINGER_SCALE_LOG2)
         return tl.where(far, _pow2_inverse(tl.where(far, t, 1.0), ACC), 1.0)
 
     @triton.jit
@@ -68,16 +68,16 @@ if HAS_TRITON:
             za += _spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC) * ua, power, POWER_ONE)
             zb += _spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC) * ub, power, POWER_ONE)
         za_s, zb_s = tl.sum(za, 0), tl.sum(zb, 0)
-        za_c = tl.maximum(za_s, 1e-30)
-        zb_c = tl.maximum(zb_s, 1e-30)
+        za_c = tl.maximum(za_s, HELLINGER_SUM_FLOOR)
+        zb_c = tl.maximum(zb_s, HELLINGER_SUM_FLOOR)
         bc = tl.zeros([BLOCK], ACC)
         for start in range(0, r, BLOCK):
             idx = start + tl.arange(0, BLOCK)
             mask = idx < r
             p = tl.maximum(_spow(tl.load(a_row + idx, mask=mask, other=0).to(ACC) * ua, power, POWER_ONE) / za_c,
-                           1e-12)
+                           HELLINGER_PROB_FLOOR)
             q = tl.maximum(_spow(tl.load(b_row + idx, mask=mask, other=0).to(ACC) * ub, power, POWER_ONE) / zb_c,
-                           1e-12)
+                           HELLINGER_PROB_FLOOR)
             bc += tl.where(mask, tl.sqrt(p * q), 0.0)
         h2 = 1.0 - tl.sum(bc, 0)
         # A NaN or Inf sum (a negative or non-finite value) makes the row NaN, as in the reference

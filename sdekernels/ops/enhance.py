@@ -9,9 +9,9 @@ gives every σ (for the partition) and the top-k basis W_k, and F' = s_n·F + W_
 in the short-side frame. k varies per batch element: the factors are formed for k_max = max over
 the batch and the coefficients of the extra triplets are exactly 0 (a mask). The reconstruction is
 one Triton kernel that reads F once and writes F' once (CUDA), or one baddbmm on CPU. Beyond
-GRAM_MAX_R: eigvalsh for σ and the randomized top-k_max triplets of _spectral.topk. The
-solvers, stabilisers, the coefficient formula and the truncated backward are the spectral core's
-(ops/_spectral.py).
+GRAM_MAX_R: eigvalsh for σ and the randomized top-k_max triplets of _solvers.topk. The solvers
+(ops/_solvers.py), stabilisers (ops/_scaling.py), the coefficient formula (ops/_partition.py) and
+the truncated backward (ops/_svd_backward.py) are the spectral core's.
 
 Backward, mode="full": on the Gram path the exact gradient (Daleckii–Krein on the eigenbasis of
 the short-side Gram, Lorentzian-stabilised; the divided differences vanish between two noise
@@ -36,9 +36,12 @@ from . import _triton as kt
 from .._core import HAS_TRITON, check, check_real, grad_like, use_triton, vjp, work_dtype
 from ..registry import F64, OpInfo, Sample, register
 from ..schedules import alpha as _alpha
-from ._spectral import (DEFAULT_SEED, IQR_C, OVERSAMPLE, draw_xi, energies, enhance_coefs, fast_gram, full_delta,
-                        gram_eigh, lorentz, mm_for, partition_counts, planted, safe_inv, scaled_rows, spectrum, topk,
-                        truncated_grad, use_gram)
+from ._gemm import mm_for
+from ._matrices import planted, spectrum
+from ._partition import IQR_C, draw_xi, energies, enhance_coefs, full_delta, partition_counts
+from ._scaling import lorentz, safe_inv, scaled_rows
+from ._solvers import DEFAULT_SEED, OVERSAMPLE, fast_gram, gram_eigh, topk, use_gram
+from ._svd_backward import truncated_grad
 from .svd import Decomposition, SpectralPartition
 
 __all__ = ["spectral_enhance", "enhance_decomposed"]
@@ -290,9 +293,10 @@ def spectral_enhance(F: Tensor, t: float, *, eps_strong: float = 0.1, gamma_weak
     δ: strong values perturbed by eps_strong·α(t)·(σ_i/σ_1)·σ_i·ξ_i (ξ = sign(direction) if given,
     shaped [..., r] or [r], else uniform(−1, 1) drawn exactly as the reference does from
     `generator`), weak values damped by gamma_weak·α(t), noise by gamma_noise·(1 − α(t)); then
-    ‖δ‖ ≤ rho‖σ‖. Computed as s_n·F + U_k diag(c) V_kᵀ from the top-k triplets only.
-    mode="full": gradients through σ, U, V (the truncated-SVD backward of SPEC §1: exact where
-    the noise singular values are small next to the signal ones); mode="augment": dF = dF'.
+    ‖δ‖ ≤ rho‖σ‖.
+    mode="full": gradients through σ, U, V, exact up to min(m, n) = GRAM_MAX_R (2048) and beyond it
+    SPEC §1's truncated-SVD gradient (exact where the noise singular values are small next to the
+    signal ones); mode="augment": dF = dF'.
     center=True: decomposition, partition and δ of the row-centred F_c = F − 1μᵀ, and
     F' = 1μᵀ + F_c' (the reference's definition; SPEC §4).
     Returns F' in F's dtype, or (F', SpectralPartition, δ [..., r]) with return_details=True

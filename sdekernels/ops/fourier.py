@@ -32,7 +32,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ._triton import mma
+    from ._triton import ATAN_C3, ATAN_C5, ATAN_C7, ATAN_C9, ATAN_TAN_PI_8, mma
 
     @triton.jit
     def _pos(k1, k2, H, W, Wo, ONESIDED: tl.constexpr, CENTERED: tl.constexpr):
@@ -50,10 +50,10 @@ if HAS_TRITON:
         ax, ay = tl.abs(x), tl.abs(y)
         mx, mn = tl.maximum(ax, ay), tl.minimum(ax, ay)
         t = mn / tl.where(mx > 0, mx, 1.0)
-        big = t > 0.41421356237309503
+        big = t > ATAN_TAN_PI_8
         u = tl.where(big, (t - 1.0) / (t + 1.0), t)
         z = u * u
-        r = (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z * u + u
+        r = (((ATAN_C9 * z - ATAN_C7) * z + ATAN_C5) * z - ATAN_C3) * z * u + u
         r = tl.where(big, r + 0.25 * pi, r)
         r = tl.where(ay > ax, 0.5 * pi - r, r)
         r = tl.where(x < 0, pi - r, r)
@@ -181,9 +181,8 @@ def _scale(norm: str, H: int, W: int) -> float:
 
 def _blocks(acc: torch.dtype):
     """Tiles, warps and dot precision of both DFT stages (no spills for sm_90 under Triton 3.6 and
-    3.9: 64×64 tiles with K steps of 32 spilled ~280 B in the fp32 split stage, 32×32 ~2.5 KB in
-    fp64 under 3.6). tf32x3 keeps fp32 accuracy (a phase is as sensitive as the smallest
-    amplitude); fp64 runs on the fp64 MMA."""
+    3.9: benchmarks/NOTES.md, "Tile choices"). tf32x3 keeps fp32 accuracy (a phase is as sensitive
+    as the smallest amplitude); fp64 runs on the fp64 MMA."""
     if acc == torch.float64:
         return dict(PRECISION="ieee", BM=16, BN=32, BK=16, num_warps=4)
     return dict(PRECISION=kt.precision(acc), BM=64, BN=32, BK=16, num_warps=4)

@@ -23,7 +23,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from . import _triton as kt
-from .. import _ext
+from .. import _ext, constants
 from .._fallback import ref
 from .._core import (HAS_TRITON, check, check_choice, check_flag, check_int, check_real, grad_like, pow2_scale,
                      ref_vjp, rows, use_triton, work_dtype)
@@ -33,12 +33,12 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ._triton import mma
+    from ._triton import PSD_FLOOR, mma
 
     @triton.jit
     def _bin_store(p, u, v, H, W, IDX, OUT, bins):
         # Clamp, zero the DC entry, and write the per-bin sums of this tile (NaN survives the clamp).
-        p = tl.where(p < 1e-12, 1e-12, p)
+        p = tl.where(p < PSD_FLOOR, PSD_FLOOR, p)
         p = tl.where((u[:, None] == 0) & (v[None, :] == 0), 0.0, p)
         idx = tl.load(IDX + u[:, None] * W + v[None, :], mask=(u[:, None] < H) & (v[None, :] < W), other=-1)
         for j in range(bins):
@@ -308,11 +308,11 @@ def _radial_psd(x: Tensor, bins: int, transform: str, channel_mean: bool, save: 
 
 def _psd_aten(x4: Tensor, bins: int, fft: bool, channel_mean: bool, official: bool) -> Tensor:
     """What the kernels compute, in differentiable ATen (the path without the extension): the power of
-    x4's spectrum [R, C, H, W] (channel mean), floored at 1e-12, P[0, 0] = 0, binned."""
+    x4's spectrum [R, C, H, W] (channel mean), floored at PSD_FLOOR, P[0, 0] = 0, binned."""
     H, W = x4.shape[-2:]
     S = _spectrum(x4, fft)
     P = S.square().sum(-1) / (H * W) if fft else S.square()
-    P = (P.mean(-3) if channel_mean else P).clamp_min(1e-12).flatten(-2)
+    P = (P.mean(-3) if channel_mean else P).clamp_min(constants.PSD_FLOOR).flatten(-2)
     P = torch.cat([torch.zeros_like(P[..., :1]), P[..., 1:]], -1)
     idx, inv = _bin_map(H, W, bins, "fft" if fft else "dct", P.dtype, P.device, official)
     return P.new_zeros(P.shape[:-1] + (bins,)).index_add(-1, idx, P) * inv
@@ -331,7 +331,7 @@ def _unit_samples(x: Tensor, official: bool = False):
 
 def _dc_floor(c: Tensor, x: Tensor, channel_mean: bool) -> Tensor:
     """The relative floor 1e-12·c² of P[0, 0], shaped like _dc_power(x, channel_mean)."""
-    cc = (1e-12 * c * c).reshape(x.shape[:-3])
+    cc = (constants.PSD_FLOOR * c * c).reshape(x.shape[:-3])
     return cc if channel_mean else cc.unsqueeze(-1)
 
 
@@ -406,8 +406,7 @@ def radial_psd(x: Tensor, *, bins: int = 16, transform: str = "dct", center: str
     transform="dct": orthonormal 2-D DCT-II; "fft": |FFT2|² / (HW) with wrapped frequencies.
     P[0, 0] = 0 unless keep_dc, and removing each channel's spatial mean changes only the (0, 0)
     coefficient of either transform (every other basis function sums to zero), so without keep_dc
-    center="mean" and center=None give the same spectrum (and gradient); the fused paths always
-    centre, which keeps fp32 accurate for inputs with a large mean. keep_dc=True keeps P[0, 0]
+    center="mean" and center=None give the same spectrum (and gradient). keep_dc=True keeps P[0, 0]
     (with center="none": the Spectrum Matching paper's analysis spectra).
     """
     check(x, "x", min_dim=3)

@@ -1,14 +1,15 @@
 """Decomposition and spectral partition (SPEC §1, §2): `svd_topk`, `singular_values`, `spectral_partition`.
 
-The custom ops and registry entries; the solvers, stabilisers and backwards are the spectral core's
-(ops/_spectral.py). svd_topk: up to r = min(m, n) = GRAM_MAX_R with a gradient, the Gram
-eigen-solver (short-side Gram in float64 for r <= 256 and fp32 above, its top k + oversample
-eigenvectors as the basis of a float64 Rayleigh–Ritz step): exact whatever the tail of the
-spectrum. Otherwise the adaptive randomized block subspace iteration with the same Rayleigh–Ritz
-step, stopping on a-posteriori bounds from the Ritz residuals, continuing in a block Krylov space
-when its observed rate predicts many iterations, or switching to the Gram solver when that is
-predicted cheaper. The big products run in a Triton batched GEMM on CUDA and in
-ATen (MKL) on CPU; the random test matrix comes from a seeded generator (a fixed seed when none is
+The custom ops and registry entries; the solvers (ops/_solvers.py), stabilisers (ops/_scaling.py),
+backwards (ops/_svd_backward.py), partition arithmetic (ops/_partition.py) and thin SVD
+(ops/_decompose.py) are the spectral core's. svd_topk: up to r = min(m, n) = GRAM_MAX_R with a
+gradient, the Gram eigen-solver (short-side Gram in float64 for r <= 256 and fp32 above, its top
+k + oversample eigenvectors as the basis of a float64 Rayleigh–Ritz step): exact whatever the tail
+of the spectrum. Otherwise the adaptive randomized block subspace iteration with the same
+Rayleigh–Ritz step, stopping on a-posteriori bounds from the Ritz residuals, continuing in a block
+Krylov space when its observed rate predicts many iterations, or switching to the Gram solver when
+that is predicted cheaper. The big products run in a Triton batched GEMM on CUDA and in ATen (MKL)
+on CPU; the random test matrix comes from a seeded generator (a fixed seed when none is
 given), shared by the batch, so results are reproducible and a batch element never depends on its
 neighbours.
 Backward (csrc/cpu/svd.cpp, csrc/cuda/svd.cu, with an ATen fallback), named by the forward
@@ -27,9 +28,13 @@ from .. import _ext
 from .._fallback import ref
 from .._core import check, check_int, check_real, cuda_like, grad_like, pow2_scale, work_dtype
 from ..registry import F64, OpInfo, Sample, Tuned, register
-from ._spectral import (DEFAULT_SEED, SPECTRA, energy_fractions, exact_grad_short, fix_signs, gram_eigh, mm_for,
-                        partition_counts, planted, safe_inv, scaled_rows, sigma_den, spectrum, spiked, thin_svd,
-                        thin_svd_grad, topk, truncated_grad, unscale, use_gram)
+from ._decompose import thin_svd, thin_svd_grad
+from ._gemm import mm_for
+from ._matrices import SPECTRA, planted, spectrum, spiked
+from ._partition import energy_fractions, partition_counts, sigma_den
+from ._scaling import fix_signs, safe_inv, scaled_rows, unscale
+from ._solvers import DEFAULT_SEED, gram_eigh, topk, use_gram
+from ._svd_backward import exact_grad_short, truncated_grad
 
 __all__ = ["svd_topk", "singular_values", "spectral_partition", "SpectralPartition", "decompose", "Decomposition"]
 
@@ -114,7 +119,7 @@ def _svd_topk_exact_backward(F: Tensor, U: Tensor, S: Tensor, V: Tensor, W: Tens
     # In the forward's scaled frame F/c: the gradient is that of (U, σ/c, V) with gU/c, gS, gV/c.
     _, F3, c = scaled_rows(F.reshape(R, m, n))
     S2, gU3, gV3 = unscale(c, S2, gU3, gV3)
-    # The short side (W's frame): Fᵀ for tall F, as in _spectral.topk; a non-finite row of F (its U, V
+    # The short side (W's frame): Fᵀ for tall F, as in _solvers.topk; a non-finite row of F (its U, V
     # are NaN) gives a NaN gradient in that row only.
     tall = m > n
     A, Ws, Wl, gWs, gWl = (F3.mT, V3, U3, gV3, gU3) if tall else (F3, U3, V3, gU3, gV3)
@@ -164,44 +169,19 @@ def svd_topk(F: Tensor, k: int, *, niter: int | None = None, oversample: int = 8
     """Top-k singular triplets of F [..., m, n] (SPEC §1): (U [..., m, k], S [..., k], V [..., n, k]),
     S descending, the largest-magnitude entry of each column of U positive.
 
-    niter: None (default) iterates until SPEC §1's bounds hold (continuing in a block Krylov space
-    where many iterations are predicted, or taking the Gram solver where that is predicted cheaper);
-    an int caps the subspace iterations (niter=0: the sketch alone; no Krylov space, no Gram solver),
-    still stopping earlier once the bounds hold, and selects the truncated backward.
-    tol: the target of the a-posteriori bound on the relative error of σ_1..k; sin∠ of the top-k
-    subspaces is held to 10·tol where σ_k/σ_{k+1} >= 1.1. Default: 1e-4 for float32 and below
-    (SPEC §1's bars: σ within 1e-4, sin∠ within 1e-3), 1e-10 for float64.
+    niter: None (default) iterates until SPEC §1's bounds hold; an int caps the subspace iterations
+    (niter=0: the sketch alone; no Krylov space, no switch to the Gram solver), still stopping
+    earlier once the bounds hold, and selects the truncated backward. oversample: extra columns of
+    the randomized basis (k + oversample in all).
+    tol: the target of the bound on the relative error of σ_1..k; sin∠ of the top-k subspaces is
+    held to 10·tol where σ_k/σ_{k+1} >= 1.1. Default: 1e-4 for float32 and below (SPEC §1's bars: σ
+    within 1e-4, sin∠ within 1e-3), 1e-10 for float64. generator seeds the sketch (default: a fixed
+    seed, so results are reproducible); a batch element never depends on its neighbours.
 
-    Solvers (all scale each batch element by a power of two first, SPEC §10):
-    - adaptive randomized block subspace iteration (_spectral.subspace_basis): sketch A·Ω with
-      q = k + oversample columns, then per iteration B = AᵀQ, Y = A·(B R_B⁻¹), Q = qr(Y). A test
-      takes Rayleigh–Ritz triplets from B and their residuals ‖A v_i − σ_i u_i‖ (free from Y), which
-      bound the relative error of σ_1..k and sin∠ of the top-k subspaces (ritz_error); a batch
-      element stops as soon as its bound holds, and returns the triplets lifted one product on
-      (the SVD of A·V_k, also free from Y) where their bound is the smaller. The first test follows
-      the second iteration, the next where the observed rate (σ_q/σ_k)² predicts convergence. With
-      niter=None an element predicted to need more than 4 more iterations continues in the block
-      Krylov space of its top k + 1 Ritz vectors (_spectral._krylov: Rayleigh–Ritz over the whole
-      basis, the same tests; ~5 blocks where the gap 1.1 with a flat tail needs ~60 iterations),
-      and one whose predicted remaining work exceeds the Gram eigen-solver's switches to it.
-      Spiked spectra (SDE's features) stop after 3 iterations (9 products over F); SPEC §1's hard
-      spectrum certifies in the Krylov space; where its basis would not fit in r/2 columns (large
-      k, float64's tol on small r) the Gram solver takes over.
-    - Gram eigen-solver (float64, or float32 above r = 256 for float32 input, then Rayleigh–Ritz):
-      when F takes a gradient with niter=None and r <= GRAM_MAX_R (the exact backward needs the full
-      short-side eigenbasis), and when k + oversample >= r or r <= 32.
-    generator seeds the sketch (default: a fixed seed, so results are reproducible).
-
-    Differentiable, finite for every finite F. Backward:
-    - Gram path: the exact gradient of the top-k triplets of the full SVD. The
-      forward keeps the short-side Gram eigenbasis (r×r) and all r singular values; the backward
-      applies the chain rule through the long-side factor and Daleckii–Krein over all r values,
-      1/(σ_j² − σ_i²) for j <= k and every i (the values past k included), stabilised as in SPEC §1.
-      It agrees with autograd through torch.linalg.svd to ~1e-10 relative in float64 on full-rank
-      F wherever the gaps exceed 1e-3·σ_1². Products are k×r, r×r·r×k and of F's shape only.
-    - iterative path (an int niter, or r > GRAM_MAX_R): the truncated-SVD gradient of SPEC §1 with
-      complement terms (I − UUᵀ)·gU·diag(1/σ)·Vᵀ and U·diag(1/σ)·gVᵀ·(I − VVᵀ), exact only when σ_{k+1..r} = 0
-      (otherwise the part of the gradient coupling the top k to the rest is approximated).
+    Differentiable, finite for every finite F. With niter=None, min(m, n) <= GRAM_MAX_R (2048) and
+    F requiring grad, the gradient is the exact one of the top-k triplets of the full SVD,
+    stabilised as in SPEC §1; otherwise it is SPEC §1's truncated-SVD gradient, exact only when
+    σ_{k+1..r} = 0. The solvers: ops/_solvers.py, benchmarks/NOTES.md ("svd_topk's solvers").
     """
     _check_matrix(F)
     r = min(F.shape[-2:])
@@ -277,7 +257,7 @@ _singular_values.register_autograd(_sv_grad, setup_context=_sv_setup)
 def singular_values(F: Tensor) -> Tensor:
     """All r = min(m, n) singular values of F [..., m, n], descending (SPEC §1).
 
-    From the float64 Gram of the short side (eigvalsh); differentiable (dσ_i/dF = u_i v_iᵀ).
+    Differentiable (dσ_i/dF = u_i v_iᵀ), finite for every finite F.
     """
     _check_matrix(F)
     return _singular_values(F)
@@ -313,8 +293,8 @@ def _(S, m, n, iqr_c, center=False):
 def spectral_partition(S: Tensor, m: int, n: int, *, iqr_c: float = 1.5, center: bool = False) -> SpectralPartition:
     """Strong / weak / noise partition of the r = min(m, n) singular values S [..., r] (SPEC §2).
 
-    σ̂ = median(σ)/√(max(m, n)·μ_β) (μ_β the Marchenko–Pastur median, computed numerically and
-    cached), τ_noise = σ̂(√m + √n), τ_strong = max(τ_noise, q3 + iqr_c(q3 − q1)); one sort per row.
+    σ̂ = median(σ)/√(max(m, n)·μ_β) (μ_β the Marchenko–Pastur median), τ_noise = σ̂(√m + √n),
+    τ_strong = max(τ_noise, q3 + iqr_c(q3 − q1)).
     center=True: S is the spectrum of the row-centred matrix; the fit uses m − 1 rows and the
     min(m − 1, n) largest values.
     Returns a SpectralPartition of detached tensors of the batch shape (counts int64).
@@ -389,9 +369,9 @@ _decompose.register_autograd(_decompose_grad, setup_context=_decompose_setup)
 
 
 def decompose(F: Tensor) -> Decomposition:
-    """The thin SVD of F [..., m, n] (SPEC §1, all r = min(m, n) triplets), from one eigendecomposition of
-    the float64 Gram of the short side; differentiable, with the exact SVD gradient whatever the tail of
-    the spectrum (stabilised as in SPEC §1). Signs of the singular pairs are unspecified."""
+    """The thin SVD of F [..., m, n] (SPEC §1, all r = min(m, n) triplets); differentiable, with the
+    exact SVD gradient whatever the tail of the spectrum (stabilised as in SPEC §1). Signs of the
+    singular pairs are unspecified."""
     check(F, "F", min_dim=2)
     if min(F.shape[-2:]) == 0:
         raise ValueError(f"F must have m, n >= 1, got shape {tuple(F.shape)}")

@@ -41,7 +41,7 @@ RECORD = os.path.join(RESULTS, "maxbatch-cpu.json")
 TABLE = os.path.join(RESULTS, "maxbatch.md")
 PLOT = os.path.join(RESULTS, "maxbatch-cpu.png")
 README = os.path.join(ROOT, "README.md")
-MARKED = re.compile(r"(<!-- maxbatch-table -->\n).*?(\n<!-- /maxbatch-table -->)", re.S)
+MARKED = re.compile(r"(<!-- maxbatch-table -->\n).*?\n?(<!-- /maxbatch-table -->)", re.S)
 
 GiB = 2**30
 BUDGETS_GIB = (1, 4, 16, 80)
@@ -455,7 +455,7 @@ def render(record) -> None:
     if not MARKED.search(text):
         raise SystemExit("README.md: no <!-- maxbatch-table --> ... <!-- /maxbatch-table --> markers")
     with open(README, "w") as f:
-        f.write(MARKED.sub(lambda m: m.group(1) + readme_table(record) + m.group(2), text))
+        f.write(MARKED.sub(lambda m: m.group(1) + readme_table(record) + "\n" + m.group(2), text))
     plot(record)
 
 

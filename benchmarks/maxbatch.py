@@ -506,6 +506,7 @@ def gpu(out: str, dry: bool, limit_s: float) -> int:
             loss_fn(loss)
         except ImportError as e:
             data["rows"].append({"loss": loss, "d": d, "dtype": dtype, "skipped": str(e)})
+            _write(path, data)
             continue
 
         def fits(B, loss=loss, d=d, dtype=dtype):
@@ -521,10 +522,14 @@ def gpu(out: str, dry: bool, limit_s: float) -> int:
             status = 1
         else:
             data["rows"].append({"loss": loss, "d": d, "dtype": dtype, "max_B": B, "stopped_by": why, "tries": tries})
-        print(json.dumps(data["rows"][-1]), flush=True)
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1)
+        _write(path, data)
     return status
+
+
+def _write(path: str, data: dict) -> None:
+    print(json.dumps(data["rows"][-1]), flush=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
 
 
 def main() -> int:

@@ -190,8 +190,10 @@ def measure_in_process(name, B, d, dtype, budget=None, cap=PROCESS_CAP, timeout=
 
 def fit(Bs, peaks) -> dict:
     """peak ≈ a + b·B + c·B² with a, b, c >= 0, least squares of the relative residuals (every
-    subset of the three terms, the best non-negative one). order: O(B²) where the c·B² term is at
-    least a tenth of the largest measured point's model, else O(B)."""
+    subset of the three terms, the best non-negative one). exponent: the growth between the two
+    largest points, log(peak ratio) / log(B ratio), model-free; order: O(B²) where it is at least
+    1.5, else O(B). quadratic_share: c·B² over the model at the largest B (a kink between two linear
+    phases of a peak also reads as curvature here: the exponent tells them apart)."""
     import numpy as np
 
     B = np.asarray(Bs, dtype=np.float64)
@@ -211,10 +213,11 @@ def fit(Bs, peaks) -> dict:
             if best is None or err < best[0] - 1e-12:
                 best = (err, full)
     a, b, c = (float(v) for v in best[1])
-    top = float(B.max())
-    model = a + b * top + c * top * top
-    return {"a": a, "b": b, "c": c, "order": "O(B²)" if c * top * top >= 0.1 * model else "O(B)",
-            "points": len(B), "max_rel_residual": float(np.max(np.abs(X @ best[1] - 1)))}
+    (B1, y1), (B2, y2) = sorted(zip(B.tolist(), y.tolist()))[-2:]
+    exponent = math.log(y2 / y1) / math.log(B2 / B1)
+    return {"a": a, "b": b, "c": c, "exponent": exponent, "order": "O(B²)" if exponent >= 1.5 else "O(B)",
+            "quadratic_share": c * B2 * B2 / (a + b * B2 + c * B2 * B2), "points": len(B),
+            "max_rel_residual": float(np.max(np.abs(X @ best[1] - 1)))}
 
 
 def predict(model: dict, B: float) -> float:
@@ -337,7 +340,8 @@ METHOD = ("Each point: one forward + backward (logit scale and bias learnable) i
           "their gradients included; rss_peak_bytes: the process's peak RSS during the call above its RSS "
           "before (clear_refs, VmHWM); seconds: the call's CPU time, under the profiler. Fit: non-negative "
           "least squares of peak ≈ a + b·B + c·B² on relative residuals, ours on B > 4096 (at B <= 4096 the "
-          "CPU forward keeps its logits for the backward: a fixed 64 MB budget). Derived: the largest B "
+          "CPU forward keeps its logits for the backward: a fixed 64 MB budget). Growth: the exponent between the "
+          "two largest points (O(B²) from 1.5). Derived: the largest B "
           "whose fitted peak is within the budget (GiB = 2^30 bytes), inputs not counted. Confirmed: a "
           "process whose address space (RLIMIT_AS) is capped at its size after setup plus the budget runs "
           "the fit's max B and 1.5x that, with glibc's mmap threshold fixed at 128 KiB "
@@ -408,13 +412,15 @@ def markdown(record) -> str:
            f"with the record within {VERIFY_TOL:.0%}.\n", record["method"] + "\n",
            "Inf-CL: " + record["inf_cl"] + ".\n",
            "## Fits and the largest batch per budget (*derived* from the fit, not run)\n",
-           "| loss | d | dtype | a (MiB) | b (KiB per row) | c (bytes per B²) | grows | max rel. residual | "
+           "| loss | d | dtype | a (MiB) | b (KiB per row) | c (bytes per B²) | c·B² share at the largest B "
+           "| exponent (two largest B) | grows | max rel. residual | "
            + " | ".join(f"max B, {g} GiB" for g in BUDGETS_GIB) + " |",
-           "|---|---|---|---|---|---|---|---|" + "---|" * len(BUDGETS_GIB)]
+           "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(BUDGETS_GIB)]
     for f in record["fits"]:
         m = f["model"]
         out.append(f"| {f['loss']} | {f['d']} | {f['dtype']} | {m['a'] / 2**20:.1f} | {m['b'] / 1024:.2f} | "
-                   f"{m['c']:.2f} | {m['order']} | {m['max_rel_residual']:.1%} | "
+                   f"{m['c']:.3g} | {m['quadratic_share']:.0%} | {m['exponent']:.2f} | {m['order']} | "
+                   f"{m['max_rel_residual']:.1%} | "
                    + " | ".join(f"*{_b(v)}*" for v in f["max_B_derived"].values()) + " |")
     at = record.get("confirmations_commit", env["commit"])[:7]
     out += [f"\n## Confirmed under a capped address space (d = 512, float32; run at {at})\n",
@@ -568,6 +574,10 @@ def main() -> int:
     with open(RECORD) as f:
         record = json.load(f)
     if args.render:
+        record["fits"] = fits_and_table(record["points"])  # derived from the points: no measurement
+        record["method"] = METHOD
+        with open(RECORD, "w") as f:
+            json.dump(record, f, indent=1)
         render(record)
         return 0
     if args.confirm:

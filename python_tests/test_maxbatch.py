@@ -48,7 +48,9 @@ def test_fit_recovers_a_known_model_and_its_largest_batch():
     got = maxbatch.fit(Bs, [maxbatch.predict(quad, B) for B in Bs])
     for k in "abc":
         assert got[k] == pytest.approx(quad[k], rel=1e-6)
-    assert got["order"] == "O(B²)"
+    assert got["order"] == "O(B²)" and 1.9 < got["exponent"] < 2
+    kink = maxbatch.fit(Bs, [max(1.6e7 + 8e3 * B, 1e4 * B) for B in Bs])  # two linear phases: O(B)
+    assert kink["order"] == "O(B)" and kink["exponent"] == pytest.approx(1.0)
     lin = maxbatch.fit(Bs, [(2e7 + 12e3 * B) * (1 + 0.01 * (-1) ** i) for i, B in enumerate(Bs)])
     assert lin["c"] == 0 and lin["order"] == "O(B)" and lin["b"] == pytest.approx(12e3, rel=0.05)
     for model in (quad, lin):

@@ -422,6 +422,13 @@ def markdown(record) -> str:
                    f"{m['c']:.3g} | {m['quadratic_share']:.0%} | {m['exponent']:.2f} | {m['order']} | "
                    f"{m['max_rel_residual']:.1%} | "
                    + " | ".join(f"*{_b(v)}*" for v in f["max_B_derived"].values()) + " |")
+    kinked = [f"{f['loss']} (d = {f['d']}, {f['dtype']})" for f in record["fits"]
+              if f["model"]["order"] == "O(B)" and f["model"]["quadratic_share"] > 0.05]
+    if kinked:
+        out.append("\nGrowing as O(B) between their two largest points but with a c·B² term in the fit: "
+                   + ", ".join(kinked) + ". Their peak moves from one linear phase to a steeper one inside the "
+                   "measured range (a fixed chunk workspace first, the O(B·d) buffers after), which the quadratic "
+                   "reads as curvature: their derived max B are lower bounds.")
     at = record.get("confirmations_commit", env["commit"])[:7]
     out += [f"\n## Confirmed under a capped address space (d = 512, float32; run at {at})\n",
             "| loss | budget | B | fitted peak (MiB) | expected | result |", "|---|---|---|---|---|---|"]

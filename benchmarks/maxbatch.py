@@ -397,13 +397,22 @@ def _b(v: int) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v:,}"
 
 
+def _kinked(f) -> bool:
+    """O(B) between the two largest points, yet a c·B² term in the fit: a phase kink (see fit)."""
+    return f["model"]["order"] == "O(B)" and f["model"]["quadratic_share"] > 0.05
+
+
+def _derived(f, fmt=lambda v: v) -> list[str]:
+    return [("≥ " if _kinked(f) else "") + fmt(_b(v)) for v in f["max_B_derived"].values()]
+
+
 def readme_table(record) -> str:
     lines = ["| loss | d | dtype | peak grows | " + " | ".join(f"max B, {g} GiB" for g in BUDGETS_GIB) + " |",
              "|---|---|---|---|" + "---|" * len(BUDGETS_GIB)]
     for f in record["fits"]:
         if f["d"] == 512:
             lines.append(f"| {f['loss']} | {f['d']} | {f['dtype']} | {f['model']['order']} | "
-                         + " | ".join(_b(v) for v in f["max_B_derived"].values()) + " |")
+                         + " | ".join(_derived(f)) + " |")
     return "\n".join(lines)
 
 
@@ -426,19 +435,18 @@ def markdown(record) -> str:
         out.append(f"| {f['loss']} | {f['d']} | {f['dtype']} | {m['a'] / 2**20:.1f} | {m['b'] / 1024:.2f} | "
                    f"{m['c']:.3g} | {m['quadratic_share']:.0%} | {m['exponent']:.2f} | {m['order']} | "
                    f"{m['max_rel_residual']:.1%} | "
-                   + " | ".join(f"*{_b(v)}*" for v in f["max_B_derived"].values()) + " |")
-    kinked = [f"{f['loss']} (d = {f['d']}, {f['dtype']})" for f in record["fits"]
-              if f["model"]["order"] == "O(B)" and f["model"]["quadratic_share"] > 0.05]
+                   + " | ".join(_derived(f, lambda v: f"*{v}*")) + " |")
+    kinked = [f"{f['loss']} (d = {f['d']}, {f['dtype']})" for f in record["fits"] if _kinked(f)]
     if kinked:
         out.append("\nGrowing as O(B) between their two largest points but with a c·B² term in the fit: "
                    + ", ".join(kinked) + ". Their peak moves from one linear phase to a steeper one inside the "
                    "measured range (a fixed chunk workspace first, the O(B·d) buffers after), which the quadratic "
-                   "reads as curvature: their derived max B are lower bounds.")
+                   "reads as curvature: their derived max B are lower bounds (marked ≥).")
     at = record.get("confirmations_commit", env["commit"])[:7]
     out += [f"\n## Confirmed under a capped address space (d = 512, float32; run at {at})\n",
             "| loss | budget | B | fitted peak (MiB) | expected | result |", "|---|---|---|---|---|---|"]
     for c in record["confirmations"]:
-        result = "ran" if c["ok"] else c["error"]
+        result = "ran" if c["ok"] else c["error"][:100]
         out.append(f"| {c['loss']} | {c['budget_bytes'] / 2**20:,.0f} MiB (+{c.get('slack_bytes', 0) / 2**20:.0f}) "
                    f"| {c['B']:,} | "
                    f"{c['predicted_bytes'] / 2**20:,.1f} | {'fits' if c['expected_ok'] else 'fails'} | {result} |")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The first GPU lease in one command of about 8 minutes, in four stages with a timeout each; each
-# stage leaves its results in OUTDIR before the next starts (7 files, within a lease's 8):
+# The first GPU lease in one command of about 8 minutes, in five stages with a timeout each; each
+# stage leaves its results in OUTDIR before the next starts (8 files, a lease's limit):
 #   1. versions.json (software, device, nvidia-smi), the extension building in the background
 #   2. the GPU tests with pytest -n 8, float32 and bfloat16 first (tests-1.xml, tests-2.xml)
 #   3. bench --quick (bench-quick.json)
-#   4. the other bench shapes of NOTES.md's predictions, case by case (bench-notes.json)
+#   4. the largest batch of each contrastive loss in the device's memory (maxbatch-gpu.json)
+#   5. the other bench shapes of NOTES.md's predictions, case by case (bench-notes.json)
 # lease.log holds every stage's output, stages.tsv their times and exit codes.
 # It runs on the GPU image's own packages (Python 3.12, torch 2.11, Triton 3.6, no network): the
 # only install is this project, --no-deps --no-build-isolation. Nothing is compiled ahead: each
@@ -23,6 +24,7 @@ stage tests 230 "wait_extension 150;
   gpu_tests tests-2.xml 'not (float32 or bfloat16)$sel_k'; b=\$?;
   (( a == 0 && b == 0 ))"
 stage bench-quick 110 "\$py -m sdekernels bench --quick $sel_op --no-progress --json '$out/bench-quick.json'"
+stage maxbatch 90 "\$py benchmarks/maxbatch.py --gpu '$out' $( (( dry )) && echo --dry)"
 stage bench-notes 200 "\$py benchmarks/lease.py notes '$out' $( (( dry )) && echo --dry)"
 echo "lease done in $(( SECONDS - t_start )) s, status $status" | tee -a "$log"
 exit $status

@@ -1,21 +1,21 @@
 """CPU time of SDELoss forward + backward against the reference SDELoss and torch.compile of it (SPEC §7).
 
 Features F_a, F_b [B, D] float32 with a few strong directions over noise (as trained features
-have), t = 0.5. The three implementations run interleaved in one process; the medians and
-the ratios reference / ours and compiled reference / ours are printed. Target at 1024×512:
-ours >= 3× faster than the reference.
+have), t = 0.5. The three implementations are timed in one process by the bench's own loop
+(sdekernels.bench.compare: first call apart, warm-up, rounds sized to --budget seconds each); the
+medians and the ratios reference / ours and compiled reference / ours are printed. Target at
+1024×512: ours >= 3× faster than the reference.
 
-    python benchmarks/sde_loss.py [--shapes 1024x512 4096x1024] [--runs 5] [--threads N] [--no-compile]
+    python benchmarks/sde_loss.py [--shapes 1024x512 4096x1024] [--budget 3] [--threads N] [--no-compile]
 """
 import argparse
 import logging
-import time
 import warnings
 
 import torch
 
 import sdekernels.reference as ref
-from sdekernels.bench import fwd_bwd, interleaved_ms
+from sdekernels.bench import compare, fwd_bwd
 from sdekernels.nn import SDELoss
 
 
@@ -35,7 +35,7 @@ def step(loss_fn, F_a, F_b):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["1024x512", "4096x1024"])
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--budget", type=float, default=3.0, help="seconds of timed rounds per implementation")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cpu-time", action="store_true",
                    help="time with the process's CPU time instead of wall time "
@@ -44,7 +44,6 @@ def main():
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    clock = time.process_time if args.cpu_time else time.perf_counter
     warnings.filterwarnings("ignore")  # the reference's graph breaks (.item(), lru_cache) are expected
     torch._logging.set_logs(dynamo=logging.ERROR)
     print(f"SDELoss forward+backward, float32, {torch.get_num_threads()} threads, "
@@ -56,7 +55,7 @@ def main():
         if not args.no_compile:
             fns["compiled reference"] = step(torch.compile(ref.SDELoss(100), dynamic=False), F_a, F_b)
         fns["sdekernels"] = step(SDELoss(100), F_a, F_b)
-        ms = interleaved_ms(fns, args.runs, clock=clock)  # after one warm-up each (compilation, extension load)
+        ms = {k: t["ms"] for k, t in compare(fns, cpu_time=args.cpu_time, budget_s=args.budget).items()}
         ours = ms["sdekernels"]
         print(f"{B}x{D}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
         for k, v in ms.items():

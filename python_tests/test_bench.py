@@ -4,6 +4,7 @@ compared at the accuracy of SPEC §1."""
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -110,3 +111,27 @@ def test_svd_lowrank_is_compared_at_spec_accuracy():
             assert not meets_spec_bar(sample, sample.call(tuned.make(tuned.values[tuned.values.index(niter) - 1])))
         assert meets_spec_bar(sample, sample.call(info.op))
     assert picked[0] >= 2, picked  # the spiked input needs iterations: the bar can fail
+
+
+def test_compare_times_closures_with_the_bench_loop():
+    """The scripts' closures go through timed_rounds on pytest-benchmark, as the bench's cases do:
+    medians within the sleep they time, the first call apart, at least 5 rounds each."""
+    import time
+
+    calls = []
+    got = bench.compare({"10 ms": lambda: calls.append(1) or time.sleep(0.01), "30 ms": lambda: time.sleep(0.03)},
+                        budget_s=0.2)
+    assert list(got) == ["10 ms", "30 ms"]
+    for name, want in (("10 ms", 10.0), ("30 ms", 30.0)):
+        t = got[name]
+        assert want <= t["ms_q1"] <= t["ms"] <= t["ms_q3"] < want + 15, (name, t)
+        assert t["runs"] >= 5 and t["first_call_ms"] >= want
+    assert len(calls) == got["10 ms"]["runs"] + 3  # the timed rounds, the first two calls, one warm-up
+
+
+def test_no_script_under_benchmarks_has_a_timing_loop_of_its_own():
+    """One timing loop in the project: bench.timed_rounds. A script reads no clock itself."""
+    clocks = re.compile(r"perf_counter|process_time|monotonic|time\.time\(|Event\(enable_timing|timeit")
+    found = [f for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".py")
+             and clocks.search(open(os.path.join(ROOT, "benchmarks", f), encoding="utf-8").read())]
+    assert not found, found

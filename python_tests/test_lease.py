@@ -17,7 +17,8 @@ def test_script_is_valid_bash(script):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, files", [
-    ("benchmarks/gpu.sh", {"versions.json", "tests-1.xml", "tests-2.xml", "bench-quick.json", "bench-notes.json"}),
+    ("benchmarks/gpu.sh", {"versions.json", "tests-1.xml", "tests-2.xml", "bench-quick.json", "maxbatch-gpu.json",
+                           "bench-notes.json"}),
     ("benchmarks/gpu_full.sh", {"versions.json", "tests-full.xml", "bench-full.json"}),
 ])
 def test_dry_run_runs_every_stage(script, files, tmp_path):

@@ -1,6 +1,6 @@
 """The bench table: for every registered op and bench shape, the reference, our op and any
-baselines timed in the same run, with peak memory, achieved GB/s and FLOP/s, and the fraction
-of the device's limit (bytes over bandwidth, flops over peak)."""
+baselines timed in the same run, with peak memory, achieved GB/s and FLOP/s; and `compare`, the
+same timing loop for the named closures of the scripts under benchmarks/."""
 import contextlib
 import dataclasses
 import functools
@@ -8,7 +8,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -17,68 +16,6 @@ import pytest
 import torch
 
 from .registry import Sample, Tuned, all_ops, flat
-
-# Published dense peaks: (memory GB/s, fp32 non-tensor TFLOP/s, tf32/bf16 tensor TFLOP/s).
-GPU_LIMITS = {
-    "H100 SXM": (3350.0, 67.0, 989.0), "H100 PCIe": (2000.0, 51.0, 756.0), "H100": (3350.0, 67.0, 989.0),
-    "H200": (4800.0, 67.0, 989.0), "A100": (2039.0, 19.5, 312.0), "L4": (300.0, 30.3, 121.0),
-}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn, device, reps: int = 5, warmup: int = 1, budget_s: float = 2.0) -> float:
-    """Median seconds of `fn()` over `reps` runs (fewer if one run exceeds the budget)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if sum(times) > budget_s and len(times) >= 2:
-            break
-    return statistics.median(times)
-
-
-def interleaved_times(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1, device=None) -> dict[str, list]:
-    """Seconds of each of `runs` calls of every `fns[name]()` by `clock` (wall time by default;
-    time.process_time for the process's CPU time). After `warmup` calls of each, the runs are
-    interleaved (one call of every function per round), so changes in the machine's load hit
-    all of them alike, and round i of one function can be compared with round i of another.
-    On CUDA each call is timed up to a device synchronisation."""
-    sync = (lambda: _sync(device)) if device is not None and device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    sync()
-    times = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t0 = clock()
-            fn()
-            sync()
-            times[name].append(clock() - t0)
-    return times
-
-
-def interleaved_ms(fns: dict, runs: int, clock=time.perf_counter, warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds of each `fns[name]()` over `runs` interleaved runs (see interleaved_times)."""
-    return {name: 1e3 * statistics.median(t) for name, t in interleaved_times(fns, runs, clock, warmup).items()}
-
-
-def quartiles(values) -> tuple[float, float, float]:
-    """(first quartile, median, third quartile)."""
-    if len(values) < 2:
-        return (values[0],) * 3
-    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, med, q3
-
 
 def load_open_clip_loss():
     """open_clip/loss.py (ClipLoss, SigLipLoss) of the installed open-clip-torch, loaded by file path:
@@ -143,36 +80,13 @@ def _quiet_stderr():
             os.close(saved)
 
 
-_CPU_LIMITS = None
-
-
-def device_limits(device) -> dict:
-    """Memory bandwidth (GB/s) and fp32 FLOP/s limit: published for known GPUs, measured on CPU."""
-    global _CPU_LIMITS
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, (bw, f32, tc) in GPU_LIMITS.items():
-            if key in name:
-                return {"device": name, "bandwidth_GBs": bw, "tflops_fp32": f32, "tflops_tensor": tc,
-                        "source": "datasheet"}
-        return {"device": name, "bandwidth_GBs": float("nan"), "tflops_fp32": float("nan"), "source": "unknown"}
-    if _CPU_LIMITS is None:
-        x = torch.empty(32 * 2**20, dtype=torch.float32).uniform_()
-        y = torch.empty_like(x)
-        t = timeit(lambda: y.copy_(x), device, reps=7)
-        a = torch.randn(1024, 1024)
-        tm = timeit(lambda: a @ a, device, reps=7)
-        _CPU_LIMITS = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                       "bandwidth_GBs": 2 * x.numel() * 4 / t / 1e9, "tflops_fp32": 2 * 1024**3 / tm / 1e12,
-                       "source": "measured (copy, 1024² matmul)"}
-    return dict(_CPU_LIMITS)
-
-
 # ---------------------------------------------------------------- the cases and their timing
 #
-# One timing loop: pytest-benchmark's, through `bench_case` (benchmarks/test_ops.py and
-# `python -m sdekernels bench`, which runs pytest on this module). Everything below prepares what it
-# times: the cases from the registry, one closure per mode, the clock, the memory measurement.
+# One timing loop: pytest-benchmark's pedantic, through `timed_rounds`, for the registry's cases
+# (`bench_case`: benchmarks/test_ops.py and `python -m sdekernels bench`, which runs pytest on this
+# module) and for the scripts' closures (`compare`, the same loop on pytest, one case per closure).
+# Everything below prepares what it times: the cases from the registry, one closure per mode, the
+# clock, the memory measurement.
 
 MODES = ("fwd", "bwd", "full")
 SIZES = ("quick", "bench", "tiny")
@@ -362,25 +276,18 @@ def rounds_for(first_s: float, budget_s: float, lo: int = 5, hi: int = 31) -> in
     return max(lo, min(hi, int(budget_s / max(first_s, 1e-9))))
 
 
-def bench_case(benchmark, case: Case, *, device, dtype, timer, budget_s: float = 3.0, max_rounds: int = 31,
-               warmup_s: float = 0.0):
-    """Time one case with pytest-benchmark and fill benchmark.extra_info.
-
-    The first call (torch.compile, Triton's autotuning and compilation, first allocations) is timed
-    alone and reported as first_call_s, apart from the runs; the second sizes the rounds to budget_s
-    (5 to max_rounds). Then warm-up rounds (at least one, more until warmup_s has passed: on a GPU
-    long enough for clocks and caches to settle), then the timed rounds, each after an untimed setup
-    (fresh leaves, the forward of bwd, and on CUDA an L2 flush)."""
-    info = all_ops()[case.op]
-    sample = _sample(case.op, case.shape, str(device), dtype)
-    fn, knob = provider_fn(info, case.provider, sample, key=(case.op, case.shape, str(device), dtype, case.provider))
-    setup, target = closures(info, fn, sample, case.mode, device)
-    grad = info.differentiable and case.mode != "fwd" or dict(case.shape).get("backward")
-
+def timed_rounds(benchmark, setup, target, timer, *, budget_s: float = 3.0, max_rounds: int = 31,
+                 warmup_s: float = 0.0, grad: bool = True) -> dict:
+    """The project's timing loop: target(*args, **kwargs) of setup()'s untimed (args, kwargs), by
+    pytest-benchmark's pedantic with `timer`. The first call (torch.compile, Triton's autotuning and
+    compilation, first allocations) is timed alone and reported as first_call_s, apart from the runs;
+    the second sizes the rounds to budget_s (5 to max_rounds). Then warm-up rounds (at least one,
+    more until warmup_s has passed: on a GPU long enough for clocks and caches to settle), then the
+    timed rounds. Returns first_call_s and p20_s, p50_s, p80_s of the rounds."""
     def once():
         args, kwargs = setup()
         t0 = timer()
-        with torch.set_grad_enabled(bool(grad)):
+        with torch.set_grad_enabled(grad):
             target(*args, **kwargs)
         return timer() - t0
 
@@ -392,19 +299,36 @@ def bench_case(benchmark, case: Case, *, device, dtype, timer, budget_s: float =
         warm += 1
 
     def run(*args, **kwargs):
-        with torch.set_grad_enabled(bool(grad)):
+        with torch.set_grad_enabled(grad):
             return target(*args, **kwargs)
 
     benchmark.pedantic(run, setup=setup, rounds=rounds_for(second, budget_s, hi=max_rounds), warmup_rounds=warm)
     data = sorted(benchmark.stats.stats.data)
-    p20, p50, p80 = (_quantile(data, q) for q in (0.2, 0.5, 0.8))
+    return {"first_call_s": first, **{f"p{q}_s": _quantile(data, q / 100) for q in (20, 50, 80)}}
+
+
+def bench_case(benchmark, case: Case, *, device, dtype, timer, budget_s: float = 3.0, max_rounds: int = 31,
+               warmup_s: float = 0.0):
+    """Time one case with timed_rounds and fill benchmark.extra_info. Each round runs after an
+    untimed setup (fresh leaves, the forward of bwd, and on CUDA an L2 flush)."""
+    info = all_ops()[case.op]
+    sample = _sample(case.op, case.shape, str(device), dtype)
+    fn, knob = provider_fn(info, case.provider, sample, key=(case.op, case.shape, str(device), dtype, case.provider))
+    setup, target = closures(info, fn, sample, case.mode, device)
+    grad = bool(info.differentiable and case.mode != "fwd" or dict(case.shape).get("backward"))
+    stats = timed_rounds(benchmark, setup, target, timer, budget_s=budget_s, max_rounds=max_rounds,
+                         warmup_s=warmup_s, grad=grad)
+
+    def run(*args, **kwargs):
+        with torch.set_grad_enabled(grad):
+            return target(*args, **kwargs)
+
     nbytes, flops = info.cost(sample)
     scale = {"fwd": 1, "bwd": 2, "full": 3}[case.mode]  # a backward reads and writes about twice the forward
     benchmark.extra_info.update(
         op=case.op, shape=case.label, provider=case.provider, mode=case.mode, dtype=str(dtype).replace("torch.", ""),
         device=device_name(device), commit=commit(tuple(info.sources())), op_commit=op_commit(info),
-        peak_bytes=peak_memory(run, device, setup),
-        first_call_s=first, p20_s=p20, p50_s=p50, p80_s=p80, bytes=scale * nbytes, flops=scale * flops,
+        peak_bytes=peak_memory(run, device, setup), **stats, bytes=scale * nbytes, flops=scale * flops,
         **({info.baselines[case.provider].knob: knob} if knob is not None else {}))
 
 
@@ -514,10 +438,9 @@ def run(names=None, *, size="quick", device=None, dtype="float32", compile_ref=T
     """Run the bench through pytest-benchmark (this module's test_bench, in this process) and return
     its JSON (machine_info, commit_info, benchmarks with extra_info). Raises RuntimeError when a case
     fails."""
-    import tempfile
-
-    args = [os.path.abspath(__file__), "-p", "no:cacheprovider", "--benchmark-only", "-o", "python_files=*.py",
-            "--bench-size", size, "--bench-dtype", str(dtype).replace("torch.", ""), "--bench-budget", str(budget_s)]
+    args = [f"{os.path.abspath(__file__)}::test_bench", "-p", "no:cacheprovider", "--benchmark-only",
+            "-o", "python_files=*.py", "--bench-size", size, "--bench-dtype", str(dtype).replace("torch.", ""),
+            "--bench-budget", str(budget_s)]
     args += ["-q", "--benchmark-disable-gc"] if quiet else []
     for flag, values in (("--bench-op", names), ("--bench-shape", shapes), ("--bench-mode", modes),
                          ("--bench-provider", providers)):
@@ -527,13 +450,20 @@ def run(names=None, *, size="quick", device=None, dtype="float32", compile_ref=T
     args += ["--bench-no-compile"] if not compile_ref else []
     args += ["--bench-cpu-time"] if cpu_time else []
     args += ["--bench-threads", str(threads)] if threads else []
+    return _pytest_json([*args, *extra_args], Plugin, json_path)
+
+
+def _pytest_json(args: list, plugin, json_path=None) -> dict:
+    """pytest.main(args) in this process with `plugin`, and the pytest-benchmark JSON it wrote."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         out = json_path or os.path.join(tmp, "bench.json")
         # A bench started from inside a pytest-xdist worker (a test that runs it) inherits the worker's
         # marker, which pytest-benchmark reads as "xdist is on" and then disables every benchmark.
         worker = os.environ.pop("PYTEST_XDIST_WORKER", None)
         try:
-            code = pytest.main([*args, f"--benchmark-json={out}", *extra_args], plugins=[Plugin])
+            code = pytest.main([*args, f"--benchmark-json={out}"], plugins=[plugin])
         finally:
             if worker is not None:
                 os.environ["PYTEST_XDIST_WORKER"] = worker
@@ -541,6 +471,53 @@ def run(names=None, *, size="quick", device=None, dtype="float32", compile_ref=T
             raise RuntimeError(f"the bench failed (pytest exit code {int(code)})")
         with open(out) as f:
             return json.load(f)
+
+
+class _Closures:
+    """compare()'s pytest plugin: test_closure once per named closure, on compare's timer."""
+
+    def __init__(self, fns: dict, timer, device, budget_s: float, warmup_s: float):
+        self.fns, self.timer, self.device, self.budget_s, self.warmup_s = fns, timer, device, budget_s, warmup_s
+
+    def pytest_generate_tests(self, metafunc):
+        if "closure" in metafunc.fixturenames:
+            mark = pytest.mark.benchmark(group="compare", timer=self.timer)
+            metafunc.parametrize("closure", [pytest.param(name, id=f"{i}-{_slug(name)}", marks=mark)
+                                             for i, name in enumerate(self.fns)])
+
+
+def test_closure(benchmark, closure, request):
+    """One closure of compare() (collected only by compare, which names this test)."""
+    plugin = next(p for p in request.config.pluginmanager.get_plugins() if isinstance(p, _Closures))
+    flush = _l2_flusher(plugin.device)
+
+    def setup():
+        flush()
+        return (), {}
+
+    stats = timed_rounds(benchmark, setup, plugin.fns[closure], plugin.timer, budget_s=plugin.budget_s,
+                         warmup_s=plugin.warmup_s)
+    benchmark.extra_info.update(name=closure, device=device_name(plugin.device), **stats)
+
+
+def compare(fns: dict, *, device=None, cpu_time: bool = False, budget_s: float = 3.0, quiet: bool = True) -> dict:
+    """Time each fns[name]() (no arguments; the name is free text) with the bench's own loop
+    (timed_rounds through pytest-benchmark: first call apart, warm-up, rounds sized to budget_s; on
+    CUDA, CUDA events and an L2 flush before each round), one closure after another. Returns per
+    name: ms (the median), ms_q1, ms_q3, first_call_ms and runs. cpu_time: the process's CPU time
+    (CPU, one thread)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    plugin = _Closures(dict(fns), clock(device, cpu_time), device, budget_s,
+                       0.5 if device.type == "cuda" else 0.0)
+    args = [f"{os.path.abspath(__file__)}::test_closure", "-p", "no:cacheprovider", "--benchmark-only",
+            "-o", "python_files=*.py", *(["-q", "--benchmark-disable-gc"] if quiet else [])]
+    data = _pytest_json(args, plugin)
+    out = {}
+    for b in data["benchmarks"]:
+        st = b["stats"]
+        out[b["extra_info"]["name"]] = {"ms": 1e3 * st["median"], "ms_q1": 1e3 * st["q1"], "ms_q3": 1e3 * st["q3"],
+                                        "first_call_ms": 1e3 * b["extra_info"]["first_call_s"], "runs": st["rounds"]}
+    return {name: out[name] for name in fns}
 
 
 def rows(data: dict) -> list[dict]:

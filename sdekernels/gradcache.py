@@ -10,7 +10,7 @@ gradients equal those of the uncached run.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ def split(inputs: Any, size: int) -> list:
     are shared) or a list."""
     if isinstance(inputs, Tensor):
         return list(inputs.split(size))
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         n = next(len(v) for v in inputs.values() if isinstance(v, Tensor))
         return [{k: v[i:i + size] if isinstance(v, Tensor) else v for k, v in inputs.items()}
                 for i in range(0, n, size)]
@@ -53,7 +53,7 @@ def split(inputs: Any, size: int) -> list:
 
 
 def _cuda_devices(chunk: Any) -> list[int]:
-    values = chunk.values() if isinstance(chunk, dict) else [chunk]
+    values = chunk.values() if isinstance(chunk, Mapping) else [chunk]
     return sorted({v.device.index or 0 for v in values if isinstance(v, Tensor) and v.is_cuda})
 
 
@@ -92,7 +92,7 @@ def grad_cache(encode: Callable[[Any], Tensor], columns: Sequence[Any], loss_fn:
                 continue
             start = 0
             for c, state in zip(col, st):
-                with state:
+                with state, torch.enable_grad():  # backward hooks run with autograd off
                     emb = encode(c)
                 torch.autograd.backward(emb, g[start:start + len(emb)] * grad_out)
                 start += len(emb)

@@ -108,15 +108,15 @@ MEMORY_SCRIPT = textwrap.dedent("""
     loss_fn = lambda a, b: sdekernels.info_nce(a, b)
     sdekernels.info_nce(model(x[:8]), model(y[:8])).backward()  # warm up allocators and kernels
     model.zero_grad()
-    used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    used, rss = (int(v) * resource.getpagesize() for v in open("/proc/self/statm").read().split()[:2])
     resource.setrlimit(resource.RLIMIT_AS, (used + CAP, resource.RLIM_INFINITY))
     try:
         if sys.argv[1] == "cached":
             grad_cache(model, [x, y], loss_fn, chunk_size=256).backward()
         else:
             loss_fn(model(x), model(y)).backward()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - used
-        print("ok", max(peak, 0) >> 20, "MB above the warmed-up process")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss
+        print("ok: peak resident", peak >> 20, "MB above the warmed-up process")
     except (MemoryError, RuntimeError) as e:
         print("out of memory:", str(e).splitlines()[0][:80])
 """)

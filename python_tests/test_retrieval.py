@@ -157,7 +157,7 @@ def test_gradcheck(path):
         leaves = [t.clone().requires_grad_() for t in (z_a, z_b, neg, torch.tensor(3.0, dtype=torch.float64))]
         with on_path(path):
             assert torch.autograd.gradcheck(
-                lambda a, b, n, s: sdekernels.info_nce(a, b, logit_scale=s, negatives=n, **kw), leaves)
+                lambda a, b, n, s, kw=kw: sdekernels.info_nce(a, b, logit_scale=s, negatives=n, **kw), leaves)
 
 
 @pytest.mark.parametrize("keep", [0, 1 << 24])

@@ -211,3 +211,34 @@ def test_empty_batch():
     loss = sdekernels.info_nce(z, z, negatives=neg, labels=torch.zeros(0, 8, dtype=torch.long))
     loss.backward()
     assert float(loss) == 0 and neg.grad is not None and not neg.grad.any()
+
+
+# ------------------------------------------------------------------ VLM2Vec
+
+
+def vlm2vec_simple_contrastive_loss(x, y, temperature=0.02):
+    """VLM2Vec's SimpleContrastiveLoss, transcribed from TIGER-AI-Lab/VLM2Vec, commit
+    6ac33bb7e3049a0054a5952090f02ee5348fc4ed, src/loss.py lines 7-18: queries x [B, d], targets
+    y [B·n, d] with query i's positive at row i·n (n = y rows / x rows, its hard negatives after it);
+    logits = x yᵀ (no normalisation in the loss), cross-entropy of logits / temperature, mean."""
+    n = y.shape[0] // x.shape[0]
+    target = torch.arange(0, x.shape[0] * n, n)
+    return torch.nn.functional.cross_entropy((x @ y.T) / temperature, target)
+
+
+@pytest.mark.parametrize("K", [0, 2])
+def test_vlm2vec_simple_contrastive_loss(K):
+    """Its [B(1+K), d] targets are our z_b = y[:, 0] and negatives = y[:, 1:] of y.view(B, 1 + K, d)."""
+    B, d = 10, 8
+    g = torch.Generator().manual_seed(4)
+    x = torch.nn.functional.normalize(torch.randn(B, d, generator=g, dtype=torch.float64), dim=-1)
+    y = torch.nn.functional.normalize(torch.randn(B * (1 + K), d, generator=g, dtype=torch.float64), dim=-1)
+    leaves = [x.clone().requires_grad_(), y.clone().requires_grad_()]
+    want = vlm2vec_simple_contrastive_loss(*leaves)
+    want_g = torch.autograd.grad(want, leaves)
+    leaves = [x.clone().requires_grad_(), y.clone().requires_grad_()]
+    per_query = leaves[1].view(B, 1 + K, d)
+    got = sdekernels.info_nce(leaves[0], per_query[:, 0], 0.02, normalize=False, symmetric=False,
+                              negatives=per_query[:, 1:] if K else None)
+    got_g = torch.autograd.grad(got, leaves)
+    torch.testing.assert_close([got, *got_g], [want, *want_g], atol=1e-12, rtol=1e-10)

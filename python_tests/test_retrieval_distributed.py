@@ -1,0 +1,99 @@
+"""Hard negatives and labels across 2 gloo processes, against the peers' own distributed losses:
+sentence-transformers' MultipleNegativesRankingLoss(gather_across_devices=True) (its loss code,
+run in each process) and VLM2Vec's DistributedContrastiveLoss (transcribed; see test_retrieval).
+Each rank encodes its half of the batch with a shared linear encoder; the loss, the local feature
+gradients and the parameter gradients averaged over the ranks (DDP) must agree."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from helpers import average_over_ranks, free_port, require_module
+
+WORLD, B, K, D_IN, D = 2, 12, 2, 9, 7
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, 2 + K, D_IN, generator=g, dtype=torch.float64)  # (anchor, positive, negatives) per row
+    w = torch.randn(D_IN, D, generator=g, dtype=torch.float64)
+    return x, w
+
+
+def vlm2vec_distributed_loss(x, y, temperature):
+    """VLM2Vec's DistributedContrastiveLoss, transcribed from TIGER-AI-Lab/VLM2Vec, commit
+    6ac33bb7e3049a0054a5952090f02ee5348fc4ed, src/loss.py lines 21-42: x and y all-gathered
+    without gradient except this rank's own slot, SimpleContrastiveLoss (lines 7-18) on the
+    gathered batch, times the world size (scale_loss=True)."""
+    from test_retrieval import vlm2vec_simple_contrastive_loss
+
+    def gather(t):
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.detach())
+        parts[dist.get_rank()] = t
+        return torch.cat(parts)
+
+    return vlm2vec_simple_contrastive_loss(gather(x), gather(y), temperature) * dist.get_world_size()
+
+
+def _cases():
+    import sdekernels
+    from sentence_transformers.sentence_transformer import losses
+
+    def st(directions, mode):
+        loss = losses.MultipleNegativesRankingLoss(None, scale=15.0, gather_across_devices=True,
+                                                   directions=directions, partition_mode=mode)
+        return lambda cols: loss.compute_loss_from_embeddings(list(cols), None)
+
+    def ours(symmetric):
+        return lambda cols: sdekernels.info_nce(cols[0], cols[1], logit_scale=15.0, symmetric=symmetric,
+                                                negatives=torch.stack(cols[2:], 1), gather=True, local_loss=True)
+
+    def vlm(cols):
+        return vlm2vec_distributed_loss(cols[0], torch.stack(cols[1:], 1).flatten(0, 1), 0.05)
+
+    def ours_vlm(cols):
+        # VLM2Vec reports world × the global loss; the gradients are already those of its convention
+        # (a rank's features get world × their single-process gradient, as open_clip's gather_with_grad)
+        loss = sdekernels.info_nce(cols[0], cols[1], 0.05, normalize=False, symmetric=False,
+                                   negatives=torch.stack(cols[2:], 1), gather=True)
+        return loss + (dist.get_world_size() - 1) * loss.detach()
+
+    return {"mnrl": (ours(False), st(("query_to_doc",), "joint")),
+            "mnsrl": (ours(True), st(("query_to_doc", "doc_to_query"), "per_direction")),
+            "vlm2vec": (ours_vlm, vlm)}
+
+
+def _run(fn, x, w):
+    W = w.clone().requires_grad_()
+    cols = [x[:, c] @ W for c in range(x.shape[1])]
+    for c in cols:
+        c.retain_grad()
+    loss = fn(cols)
+    loss.backward()
+    average_over_ranks([W.grad], WORLD)
+    return [loss.detach(), W.grad, *(c.grad for c in cols)]
+
+
+def _worker(rank, init, path):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    try:
+        x, w = _data()
+        x = x[rank * B // WORLD:(rank + 1) * B // WORLD]
+        out = {name: [_run(fn, x, w) for fn in pair] for name, pair in _cases().items()}
+        torch.save(out, os.path.join(path, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_processes_match_the_peers(tmp_path):
+    require_module("sentence_transformers")
+    mp.spawn(_worker, args=(f"tcp://127.0.0.1:{free_port()}", str(tmp_path)), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        for name, (got, want) in torch.load(tmp_path / f"rank{r}.pt").items():
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-9,
+                                       msg=lambda m, n=name, r=r: f"{n} rank {r}: {m}")

@@ -1,4 +1,4 @@
-"""Command line: python -m sdekernels info | check | bench | aot | train sde|farl|esm."""
+"""Command line: python -m sdekernels info | check | bench | aot | train sde|farl|esm|retrieval."""
 import argparse
 import sys
 
@@ -132,8 +132,8 @@ def main(argv=None) -> int:
     a.add_argument("--op", action="append", help="only this op (repeatable)")
     a.add_argument("--json", help="write the rows to this file")
     a.add_argument("--no-progress", action="store_true")
-    t = sub.add_parser("train", help="training drivers: train sde|farl|esm --help", add_help=False)
-    t.add_argument("which", choices=("sde", "farl", "esm"))
+    t = sub.add_parser("train", help="training drivers: train sde|farl|esm|retrieval --help", add_help=False)
+    t.add_argument("which", choices=("sde", "farl", "esm", "retrieval"))
     t.add_argument("rest", nargs=argparse.REMAINDER, help="the driver's own arguments")
     args = p.parse_args(argv)
     if args.cmd in ("check", "bench") and args.op:

@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         loss_fn = build_loss(args.loss, model, args.steps, args.scale)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
         rng = np.random.default_rng(args.seed)
-        for step in range(args.steps):
+        for _ in range(args.steps):
             model.train()
             idx = rng.choice(len(train), size=min(args.batch, len(train)), replace=False)
             columns = [[train[i][0] for i in idx], [train[i][1] for i in idx]]

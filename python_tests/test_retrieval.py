@@ -242,3 +242,23 @@ def test_vlm2vec_simple_contrastive_loss(K):
                               negatives=per_query[:, 1:] if K else None)
     got_g = torch.autograd.grad(got, leaves)
     torch.testing.assert_close([got, *got_g], [want, *want_g], atol=1e-12, rtol=1e-10)
+
+
+# ------------------------------------------------------------------ siglip_loss
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_siglip_with_negatives(path):
+    """Hard negatives are extra y = −1 columns; per row layout [B, K, d] or shared [N, d]."""
+    z_a, z_b, neg, _ = _batch(2, 21, 2, 9)
+    for negatives in (neg, neg[:, :5].flatten(1, 2)):
+        got = _loss_and_grads(sdekernels.siglip_loss, z_a, z_b, negatives, path, logit_scale=8.0, logit_bias=-4.0)
+        want = _loss_and_grads(ref.siglip_loss, z_a, z_b, negatives, logit_scale=8.0, logit_bias=-4.0)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    # the reference against the explicit ±1 matrix written out for one element
+    a, b, n = (torch.nn.functional.normalize(t[0].reshape(-1, 9), dim=-1) for t in (z_a, z_b, neg))
+    L = 8.0 * a @ torch.cat([b, n]).T - 4.0
+    y = -torch.ones_like(L)
+    y[range(21), range(21)] = 1
+    want = -torch.nn.functional.logsigmoid(y * L).sum() / 21
+    torch.testing.assert_close(ref.siglip_loss(z_a[:1], z_b[:1], 8.0, -4.0, negatives=neg[:1]), want)

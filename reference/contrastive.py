@@ -180,20 +180,27 @@ def local_info_nce(z_a, z_b, all_a, all_b, offset, temperature=0.07, *, logit_sc
     return loss.to(dtype)
 
 
-def siglip_loss(z_a, z_b, logit_scale, logit_bias, *, normalize=True, gather=False):
-    """Sigmoid contrastive loss of paired features z_a, z_b [..., B, d] with explicit B×B logits (SPEC §6).
+def siglip_loss(z_a, z_b, logit_scale, logit_bias, *, normalize=True, gather=False, negatives=None):
+    """Sigmoid contrastive loss of paired features z_a, z_b [..., B, d] with explicit logits (SPEC §6).
 
-    L = s ẑ_a ẑ_bᵀ + b, y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's SigLipLoss),
-    averaged over any leading batch dims; s and b floats or tensors (gradients flow through them).
-    gather=True with an initialised process group: the loss of the all-gathered batch.
+    L = s ẑ_a ẑ_cᵀ + b over the candidates c (z_b, then the hard negatives: [..., B, K, d] or
+    [..., N, d]), y = +1 at the own pair, −1 elsewhere; returns −Σ_ij log σ(y_ij L_ij) / B
+    (open_clip's SigLipLoss), averaged over any leading batch dims; s and b floats or tensors
+    (gradients flow through them). gather=True with an initialised process group: the loss of the
+    all-gathered batch.
     """
     a, b = _pair(z_a, z_b, normalize, gather)
+    if negatives is not None:
+        neg = _candidates(_work(z_b), _work(negatives))[..., z_b.shape[-2]:, :]
+        if gather:
+            neg = gather_batch(neg)
+        b = torch.cat([b, _unit(neg) if normalize else neg], dim=-2)
     dtype = z_a.dtype
     s = _work(logit_scale) if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
     bias = _work(logit_bias) if isinstance(logit_bias, torch.Tensor) else float(logit_bias)
     logits = s * (a @ b.mT) + bias
-    B = logits.shape[-1]
-    labels = 2 * torch.eye(B, dtype=logits.dtype, device=logits.device) - 1
+    B = logits.shape[-2]
+    labels = 2 * torch.eye(B, logits.shape[-1], dtype=logits.dtype, device=logits.device) - 1
     return (-Fn.logsigmoid(labels * logits).sum((-2, -1)) / B).mean().to(dtype)
 
 

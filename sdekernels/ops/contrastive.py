@@ -805,7 +805,7 @@ _siglip.register_autograd(_siglip_grad, setup_context=_siglip_setup)
 
 
 def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize: bool = True, gather: bool = False,
-                local_loss: bool = False) -> Tensor:
+                local_loss: bool = False, negatives=None) -> Tensor:
     """Sigmoid contrastive loss (SigLIP) of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
 
     L = s·ẑ_a ẑ_bᵀ + b with labels y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's
@@ -814,17 +814,22 @@ def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize:
     gather=True under torch.distributed: the loss of one process on the all-gathered batch (with
     gradient). With local_loss=True as well: this rank's rows against the gathered columns divided
     by the local batch, which is exactly the per-rank loss of open_clip's SigLipLoss(world_size > 1).
+    ``negatives`` ([..., B, K, d] or [..., N, d]): extra columns, negative pairs of every row
+    (y = −1), as in info_nce (SPEC §6).
     """
     _check_pairs(z_a, z_b)
     scale = _scalar(logit_scale, "logit_scale", z_a, positive=True)
     bias = _scalar(logit_bias, "logit_bias", z_a)
+    neg = _negatives(negatives, z_b)
     if z_a.numel() == 0:
-        return _empty_loss(z_a, z_b, scale, bias)
+        return _empty_loss(z_a, z_b, scale, bias) + (0 if neg is None else 0 * neg.sum().to(z_a.dtype))
     offset = 0
     if gather and local_loss:
         offset, z_b = ref.rank_offset(z_a), ref.gather_batch(z_b)
     elif gather:
         z_a, z_b = ref.gather_batch(z_a), ref.gather_batch(z_b)
+    if neg is not None:  # rectangular columns: the labels j = i + offset are all among z_b's rows
+        z_b = torch.cat([z_b, (ref.gather_batch(neg) if gather else neg).to(z_b.dtype)], dim=-2)
     need = torch.is_grad_enabled() and any(t.requires_grad for t in (z_a, z_b, scale, bias))
     return _siglip(z_a, z_b, scale, bias, offset, bool(normalize), need)[0]
 

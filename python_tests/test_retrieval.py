@@ -262,3 +262,14 @@ def test_siglip_with_negatives(path):
     y[range(21), range(21)] = 1
     want = -torch.nn.functional.logsigmoid(y * L).sum() / 21
     torch.testing.assert_close(ref.siglip_loss(z_a[:1], z_b[:1], 8.0, -4.0, negatives=neg[:1]), want)
+
+
+def test_opcheck_with_negatives_and_labels():
+    """The custom op's fake, autograd and schema registrations with the new arguments."""
+    z_a, z_b, neg, y = _batch(1, 8, 2, 4, n_labels=3)
+    cols = torch.cat([z_b, neg.flatten(1, 2)], 1)
+    s = torch.tensor(5.0, dtype=torch.float64)
+    for extra in ((8,), (8, y, y, 1), (8, y, y, 2)):
+        for symmetric in (True, False):
+            leaves = [t.clone().requires_grad_() for t in (z_a, cols, s)]
+            torch.library.opcheck(C._info_nce, (*leaves, 0, True, symmetric, *extra))

@@ -456,6 +456,8 @@ def _lse_labels_cpu(a, b, s, yr, yc, off, mode, symmetric):
         if symmetric:
             lse_c = torch.logaddexp(lse_c, torch.logsumexp(Lk, -2))
             lsep_c = torch.logaddexp(lsep_c, torch.logsumexp(Lp, -2))
+    if not symmetric:
+        lse_c, lsep_c = a.new_empty(0), a.new_empty(0)
     return lse_r, lsep_r, lse_c, lsep_c
 
 

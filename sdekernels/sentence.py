@@ -52,8 +52,12 @@ def _similarity(fct) -> str:
 
 
 def _embed(model, features: Iterable[dict[str, Tensor]]) -> list[Tensor]:
-    from sentence_transformers.base.losses.merged_forward import embed_columns
-
+    """The columns' embeddings as sentence-transformers' own losses compute them (one merged
+    forward where it merges columns; one forward per column before 6.x)."""
+    try:
+        from sentence_transformers.base.losses.merged_forward import embed_columns
+    except ImportError:
+        return [model(f)["sentence_embedding"] for f in features]
     return embed_columns(model, features)
 
 

@@ -77,13 +77,42 @@ def _run(fn, x, w):
     return [loss.detach(), W.grad, *(c.grad for c in cols)]
 
 
+LABELS = torch.tensor([0, 1, 2, 0, 3, 4, 5, 1, 6, 2, 7, 8])  # duplicates within and across the ranks' halves
+
+
+def _labelled(x, w, local, mask_duplicates):
+    """Labels and negatives: (mean over the ranks of this rank's loss, averaged dL/dW) under gather
+    (local_loss or not), against the reference on the whole batch (the same in every rank)."""
+    import sdekernels
+    import sdekernels.reference as ref
+
+    part = slice(dist.get_rank() * B // WORLD, (dist.get_rank() + 1) * B // WORLD)
+
+    def ours(cols):
+        return sdekernels.info_nce(cols[0], cols[1], logit_scale=9.0, negatives=torch.stack(cols[2:], 1),
+                                   labels=LABELS[part], mask_duplicates=mask_duplicates, gather=True,
+                                   local_loss=local)
+
+    def whole(cols):
+        return ref.info_nce(cols[0], cols[1], logit_scale=9.0, negatives=torch.stack(cols[2:], 1), labels=LABELS,
+                            mask_duplicates=mask_duplicates)
+
+    got = _run(ours, x[part], w)[:2]
+    dist.all_reduce(got[0])
+    got[0] /= WORLD
+    return [got, _run(whole, x, w)[:2]]
+
+
 def _worker(rank, init, path):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
-        x, w = _data()
-        x = x[rank * B // WORLD:(rank + 1) * B // WORLD]
+        x_all, w = _data()
+        x = x_all[rank * B // WORLD:(rank + 1) * B // WORLD]
         out = {name: [_run(fn, x, w) for fn in pair] for name, pair in _cases().items()}
+        for local in (False, True):
+            for md in (False, True):
+                out[f"labels local={local} mask_duplicates={md}"] = _labelled(x_all, w, local, md)
         torch.save(out, os.path.join(path, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

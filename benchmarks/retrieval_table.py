@@ -31,7 +31,8 @@ def main(dirs) -> None:
         a = [s["after"] for s in ss]
         e = [x["energy_doc"] for x in a]
         c = [x["energy_doc_centered"] for x in a]
-        print(f"| {loss} | {len(ss)} | {cell([x['recall@1'] for x in a])} | {cell([x['recall@10'] for x in a])} | "
+        seeds = ", ".join(str(s["args"]["seed"]) for s in ss) if loss != "zero-shot" else "–"
+        print(f"| {loss} | {seeds} | {cell([x['recall@1'] for x in a])} | {cell([x['recall@10'] for x in a])} | "
               f"{cell([x['mrr'] for x in a])} | {cell([x['strong'] for x in e])} / {cell([x['noise'] for x in e])} | "
               f"{cell([x['strong'] for x in c])} / {cell([x['noise'] for x in c])} |")
 

@@ -94,34 +94,98 @@ def _pair(z_a, z_b, normalize: bool, gather: bool):
     if gather:
         a, b = gather_batch(a), gather_batch(b)
     if normalize:
-        unit = lambda z: Fn.normalize(z / z.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny), dim=-1)  # noqa: E731
-        a, b = unit(a), unit(b)
+        a, b = _unit(a), _unit(b)
     return a, b
 
 
-def info_nce(z_a, z_b, temperature=0.07, *, logit_scale=None, normalize=True, symmetric=True, gather=False):
-    """InfoNCE of paired features z_a, z_b [..., B, d] with explicit B×B logits (SPEC §6).
+def _unit(z):
+    """z/‖z‖ (0 at z = 0); F.normalize's eps is absolute, so rows are first divided by max|z|."""
+    return Fn.normalize(z / z.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny), dim=-1)
 
-    logits = s ẑ_a ẑ_bᵀ, s = logit_scale (a float, or a tensor through which the gradient
-    flows; already exponentiated, as in open_clip) if given, else 1/temperature;
-    ẑ = z/‖z‖ when normalize. L = ½[CE(logits, diag) + CE(logitsᵀ, diag)], or the first term
-    alone when not symmetric; CE is averaged over the B rows (and any leading batch dims).
-    gather=True with an initialised process group: the loss of the all-gathered batch.
+
+def _candidates(z_b, negatives):
+    """The columns z_b [..., B, d] followed by the hard negatives: [..., B, K, d] (K per row) or [..., N, d]."""
+    if negatives is None:
+        return z_b
+    neg = negatives.reshape(*z_b.shape[:-2], -1, z_b.shape[-1]) if negatives.dim() == z_b.dim() + 1 else negatives
+    return torch.cat([z_b, neg], dim=-2)
+
+
+def contrast_masks(n_rows, n_pair, n_cols, offset=0, row_labels=None, col_labels=None, mask_duplicates=False,
+                   device=None):
+    """(pos, keep) [n_rows, n_cols] booleans of SPEC §6: row i's positives and its candidates.
+
+    Without labels pos = {j = i + offset}. With labels (row_labels [n_rows], col_labels [n_pair]
+    for the paired columns; the n_cols − n_pair hard negatives have none), the paired columns of
+    equal label: positives (pos = same, keep = all), or with mask_duplicates the own pair stays the
+    only positive and the other equal-labelled columns leave the candidates (keep = ¬same ∨ own).
     """
-    a, b = _pair(z_a, z_b, normalize, gather)
+    own = torch.zeros(n_rows, n_cols, dtype=torch.bool, device=device)
+    own[torch.arange(n_rows, device=device), torch.arange(n_rows, device=device) + offset] = True
+    if row_labels is None:
+        return own, torch.ones_like(own)
+    same = torch.zeros_like(own)
+    same[:, :n_pair] = row_labels.reshape(-1, 1) == col_labels.reshape(1, -1)
+    if mask_duplicates:
+        return own, ~same | own
+    return same | own, torch.ones_like(own)
+
+
+def _ce(logits, pos, keep):
+    """Mean over rows of lse_{keep} − lse_{pos} (the −log of the softmax mass on the positives)."""
+    ninf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    lse_keep = torch.logsumexp(torch.where(keep, logits, ninf), -1)
+    lse_pos = torch.logsumexp(torch.where(pos, logits, ninf), -1)
+    return (lse_keep - lse_pos).mean()
+
+
+def info_nce(z_a, z_b, temperature=0.07, *, logit_scale=None, normalize=True, symmetric=True, gather=False,
+             negatives=None, labels=None, mask_duplicates=False):
+    """InfoNCE of paired features z_a, z_b [..., B, d] with explicit logits (SPEC §6).
+
+    logits = s ẑ_a ẑ_cᵀ, s = logit_scale (a float, or a tensor through which the gradient
+    flows; already exponentiated, as in open_clip) if given, else 1/temperature;
+    ẑ = z/‖z‖ when normalize; the candidates c are z_b followed by the hard negatives
+    (``negatives`` [..., B, K, d] or [..., N, d]). Row i: CE over its candidates with target
+    column i; the symmetric term: z_b's row j against the B rows of z_a (the negatives are never
+    queries). L = ½[CE_rows + CE_cols], or the first term alone when not symmetric; each CE is
+    averaged over the B rows (and any leading batch dims). ``labels`` [..., B]: rows of equal
+    label are positives of each other on both sides, CE = −log Σ_{positives} softmax; with
+    mask_duplicates the own pair stays the target and the other equal-labelled columns are
+    removed from the candidates instead. gather=True with an initialised process group: the
+    loss of the all-gathered batch (negatives and labels gathered too).
+    """
     dtype = z_a.dtype
+    a, b = _pair(z_a, z_b, normalize, gather)
+    cols = b
+    if negatives is not None:
+        neg = _candidates(_work(z_b), _work(negatives))[..., z_b.shape[-2]:, :]
+        if gather:
+            neg = gather_batch(neg)
+        if normalize:
+            neg = _unit(neg)
+        cols = torch.cat([b, neg], dim=-2)
     if logit_scale is None:
         scale = 1.0 / temperature
     elif isinstance(logit_scale, torch.Tensor):
         scale = _work(logit_scale)
     else:
         scale = float(logit_scale)
-    logits = scale * (a @ b.mT)  # [..., B, B]
-    B = logits.shape[-1]
-    target = torch.arange(B, device=logits.device).expand(*logits.shape[:-1]).reshape(-1)
-    loss = Fn.cross_entropy(logits.reshape(-1, B), target)
-    if symmetric:
-        loss = 0.5 * (loss + Fn.cross_entropy(logits.mT.reshape(-1, B), target))
+    logits = scale * (a @ cols.mT)  # [..., B, B + N]
+    B, n_cols = logits.shape[-2], logits.shape[-1]
+    if labels is not None and gather:
+        labels = gather_batch(labels.unsqueeze(-1), with_grad=False).squeeze(-1)
+    lab = None if labels is None else labels.reshape(-1, B)
+    rows = logits.reshape(-1, B, n_cols)
+    loss_r, loss_c = 0.0, 0.0
+    for r in range(rows.shape[0]):
+        y = None if lab is None else lab[r if lab.shape[0] > 1 else 0]
+        pos, keep = contrast_masks(B, B, n_cols, 0, y, y, mask_duplicates, logits.device)
+        loss_r = loss_r + _ce(rows[r], pos, keep)
+        if symmetric:
+            loss_c = loss_c + _ce(rows[r, :, :B].mT, pos[:, :B].mT, keep[:, :B].mT)
+    n = rows.shape[0]
+    loss = 0.5 * (loss_r + loss_c) / n if symmetric else loss_r / n
     return loss.to(dtype)
 
 
@@ -149,20 +213,27 @@ def local_info_nce(z_a, z_b, all_a, all_b, offset, temperature=0.07, *, logit_sc
     return loss.to(dtype)
 
 
-def siglip_loss(z_a, z_b, logit_scale, logit_bias, *, normalize=True, gather=False):
-    """Sigmoid contrastive loss of paired features z_a, z_b [..., B, d] with explicit B×B logits (SPEC §6).
+def siglip_loss(z_a, z_b, logit_scale, logit_bias, *, normalize=True, gather=False, negatives=None):
+    """Sigmoid contrastive loss of paired features z_a, z_b [..., B, d] with explicit logits (SPEC §6).
 
-    L = s ẑ_a ẑ_bᵀ + b, y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's SigLipLoss),
-    averaged over any leading batch dims; s and b floats or tensors (gradients flow through them).
-    gather=True with an initialised process group: the loss of the all-gathered batch.
+    L = s ẑ_a ẑ_cᵀ + b over the candidates c (z_b, then the hard negatives: [..., B, K, d] or
+    [..., N, d]), y = +1 at the own pair, −1 elsewhere; returns −Σ_ij log σ(y_ij L_ij) / B
+    (open_clip's SigLipLoss), averaged over any leading batch dims; s and b floats or tensors
+    (gradients flow through them). gather=True with an initialised process group: the loss of the
+    all-gathered batch.
     """
     a, b = _pair(z_a, z_b, normalize, gather)
+    if negatives is not None:
+        neg = _candidates(_work(z_b), _work(negatives))[..., z_b.shape[-2]:, :]
+        if gather:
+            neg = gather_batch(neg)
+        b = torch.cat([b, _unit(neg) if normalize else neg], dim=-2)
     dtype = z_a.dtype
     s = _work(logit_scale) if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
     bias = _work(logit_bias) if isinstance(logit_bias, torch.Tensor) else float(logit_bias)
     logits = s * (a @ b.mT) + bias
-    B = logits.shape[-1]
-    labels = 2 * torch.eye(B, dtype=logits.dtype, device=logits.device) - 1
+    B = logits.shape[-2]
+    labels = 2 * torch.eye(B, logits.shape[-1], dtype=logits.dtype, device=logits.device) - 1
     return (-Fn.logsigmoid(labels * logits).sum((-2, -1)) / B).mean().to(dtype)
 
 

@@ -1,4 +1,4 @@
-"""Command line: python -m sdekernels info | check | bench | aot | constants | train sde|farl|esm."""
+"""Command line: python -m sdekernels info | check | bench | aot | constants | train sde|farl|esm|retrieval."""
 import argparse
 import sys
 
@@ -134,8 +134,8 @@ def main(argv=None) -> int:
     a.add_argument("--no-progress", action="store_true")
     k = sub.add_parser("constants", help="write csrc/constants.h from the table sdekernels/constants.py")
     k.add_argument("--check", action="store_true", help="write nothing; exit 1 where the header differs from the table")
-    t = sub.add_parser("train", help="training drivers: train sde|farl|esm --help", add_help=False)
-    t.add_argument("which", choices=("sde", "farl", "esm"))
+    t = sub.add_parser("train", help="training drivers: train sde|farl|esm|retrieval --help", add_help=False)
+    t.add_argument("which", choices=("sde", "farl", "esm", "retrieval"))
     t.add_argument("rest", nargs=argparse.REMAINDER, help="the driver's own arguments")
     args = p.parse_args(argv)
     if args.cmd in ("check", "bench") and args.op:

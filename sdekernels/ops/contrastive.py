@@ -16,6 +16,7 @@ DMMA. Reference: reference/contrastive.py. Tests: python_tests/test_ops.py (gene
 test_contrastive.py, test_open_clip.py.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -66,12 +67,36 @@ if HAS_TRITON:
         w = 1.0 + u
         return tl.maximum(-z, 0.0) + tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0)))
 
-    @triton.jit(do_not_specialize=["nx", "ny", "off"])
-    def _fwd_kernel(X, Y, S, BIAS, OUT, nx, ny, d, sxr, sxn, syr, syn, off, SIGLIP: tl.constexpr,
+    @triton.jit
+    def _label_masks(LX, LY, r, i, j, nlx, npair, off, MODE: tl.constexpr):
+        """(pos, keep) of a BM×BN tile (SPEC §6): the first nlx rows and npair columns carry labels (the
+        rest are hard negatives); MODE 1, the equal-labelled pairs are positives; MODE 2
+        (mask_duplicates), they leave the candidates except the own pair j = i + off."""
+        own = j[None, :] == i[:, None] + off
+        yi = tl.load(LX + r * nlx + i, mask=i < nlx, other=0)
+        yj = tl.load(LY + r * npair + j, mask=j < npair, other=0)
+        same = (yi[:, None] == yj[None, :]) & (i[:, None] < nlx) & (j[None, :] < npair)
+        if MODE == 1:
+            return same | own, own | (j[None, :] >= 0)
+        return own, (same == 0) | own
+
+    @triton.jit
+    def _online_lse(m, acc, logits):
+        """One column tile into the running (max, Σ exp) of each row; a row whose entries so far are all
+        masked (−inf) stays at (−inf, 0)."""
+        m_new = tl.maximum(m, tl.max(logits, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        acc = acc * tl.exp(m - m_safe) + tl.sum(tl.exp(logits - m_safe[:, None]), 1)
+        return m_new, acc
+
+    @triton.jit(do_not_specialize=["nx", "ny", "off", "nlx", "npair"])
+    def _fwd_kernel(X, Y, S, BIAS, OUT, LX, LY, OUT_P, nx, ny, d, sxr, sxn, syr, syn, off, nlx, npair,
+                    SIGLIP: tl.constexpr, MODE: tl.constexpr,
                     PREC: tl.constexpr, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # X [R, nx, d], Y [R, ny, d] with strides (sxr, sxn, 1), (syr, syn, 1): row-strided views are read in place.
         # Program (r, rb), rows i of block rb. info_nce: OUT[r, i] = log Σ_j exp(s·x_i·y_j), online over
-        # column tiles. siglip: OUT[r, rb] = Σ_{i, j} −log σ(y_ij (s·x_i·y_j + b)), y = +1 at j = i + off, else −1.
+        # column tiles (MODE > 0, labels LX [R, nx], LY [R, npair]: over the candidates, and OUT_P[r, i] over
+        # the positives). siglip: OUT[r, rb] = Σ_{i, j} −log σ(y_ij (s·x_i·y_j + b)), y = +1 at j = i + off, else −1.
         r = tl.program_id(0).to(tl.int64)
         rb = tl.program_id(1)
         i = rb * BM + tl.arange(0, BM)
@@ -83,6 +108,8 @@ if HAS_TRITON:
         else:
             m = tl.full([BM], float("-inf"), ACC)
             acc = tl.zeros([BM], ACC)
+            mp = tl.full([BM], float("-inf"), ACC)
+            accp = tl.zeros([BM], ACC)
         for j0 in range(0, ny, BN):
             j = j0 + tl.arange(0, BN)
             qk = _tile_dot(X, Y, i, j, nx, ny, d, sxn, syn, PREC, ACC, BM, BN, BK)
@@ -92,21 +119,27 @@ if HAS_TRITON:
                 tot += tl.where((i[:, None] < nx) & (j[None, :] < ny), _neg_log_sigmoid(z), 0.0)
             else:
                 logits = tl.where(j[None, :] < ny, s * qk, float("-inf"))
-                m_new = tl.maximum(m, tl.max(logits, 1))
-                acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
-                m = m_new
+                if MODE != 0:
+                    pos, keep = _label_masks(LX, LY, r, i, j, nlx, npair, off, MODE)
+                    mp, accp = _online_lse(mp, accp, tl.where(pos, logits, float("-inf")))
+                    logits = tl.where(keep, logits, float("-inf"))
+                m, acc = _online_lse(m, acc, logits)
         if SIGLIP:
             tl.store(OUT + r * tl.num_programs(1) + rb, tl.sum(tl.sum(tot, 1), 0))
         else:
             tl.store(OUT + r * nx + i, m + tl.log(acc), mask=i < nx)
+            if MODE != 0:
+                tl.store(OUT_P + r * nx + i, mp + tl.log(accp), mask=i < nx)
 
-    @triton.jit(do_not_specialize=["nx", "ny", "off"])
-    def _grad_kernel(X, Y, S, BIAS, LSE_X, LSE_Y, DX, DS, nx, ny, d, sxr, sxn, syr, syn, off, c_x, c_y,
-                     SIGLIP: tl.constexpr, USE_X: tl.constexpr, USE_Y: tl.constexpr, PREC: tl.constexpr,
+    @triton.jit(do_not_specialize=["nx", "ny", "off", "nlx", "npair"])
+    def _grad_kernel(X, Y, S, BIAS, LSE_X, LSE_Y, DX, DS, LX, LY, LSEP_X, LSEP_Y, nx, ny, d, sxr, sxn, syr, syn,
+                     off, nlx, npair, c_x, c_y, SIGLIP: tl.constexpr, MODE: tl.constexpr,
+                     USE_X: tl.constexpr, USE_Y: tl.constexpr, PREC: tl.constexpr,
                      ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
         # Program (r, rb, kb) owns DX[i, kb·BD : (kb+1)·BD] for the rows i of block rb:
         # DX_i = s Σ_j D_ij y_j, accumulated in registers over all column tiles and stored once, with
         # info_nce: D_ij = c_x exp(l_ij − lse_x_i) + c_y exp(l_ij − lse_y_j) − (c_x + c_y)[j = i + off],
+        # with labels (MODE > 0): c_x (keep_ij e^{l_ij − lse_x_i} − pos_ij e^{l_ij − lsep_x_i}) + the same in y,
         # siglip:   D_ij = −c_x y_ij σ(−y_ij L_ij)  (l = s·x·y, L = l + b), recomputed tile by tile.
         # DS[r, rb] gets (Σ D_ij x_i·y_j, Σ D_ij): the block's share of the gradients of s and b.
         r = tl.program_id(0).to(tl.int64)
@@ -118,8 +151,10 @@ if HAS_TRITON:
         s = tl.load(S).to(ACC)
         if SIGLIP:
             b = tl.load(BIAS).to(ACC)
-        else:
+        elif USE_X:
             lse_x = tl.load(LSE_X + r * nx + i, mask=i < nx, other=0).to(ACC)
+            if MODE != 0:
+                lsep_x = tl.load(LSEP_X + r * nx + i, mask=i < nx, other=0).to(ACC)
         dx = tl.zeros([BM, BD], ACC)
         ds = tl.zeros([BM], ACC)
         db = tl.zeros([BM], ACC)
@@ -131,6 +166,18 @@ if HAS_TRITON:
                 L = s * qk + b
                 z = tl.where(label, L, -L)
                 D = tl.where(label, -c_x, c_x) / (1.0 + tl.exp(z))
+            elif MODE != 0:
+                logits = s * qk
+                pos, keep = _label_masks(LX, LY, r, i, j, nlx, npair, off, MODE)
+                D = tl.zeros([BM, BN], ACC)
+                if USE_X:
+                    D += c_x * (tl.where(keep, tl.exp(logits - lse_x[:, None]), 0.0)
+                                - tl.where(pos, tl.exp(logits - lsep_x[:, None]), 0.0))
+                if USE_Y:
+                    lse_y = tl.load(LSE_Y + r * ny + j, mask=j < ny, other=0).to(ACC)
+                    lsep_y = tl.load(LSEP_Y + r * ny + j, mask=j < ny, other=0).to(ACC)
+                    D += c_y * (tl.where(keep, tl.exp(logits - lse_y[None, :]), 0.0)
+                                - tl.where(pos, tl.exp(logits - lsep_y[None, :]), 0.0))
             else:
                 logits = s * qk
                 D = tl.zeros([BM, BN], ACC)
@@ -169,8 +216,10 @@ def _kernel_input(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.to(dtype) if dtype in kt.LOW else x
 
 
-def _fwd_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, off: int, dtype: torch.dtype) -> Tensor:
-    """info_nce (bias None): the row log-sum-exps [R, nx]; siglip: per row block Σ −log σ [R, blocks]."""
+def _fwd_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, off: int, dtype: torch.dtype,
+                labels=None, mode: int = 0):
+    """info_nce (bias None): the row log-sum-exps [R, nx]; siglip: per row block Σ −log σ [R, blocks].
+    info_nce with labels (lx [R, nx], ly [R, npair]) and mode 1 or 2: (over the candidates, over the positives)."""
     R, nx, d = x.shape
     siglip = bias is not None
     out_dtype = x.dtype
@@ -179,25 +228,33 @@ def _fwd_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, off: int, 
     cfg.pop("BD")
     grid = (R, triton.cdiv(nx, cfg["BM"]))
     out = x.new_empty(grid if siglip else (R, nx), dtype=out_dtype)
-    _fwd_kernel[grid](x, y, s, bias if siglip else s, out, nx, y.shape[1], d, *x.stride()[:2], *y.stride()[:2], off,
-                      SIGLIP=siglip, **cfg)
-    return out
+    lx, ly = labels if mode else (s, s)
+    out_p = torch.empty_like(out) if mode else out
+    _fwd_kernel[grid](x, y, s, bias if siglip else s, out, lx, ly, out_p, nx, y.shape[1], d, *x.stride()[:2],
+                      *y.stride()[:2], off, lx.shape[-1] if mode else 0, ly.shape[-1] if mode else 0,
+                      SIGLIP=siglip, MODE=mode, **cfg)
+    return (out, out_p) if mode else out
 
 
 def _grad_triton(x: Tensor, y: Tensor, s: Tensor, bias: Tensor | None, lse_x: Tensor | None, lse_y: Tensor | None,
-                 off: int, w_x: float, w_y: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+                 off: int, w_x: float, w_y: float, dtype: torch.dtype, labels=None, lsep=(None, None),
+                 mode: int = 0) -> tuple[Tensor, Tensor]:
     """(DX [R, nx, d], [Σ D·x·y, Σ D]) of one side; w_x, w_y: exact weights of the two softmax terms
-    (1/n is applied by the caller: the kernel's float arguments are fp32)."""
+    (1/n is applied by the caller: the kernel's float arguments are fp32). With labels (mode 1, 2):
+    lsep, the log-sum-exps over the positives of the rows and of the columns."""
     R, nx, d = x.shape
     dx = x.new_empty(x.shape)  # contiguous, whatever x's strides
     x, y = _kernel_input(x, dtype), _kernel_input(y, dtype)
     cfg = _config(x)
     grid = (R, triton.cdiv(nx, cfg["BM"]), triton.cdiv(d, cfg["BD"]))
     parts = dx.new_empty((R, grid[1], 2))
+    lx, ly = labels if mode else (s, s)
+    lsep_x, lsep_y = (p if p is not None else s for p in lsep)
     _grad_kernel[grid](x, y, s, s if bias is None else bias, s if lse_x is None else lse_x,
-                       s if lse_y is None else lse_y, dx, parts, nx, y.shape[1], d, *x.stride()[:2], *y.stride()[:2],
-                       off, w_x, w_y,
-                       SIGLIP=bias is not None, USE_X=lse_x is not None, USE_Y=lse_y is not None, **cfg)
+                       s if lse_y is None else lse_y, dx, parts, lx, ly, lsep_x, lsep_y, nx, y.shape[1], d,
+                       *x.stride()[:2], *y.stride()[:2], off, lx.shape[-1] if mode else 0,
+                       ly.shape[-1] if mode else 0, w_x, w_y,
+                       SIGLIP=bias is not None, MODE=mode, USE_X=lse_x is not None, USE_Y=lse_y is not None, **cfg)
     return dx, parts.sum((0, 1))
 
 
@@ -380,51 +437,152 @@ def _grad_cpu(a, b, s, lse_r, lse_c, c_r, c_c, kept, off, g):
     return (da, db, ds / s) if fold else (da.mul_(s), db.mul_(s), ds)
 
 
+def _masks_cpu(yr: Tensor, yc: Tensor, i0: int, off: int, ny: int, mode: int):
+    """(pos, keep) [R, c, ny] of rows i0.. (labels yr [R, c]) against the columns (labels yc [R, npair],
+    then hard negatives), SPEC §6; keep None: every column."""
+    same = yr[:, :, None] == yc[:, None, :]
+    if ny > yc.shape[1]:
+        same = torch.nn.functional.pad(same, (0, ny - yc.shape[1]))
+    own = torch.zeros_like(same[:1])
+    torch.diagonal(own, offset=i0 + off, dim1=-2, dim2=-1).fill_(True)
+    return (same | own, None) if mode == 1 else (own.expand_as(same), ~same | own)
+
+
+def _lse_labels_cpu(a, b, s, yr, yc, off, mode, symmetric):
+    """Row (and column) log-sum-exps over the candidates and over the positives, by row chunks."""
+    R, nx, _ = a.shape
+    ny = b.shape[1]
+    step = _chunk(ny)
+    lse_r, lsep_r = a.new_empty((R, nx)), a.new_empty((R, nx))
+    lse_c, lsep_c = (a.new_full((R, ny), float("-inf")) for _ in range(2))
+    for i in range(0, nx, step):
+        L = torch.matmul(a[:, i:i + step], b.mT).mul_(s)
+        pos, keep = _masks_cpu(yr[:, i:i + step], yc, i, off, ny, mode)
+        Lk = L if keep is None else L.masked_fill(~keep, float("-inf"))
+        Lp = L.masked_fill(~pos, float("-inf"))
+        lse_r[:, i:i + step], lsep_r[:, i:i + step] = torch.logsumexp(Lk, -1), torch.logsumexp(Lp, -1)
+        if symmetric:
+            lse_c = torch.logaddexp(lse_c, torch.logsumexp(Lk, -2))
+            lsep_c = torch.logaddexp(lsep_c, torch.logsumexp(Lp, -2))
+    if not symmetric:
+        lse_c, lsep_c = a.new_empty(0), a.new_empty(0)
+    return lse_r, lsep_r, lse_c, lsep_c
+
+
+def _grad_labels_cpu(a, b, s, yr, yc, lse, lsep, c_r, c_c, off, mode, g):
+    """(dL/da, dL/db, dL/ds) with labels: D = Σ_sides c (keep·softmax − pos·softmax over the positives)."""
+    R, nx, _ = a.shape
+    ny = b.shape[1]
+    (lse_r, lse_c), (lsep_r, lsep_c) = lse, lsep
+    da, db, ds = torch.empty_like(a), torch.zeros_like(b), a.new_zeros(())
+    step = _chunk(ny)
+    zero = a.new_zeros(())
+    for i in range(0, nx, step):
+        a_i, rows = a[:, i:i + step], slice(i, i + step)
+        L = torch.matmul(a_i, b.mT).mul_(s)
+        pos, keep = _masks_cpu(yr[:, rows], yc, i, off, ny, mode)
+        sides = [(c_r, lse_r[:, rows, None], lsep_r[:, rows, None])]
+        if c_c:
+            sides.append((c_c, lse_c[:, None, :], lsep_c[:, None, :]))
+        D = torch.zeros_like(L)
+        for c, lk, lp in sides:
+            E = (L - lk).exp_()
+            D += c * (E if keep is None else torch.where(keep, E, zero))
+            D -= c * torch.where(pos, (L - lp).exp_(), zero)
+        D.mul_(g)
+        ds += (D * L).sum() / s[0]
+        da[:, rows] = torch.matmul(D, b).mul_(s)
+        db.baddbmm_(D.mT, a_i, alpha=float(s))
+    return da, db, ds
+
+
+def _pad_inf(lse: Tensor, n: int) -> Tensor:
+    """Column log-sum-exps of the paired columns, +inf for the hard negatives (no column term there)."""
+    if lse.shape[-1] >= n:
+        return lse
+    return torch.nn.functional.pad(lse, (0, n - lse.shape[-1]), value=float("inf"))
+
+
 @torch.library.custom_op("sdekernels::info_nce_loss", mutates_args=())
-def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: bool,
-              symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # rows z_a [..., nx, d] against columns z_b [..., ny, d]; the label of row i is column i + offset
+def _info_nce(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: bool, symmetric: bool,
+              n_pair: int = -1, row_labels: Optional[Tensor] = None, col_labels: Optional[Tensor] = None,
+              mode: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # rows z_a [..., nx, d] against columns z_b [..., ny, d]: the first n_pair (all for -1) are the paired
+    # columns, the label of row i is column i + offset, the rest hard negatives; the symmetric term
+    # ranks the n_pair paired columns over the rows. mode 1 (labels) / 2 (mask_duplicates): row_labels
+    # [R, nx], col_labels [R, n_pair] (SPEC §6).
     a, b = _normalized(z_a, normalize), _normalized(z_b, normalize)
     s = scale.reshape(1).to(a.dtype)
     R, nx, _ = a.shape
-    logits = a.new_empty(0)
-    if use_triton(a):
-        lse_r = _fwd_triton(a, b, s, None, offset, z_a.dtype)
-        lse_c = _fwd_triton(b, a, s, None, -offset, z_a.dtype) if symmetric else a.new_empty(0)
-        # as the kernels saw them
-        a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)
+    ny = b.shape[1]
+    npair = ny if n_pair < 0 else n_pair
+    logits, lsep_r, lsep_c = a.new_empty(0), a.new_empty(0), a.new_empty(0)
+    if mode:
+        labels = (row_labels.reshape(R, nx), col_labels.reshape(R, npair))
+        if use_triton(a):
+            lse_r, lsep_r = _fwd_triton(a, b, s, None, offset, z_a.dtype, labels, mode)
+            lse_c, lsep_c = (_fwd_triton(b[:, :npair], a, s, None, -offset, z_a.dtype, labels[::-1], mode)
+                             if symmetric else (a.new_empty(0), a.new_empty(0)))
+        else:
+            lse_r, lsep_r, lse_c, lsep_c = _lse_labels_cpu(a, b, s, *labels, offset, mode, symmetric)
+        diag_r = lsep_r
+        diag_c = lsep_c[:, :npair] if symmetric else None
     else:
-        lse_r, lse_c, logits = _lse_cpu(a, b, s, symmetric, _keeps_logits(z_a, z_b))
-    diag = s * _rowdot(a, b[:, offset:offset + nx])
+        if use_triton(a):
+            lse_r = _fwd_triton(a, b, s, None, offset, z_a.dtype)
+            lse_c = _fwd_triton(b[:, :npair], a, s, None, -offset, z_a.dtype) if symmetric else a.new_empty(0)
+            # as the kernels saw them
+            a, b = _kernel_input(a, z_a.dtype).to(a.dtype), _kernel_input(b, z_a.dtype).to(a.dtype)
+        else:
+            lse_r, lse_c, logits = _lse_cpu(a, b, s, symmetric, _keeps_logits(z_a, z_b))
+        diag_r = diag_c = s * _rowdot(a, b[:, offset:offset + nx])
+    if symmetric:  # padded with +inf for the hard negatives' columns: no column term there
+        lse_c = _pad_inf(lse_c[:, :npair], ny)
+        if mode:
+            lsep_c = _pad_inf(lsep_c[:, :npair], ny)
     w = 0.5 if symmetric else 1.0
-    loss = (w / (R * nx)) * (lse_r - diag).sum()
+    loss = (w / (R * nx)) * (lse_r - diag_r).sum()
     if symmetric:
-        loss = loss + (w / (R * nx)) * (lse_c - diag).sum()
-    return loss.to(z_a.dtype), lse_r, lse_c, logits
+        loss = loss + (w / (R * nx)) * (lse_c[:, :npair] - diag_c).sum()
+    return loss.to(z_a.dtype), lse_r, lse_c, logits, lsep_r, lsep_c
 
 
 @_info_nce.register_fake
-def _(z_a, z_b, scale, offset, normalize, symmetric):
+def _(z_a, z_b, scale, offset, normalize, symmetric, n_pair=-1, row_labels=None, col_labels=None, mode=0):
     R, nx, ny = math.prod(z_a.shape[:-2]), z_a.shape[-2], z_b.shape[-2]
     w = work_dtype(z_a.dtype)
     lse_c = z_a.new_empty((R, ny) if symmetric else (0,), dtype=w)
-    logits = z_a.new_empty((R, nx, ny) if _keeps_logits(z_a, z_b) else (0,), dtype=w)
-    return z_a.new_empty(()), z_a.new_empty((R, nx), dtype=w), lse_c, logits
+    keeps = not mode and _keeps_logits(z_a, z_b)
+    logits = z_a.new_empty((R, nx, ny) if keeps else (0,), dtype=w)
+    lsep_r = z_a.new_empty((R, nx) if mode else (0,), dtype=w)
+    lsep_c = z_a.new_empty((R, ny) if mode and symmetric else (0,), dtype=w)
+    return z_a.new_empty(()), z_a.new_empty((R, nx), dtype=w), lse_c, logits, lsep_r, lsep_c
 
 
 @torch.library.custom_op("sdekernels::info_nce_loss_backward", mutates_args=())
 def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, lse_c: Tensor, logits: Tensor,
-                       grad: Tensor, offset: int, normalize: bool, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+                       grad: Tensor, offset: int, normalize: bool, symmetric: bool, lsep_r: Optional[Tensor] = None,
+                       lsep_c: Optional[Tensor] = None, row_labels: Optional[Tensor] = None,
+                       col_labels: Optional[Tensor] = None, mode: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     (a, parts_a), (b, parts_b) = _norm_parts(z_a, normalize), _norm_parts(z_b, normalize)
     s = scale.reshape(1).to(a.dtype)
     R, nx, _ = a.shape
     w = 0.5 if symmetric else 1.0
+    wc = w if symmetric else 0.0
+    labels = (row_labels.reshape(R, nx), col_labels.reshape(R, -1)) if mode else None
     if use_triton(a):
-        wc = w if symmetric else 0.0
-        da, parts = _grad_triton(a, b, s, None, lse_r, lse_c if symmetric else None, offset, w, wc, z_a.dtype)
-        db, _ = _grad_triton(b, a, s, None, lse_c if symmetric else None, lse_r, -offset, wc, w, z_a.dtype)
+        extra = dict(labels=labels, lsep=(lsep_r, lsep_c), mode=mode) if mode else {}
+        da, parts = _grad_triton(a, b, s, None, lse_r, lse_c if symmetric else None, offset, w, wc, z_a.dtype,
+                                 **extra)
+        if mode:
+            extra = dict(labels=labels[::-1], lsep=(lsep_c, lsep_r), mode=mode)
+        db, _ = _grad_triton(b, a, s, None, lse_c if symmetric else None, lse_r, -offset, wc, w, z_a.dtype, **extra)
         f = grad.to(a.dtype) / (R * nx)
         da, db, ds = da * f, db * f, parts[0] * f
+    elif mode:
+        c = w / (R * nx)
+        da, db, ds = _grad_labels_cpu(a, b, s, *labels, (lse_r, lse_c), (lsep_r, lsep_c), c, c if symmetric else 0.0,
+                                      offset, mode, grad.to(a.dtype))
     else:
         c = w / (R * nx)
         da, db, ds = _grad_cpu(a, b, s, lse_r, lse_c, c, c if symmetric else 0.0, logits, offset, grad.to(a.dtype))
@@ -435,75 +593,132 @@ def _info_nce_backward(z_a: Tensor, z_b: Tensor, scale: Tensor, lse_r: Tensor, l
 
 
 @_info_nce_backward.register_fake
-def _(z_a, z_b, scale, lse_r, lse_c, logits, grad, offset, normalize, symmetric):
+def _(z_a, z_b, scale, lse_r, lse_c, logits, grad, offset, normalize, symmetric, *rest):
     return torch.empty_like(z_a), torch.empty_like(z_b), torch.empty_like(scale)
 
 
 def _info_nce_setup(ctx, inputs, output):
-    z_a, z_b, scale, ctx.offset, ctx.normalize, ctx.symmetric = inputs
-    _, lse_r, lse_c, logits = output
-    ctx.mark_non_differentiable(lse_r, lse_c, logits)
+    z_a, z_b, scale, ctx.offset, ctx.normalize, ctx.symmetric, _, row_labels, col_labels, ctx.mode = inputs
+    _, lse_r, lse_c, logits, lsep_r, lsep_c = output
+    ctx.mark_non_differentiable(lse_r, lse_c, logits, lsep_r, lsep_c)
     ctx.set_materialize_grads(False)  # no zero-filled gradients for them (the logits: B² floats)
-    ctx.save_for_backward(z_a, z_b, scale, lse_r, lse_c, logits)
+    ctx.save_for_backward(z_a, z_b, scale, lse_r, lse_c, logits, lsep_r, lsep_c, row_labels, col_labels)
 
 
 def _info_nce_grad(ctx, grad, *_):
     if grad is None:  # an undefined loss gradient (the others are never materialised)
-        return (None,) * 6
-    z_a, z_b, scale, lse_r, lse_c, logits = ctx.saved_tensors
-    grads = _info_nce_backward(z_a, z_b, scale, lse_r, lse_c, logits, grad, ctx.offset, ctx.normalize, ctx.symmetric)
-    return (*grads, None, None, None)
+        return (None,) * 10
+    z_a, z_b, scale, lse_r, lse_c, logits, lsep_r, lsep_c, row_labels, col_labels = ctx.saved_tensors
+    grads = _info_nce_backward(z_a, z_b, scale, lse_r, lse_c, logits, grad, ctx.offset, ctx.normalize, ctx.symmetric,
+                               lsep_r, lsep_c, row_labels, col_labels, ctx.mode)
+    return (*grads, None, None, None, None, None, None, None)
 
 
 _info_nce.register_autograd(_info_nce_grad, setup_context=_info_nce_setup)
 
 
+def _negatives(negatives, z_b: Tensor) -> Optional[Tensor]:
+    """Hard negatives [..., B, K, d] (K per row) or [..., N, d] (shared) as [..., N, d] columns, checked."""
+    if negatives is None:
+        return None
+    check(negatives, "negatives", min_dim=1, like=z_b)
+    lead, d = z_b.shape[:-2], z_b.shape[-1]
+    if negatives.dim() == z_b.dim() + 1 and negatives.shape[:-2] == z_b.shape[:-1] and negatives.shape[-1] == d:
+        return negatives.flatten(-3, -2)
+    if negatives.dim() == z_b.dim() and negatives.shape[:-2] == lead and negatives.shape[-1] == d:
+        return negatives
+    raise ValueError(f"negatives must have shape [..., B, K, d] or [..., N, d] with z_b's leading dims and d "
+                     f"(z_b: {tuple(z_b.shape)}), got {tuple(negatives.shape)}")
+
+
+def _labels(labels, z_a: Tensor) -> Optional[Tensor]:
+    """Integer labels [B] or [..., B] (z_a's leading dims) as int64 [..., B]."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
+            or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.device != z_a.device or labels.shape not in (z_a.shape[-2:-1], z_a.shape[:-1]):
+        raise ValueError(f"labels must have shape [B] or [..., B] = {tuple(z_a.shape[:-1])} on {z_a.device}, "
+                         f"got {tuple(labels.shape)} on {labels.device}")
+    return labels.to(torch.int64).expand(z_a.shape[:-1])
+
+
+def _contrast(z_a: Tensor, z_b: Tensor, scale: Tensor, offset: int, normalize: bool, symmetric: bool,
+              neg=None, row_labels=None, col_labels=None, mode: int = 0) -> Tensor:
+    """The rows z_a against the columns z_b (+ the hard negatives neg), through the custom op."""
+    cols = z_b if neg is None else torch.cat([z_b, neg.to(z_b.dtype)], dim=-2)
+    n_pair = -1 if neg is None else z_b.shape[-2]
+    if row_labels is None:
+        return _info_nce(z_a, cols, scale, offset, normalize, symmetric, n_pair)[0]
+    return _info_nce(z_a, cols, scale, offset, normalize, symmetric, n_pair, row_labels.reshape(-1).contiguous(),
+                     col_labels.reshape(-1).contiguous(), mode)[0]
+
+
 def local_info_nce(z_a: Tensor, z_b: Tensor, all_a: Tensor, all_b: Tensor, scale: Tensor, offset: int,
-                   normalize: bool = True, symmetric: bool = True) -> Tensor:
+                   normalize: bool = True, symmetric: bool = True, negatives=None, labels=None, all_labels=None,
+                   mode: int = 0) -> Tensor:
     """open_clip's ClipLoss(local_loss=True): the local rows z_a against the gathered columns all_b
-    (labels offset by `offset`), and z_b against all_a; each cross-entropy a mean over the local rows.
+    (labels offset by `offset`; then the gathered hard negatives), and z_b against all_a; each
+    cross-entropy a mean over the local rows. labels / all_labels: the local and gathered labels.
     A rank without rows contributes 0, through the gathered columns that the other ranks use (their
     backward is a collective)."""
     if z_a.shape[-2] == 0:
-        return _empty_loss(all_a if symmetric else all_a.detach(), all_b, scale)
-    loss = _info_nce(z_a, all_b, scale, offset, normalize, False)[0]
+        tie = 0 if negatives is None else 0 * negatives.sum().to(all_b.dtype)
+        return _empty_loss(all_a if symmetric else all_a.detach(), all_b, scale) + tie
+    loss = _contrast(z_a, all_b, scale, offset, normalize, False, negatives, labels, all_labels, mode)
     if symmetric:
-        loss = 0.5 * (loss + _info_nce(z_b, all_a, scale, offset, normalize, False)[0])
+        loss = 0.5 * (loss + _contrast(z_b, all_a, scale, offset, normalize, False, None, labels, all_labels, mode))
     return loss
 
 
 def info_nce(z_a: Tensor, z_b: Tensor, temperature: float = 0.07, *, logit_scale=None, normalize: bool = True,
-             symmetric: bool = True, gather: bool | str = False, local_loss: bool = False) -> Tensor:
-    """InfoNCE of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
+             symmetric: bool = True, gather: bool | str = False, local_loss: bool = False, negatives=None,
+             labels=None, mask_duplicates: bool = False) -> Tensor:
+    """InfoNCE of paired features z_a, z_b [..., B, d] without the logits (SPEC §6).
 
-    logits = s·ẑ_a ẑ_bᵀ with s = logit_scale if given (a float, or a one-element tensor that
+    logits = s·ẑ_a ẑ_cᵀ with s = logit_scale if given (a float, or a one-element tensor that
     receives its gradient; already exponentiated, as open_clip passes it) else 1/temperature;
-    ẑ = z/‖z‖ when normalize. Returns ½[CE(logits, diag) + CE(logitsᵀ, diag)] (the first term
-    alone when not symmetric), averaged over the B rows and any leading batch dims.
+    ẑ = z/‖z‖ when normalize; the candidates c are z_b's rows followed by the hard negatives
+    (``negatives`` [..., B, K, d], K per row, or [..., N, d]; every row ranks all of them).
+    Returns ½[CE_rows + CE_cols] (the first term alone when not symmetric): row i of z_a has the
+    target column i; the symmetric term ranks each row of z_b over the rows of z_a (negatives are
+    never queries); each CE averaged over the B rows and any leading batch dims.
+    ``labels`` [B] or [..., B] (integers): rows of equal label are positives of each other on both
+    sides (CE = −log of the softmax mass on the positives); mask_duplicates=True instead keeps the
+    own pair as the only positive and drops the other equal-labelled columns from the candidates.
     gather=True under torch.distributed: the loss of the batch all-gathered (with gradient) over
-    the process group, identical on every rank. With local_loss=True as well: this rank's rows
-    against the gathered columns, both ways (open_clip's ClipLoss(local_loss=True)); the mean of
-    the ranks' losses is the global loss. gather="ring": the same losses and gradients without
-    gathering, memory O(B_local·d) per rank (sdekernels/ops/_ring.py). The ranks' batch sizes may
-    differ (0 included); a rank without rows still takes part in every collective.
+    the process group (negatives and labels too), identical on every rank. With local_loss=True as
+    well: this rank's rows against the gathered columns, both ways (open_clip's
+    ClipLoss(local_loss=True)); the mean of the ranks' losses is the global loss. gather="ring": the
+    same losses and gradients without gathering, memory O(B_local·d) per rank (sdekernels/ops/_ring.py;
+    without negatives or labels). The ranks' batch sizes may differ (0 included); a rank without rows
+    still takes part in every collective.
     """
     gather, spread = _check_pairs(z_a, z_b, gather)
     temperature = check_real(temperature, "temperature", 0.0, open_lo=True)
     scale = _scalar(logit_scale, "logit_scale", z_a, 1.0 / temperature, positive=True)
     normalize, symmetric = bool(normalize), bool(symmetric)
+    neg, labels = _negatives(negatives, z_b), _labels(labels, z_a)
+    mode = 0 if labels is None else 2 if mask_duplicates else 1
     if spread and gather == "ring":
+        if neg is not None or labels is not None:
+            raise ValueError("gather='ring' takes no negatives or labels yet: use gather=True for them")
         from ._ring import ring_info_nce
 
         return ring_info_nce(z_a, z_b, scale, normalize, symmetric, bool(local_loss))
     if spread:
         sizes = batch_sizes(z_a)
         all_a, all_b = gather_batch(z_a, sizes=sizes), gather_batch(z_b, sizes=sizes)
+        neg = None if neg is None else gather_batch(neg)
+        all_labels = None if labels is None else gather_batch(labels[..., None], False, sizes)[..., 0]
         if local_loss and all_a.numel():
-            return local_info_nce(z_a, z_b, all_a, all_b, scale, rank_offset(z_a, sizes), normalize, symmetric)
-        z_a, z_b = all_a, all_b
+            return local_info_nce(z_a, z_b, all_a, all_b, scale, rank_offset(z_a, sizes), normalize, symmetric,
+                                  neg, labels, all_labels, mode)
+        z_a, z_b, labels = all_a, all_b, all_labels
     if z_a.numel() == 0:
-        return _empty_loss(z_a, z_b, scale)
-    return _info_nce(z_a, z_b, scale, 0, normalize, symmetric)[0]
+        return _empty_loss(z_a, z_b, scale) + (0 if neg is None else 0 * neg.sum().to(z_a.dtype))
+    return _contrast(z_a, z_b, scale, 0, normalize, symmetric, neg, labels, labels, mode)
 
 
 # ---------------------------------------------------------------- siglip_loss
@@ -614,7 +829,7 @@ _siglip.register_autograd(_siglip_grad, setup_context=_siglip_setup)
 
 
 def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize: bool = True,
-                gather: bool | str = False, local_loss: bool = False) -> Tensor:
+                gather: bool | str = False, local_loss: bool = False, negatives=None) -> Tensor:
     """Sigmoid contrastive loss (SigLIP) of paired features z_a, z_b [..., B, d] without the B×B logits (SPEC §6).
 
     L = s·ẑ_a ẑ_bᵀ + b with labels y = 2I − 1; returns −Σ_ij log σ(y_ij L_ij) / B (open_clip's
@@ -623,25 +838,33 @@ def siglip_loss(z_a: Tensor, z_b: Tensor, logit_scale, logit_bias, *, normalize:
     gather=True under torch.distributed: the loss of one process on the all-gathered batch (with
     gradient). With local_loss=True as well: this rank's rows against the gathered columns divided
     by the local batch, which is exactly the per-rank loss of open_clip's SigLipLoss(world_size > 1).
-    gather="ring": the same without gathering (memory O(B_local·d) per rank); batch sizes may
-    differ between ranks, as for info_nce.
+    gather="ring": the same without gathering (memory O(B_local·d) per rank; without negatives);
+    batch sizes may differ between ranks, as for info_nce.
+    ``negatives`` ([..., B, K, d] or [..., N, d]): extra columns, negative pairs of every row
+    (y = −1), as in info_nce (SPEC §6).
     """
     gather, spread = _check_pairs(z_a, z_b, gather)
     scale = _scalar(logit_scale, "logit_scale", z_a, positive=True)
     bias = _scalar(logit_bias, "logit_bias", z_a)
+    neg = _negatives(negatives, z_b)
     if spread and gather == "ring":
+        if neg is not None:
+            raise ValueError("gather='ring' takes no negatives yet: use gather=True for them")
         from ._ring import ring_siglip
 
         return ring_siglip(z_a, z_b, scale, bias, bool(normalize), bool(local_loss))
     offset = 0
     if spread:
         sizes = batch_sizes(z_a)
+        neg = None if neg is None else gather_batch(neg)
         if local_loss:
             offset, z_b = rank_offset(z_a, sizes), gather_batch(z_b, sizes=sizes)
         else:
             z_a, z_b = gather_batch(z_a, sizes=sizes), gather_batch(z_b, sizes=sizes)
     if z_a.numel() == 0:  # without rows here: 0, through the gathered columns (their backward is a collective)
-        return _empty_loss(z_a, z_b, scale, bias)
+        return _empty_loss(z_a, z_b, scale, bias) + (0 if neg is None else 0 * neg.sum().to(z_a.dtype))
+    if neg is not None:  # rectangular columns: the labels j = i + offset are all among z_b's rows
+        z_b = torch.cat([z_b, neg.to(z_b.dtype)], dim=-2)
     need = torch.is_grad_enabled() and any(t.requires_grad for t in (z_a, z_b, scale, bias))
     return _siglip(z_a, z_b, scale, bias, offset, bool(normalize), need)[0]
 

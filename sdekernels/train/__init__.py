@@ -1,5 +1,5 @@
-"""Training drivers: ``python -m sdekernels train sde|farl|esm`` (see each module's docstring)."""
-DRIVERS = ("sde", "farl", "esm")
+"""Training drivers: ``python -m sdekernels train sde|farl|esm|retrieval`` (see each module's docstring)."""
+DRIVERS = ("sde", "farl", "esm", "retrieval")
 
 
 def main(which: str, argv=None) -> int:

@@ -378,35 +378,32 @@ class SDELoss(torch.nn.Module):
 
     # -- curriculum state ---------------------------------------------------------------------
     def set_progress(self, t: Optional[float]) -> None:
-        """Fix the training progress t ∈ [0, 1] of the following calls (None: back to steps)."""
-        if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0):
+        """Fix the progress t ∈ [0, 1] (None: count steps again)."""
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0):
             raise ValueError(f"t must be a number in [0, 1] or None, got {t!r}")
-        self.fixed_progress = None if t is None else float(t)
+        self.fixed_progress = t if t is None else float(t)
 
     def get_extra_state(self):
-        return {"num_calls": self.num_calls, "fixed_progress": self.fixed_progress, "seed": self.seed}
+        return dict(num_calls=self.num_calls, fixed_progress=self.fixed_progress, seed=self.seed)
 
     def set_extra_state(self, state):
-        self.num_calls = int(state["num_calls"])
-        self.fixed_progress = state.get("fixed_progress")
-        self.seed = state.get("seed")
+        self.num_calls, self.fixed_progress, self.seed = (int(state["num_calls"]), state.get("fixed_progress"),
+                                                          state.get("seed"))
 
     # -- pieces a subclass may override -------------------------------------------------
     def progress(self, step: Optional[int]) -> tuple[float, int]:
-        """(t, step) of this call; advances the call counter when gradients are enabled."""
-        if step is None:
-            step = self.num_calls
-        elif isinstance(step, bool) or int(step) != step or step < 0:
+        """(t, step): t is the fixed progress, else min(step / total_steps, 1); step defaults to the
+        number of earlier calls made with gradients, which this call then counts."""
+        if step is not None and (isinstance(step, bool) or int(step) != step or step < 0):
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        step = int(step)
+        step = self.num_calls if step is None else int(step)
         if torch.is_grad_enabled():
             self.num_calls = step + 1
-        if self.fixed_progress is not None:
-            return self.fixed_progress, step
-        if self.total_steps is None:
+        if self.fixed_progress is None and self.total_steps is None:
             raise ValueError("SDELoss has no total_steps: construct it with total_steps=..., "
                              "or set the progress with set_progress(t) before the call")
-        return min(step / self.total_steps, 1.0), step
+        t = self.fixed_progress if self.fixed_progress is not None else min(step / self.total_steps, 1.0)
+        return t, step
 
     def _generator(self, F: torch.Tensor, step: int) -> torch.Generator:
         """The user's generator, or one seeded from the agreed seed and the step (the same ξ on every rank)."""

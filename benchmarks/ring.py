@@ -87,7 +87,7 @@ def _step(kind, gather, local, a, b, s, t):
 
 
 def _worker(rank, world, init, args, path):
-    from sdekernels.bench import peak_memory
+    from sdekernels.bench import lockstep, peak_memory
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -104,13 +104,7 @@ def _worker(rank, world, init, args, path):
 
             dist.barrier()
             peak = peak_memory(_step, torch.device("cpu"), setup)  # also the warm-up
-            times = []
-            for _ in range(args.steps):
-                (call, kw) = setup()
-                dist.barrier()
-                t0 = time.perf_counter()
-                _step(*call)
-                times.append(time.perf_counter() - t0)
+            times = lockstep(_step, lambda: setup()[0], args.steps, dist.barrier)
             out[" ".join(map(str, case))] = {"peak_bytes": peak, "times_s": times}
         torch.save(out, os.path.join(path, f"rank{rank}.pt"))
     finally:

@@ -272,6 +272,21 @@ def clock(device, cpu_time: bool = False):
     return time.process_time if cpu_time else time.perf_counter
 
 
+def lockstep(step, setup, rounds: int, sync, device=None) -> list[float]:
+    """Seconds of each of `rounds` calls step(*args) with setup()'s untimed args, each after sync() (a
+    barrier): the loop of a multi-process run, where every rank must make the same calls in the same
+    order, so rounds are fixed, not sized to a budget as timed_rounds sizes them."""
+    timer = clock(device or torch.device("cpu"))
+    out = []
+    for _ in range(rounds):
+        args = setup()
+        sync()
+        t0 = timer()
+        step(*args)
+        out.append(timer() - t0)
+    return out
+
+
 def rounds_for(first_s: float, budget_s: float, lo: int = 5, hi: int = 31) -> int:
     return max(lo, min(hi, int(budget_s / max(first_s, 1e-9))))
 

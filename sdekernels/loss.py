@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._core import check, check_int, check_real, without_autocast, work_dtype
-from .dist import check_gather, world
+from .dist import batch_sizes, check_gather, world
 from .ops._partition import draw_xi, seeded_xi
 from .ops._scaling import safe_inv
 from .ops._solvers import eigh_desc
@@ -308,9 +308,8 @@ class SDELoss(torch.nn.Module):
         None otherwise, and with direction="adversarial" (its ξ reads the gradient of the gathered F')."""
         if not self.gather or world() == 1 or self.direction == "adversarial":
             return None
-        count = torch.tensor(F.shape[-2], dtype=torch.int64, device=F.device)
-        torch.distributed.all_reduce(count)
-        return int(count) if int(count) >= F.shape[-1] else None
+        rows = sum(batch_sizes(F))
+        return rows if rows >= F.shape[-1] else None
 
     # -- the loss -------------------------------------------------------------------------------
     def forward(self, image_features, text_features, logit_scale=None, logit_bias=None, output_dict=False, *,

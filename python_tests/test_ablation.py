@@ -1,7 +1,6 @@
 """The SDE ablation's switches (center=True, spectral_terms, no enhancement) against the reference,
 and the ablation script's cells (benchmarks/sde_ablation.py): exact repeats of one command."""
 import importlib.util
-import json
 import shlex
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import sdekernels as sk
 import sdekernels.nn as snn
 import sdekernels.reference as ref
 from sdekernels.data import FASHION_DIR, have_fashion_mnist
+from sdekernels.train.cells import platform
 
 from helpers import require
 
@@ -80,25 +80,51 @@ def test_center_argument_checks():
         snn.SDELoss(10, spectral_terms=("entropy",))
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("sde_ablation", ROOT / "benchmarks" / "sde_ablation.py")
+STUDIES = ("sde_ablation",)
+
+
+def _script(name="sde_ablation"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_ablation_record_is_complete():
-    """Every recorded cell names its command, its metric key and the accuracies and energies."""
-    mod = _script()
-    record = ROOT / "benchmarks" / "results" / "training" / "sde_ablation.json"
-    if not record.exists():
-        pytest.skip("no ablation record yet")
-    cells = json.loads(record.read_text())["cells"]
-    assert {(c["variant"], c["seed"]) for c in cells} == {(v, s) for v in mod.VARIANTS for s in mod.SEEDS}
+@pytest.mark.parametrize("name", STUDIES)
+def test_study_record_is_complete(name):
+    """Every (variant, seed) has its cell, with the command the study gives it today, its metric key
+    and every recorded measurement; cells of one starting model agree on it."""
+    study = _script(name).STUDY
+    record = study.load_record()
+    cells = record["cells"]
+    assert {(c["variant"], c["seed"]) for c in cells} == {(v, s) for v in study.variants for s in study.seeds}
     for c in cells:
-        assert c["command"] == shlex.join(mod.command(c["variant"], c["seed"], c["steps"]))
-        assert c["metric"] == mod.METRIC and 0.0 <= c["value"] <= 1.0
-        assert all(k in c for k in mod.EXTRA)
+        assert c["command"] == shlex.join(study.command(c["variant"], c["seed"], c["steps"]))
+        assert c["metric"] == study.metric and all(k in c for k in study.extra)
+    assert set(record.get("needs", {})) == set(study.needs)
+    for need, entry in record.get("needs", {}).items():
+        assert entry["command"] == shlex.join(study.need(need)[0]) and len(entry["sha256"]) == 64
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_study_record_names_its_commit(name):
+    """The record says at which commit, CPU capability and torch its cells were measured, and how to
+    re-verify one; that commit is in this checkout's history."""
+    import subprocess
+
+    record = _script(name).STUDY.load_record()
+    assert {"commit", "cpu_capability", "torch", "verify"} <= set(record)
+    assert len(record["commit"]) == 40 and f"benchmarks/{name}.py --verify" in record["verify"]
+    known = subprocess.run(["git", "cat-file", "-e", record["commit"] + "^{commit}"], cwd=ROOT, capture_output=True)
+    if known.returncode != 0 and (ROOT / ".git").exists():
+        shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip()
+        assert shallow == "true", f"the {name} record's commit {record['commit']} is not in this history"
+
+
+def test_ablation_record_values():
+    cells = _script().STUDY.load_record()["cells"]
+    assert all(0.0 <= c["value"] <= 1.0 for c in cells)
 
 
 def test_ablation_cell_repeats_exactly(tmp_path, monkeypatch):
@@ -111,34 +137,22 @@ def test_ablation_cell_repeats_exactly(tmp_path, monkeypatch):
         assert first[k] == second[k], k
 
 
-def test_ablation_record_names_its_commit():
-    """The record says at which commit, CPU capability and torch its cells were measured, and how to
-    re-verify one; that commit is in this checkout's history."""
-    import subprocess
-
-    record = json.loads((ROOT / "benchmarks" / "results" / "training" / "sde_ablation.json").read_text())
-    assert {"commit", "cpu_capability", "torch", "verify"} <= set(record)
-    assert len(record["commit"]) == 40 and "--verify" in record["verify"]
-    known = subprocess.run(["git", "cat-file", "-e", record["commit"] + "^{commit}"], cwd=ROOT, capture_output=True)
-    if known.returncode != 0 and (ROOT / ".git").exists():
-        shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip()
-        assert shallow == "true", f"the ablation record's commit {record['commit']} is not in this history"
-
-
-def test_ablation_record_reproduces_at_head(tmp_path, monkeypatch):
-    """One recorded cell (full SDE, seed 0: the SVD, partition, enhancement, both spectral terms and
-    info_nce), trained again at HEAD, equals the record bit for bit. A change of the numerics fails
-    here until the record is measured again (`python benchmarks/sde_ablation.py --run --fresh`).
-    Bit-for-bit holds on the CPU capability and torch the record names; elsewhere torch dispatches to
-    other kernels, so the test says so and skips."""
-    require(have_fashion_mnist(), "Fashion-MNIST")
-    mod = _script()
-    record = mod.load_record()
-    here = mod.platform()
+@pytest.mark.parametrize("name, cell", [("sde_ablation", ("sde", 0))])
+def test_study_record_reproduces_at_head(name, cell, tmp_path, monkeypatch):
+    """One recorded cell, trained again at HEAD, equals the record bit for bit: full SDE (the SVD,
+    partition, enhancement, both spectral terms and info_nce) and ESM (esm_loss, radial_psd and the
+    probe). A change of the numerics fails here until the record is measured again
+    (`python benchmarks/<study>.py --run --fresh`). Bit-for-bit holds on the CPU capability and
+    torch the record names; elsewhere torch dispatches to other kernels, so the test says so and skips.
+    (A FARL cell needs its 2000-step prerequisite: `python benchmarks/farl_study.py --verify farl:0`.)"""
+    mod = _script(name)
+    if name == "sde_ablation":
+        require(have_fashion_mnist(), "Fashion-MNIST")
+    study, here = mod.STUDY, platform()
+    record = study.load_record()
     if any(record.get(k) != here[k] for k in here):
         pytest.skip(f"record measured on {[record.get(k) for k in here]}, this machine is {list(here.values())}")
-    cell = next(c for c in record["cells"] if c["variant"] == "sde" and c["seed"] == 0)
+    want = next(c for c in record["cells"] if (c["variant"], c["seed"]) == cell)
     monkeypatch.chdir(tmp_path)
-    again = mod.run_cell("sde", 0, cell["steps"])
-    assert mod.differences(cell, again) == [], (cell, again)
+    again = study.run_cell(*cell, want["steps"])
+    assert study.differences(want, again) == [], (want, again)

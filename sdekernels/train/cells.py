@@ -1,0 +1,224 @@
+"""A study of training runs as cells: one (variant, seed) per cell, each with the exact command that
+reproduces it, measured at one commit and platform (benchmarks/sde_ablation.py, farl_study.py and
+esm_study.py are studies; their records are in benchmarks/results/training/).
+
+A study names the driver, its variants' arguments, the arguments every cell shares, and the keys of
+the run's summary.json it records. A prerequisite run (FARL's trained SDE model) is a command of its
+own, trained once per study folder; the record keeps its command and the SHA-256 of its output.
+On the CPU capability and torch the record names, `--threads 1` repeats a cell bit for bit at that
+commit: `--verify VARIANT:SEED` reruns one and compares every recorded number.
+"""
+import argparse
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"  # a source checkout's
+RESULTS = BENCHMARKS / "results" / "training"
+REPORT = BENCHMARKS / "training.md"
+
+
+def platform() -> dict:
+    """What a bit-for-bit repeat depends on besides the code: the CPU kernels torch dispatches to."""
+    import torch
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
+def lookup(summary: dict, key: str):
+    for part in key.split("."):
+        summary = summary[part]
+    return summary
+
+
+def mean_std(xs):
+    xs = list(xs)
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train(cmd: list) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+
+
+@dataclass
+class Study:
+    name: str                 # benchmarks/<name>.py, its record benchmarks/results/training/<name>.json
+    driver: str               # python -m sdekernels train <driver>
+    variants: dict            # variant -> its arguments (before the shared ones)
+    shared: list              # every cell's arguments
+    metric: str               # the main key of summary.json (the cell's "value")
+    extra: dict               # recorded name -> key of summary.json
+    steps: int                # --steps of every cell, unless its variant is in `own_steps`
+    seeds: tuple = (0, 1, 2)
+    own_steps: dict = field(default_factory=dict)  # variant -> its --steps
+    late: dict = field(default_factory=dict)    # variant -> arguments after the shared ones (the last wins)
+    needs: dict = field(default_factory=dict)   # prerequisite -> (its arguments of `train`, its output file)
+    folder: str = ""          # the runs' folder (default runs/<name>)
+
+    @property
+    def record(self) -> Path:
+        return RESULTS / f"{self.name}.json"
+
+    @property
+    def runs(self) -> Path:
+        return Path(self.folder or f"runs/{self.name}")
+
+    def need(self, name: str) -> tuple:
+        args, output = self.needs[name]
+        out = self.runs / name
+        return ["python", "-m", "sdekernels", "train", *args, "--out", str(out)], out / output
+
+    def command(self, variant: str, seed: int, steps=None) -> list:
+        """The cell's command; `steps` overrides every variant's."""
+        steps = steps or self.own_steps.get(variant, self.steps)
+        args = [a.format(runs=self.runs) for a in
+                [*self.variants[variant], "--steps", str(steps), "--seed", str(seed), *self.shared,
+                 *self.late.get(variant, [])]]
+        return ["python", "-m", "sdekernels", "train", self.driver, *args,
+                "--out", str(self.runs / f"{variant}_s{seed}")]
+
+    def head(self) -> str:
+        """HEAD's commit, refusing a tree whose code differs from it (the record must name its code)."""
+        from ..bench import commit
+
+        at = commit(("sdekernels", "csrc", "reference", f"benchmarks/{self.name}.py"))
+        if not at or at.endswith("+dirty"):
+            raise SystemExit(f"the record names the commit it was measured at: commit the code first "
+                             f"({at or 'no git'})")
+        return at
+
+    def prerequisites(self) -> dict:
+        """Train the prerequisites this study folder lacks; their commands and outputs' SHA-256."""
+        out = {}
+        for name in self.needs:
+            cmd, output = self.need(name)
+            if not output.exists():
+                print(f"training the prerequisite {name}: {shlex.join(cmd)}", flush=True)
+                train(cmd)
+            out[name] = {"command": shlex.join(cmd), "sha256": sha256(output)}
+        return out
+
+    def run_cell(self, variant: str, seed: int, steps=None) -> dict:
+        cmd = self.command(variant, seed, steps)
+        train(cmd)
+        summary = json.loads((Path(cmd[cmd.index("--out") + 1]) / "summary.json").read_text())
+        return {"variant": variant, "seed": seed, "steps": int(cmd[cmd.index("--steps") + 1]),
+                "command": shlex.join(cmd),
+                "metric": self.metric, "value": lookup(summary, self.metric),
+                **{k: lookup(summary, key) for k, key in self.extra.items()},
+                "train_seconds": summary["train_seconds_this_process"]}
+
+    def load_record(self) -> dict:
+        return json.loads(self.record.read_text()) if self.record.exists() else {"cells": []}
+
+    def save(self, cells: list, meta: dict) -> None:
+        order = {v: i for i, v in enumerate(self.variants)}
+        cells = sorted(cells, key=lambda c: (order.get(c["variant"], 99), c["seed"]))
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        self.record.write_text(json.dumps({**meta, "cells": cells}, indent=1) + "\n")
+
+    def run(self, jobs: int, variants, seeds, fresh: bool = False, steps=None) -> None:
+        """Train the cells the record lacks (every cell with `fresh`). All cells of a record come from one
+        commit and platform: a record measured elsewhere is measured again whole."""
+        meta = {"commit": self.head(), **platform(),
+                "verify": f"python benchmarks/{self.name}.py --verify VARIANT:SEED (on the same CPU capability "
+                          "and torch)"}
+        old = self.load_record()
+        same = all(old.get(k) == meta[k] for k in ("commit", "cpu_capability", "torch"))
+        meta["needs"] = self.prerequisites()
+        same = same and old.get("needs", {}) == meta["needs"]
+        keep = [c for c in old["cells"] if steps is None or c["steps"] == steps] if same and not fresh else []
+        done = {(c["variant"], c["seed"]) for c in keep}
+        todo = [(v, s) for v in variants for s in seeds if (v, s) not in done]
+        with cf.ThreadPoolExecutor(jobs) as pool, tqdm(total=len(todo), desc=f"{self.name} cells") as bar:
+            futures = [pool.submit(self.run_cell, v, s, steps) for v, s in todo]
+            for f in cf.as_completed(futures):
+                cell = f.result()
+                keep = [c for c in keep if (c["variant"], c["seed"]) != (cell["variant"], cell["seed"])] + [cell]
+                self.save(keep, meta)  # after every cell: an interrupted run keeps what it has
+                bar.update()
+
+    def differences(self, cell: dict, again: dict) -> list:
+        """The measured keys on which a repeat differs from the record (bit for bit)."""
+        return [k for k in ("value", *self.extra) if again[k] != cell[k]]
+
+    def verify(self, spec: str) -> int:
+        variant, _, seed = spec.partition(":")
+        record = self.load_record()
+        cell = next((c for c in record["cells"] if c["variant"] == variant and str(c["seed"]) == seed), None)
+        if cell is None:
+            raise SystemExit(f"--verify: no cell {spec!r} in {self.record} (VARIANT:SEED, e.g. "
+                             f"{next(iter(self.variants))}:0)")
+        needs = self.prerequisites()
+        if needs != record.get("needs", {}):
+            print(f"the prerequisites differ from the record's: {needs} vs {record.get('needs')}")
+            return 1
+        again = self.run_cell(variant, int(seed), cell["steps"])
+        diff = self.differences(cell, again)
+        print(f"{spec}: recorded {cell['value']!r}, reproduced {again['value']!r}: "
+              + ("identical" if not diff else "DIFFERENT in " + ", ".join(diff)))
+        return 0 if not diff else 1
+
+    def by_variant(self, cells: list) -> dict:
+        out = {}
+        for c in cells:
+            out.setdefault(c["variant"], []).append(c)
+        return {v: out[v] for v in self.variants if v in out}
+
+    def write_report(self, text: str) -> None:
+        """Put `text` between the study's markers in training.md."""
+        begin, end = f"<!-- {self.name}:begin -->", f"<!-- {self.name}:end -->"
+        doc = REPORT.read_text()
+        if begin in doc and end in doc:
+            REPORT.write_text(doc[:doc.index(begin) + len(begin)] + "\n" + text + "\n" + doc[doc.index(end):])
+
+    def main(self, report, argv=None) -> int:
+        """The study's command line; `report(cells)` writes its tables and plots from the record."""
+        p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n")[0])
+        p.add_argument("--run", action="store_true", help="train the missing cells, then report")
+        p.add_argument("--report", action="store_true", help="tables and plots from the record")
+        p.add_argument("--verify", metavar="VARIANT:SEED", help="rerun one recorded cell and compare")
+        p.add_argument("--list", action="store_true", help="print every cell's command")
+        p.add_argument("--fresh", action="store_true", help="with --run: measure every cell again")
+        p.add_argument("--steps", type=int, default=None, help=f"override every cell's steps (default {self.steps})")
+        p.add_argument("-j", "--jobs", type=int, default=2, help="cells trained at once (each on one thread)")
+        p.add_argument("--variants", nargs="+", default=list(self.variants), choices=list(self.variants))
+        p.add_argument("--seeds", nargs="+", type=int, default=list(self.seeds))
+        args = p.parse_args(argv)
+        if (args.steps is not None and args.steps < 1) or args.jobs < 1:
+            p.error("--steps and --jobs must be >= 1")
+        if args.list:
+            for name in self.needs:
+                print(shlex.join(self.need(name)[0]))
+            for v in args.variants:
+                for s in args.seeds:
+                    print(shlex.join(self.command(v, s, args.steps)))
+            return 0
+        if args.verify:
+            return self.verify(args.verify)
+        if args.run:
+            self.run(args.jobs, args.variants, args.seeds, args.fresh, args.steps)
+        if args.run or args.report:
+            cells = self.load_record()["cells"]
+            if not cells:
+                raise SystemExit(f"no cells in {self.record}: run with --run first")
+            report(cells)
+        if not (args.run or args.report):
+            p.print_help()
+        return 0

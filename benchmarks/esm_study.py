@@ -38,8 +38,8 @@ STUDY = Study(
     extra={"esm_test": "after.esm_test", "high_freq": "after.latent_high_freq_fraction",
            "probe": "after.probe_mse_mean", f"probe_w{PROBES[1]}": f"after.probe_mse_mean_w{PROBES[1]}",
            **{f"probe_{s}": f"after.probe_mse_{s}" for s in ("0.1", "0.25", "0.5", "1")},
-           "final_loss": "final_loss"})
-PLOT = RESULTS / "esm_study.png"
+           "psd_latent": "after.psd_latent", "psd_image": "after.psd_image", "final_loss": "final_loss"})
+PLOT, SPECTRA = RESULTS / "esm_study.png", RESULTS / "esm_spectra.png"
 COLS = (("PSNR dB", "value", 1, ".2f"), ("esm_loss (test)", "esm_test", 1, ".3f"),
         ("latent high-freq. power %", "high_freq", 100, ".1f"),
         (f"probe MSE (w{PROBES[0]})", "probe", 1, ".4f"),
@@ -84,7 +84,7 @@ def plot(cells: list) -> None:
             ax.errorbar(s["value"][0], s[k][0], xerr=s["value"][1], yerr=s[k][1], fmt="o", ms=4, capsize=2)
             ax.annotate(v, (s["value"][0], s[k][0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("reconstruction PSNR (dB), higher is better")
-        ax.set_ylabel(f"probe MSE, width-{w} denoiser (lower: easier to model)")
+        ax.set_ylabel(f"probe MSE, width-{w} denoiser (lower is easier)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("ESM / DSM study: reconstruction against diffusability (mean ± std over seeds)")
@@ -93,10 +93,35 @@ def plot(cells: list) -> None:
     plt.close(fig)
 
 
+def spectra(cells: list) -> None:
+    """The latents' radial spectra (mean over seeds) against the test crops'."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = STUDY.by_variant(cells)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    img = [sum(x) / len(cells) for x in zip(*(c["psd_image"] for c in cells))]
+    bins = range(1, len(img) + 1)
+    ax.semilogy(bins, img, "k-o", ms=3, lw=2, label="image (64×64)")
+    for v, cs in by.items():
+        psd = [sum(x) / len(cs) for x in zip(*(c["psd_latent"] for c in cs))]
+        ax.semilogy(bins, psd, "-o", ms=2, lw=1, label=f"latent ({v})")
+    ax.set_xlabel("radial frequency bin (normalised radius)")
+    ax.set_ylabel("normalised power")
+    ax.set_title("radial spectra of the test crops and their latents (mean over seeds)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(SPECTRA, dpi=100)
+    plt.close(fig)
+
+
 def report(cells: list) -> None:
     text = table(cells)
     STUDY.write_report(text)
     plot(cells)
+    spectra(cells)
     print(text)
 
 

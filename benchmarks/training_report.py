@@ -1,7 +1,9 @@
-"""The training results of benchmarks/training.md: runs the drivers, then tabulates and plots them.
+"""The 2000-step SDE runs of benchmarks/training.md: runs the driver, then tabulates them.
 
-    python benchmarks/training_report.py --run            # all runs (CPU, one thread each: ~20 min)
-    python benchmarks/training_report.py                  # tables + combined plots from runs/ only
+    python benchmarks/training_report.py --run            # both runs (CPU, one thread each: ~15 min)
+    python benchmarks/training_report.py                  # the tables from runs/ only
+
+(FARL and ESM are studies with seeds: benchmarks/farl_study.py, benchmarks/esm_study.py.)
 
 Each run is one `python -m sdekernels train …` command (listed in RUNS, printed by --list); its
 summary.json and plots are copied to benchmarks/results/training/<run>.* and the markdown tables
@@ -15,19 +17,11 @@ import sys
 from pathlib import Path
 
 SDE = ["--steps", "2000", "--batch-size", "128", "--width", "16", "--test-limit", "2000", "--ckpt-every", "500"]
-FARL = ["--steps", "100", "--test-limit", "2000"]
-ESM = ["--steps", "1000", "--batch-size", "16", "--width", "16", "--probe-steps", "300", "--ckpt-every", "500"]
 RUNS = {
     "sde_sde": ["sde", "--loss", "sde", *SDE],
     "sde_infonce": ["sde", "--loss", "infonce", *SDE],
-    "farl_coop": ["farl", "--init", "{runs}/sde_sde", "--method", "coop", *FARL],
-    "farl_farl": ["farl", "--init", "{runs}/sde_sde", "--method", "farl", *FARL],
-    "esm_plain": ["esm", *ESM],
-    "esm_esm": ["esm", "--esm-weight", "0.1", *ESM],
-    "esm_dsm": ["esm", "--dsm", *ESM],
-    "esm_esm+dsm": ["esm", "--esm-weight", "0.1", "--dsm", *ESM],
 }
-PLOTS = ("curves.png", "accuracy.png", "energy.png", "spectra.png")
+PLOTS = ("curves.png", "accuracy.png", "energy.png")
 
 
 def command(name: str, runs: str) -> list:
@@ -66,55 +60,7 @@ def tables(s: dict) -> str:
                        f"{pct(b[c + 'energy_noise'])} → {pct(a[c + 'energy_noise'])} | "
                        f"{b[c + 'n_strong']} → {a[c + 'n_strong']} | {b[c + 'n_weak']} → {a[c + 'n_weak']} |")
         out.append("")
-    farl = [n for n in ("farl_coop", "farl_farl") if n in s]
-    if farl:
-        out += ["| method | base | novel | HM | style base | style novel | style HM | trainable params |",
-                "|---|---|---|---|---|---|---|---|"]
-        zs = s[farl[0]]["zero_shot"]
-        rows = [("zero-shot", zs, 0)] + [(s[n]["method"], s[n]["adapted"], s[n]["trainable_parameters"]) for n in farl]
-        for name, r, npar in rows:
-            out.append(f"| {name} | {pct(r['base'])} | {pct(r['novel'])} | {pct(r['hm'])} | {pct(r['style_base'])} | "
-                       f"{pct(r['style_novel'])} | {pct(r['style_hm'])} | {npar} |")
-        out.append("")
-    esm = [n for n in RUNS if n.startswith("esm_") and n in s]
-    if esm:
-        sig = [k for k in s[esm[0]]["after"] if k.startswith("probe_mse_") and k != "probe_mse_mean"]
-        out += ["| variant | PSNR dB | esm_loss (test) | latent high-freq. power % | " +
-                " | ".join(f"probe MSE σ={k[10:]}" for k in sig) + " | probe MSE mean |",
-                "|---|---|---|---|" + "---|" * (len(sig) + 1)]
-        for n in esm:
-            a = s[n]["after"]
-            out.append(f"| {s[n]['variant']} | {a['psnr']:.2f} | {a['esm_test']:.3f} | "
-                       f"{pct(a['latent_high_freq_fraction'])} | " +
-                       " | ".join(f"{a[k]:.4f}" for k in sig) + f" | {a['probe_mse_mean']:.4f} |")
-        img = s[esm[0]]["after"]["image_high_freq_fraction"]
-        out.append(f"\n(image high-frequency power: {pct(img)} %)")
     return "\n".join(out)
-
-
-def combined_spectra(s: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    esm = [n for n in RUNS if n.startswith("esm_") and n in s]
-    if not esm:
-        return
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    img = s[esm[0]]["after"]["psd_image"]
-    ax.semilogy(range(1, len(img) + 1), img, "k-o", ms=3, lw=2, label="image (64×64)")
-    for n in esm:
-        p = s[n]["after"]["psd_latent"]
-        ax.semilogy(range(1, len(p) + 1), p, "-o", ms=2, lw=1, label=f"latent ({s[n]['variant']})")
-    ax.set_xlabel("radial frequency bin (normalised radius)")
-    ax.set_ylabel("normalised power")
-    ax.set_title("radial spectra of test crops and their latents", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def main() -> int:
@@ -140,7 +86,6 @@ def main() -> int:
         for f in PLOTS:
             if (runs / n / f).exists():
                 shutil.copy(runs / n / f, res / f"{n}.{f}")
-    combined_spectra(s, res / "esm_spectra.png")
     print(tables(s))
     return 0
 

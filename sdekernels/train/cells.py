@@ -34,9 +34,11 @@ def platform() -> dict:
 
 
 def lookup(summary: dict, key: str):
-    for part in key.split("."):
-        summary = summary[part]
-    return summary
+    """summary["after"]["probe_mse_0.1"] for the key "after.probe_mse_0.1"."""
+    if key in summary:
+        return summary[key]
+    head, _, rest = key.partition(".")
+    return lookup(summary[head], rest)
 
 
 def mean_std(xs):

@@ -155,6 +155,47 @@ def test_esm_loss_gradient(path):
     assert x.grad is None  # the target side is detached
 
 
+@pytest.mark.parametrize("variant", ["library", "official"])
+@pytest.mark.parametrize("path", PATHS)
+def test_esm_loss_keep_dc_gradient(path, variant):
+    # keep_dc: both spectra of the uncentred inputs, the DC entry H·W·mean² in bin 0 (and its gradient 2·mean)
+    z = _randn(2, 2, 6, 6, dtype=F64, seed=3, shift=0.3).requires_grad_()
+    x = _randn(2, 3, 18, 18, dtype=F64, seed=6, shift=0.5)
+    kw = {"variant": variant, "keep_dc": True, "delta": 0.5}
+    if path == "aten":
+        assert torch.autograd.gradcheck(lambda t: sdekernels.esm_loss(t, x, **kw), (z,), eps=1e-6, atol=1e-7,
+                                        rtol=1e-5)
+    with on_path(path):
+        loss = sdekernels.esm_loss(z, x, **kw)
+        g = torch.autograd.grad(loss, z)[0]
+    loss_ref = ref.esm_loss(z, x, **kw)
+    g_ref = torch.autograd.grad(loss_ref, z)[0]
+    assert_close(loss, loss_ref, 1e-10, 1e-8, f"esm keep_dc {variant}")
+    assert_close(g, g_ref, 1e-10, 1e-8, f"esm keep_dc grad {variant}")
+
+
+@pytest.mark.parametrize("variant", ["library", "official"])
+def test_esm_loss_keep_dc_is_live(variant):
+    # Nonzero means: bin 0 gains H·W·mean², a different loss.
+    z, x = _randn(3, 4, 16, 16, dtype=F64, seed=1, shift=0.4), _randn(3, 3, 32, 32, dtype=F64, seed=2, shift=-0.3)
+    for impl in (sdekernels.esm_loss, ref.esm_loss):
+        off, on = (float(impl(z, x, variant=variant, keep_dc=k)) for k in (False, True))
+        assert abs(on - off) > 1e-2 * abs(off), (impl, off, on)
+    assert_close(sdekernels.esm_loss(z, x, variant=variant, keep_dc=True),
+                 ref.esm_loss(z, x, variant=variant, keep_dc=True), 1e-10, 1e-8, "keep_dc parity")
+    # Zero means, no blur, x of z's size (the target is x itself): P[0, 0] holds only the floor
+    # (1e-12·c² in the library, 1e-8 in the official variant) instead of 0, so the loss moves by
+    # about that much and no more.
+    z0, x0 = (t - t.mean((-2, -1), keepdim=True) for t in (z, _randn(3, 3, 16, 16, dtype=F64, seed=2)))
+    off, on = (float(sdekernels.esm_loss(z0, x0, variant=variant, blur=None, keep_dc=k)) for k in (False, True))
+    assert abs(on - off) <= (1e-12 if variant == "library" else 1e-9) * max(abs(off), 1.0), (off, on)
+    # ... but the default blur (reflect or zero padding) and the bicubic resize do not preserve the mean
+    # at the borders: a zero-mean x gives a target with a nonzero mean, and keep_dc is live again.
+    xb = x - x.mean((-2, -1), keepdim=True)
+    off, on = (float(sdekernels.esm_loss(z0, xb, variant=variant, keep_dc=k)) for k in (False, True))
+    assert abs(on - off) > 1e-6 * abs(off), (off, on)
+
+
 def test_esm_loss_latent_image_shapes():
     z, x = _randn(4, 4, 32, 32), _randn(4, 3, 256, 256, seed=1, shift=0.5)
     assert_close(sdekernels.esm_loss(z, x), ref.esm_loss(z.double(), x.double()), 1e-6, 1e-4, "esm 256")

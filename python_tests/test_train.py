@@ -201,6 +201,68 @@ def test_esm_backends_agree(tmp_path, dtype):
     _assert_parity(_esm_run, tmp_path, dtype)
 
 
+def _esm_summary(out) -> dict:
+    s = json.loads((out / "summary.json").read_text())
+    s.pop("train_seconds_this_process")
+    return s
+
+
+def test_esm_options(tmp_path):
+    # explicit defaults: byte-identical metrics and the same summary; the sweep's options land in the
+    # summary, reach every esm_loss call (the logged loss_esm and esm_test move), and a second probe
+    # width adds its own _w<width> keys without touching the first width's (unsuffixed) numbers
+    args = (*ESM_ARGS, "--steps", 2)
+    default, explicit, swept = tmp_path / "default", tmp_path / "explicit", tmp_path / "swept"
+    _run("esm", default, *args)
+    _run("esm", explicit, *args, "--esm-delta", 1.0, "--esm-variant", "library", "--probe-widths", 32)
+    _run("esm", swept, *args, "--esm-delta", -0.5, "--esm-variant", "official", "--esm-keep-dc",
+         "--probe-widths", 32, 16)
+    assert (default / "metrics.jsonl").read_bytes() == (explicit / "metrics.jsonl").read_bytes()
+    a, b, c = (_esm_summary(d) for d in (default, explicit, swept))
+    assert a == b
+    assert (a["esm_delta"], a["esm_variant"], a["esm_keep_dc"], a["probe_widths"]) == (1.0, "library", False, [32])
+    assert (c["esm_delta"], c["esm_variant"], c["esm_keep_dc"], c["probe_widths"]) == (-0.5, "official", True, [32, 16])
+    assert c["variant"] == a["variant"] == "plain"
+    ma, mc = common.read_metrics(default), common.read_metrics(swept)
+    assert [m["loss"] for m in ma] == [m["loss"] for m in mc]  # --esm-weight 0: the loss is the same
+    assert all(x["loss_esm"] != y["loss_esm"] for x, y in zip(ma, mc))
+    for when in ("before", "after"):
+        pa, pc = a[when], c[when]
+        assert pc["esm_test"] != pa["esm_test"]
+        plain = [k for k in pa if k.startswith("probe_mse_")]
+        assert len(plain) == 5 and all(pc[k] == pa[k] for k in plain)
+        extra = [k for k in pc if k.endswith("_w16")]
+        assert sorted(extra) == sorted(k + "_w16" for k in plain)
+        assert all(math.isfinite(pc[k]) for k in extra) and pc["probe_mse_mean_w16"] != pc["probe_mse_mean"]
+
+
+@pytest.mark.parametrize("option", ["--esm-delta", "--esm-variant", "--esm-keep-dc"])
+def test_esm_option_trains(tmp_path, option):
+    # each option on its own, in the training loss (--esm-weight > 0): a different trajectory
+    value = {"--esm-delta": (0.25,), "--esm-variant": ("official",), "--esm-keep-dc": ()}[option]
+    _run("esm", tmp_path / "base", *ESM_ARGS, "--steps", 2, "--esm-weight", 1.0, "--probe-steps", 0)
+    _run("esm", tmp_path / "opt", *ESM_ARGS, "--steps", 2, "--esm-weight", 1.0, "--probe-steps", 0, option, *value)
+    base, opt = (common.read_metrics(tmp_path / d) for d in ("base", "opt"))
+    assert base[0]["loss_esm"] != opt[0]["loss_esm"]
+    a, b = (_esm_summary(tmp_path / d) for d in ("base", "opt"))
+    assert a["after"]["latent_std"] != b["after"]["latent_std"]  # Adam's first step is lr·sign(g): compare after two
+    assert b[option[2:].replace("-", "_")] == (value[0] if value else True)
+
+
+@pytest.mark.parametrize("args, name", [
+    (("--esm-delta", "nan"), "--esm-delta"), (("--esm-delta", "inf"), "--esm-delta"),
+    (("--esm-delta", "x"), "--esm-delta"), (("--esm-variant", "paper"), "--esm-variant"),
+    (("--probe-widths", "0"), "--probe-widths"), (("--probe-widths",), "--probe-widths"),
+    (("--probe-widths", "32", "16", "32"), "--probe-widths")])
+def test_esm_bad_options_exit_2(tmp_path, capsys, args, name):
+    with pytest.raises(SystemExit) as exc:
+        _main("esm", tmp_path, *ESM_ARGS, "--steps", 1, *args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert name in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_dispatch(tmp_path):
     from sdekernels.__main__ import main
 

@@ -167,10 +167,11 @@ def _as_4d(x: torch.Tensor):
     return x.reshape(-1, *x.shape[-3:]), batch
 
 
-def check_esm_options(variant: str, loss: str, blur, log_power: bool = True) -> None:
+def check_esm_options(variant: str, loss: str, blur, log_power: bool = True, keep_dc: bool = False) -> None:
     """The options of esm_loss (shared by the reference and the fused op)."""
-    if not isinstance(log_power, bool):
-        raise TypeError(f"log_power must be a bool, got {type(log_power).__name__}")
+    for name, flag in (("log_power", log_power), ("keep_dc", keep_dc)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if variant not in ("library", "official"):
         raise ValueError(f"variant must be 'library' or 'official', got {variant!r}")
     if loss not in ("kl", "l2"):
@@ -222,7 +223,7 @@ def esm_distance(s_x: torch.Tensor, s_z: torch.Tensor, loss: str, log_power: boo
 
 def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int = 16,
              blur: Optional[Sequence] = (7, 1.2), variant: str = "library", loss: str = "kl",
-             log_power: bool = True) -> torch.Tensor:
+             log_power: bool = True, keep_dc: bool = False) -> torch.Tensor:
     """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
 
     variant="library": x is blurred (separable normalised Gaussian of blur = (size, sigma), size
@@ -235,11 +236,13 @@ def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int 
     variant="official" is the official Spectrum Matching code: no blur when h = 32, zero padding,
     the power floored at 1e-8 with the float32 bin map, bin means sum / (count + 1e-8),
     s / (Σ s + 1e-8), and the KL as Σ s_x (log(s_x + 1e-8) − log(s_z + 1e-8)).
+    keep_dc=True: both spectra are those of the uncentred inputs with P[0, 0] kept (radial_psd's
+    center="none", keep_dc=True; in the official variant P[0, 0] floored at 1e-8 like every entry).
     Not scale-invariant: the log and the floors are absolute, so z and x belong in [−1, 1] as in the paper.
     """
     _check_images(z, "z")
     _check_images(x, "x")
-    check_esm_options(variant, loss, blur, log_power)
+    check_esm_options(variant, loss, blur, log_power, keep_dc)
     if int(bins) < 1:
         raise ValueError(f"bins must be a positive int, got {bins}")
     bins = int(bins)
@@ -253,8 +256,8 @@ def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int 
         xw, _ = _as_4d(_work(x.detach()).to(zw.dtype))
         xw = esm_target_images(xw, zw.shape[-2:], blur, official)
         f = torch.arange(1, bins + 1, dtype=xw.dtype, device=xw.device)
-        s_x = _psd(xw, bins, "dct", True, True, False, floor, official) * f ** delta
-    s_z = _psd(zw, bins, "dct", True, True, False, floor, official)
+        s_x = _psd(xw, bins, "dct", not keep_dc, True, keep_dc, floor, official) * f ** delta
+    s_z = _psd(zw, bins, "dct", not keep_dc, True, keep_dc, floor, official)
     return esm_distance(s_x, s_z, loss, log_power, official).to(dtype)
 
 

@@ -431,11 +431,12 @@ def _as_4d(x: Tensor) -> Tensor:
 _OFFICIAL_SCALE = 1e-2
 
 
-def _esm_spectrum(x4: Tensor, bins: int, official: bool) -> Tensor:
+def _esm_spectrum(x4: Tensor, bins: int, official: bool, keep_dc: bool) -> Tensor:
+    """keep_dc: the spectrum of the uncentred x4 with P[0, 0] kept (floored like every entry)."""
     if not official:
-        return radial_psd(x4, bins=bins)
+        return radial_psd(x4, bins=bins, center="none" if keep_dc else "mean", keep_dc=keep_dc)
     save = torch.is_grad_enabled() and x4.requires_grad
-    out = _radial_psd(x4 * _OFFICIAL_SCALE, bins, "dct", True, save, True)[0]
+    out = _radial_psd(x4 * _OFFICIAL_SCALE, bins, "dct", True, save, True, keep_dc, not keep_dc)[0]
     return out / _OFFICIAL_SCALE ** 2
 
 
@@ -463,7 +464,7 @@ def _esm_target(x4: Tensor, size, blur, official: bool) -> Tensor:
 
 
 def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(7, 1.2), variant: str = "library",
-             loss: str = "kl", log_power: bool = True) -> Tensor:
+             loss: str = "kl", log_power: bool = True, keep_dc: bool = False) -> Tensor:
     """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
 
     The target s_x (x blurred, resized to h×w, radial_psd · f^delta) is detached; both spectra go
@@ -471,6 +472,8 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
     the batch of KL(s_x ‖ s_z) (loss="kl") or the mean of (s_z − s_x)² (loss="l2").
     variant="official" reproduces the official Spectrum Matching code (no blur for 32-px latents,
     zero padding, and its 1e-8 terms); "library" (the default) is the SPEC's own definition.
+    keep_dc=True: both spectra are those of the uncentred inputs with P[0, 0] kept (radial_psd's
+    center="none", keep_dc=True), so the loss also matches the latent's mean to the image's.
     The loss is not scale-invariant (absolute log and floors): z and x belong in [−1, 1], as in the paper.
     """
     check(z, "z", min_dim=3)
@@ -487,6 +490,7 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
     check_choice(variant, "variant", ("library", "official"))
     check_choice(loss, "loss", ("kl", "l2"))
     check_flag(log_power, "log_power")
+    check_flag(keep_dc, "keep_dc")
     if z.shape[:-3] != x.shape[:-3]:
         raise ValueError(f"x must have z's batch shape {tuple(z.shape[:-3])}, got {tuple(x.shape[:-3])}")
     official = variant == "official"
@@ -497,8 +501,8 @@ def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(
     with torch.no_grad():
         xw = _esm_target(_as_4d(x.detach().to(w)), zw.shape[-2:], blur, official)
         f = torch.arange(1, bins + 1, dtype=w, device=xw.device)
-        s_x = _esm_spectrum(xw, bins, official) * f ** delta
-    s_z = _esm_spectrum(zw, bins, official)
+        s_x = _esm_spectrum(xw, bins, official, keep_dc) * f ** delta
+    s_z = _esm_spectrum(zw, bins, official, keep_dc)
     return _esm_distance(s_x, s_z, loss, log_power, official).to(z.dtype)
 
 
@@ -740,7 +744,7 @@ register(OpInfo(
 def _esm_sample(shape, device, dtype, gen):
     z = _images({**shape, "C": shape["Cz"], "H": shape["h"], "W": shape["w"]}, device, dtype, gen)
     x = _images(shape, device, dtype, gen, shift=0.5)
-    kwargs = {k: shape[k] for k in ("delta", "bins", "blur", "variant", "loss", "log_power") if k in shape}
+    kwargs = {k: shape[k] for k in ("delta", "bins", "blur", "variant", "loss", "log_power", "keep_dc") if k in shape}
     return Sample((z, x), kwargs)
 
 
@@ -753,7 +757,8 @@ def _bad_esm(device):
             ((z, x), {"blur": (7, float("inf"))}, "blur"), ((z, x), {"blur": (7, 0.0)}, "blur"),
             ((z, x), {"blur": 7}, "blur"),
             ((z, x), {"delta": float("nan")}, "delta"), ((z, x), {"delta": float("inf")}, "delta"),
-            ((z, x[..., :3, :3]), {}, "x"), ((z, x), {"variant": "paper"}, "variant"), ((z, x), {"loss": "l1"}, "loss")]
+            ((z, x[..., :3, :3]), {}, "x"), ((z, x), {"variant": "paper"}, "variant"), ((z, x), {"loss": "l1"}, "loss"),
+            ((z, x), {"keep_dc": 1}, "keep_dc", TypeError)]
 
 
 register(OpInfo(
@@ -767,7 +772,10 @@ register(OpInfo(
             {"batch": 2, "Cz": 3, "h": 8, "w": 8, "C": 3, "H": 32, "W": 32, "variant": "official"},
             {"batch": 2, "Cz": 2, "h": 5, "w": 5, "C": 1, "H": 15, "W": 15, "variant": "official", "loss": "l2",
              "log_power": False, "delta": 0.4},
-            {"batch": 2, "Cz": 2, "h": 12, "w": 10, "C": 2, "H": 24, "W": 20, "loss": "l2", "log_power": False}],
+            {"batch": 2, "Cz": 2, "h": 12, "w": 10, "C": 2, "H": 24, "W": 20, "loss": "l2", "log_power": False},
+            {"batch": 2, "Cz": 3, "h": 8, "w": 8, "C": 3, "H": 32, "W": 32, "keep_dc": True},
+            {"batch": 2, "Cz": 2, "h": 6, "w": 5, "C": 3, "H": 18, "W": 15, "variant": "official", "keep_dc": True,
+             "delta": 0.5}],
     space={"batch": (0, 3), "Cz": (1, 4), "h": (2, 16), "w": (2, 16), "C": (1, 3), "H": (8, 40), "W": (8, 40)},
     bad=_bad_esm,
     constant=(1,), batch_key=None,  # the target side x is detached: gradients flow to z only

@@ -2,18 +2,23 @@
 with or without spectrum matching (esm_loss) and DSM masking (block_dct_lowpass).
 
 - plain: L = MSE(dec(enc(x)), x)
-- --esm-weight w: + w · esm_loss(z, x) (the latent's radial spectrum matched to the image's)
+- --esm-weight w: + w · esm_loss(z, x) (the latent's radial spectrum matched to the image's);
+  --esm-delta, --esm-variant and --esm-keep-dc set esm_loss's delta, variant and keep_dc in every
+  call (the training loss, the logged loss_esm and the evaluation's esm_test)
 - --dsm: k drawn per step from {0, 8, 10, 12}; the decoder reconstructs block_dct_lowpass(x, k)
   from block_dct_lowpass(z, k) (k = 0 is the identity)
 Training crops come from the left 3/4 of every photo, test crops from the right 1/4.
 Evaluation: reconstruction PSNR, radial spectra of latent and image (plot), esm_loss on test
 crops, and a diffusability probe: a tiny denoiser trained for --probe-steps steps on the
 latents (scaled to unit variance) at noise levels 0.1, 0.25, 0.5, 1.0; its held-out MSE per
-level (lower: the latent is easier to model by diffusion).
+level (lower: the latent is easier to model by diffusion). --probe-widths trains one probe per
+width on the same data and noise; the first width's results keep the plain keys (probe_mse_mean),
+each further width's carry the suffix _w<width> (probe_mse_mean_w64).
 
     python -m sdekernels train esm --steps 600 --out runs/esm_plain
     python -m sdekernels train esm --steps 600 --esm-weight 0.1 --dsm --out runs/esm_dsm
 """
+import math
 import time
 from pathlib import Path
 
@@ -81,14 +86,16 @@ def encode_all(model, x, device, batch=256):
     return torch.cat([model.encoder(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
 
 
-def diffusability(latents_train, latents_test, steps: int, seed: int, device, batch: int = 64) -> dict:
-    """Train the tiny denoiser on the latents (unit variance) and return its held-out MSE per noise level."""
+def diffusability(latents_train, latents_test, steps: int, seed: int, device, batch: int = 64,
+                  width: int = 32) -> dict:
+    """Train the tiny denoiser on the latents (unit variance) and return its held-out MSE per noise level.
+    The data and noise depend on the seed alone; the initialisation also on the width (seed + 54321 at 32)."""
     scale = latents_train.std().clamp_min(1e-8)
     zt, zv = latents_train / scale, latents_test / scale
     g = torch.Generator().manual_seed(seed + 12345)
     torch_state = torch.get_rng_state()
-    torch.manual_seed(seed + 54321)  # the probe's initialisation, independent of the training run's RNG
-    net = Denoiser(zt.shape[1]).to(device, zt.dtype)
+    torch.manual_seed(seed + 54289 + width)  # the probe's initialisation, independent of the training run's RNG
+    net = Denoiser(zt.shape[1], width).to(device, zt.dtype)
     torch.set_rng_state(torch_state)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sig = torch.tensor(PROBE_SIGMAS, dtype=zt.dtype)
@@ -112,19 +119,22 @@ def diffusability(latents_train, latents_test, steps: int, seed: int, device, ba
 
 
 @torch.no_grad()
-def evaluate(model, ops, test_x, probe_train_x, probe_steps, seed, device) -> dict:
+def evaluate(model, ops, test_x, probe_train_x, probe_steps, seed, device, esm_kw, probe_widths) -> dict:
     was = model.training
     model.eval()
     z = encode_all(model, test_x, device)
     rec = torch.cat([model.decoder(z[i:i + 256].to(device)).cpu() for i in range(0, len(z), 256)])
-    out = {"psnr": float(psnr(rec, test_x).mean()), "esm_test": float(ops.esm_loss(z, test_x)),
+    out = {"psnr": float(psnr(rec, test_x).mean()), "esm_test": float(ops.esm_loss(z, test_x, **esm_kw)),
            "latent_std": float(z.std()),
            "psd_image": normalised_psd(ops, test_x).tolist(), "psd_latent": normalised_psd(ops, z).tolist()}
     half = len(out["psd_latent"]) // 2
     out["latent_high_freq_fraction"] = float(sum(out["psd_latent"][half:]))
     out["image_high_freq_fraction"] = float(sum(out["psd_image"][half:]))
-    with torch.enable_grad():
-        out.update(diffusability(encode_all(model, probe_train_x, device), z, probe_steps, seed, device))
+    latents = encode_all(model, probe_train_x, device)
+    for i, width in enumerate(probe_widths):
+        with torch.enable_grad():
+            probe = diffusability(latents, z, probe_steps, seed, device, width=width)
+        out.update({k + (f"_w{width}" if i else ""): v for k, v in probe.items()})
     model.train(was)
     return out
 
@@ -133,11 +143,21 @@ def evaluate(model, ops, test_x, probe_train_x, probe_steps, seed, device) -> di
 def main(argv=None) -> int:
     p = common.parser("esm", __doc__.split("\n")[0], steps=600, batch_size=32, lr=1e-3)
     p.add_argument("--esm-weight", type=common.float_range(0.0), default=0.0, help="weight of esm_loss (0: off)")
+    p.add_argument("--esm-delta", type=common.float_range(-math.inf), default=1.0,
+                   help="esm_loss's delta: the target spectrum is weighted by f^delta")
+    p.add_argument("--esm-variant", choices=("library", "official"), default="library", help="esm_loss's variant")
+    p.add_argument("--esm-keep-dc", action="store_true",
+                   help="esm_loss's keep_dc: spectra of the uncentred latent and image, with the DC entry")
     p.add_argument("--dsm", action="store_true", help="DSM masking with k drawn from {0, 8, 10, 12} per step")
     p.add_argument("--width", type=common.POSITIVE, default=32)
     p.add_argument("--probe-steps", type=common.int_range(0), default=300)
     p.add_argument("--probe-samples", type=common.POSITIVE, default=512, help="latents the probe trains on")
+    p.add_argument("--probe-widths", type=common.POSITIVE, nargs="+", default=[32], metavar="W",
+                   help="one probe per width (the first's results unsuffixed, the others' as KEY_w<width>)")
     args = p.parse_args(argv)
+    if len(set(args.probe_widths)) < len(args.probe_widths):
+        p.error(f"argument --probe-widths: the widths must differ, got {args.probe_widths}")
+    esm_kw = {"delta": args.esm_delta, "variant": args.esm_variant, "keep_dc": args.esm_keep_dc}
     device, dtype = common.device_of(args), common.dtype_of(args)
     group = common.join(args, device)
     common.check_shards(p, args, group)
@@ -157,8 +177,12 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = common.warmup_cosine(opt, args.steps, warmup=20)
     run = common.Run(args, {"model": model, "opt": opt, "sched": sched}, group=group)
+
+    def evaluate_now():
+        return evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device, esm_kw, args.probe_widths)
+
     if run.restore() == 0 and group.main:
-        run.extra["before"] = evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device)
+        run.extra["before"] = evaluate_now()
     net = group.ddp(model)
 
     def step_fn(step):
@@ -169,11 +193,11 @@ def main(argv=None) -> int:
         target = ops.block_dct_lowpass(x, k) if k else x
         loss_rec = Fn.mse_loss(rec, target)
         if args.esm_weight > 0:
-            loss_esm = ops.esm_loss(z, x)
+            loss_esm = ops.esm_loss(z, x, **esm_kw)
             loss = loss_rec + args.esm_weight * loss_esm
         else:
             with torch.no_grad():
-                loss_esm = ops.esm_loss(z, x)  # logged only
+                loss_esm = ops.esm_loss(z, x, **esm_kw)  # logged only
             loss = loss_rec
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,9 +210,11 @@ def main(argv=None) -> int:
     if not run.loop(step_fn) or not group.main:
         return 0
     train_seconds = time.perf_counter() - t0
-    after = evaluate(model, ops, test_x, probe_x, args.probe_steps, args.seed, device)
+    after = evaluate_now()
     metrics = common.read_metrics(out)
-    summary = {"driver": "esm", "variant": variant, "esm_weight": args.esm_weight, "dsm": args.dsm,
+    summary = {"driver": "esm", "variant": variant, "esm_weight": args.esm_weight, "esm_delta": args.esm_delta,
+               "esm_variant": args.esm_variant, "esm_keep_dc": args.esm_keep_dc, "dsm": args.dsm,
+               "probe_widths": args.probe_widths,
                "backend": args.backend, "dtype": args.dtype, "fallbacks": ops.fallbacks, "steps": args.steps,
                "batch_size": args.batch_size,
                "seed": args.seed, "device": str(device), "processes": group.size,

@@ -47,14 +47,14 @@ class ESMLoss(torch.nn.Module):
     constructor's options (variant="official" for the official Spectrum Matching code)."""
 
     def __init__(self, delta: float = 1.0, bins: int = 16, blur=(7, 1.2), variant: str = "library", loss: str = "kl",
-                 log_power: bool = True):
+                 log_power: bool = True, keep_dc: bool = False):
         super().__init__()
         self.delta, self.bins, self.blur = delta, bins, blur
-        self.variant, self.loss, self.log_power = variant, loss, log_power
+        self.variant, self.loss, self.log_power, self.keep_dc = variant, loss, log_power, keep_dc
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return esm_loss(z, x, delta=self.delta, bins=self.bins, blur=self.blur, variant=self.variant, loss=self.loss,
-                        log_power=self.log_power)
+                        log_power=self.log_power, keep_dc=self.keep_dc)
 
 
 class BlockDCTLowpass(torch.nn.Module):

@@ -228,6 +228,21 @@ def test_farl_options_run_are_recorded_and_change_the_run(farl_run, farl_default
         assert _losses(tmp_path)[1] != _losses(coop)[1]
 
 
+@pytest.mark.parametrize("flag,shown", [("--no-image-injection", "--image-injection False"),
+                                        ("--prompt-depth=1", "--prompt-depth 1")])
+def test_farl_resume_refuses_other_switches(sde_run, tmp_path, capsys, flag, shown):
+    """A checkpoint resumes only under the switches it was written with: they shape the model (a
+    --prompt-depth 1 checkpoint would load into a depth-2 head without a word)."""
+    _, sde_dir, _ = sde_run
+    args = ("farl", tmp_path, "--init", sde_dir, *FARL_ARGS, "--steps", 2)
+    assert _main(*args, "--stop-after", 1, flag) == 0
+    capsys.readouterr()
+    rc = _main(*args, "--resume")
+    err = capsys.readouterr().err
+    assert rc == 2 and shown in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert _main(*args, "--resume", flag) == 0  # with the same switch it resumes
+
+
 @pytest.mark.parametrize("args,name", [
     (("--branches", "style"), "--branches"), (("--phase", "sin"), "--phase"), (("--prompt-depth", 3), "--prompt-depth"),
     (("--prompt-depth", 0), "--prompt-depth"), (("--method", "coop", "--branches", "phase"), "--branches"),

@@ -291,7 +291,8 @@ def main(argv=None) -> int:
         def load_state_dict(self, sd):
             model.load_state_dict(sd, strict=False)
 
-    run = common.Run(args, {"model": TrainableState(), "opt": opt, "sched": sched}, group=group)
+    run = common.Run(args, {"model": TrainableState(), "opt": opt, "sched": sched}, group=group,
+                     fixed=("method", *FARL_ONLY, "prompt_depth"))
     model.train()
     if run.restore() == 0 and group.main:
         run.extra["zero_shot"] = evaluate(model, test_x, test_y, device)

@@ -4,7 +4,8 @@ For each driver: an uninterrupted run equals an interrupted one (--stop-after) r
 --resume, bit for bit (metrics, final weights, evaluation); the fused and the reference backend
 follow the same trajectory over PARITY_STEPS steps (every loss within RTOL[dtype]; in float64 the
 final weights too; FARL in float32 at its defaults from the 100-step SDE model, and from any start
-step by step); metrics.jsonl, summary.json and the plots exist.
+step by step); metrics.jsonl, summary.json and the plots exist. FARL's ablation switches run, are
+recorded and change the run; spelt out at their defaults they give the default run byte for byte.
 Checkpoints and model files load with weights_only=True: a malicious, corrupt or foreign one is a
 one-line error and exit code 2, and nothing in it runs. Fashion-MNIST and the MiniLM model are
 optional here (tests skip without them) but required under CI (CI=true).
@@ -205,8 +206,10 @@ def test_farl_explicit_defaults_are_the_defaults(farl_run, farl_default, tmp_pat
 
 
 @pytest.mark.parametrize("args,settings", [
-    (("--branches", "amplitude", "--phase", "angle"), {"branches": "amplitude", "phase": "angle"}),
-    (("--branches", "phase", "--no-image-injection"), {"branches": "phase", "image_injection": False}),
+    (("--phase", "angle", "--backend", "reference"), {"phase": "angle"}),
+    (("--branches", "amplitude"), {"branches": "amplitude"}),
+    (("--branches", "phase", "--phase", "angle", "--backend", "reference"), {"branches": "phase", "phase": "angle"}),
+    (("--no-image-injection",), {"image_injection": False}),
     (("--prompt-depth", 1, "--lr", 1e-3, "--backend", "reference"), {"prompt_depth": 1, "lr": 1e-3}),
     (("--method", "coop", "--prompt-depth", 1),
      {"branches": None, "phase": None, "image_injection": None, "prompt_depth": 1}),
@@ -217,7 +220,7 @@ def test_farl_options_run_are_recorded_and_change_the_run(farl_run, farl_default
     assert {k: s[k] for k in (*FARL_DEFAULTS, "lr")} == {**FARL_DEFAULTS, "lr": 5e-4, **settings}
     if s["method"] == "farl":
         default = json.loads((farl_default / "summary.json").read_text())
-        fewer = s["branches"] != "both" or not s["image_injection"]
+        fewer = s["branches"] != "both" or s["phase"] == "angle" or not s["image_injection"]  # angle: C maps, not 2C
         assert (s["trainable_parameters"] < default["trainable_parameters"]) == fewer
         losses, base = _losses(tmp_path), _losses(farl_default)
         assert len(losses) == FARL_OPTION_STEPS and all(map(math.isfinite, losses))

@@ -79,6 +79,8 @@ def test_farl_modules():
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     tokens = snn.FourierAttentiveTokens(3, 8, n_tokens=2, patch=4, heads=2)
     _check(tokens, x)
+    for branches in ("amplitude", "phase"):  # one branch, the other's output a constant zero
+        _check(snn.FourierAttentiveTokens(3, 8, n_tokens=2, patch=4, heads=2, phase="angle", branches=branches), x)
     text = snn.DeepPromptEncoder(_layers(3, 16), depth=2, d_model=16, prompt_dim=8, position=1)
     _check(text, torch.randn(2, 6, 16, requires_grad=True), torch.randn(2, 2, 8, requires_grad=True))
     image = snn.DeepPromptEncoder(_layers(2, 12), depth=1, d_model=12, prompt_dim=8)

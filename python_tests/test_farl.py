@@ -32,9 +32,80 @@ def test_tokens_match_reference_module_and_use_the_fused_split():
         torch.testing.assert_close(getattr(out, name), getattr(expected, name), atol=2e-5, rtol=1e-4)
 
 
-def test_tokens_gradients_reach_parameters_and_input():
+# the two-branch module's parameters, in order: checkpoints saved before the options must still load
+TWO_BRANCH_KEYS = ["tokens", "amp_embed.weight", "amp_embed.bias", "phase_embed.weight", "phase_embed.bias",
+                   "amp_norm.weight", "amp_norm.bias", "phase_norm.weight", "phase_norm.bias",
+                   *(f"{a}.{k}" for a in ("structure_attn", "style_attn")
+                     for k in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")),
+                   "fuse.weight", "fuse.bias"]
+
+
+@pytest.mark.parametrize("branches", ["both", "amplitude", "phase"])
+@pytest.mark.parametrize("phase", ["cos_sin", "angle"])
+def test_tokens_options_match_reference_module(phase, branches):
     torch.manual_seed(0)
-    m = FourierAttentiveTokens(3, 16, n_tokens=3, patch=8, heads=2)
+    ours = FourierAttentiveTokens(3, 32, n_tokens=4, patch=4, heads=4, phase=phase, branches=branches)
+    theirs = ref.FourierAttentiveTokens(3, 32, n_tokens=4, patch=4, heads=4, phase=phase, branches=branches)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = _image(seed=1)
+    out, expected = ours(x), theirs(x)
+    for name in out._fields:
+        assert getattr(out, name).shape == (2, 4, 32)
+        torch.testing.assert_close(getattr(out, name), getattr(expected, name), atol=2e-5, rtol=1e-4)
+    keys = {"amplitude": ("amp_", "style_"), "phase": ("phase_", "structure_")}
+    for branch, prefixes in keys.items():  # the absent branch has no parameters and zero output
+        absent = branches not in ("both", branch)
+        assert any(k.startswith(prefixes) for k in ours.state_dict()) != absent, branch
+        assert absent == (getattr(out, "style" if branch == "amplitude" else "structure") == 0).all(), branch
+    assert ours.phase_embed is None or ours.phase_embed.in_channels == (6 if phase == "cos_sin" else 3)
+    assert ours.fuse.in_features == (64 if branches == "both" else 32)
+
+
+def test_tokens_defaults_unchanged():
+    torch.manual_seed(0)
+    default = FourierAttentiveTokens(3, 16, n_tokens=2, patch=4, heads=2)
+    torch.manual_seed(0)
+    explicit = FourierAttentiveTokens(3, 16, n_tokens=2, patch=4, heads=2, phase="cos_sin", branches="both")
+    assert list(default.state_dict()) == TWO_BRANCH_KEYS
+    assert list(ref.FourierAttentiveTokens(3, 16, 2, 4, 2).state_dict()) == TWO_BRANCH_KEYS
+    for (k, a), b in zip(default.state_dict().items(), explicit.state_dict().values()):
+        assert torch.equal(a, b), k
+    x = _image()
+    for a, b in zip(default(x), explicit(x)):
+        assert torch.equal(a, b)
+
+
+def test_tokens_angle_phase_is_live():
+    """phase="angle" embeds P itself: with the same weights on P as cos_sin puts on cos P, the
+    structure tokens differ and the style tokens do not."""
+    torch.manual_seed(0)
+    cos_sin = FourierAttentiveTokens(3, 16, n_tokens=2, patch=4, heads=2)
+    angle = FourierAttentiveTokens(3, 16, n_tokens=2, patch=4, heads=2, phase="angle")
+    sd = cos_sin.state_dict()
+    w = sd["phase_embed.weight"]
+    sd["phase_embed.weight"] = torch.cat([w[:, :3], torch.zeros_like(w[:, 3:])], 1)
+    cos_sin.load_state_dict(sd)
+    angle.load_state_dict({**sd, "phase_embed.weight": w[:, :3]})
+    x = _image()
+    a, b = cos_sin(x), angle(x)
+    assert torch.equal(a.style, b.style)
+    assert (a.structure - b.structure).abs().max() > 1e-2
+
+
+def test_tokens_reject_bad_options():
+    for kw, name in (({"phase": "sin"}, "phase"), ({"phase": None}, "phase"), ({"branches": "style"}, "branches"),
+                     ({"branches": "Both"}, "branches")):
+        for cls in (FourierAttentiveTokens, ref.FourierAttentiveTokens):
+            with pytest.raises(ValueError, match=name):
+                cls(3, 16, 2, 4, 2, **kw)
+
+
+@pytest.mark.parametrize("branches", ["both", "amplitude", "phase"])
+def test_tokens_gradients_reach_parameters_and_input(branches):
+    torch.manual_seed(0)
+    m = FourierAttentiveTokens(3, 16, n_tokens=3, patch=8, heads=2, phase="angle" if branches == "phase" else "cos_sin",
+                               branches=branches)
     x = _image(H=16, W=24).requires_grad_()
     out = m(x)
     (out.fused.square().sum() + out.style.sum()).backward()

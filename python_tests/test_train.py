@@ -4,7 +4,8 @@ For each driver: an uninterrupted run equals an interrupted one (--stop-after) r
 --resume, bit for bit (metrics, final weights, evaluation); the fused and the reference backend
 follow the same trajectory over PARITY_STEPS steps (every loss within RTOL[dtype]; in float64 the
 final weights too; FARL in float32 at its defaults from the 100-step SDE model, and from any start
-step by step); metrics.jsonl, summary.json and the plots exist.
+step by step); metrics.jsonl, summary.json and the plots exist. FARL's ablation switches run, are
+recorded and change the run; spelt out at their defaults they give the default run byte for byte.
 Checkpoints and model files load with weights_only=True: a malicious, corrupt or foreign one is a
 one-line error and exit code 2, and nothing in it runs. Fashion-MNIST and the MiniLM model are
 optional here (tests skip without them) but required under CI (CI=true).
@@ -181,6 +182,81 @@ def test_farl(farl_run, tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_farl_backends_agree(farl_run, tmp_path, dtype):
     _assert_parity(farl_run, tmp_path, dtype)
+
+
+# the ablation switches at their defaults, as summary.json records them
+FARL_DEFAULTS = {"branches": "both", "phase": "cos_sin", "image_injection": True, "prompt_depth": 2}
+FARL_OPTION_STEPS = 2  # step 1's loss already sees each switch: the zero-initialised outputs moved at step 0
+
+
+@pytest.fixture(scope="module")
+def farl_default(sde_run, tmp_path_factory):
+    _, sde_dir, _ = sde_run
+    out = tmp_path_factory.mktemp("farl_default")
+    _run("farl", out, "--init", sde_dir, *FARL_ARGS, "--steps", FARL_OPTION_STEPS)
+    return out
+
+
+def test_farl_explicit_defaults_are_the_defaults(farl_run, farl_default, tmp_path):
+    farl_run(tmp_path, "--steps", FARL_OPTION_STEPS, "--branches", "both", "--phase", "cos_sin", "--image-injection",
+             "--prompt-depth", 2)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == (farl_default / "metrics.jsonl").read_bytes()
+    s = json.loads((farl_default / "summary.json").read_text())
+    assert {k: s[k] for k in FARL_DEFAULTS} == FARL_DEFAULTS and s["lr"] == 5e-4
+
+
+@pytest.mark.parametrize("args,settings", [
+    (("--phase", "angle", "--backend", "reference"), {"phase": "angle"}),
+    (("--branches", "amplitude"), {"branches": "amplitude"}),
+    (("--branches", "phase", "--phase", "angle", "--backend", "reference"), {"branches": "phase", "phase": "angle"}),
+    (("--no-image-injection",), {"image_injection": False}),
+    (("--prompt-depth", 1, "--lr", 1e-3, "--backend", "reference"), {"prompt_depth": 1, "lr": 1e-3}),
+    (("--method", "coop", "--prompt-depth", 1),
+     {"branches": None, "phase": None, "image_injection": None, "prompt_depth": 1}),
+])
+def test_farl_options_run_are_recorded_and_change_the_run(farl_run, farl_default, tmp_path, args, settings):
+    farl_run(tmp_path, "--steps", FARL_OPTION_STEPS, *args)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert {k: s[k] for k in (*FARL_DEFAULTS, "lr")} == {**FARL_DEFAULTS, "lr": 5e-4, **settings}
+    if s["method"] == "farl":
+        default = json.loads((farl_default / "summary.json").read_text())
+        fewer = s["branches"] != "both" or s["phase"] == "angle" or not s["image_injection"]  # angle: C maps, not 2C
+        assert (s["trainable_parameters"] < default["trainable_parameters"]) == fewer
+        losses, base = _losses(tmp_path), _losses(farl_default)
+        assert len(losses) == FARL_OPTION_STEPS and all(map(math.isfinite, losses))
+        assert losses[1] != base[1]  # the switch is live
+    else:
+        coop = tmp_path.parent / "coop_default"
+        farl_run(coop, "--steps", FARL_OPTION_STEPS, "--method", "coop")
+        assert _losses(tmp_path)[1] != _losses(coop)[1]
+
+
+@pytest.mark.parametrize("flag,shown", [("--no-image-injection", "--image-injection False"),
+                                        ("--prompt-depth=1", "--prompt-depth 1")])
+def test_farl_resume_refuses_other_switches(sde_run, tmp_path, capsys, flag, shown):
+    """A checkpoint resumes only under the switches it was written with: they shape the model (a
+    --prompt-depth 1 checkpoint would load into a depth-2 head without a word)."""
+    _, sde_dir, _ = sde_run
+    args = ("farl", tmp_path, "--init", sde_dir, *FARL_ARGS, "--steps", 2)
+    assert _main(*args, "--stop-after", 1, flag) == 0
+    capsys.readouterr()
+    rc = _main(*args, "--resume")
+    err = capsys.readouterr().err
+    assert rc == 2 and shown in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert _main(*args, "--resume", flag) == 0  # with the same switch it resumes
+
+
+@pytest.mark.parametrize("args,name", [
+    (("--branches", "style"), "--branches"), (("--phase", "sin"), "--phase"), (("--prompt-depth", 3), "--prompt-depth"),
+    (("--prompt-depth", 0), "--prompt-depth"), (("--method", "coop", "--branches", "phase"), "--branches"),
+    (("--method", "coop", "--phase", "angle"), "--phase"),
+    (("--method", "coop", "--no-image-injection"), "--image-injection"),
+])
+def test_farl_rejects_bad_options(tmp_path, capsys, args, name):
+    with pytest.raises(SystemExit) as exc:  # a parser error, before any data is read
+        _main("farl", tmp_path, "--init", tmp_path, *args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {name}" in err and len(err.strip().splitlines()) == 1, err
 
 
 ESM_ARGS = ("--limit", 32, "--test-limit", 16, "--batch-size", 4, "--width", 8, "--probe-steps", 5)

@@ -202,29 +202,40 @@ class FourierAttentiveTokens(nn.Module):
     """FARL's Fourier-attentive tokens (SPEC §8).
 
     x [B, C, H, W] → centred spectrum → amplitude map log1p(A) [B, C, H, W] and phase map
-    (cos P, sin P) [B, 2C, H, W] → patch embeddings (Conv2d, kernel = stride = patch, then
-    LayerNorm) → learnable tokens T [n_tokens, dim] cross-attend (nn.MultiheadAttention,
-    batch_first) to the phase patches (structure) and to the amplitude patches (style) →
-    fused = T + Linear([structure, style]). No positional embedding is added to the patches.
+    (cos P, sin P) [B, 2C, H, W] (phase="cos_sin") or P [B, C, H, W] (phase="angle") → patch
+    embeddings (Conv2d, kernel = stride = patch, then LayerNorm) → learnable tokens T [n_tokens, dim]
+    cross-attend (nn.MultiheadAttention, batch_first) to the phase patches (structure) and to the
+    amplitude patches (style) → fused = T + Linear([structure, style]). No positional embedding is
+    added to the patches. branches="amplitude" or "phase" keeps one branch: the other's embedding,
+    norm and attention do not exist, its output is zeros and fused = T + Linear(present branch).
     The spectral split is the class attribute ``split`` so a subclass can swap in a kernel.
     H and W must be multiples of ``patch``.
     """
 
     split = staticmethod(fourier_split)
 
-    def __init__(self, in_channels: int, dim: int, n_tokens: int, patch: int, heads: int):
+    def __init__(self, in_channels: int, dim: int, n_tokens: int, patch: int, heads: int, *,
+                 phase: str = "cos_sin", branches: str = "both"):
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        if phase not in ("cos_sin", "angle"):
+            raise ValueError(f"phase must be 'cos_sin' or 'angle', got {phase!r}")
+        if branches not in ("both", "amplitude", "phase"):
+            raise ValueError(f"branches must be 'both', 'amplitude' or 'phase', got {branches!r}")
         self.in_channels, self.dim, self.n_tokens, self.patch, self.heads = in_channels, dim, n_tokens, patch, heads
+        self.phase, self.branches = phase, branches
+        amp, pha = branches in ("both", "amplitude"), branches in ("both", "phase")
+        phase_maps = 2 * in_channels if phase == "cos_sin" else in_channels
         self.tokens = nn.Parameter(torch.randn(n_tokens, dim) * 0.02)
-        self.amp_embed = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
-        self.phase_embed = nn.Conv2d(2 * in_channels, dim, kernel_size=patch, stride=patch)
-        self.amp_norm = nn.LayerNorm(dim)
-        self.phase_norm = nn.LayerNorm(dim)
-        self.structure_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.style_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.fuse = nn.Linear(2 * dim, dim)
+        # modules are created in this order (both branches: the parameter order of checkpoints)
+        self.amp_embed = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch) if amp else None
+        self.phase_embed = nn.Conv2d(phase_maps, dim, kernel_size=patch, stride=patch) if pha else None
+        self.amp_norm = nn.LayerNorm(dim) if amp else None
+        self.phase_norm = nn.LayerNorm(dim) if pha else None
+        self.structure_attn = nn.MultiheadAttention(dim, heads, batch_first=True) if pha else None
+        self.style_attn = nn.MultiheadAttention(dim, heads, batch_first=True) if amp else None
+        self.fuse = nn.Linear((amp + pha) * dim, dim)
 
     def _patches(self, conv: nn.Module, norm: nn.Module, maps: torch.Tensor) -> torch.Tensor:
         return norm(conv(maps).flatten(2).transpose(1, 2))  # [B, N, dim]
@@ -235,13 +246,18 @@ class FourierAttentiveTokens(nn.Module):
         if x.shape[-2] % self.patch or x.shape[-1] % self.patch:
             raise ValueError(f"x's H and W must be multiples of patch={self.patch}, got {tuple(x.shape[-2:])}")
         A, P = self.split(x, centered=True, log_amplitude=True)
-        dtype = self.amp_embed.weight.dtype
-        amp = A.to(dtype)
-        phase = torch.cat([torch.cos(P), torch.sin(P)], dim=1).to(dtype)
-        amp_p = self._patches(self.amp_embed, self.amp_norm, amp)
-        phase_p = self._patches(self.phase_embed, self.phase_norm, phase)
+        dtype = self.fuse.weight.dtype
         T = self.tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
-        structure = self.structure_attn(T, phase_p, phase_p, need_weights=False)[0]
-        style = self.style_attn(T, amp_p, amp_p, need_weights=False)[0]
-        fused = T + self.fuse(torch.cat([structure, style], dim=-1))
+        parts = []
+        structure = style = torch.zeros_like(T)
+        if self.phase_embed is not None:
+            maps = torch.cat([torch.cos(P), torch.sin(P)], dim=1) if self.phase == "cos_sin" else P
+            phase_p = self._patches(self.phase_embed, self.phase_norm, maps.to(dtype))
+            structure = self.structure_attn(T, phase_p, phase_p, need_weights=False)[0]
+            parts.append(structure)
+        if self.amp_embed is not None:
+            amp_p = self._patches(self.amp_embed, self.amp_norm, A.to(dtype))
+            style = self.style_attn(T, amp_p, amp_p, need_weights=False)[0]
+            parts.append(style)
+        fused = T + self.fuse(torch.cat(parts, dim=-1))
         return FourierTokens(fused=fused, structure=structure, style=style, tokens=T)

@@ -16,7 +16,11 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._core import check_choice
 from .ops.fourier import fourier_split
+
+PHASES, BRANCHES = ("cos_sin", "angle"), ("both", "amplitude", "phase")
+_MAPS = {"both": ("amp", "phase"), "amplitude": ("amp",), "phase": ("phase",)}  # the maps each choice embeds
 
 __all__ = ["FourierAttentiveTokens", "FourierTokens", "DeepPromptEncoder", "FARLPromptedEncoders", "FARLOutput"]
 
@@ -33,25 +37,38 @@ class FourierAttentiveTokens(nn.Module):
     """FARL's Fourier-attentive tokens (SPEC §8).
 
     x [B, C, H, W] → FourierTokens(fused, structure, style, tokens), each [B, n_tokens, dim]: the
-    learnable tokens cross-attend to phase patches (structure: cos P and sin P, continuous across the
-    branch cut) and to log-amplitude patches (style) of the centred spectrum; a patch embedding is a
-    Conv2d of kernel = stride = patch followed by LayerNorm, with no positional embedding; fused =
-    tokens + Linear([structure, style]). H and W must be multiples of patch; dim of heads.
+    learnable tokens cross-attend to phase patches (structure) and to log-amplitude patches (style)
+    of the centred spectrum; a patch embedding is a Conv2d of kernel = stride = patch followed by
+    LayerNorm, with no positional embedding; fused = tokens + Linear([structure, style]). H and W
+    must be multiples of patch; dim of heads.
+
+    phase: "cos_sin" embeds the phase map as (cos P, sin P), 2C channels, continuous across the
+        branch cut; "angle" embeds P ∈ (−π, π] itself, C channels (discontinuous at the cut).
+    branches: "both", or "amplitude" / "phase" for one branch only: the other branch's embedding,
+        norm and attention are not created, its output is zeros and fused = tokens + Linear(present).
     """
 
     split = staticmethod(fourier_split)
 
-    def __init__(self, in_channels: int, dim: int, n_tokens: int, patch: int, heads: int):
+    def __init__(self, in_channels: int, dim: int, n_tokens: int, patch: int, heads: int, *,
+                 phase: str = "cos_sin", branches: str = "both"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.in_channels, self.dim, self.n_tokens, self.patch, self.heads = in_channels, dim, n_tokens, patch, heads
+        self.phase = check_choice(phase, "phase", PHASES)
+        self.branches = check_choice(branches, "branches", BRANCHES)
+        present = _MAPS[branches]
         self.tokens = nn.Parameter(0.02 * torch.randn(n_tokens, dim))
-        for name, maps in (("amp", in_channels), ("phase", 2 * in_channels)):
-            setattr(self, f"{name}_embed", nn.Conv2d(maps, dim, kernel_size=patch, stride=patch))
-        self.amp_norm, self.phase_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.structure_attn, self.style_attn = (nn.MultiheadAttention(dim, heads, batch_first=True) for _ in "ab")
-        self.fuse = nn.Linear(2 * dim, dim)
+        # the creation order (hence the parameter order and the draws of the default init) is the
+        # two-branch module's, so its state_dicts and numerics stay as they were
+        for name, maps in (("amp", in_channels), ("phase", (2 if phase == "cos_sin" else 1) * in_channels)):
+            setattr(self, f"{name}_embed", nn.Conv2d(maps, dim, kernel_size=patch, stride=patch) if name in present
+                    else None)
+        self.amp_norm, self.phase_norm = (nn.LayerNorm(dim) if name in present else None for name in ("amp", "phase"))
+        self.structure_attn, self.style_attn = (nn.MultiheadAttention(dim, heads, batch_first=True)
+                                                if name in present else None for name in ("phase", "amp"))
+        self.fuse = nn.Linear(len(present) * dim, dim)
 
     def forward(self, x: Tensor) -> FourierTokens:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -60,13 +77,17 @@ class FourierAttentiveTokens(nn.Module):
             raise ValueError(f"x's H and W must be multiples of patch={self.patch}, got {tuple(x.shape[-2:])}")
         amplitude, phase = self.split(x, centered=True, log_amplitude=True)
         dtype = self.fuse.weight.dtype
-        style_keys = self.amp_norm(self.amp_embed(amplitude.to(dtype)).flatten(2).mT)
-        phase = torch.cat((phase.cos(), phase.sin()), 1).to(dtype)
-        structure_keys = self.phase_norm(self.phase_embed(phase).flatten(2).mT)
         T = self.tokens.expand(x.shape[0], -1, -1)
-        structure, _ = self.structure_attn(T, structure_keys, structure_keys, need_weights=False)
-        style, _ = self.style_attn(T, style_keys, style_keys, need_weights=False)
-        return FourierTokens(T + self.fuse(torch.cat((structure, style), -1)), structure, style, T)
+        structure = style = torch.zeros_like(T)
+        if self.structure_attn is not None:
+            phase = torch.cat((phase.cos(), phase.sin()), 1) if self.phase == "cos_sin" else phase
+            structure_keys = self.phase_norm(self.phase_embed(phase.to(dtype)).flatten(2).mT)
+            structure, _ = self.structure_attn(T, structure_keys, structure_keys, need_weights=False)
+        if self.style_attn is not None:
+            style_keys = self.amp_norm(self.amp_embed(amplitude.to(dtype)).flatten(2).mT)
+            style, _ = self.style_attn(T, style_keys, style_keys, need_weights=False)
+        present = {"both": (structure, style), "phase": (structure,), "amplitude": (style,)}[self.branches]
+        return FourierTokens(T + self.fuse(torch.cat(present, -1)), structure, style, T)
 
 
 class DeepPromptEncoder(nn.Module):

@@ -14,7 +14,7 @@ import sys
 import types
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -284,13 +284,15 @@ class Run:
     ``state`` maps names to objects with state_dict/load_state_dict (model, optimizer, …),
     ``generators`` to torch.Generators whose states are checkpointed with the global RNGs,
     ``extra`` is a dict saved with every checkpoint (e.g. the evaluation before training).
+    ``fixed`` names the arguments that shape the model: a resume must have them as the checkpoint's.
     Under torchrun (``group``) rank 0 writes metrics.jsonl and the checkpoints, every rank resumes
     from the same checkpoint (the RNG states are alike on every rank: each draws the global batch's
     randomness), and a job restarted by torchrun resumes without --resume.
     """
 
-    def __init__(self, args, state: dict, generators: Optional[dict] = None, group: Group = distributed.ONE):
-        self.args = args
+    def __init__(self, args, state: dict, generators: Optional[dict] = None, group: Group = distributed.ONE, *,
+                 fixed: Sequence[str] = ()):
+        self.args, self.fixed = args, tuple(fixed)
         self.group = group
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -312,6 +314,11 @@ class Run:
                 if made_with != self.args.dtype:
                     raise CheckpointError(f"{self.ckpt}: written with --dtype {made_with}; "
                                           "resume with the same --dtype")
+                for k in self.fixed:  # a checkpoint older than an option does not record it
+                    was = ck["args"].get(k, getattr(self.args, k))
+                    if was != getattr(self.args, k):
+                        flag = f"--{k.replace('_', '-')}"
+                        raise CheckpointError(f"{self.ckpt}: written with {flag} {was}; resume with the same {flag}")
                 for k, obj in self.state.items():
                     obj.load_state_dict(ck["state"][k])
                 set_rng_states(ck["rng"], self.generators)

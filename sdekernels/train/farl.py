@@ -12,7 +12,11 @@ feature (``sdekernels.nn.DeepPromptEncoder``; the same head in both backends, it
   deep prompts from its amplitude/phase spectrum), and, the asymmetric half of the injection,
   the image feature is conditioned on the unfused learnable tokens T:
     f = normalize(enc(x) + W_i · Attention(q = enc(x), k = v = T))      (W_i zero-initialised)
-Both heads start as the identity, so step 0 is the zero-shot model. Training: 16 shots of each
+Both heads start as the identity, so step 0 is the zero-shot model. Ablation switches (defaults:
+the model above): --branches amplitude|phase keeps one spectral branch of the tokens and --phase
+angle embeds the phase map as P instead of (cos P, sin P) (FourierAttentiveTokens' options, farl
+only); --no-image-injection drops the image-side half (f = enc(x)); --prompt-depth N gives the
+prompts to the head's first N layers only (coop and farl). Training: 16 shots of each
 of the 5 base classes, cross-entropy over the base classes, on flipped shots whose Fourier
 amplitude is mixed with another shot's with probability --amp-mix (FACT's augmentation through
 ``amplitude_mix``: on raw pixels in [0, 1], lam ~ U(0, --amp-alpha), clipped to [0, 1], then
@@ -21,6 +25,7 @@ harmonic mean, and the same on a style-shifted test set (inverted images).
 
     python -m sdekernels train farl --init runs/sde --method farl --steps 200 --out runs/farl
 """
+import argparse
 import time
 from pathlib import Path
 
@@ -36,21 +41,22 @@ from . import common
 from .sde import ClipModel
 
 BASE, NOVEL = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+HEAD_LAYERS = 2
 
 
 class PromptHead(nn.Module):
     """Caption feature + deep prompts → small pre-norm transformer → residual on the caption feature.
 
-    The prompts enter after the caption token at every layer (``sdekernels.nn.DeepPromptEncoder``,
-    depth = all layers); the layers are trained here, unlike a frozen text encoder's.
+    The prompts enter after the caption token at the first ``depth`` layers (``sdekernels.nn.DeepPromptEncoder``,
+    by default all); the layers are trained here, unlike a frozen text encoder's.
     """
 
-    def __init__(self, dim: int, heads: int = 4, layers: int = 2):
+    def __init__(self, dim: int, heads: int = 4, layers: int = HEAD_LAYERS, depth: int = HEAD_LAYERS):
         super().__init__()
         self.encoder = DeepPromptEncoder(
             [nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
                                         norm_first=True) for _ in range(layers)],
-            depth=layers, position=1, mode="prepend", freeze_encoder=False)
+            depth=depth, position=1, mode="prepend", freeze_encoder=False)
         self.out = nn.Linear(dim, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -62,18 +68,24 @@ class PromptHead(nn.Module):
 
 
 class Adapter(nn.Module):
+    """The frozen model with the prompt head (coop) or the head, the Fourier-attentive tokens and, with
+    image_injection, the image-side attention to the tokens (farl); see the module's docstring."""
+
     def __init__(self, clip: ClipModel, class_emb: torch.Tensor, method: str, ops, n_ctx: int = 4,
-                 n_tokens: int = 4, patch: int = 7, heads: int = 4):
+                 n_tokens: int = 4, patch: int = 7, heads: int = 4, *, branches: str = "both",
+                 phase: str = "cos_sin", image_injection: bool = True, prompt_depth: int = HEAD_LAYERS):
         super().__init__()
         self.clip, self.method = clip, method
+        self.image_injection = method == "farl" and image_injection
         for p in clip.parameters():
             p.requires_grad_(False)
         self.register_buffer("class_emb", class_emb)  # [K, 384] mean MiniLM embedding per class
         d = clip.config["dim"]
         self.ctx = nn.Parameter(torch.randn(n_ctx, d) * 0.02)
-        self.head = PromptHead(d, heads)
+        self.head = PromptHead(d, heads, depth=prompt_depth)
         if method == "farl":
-            self.fat = ops.FourierAttentiveTokens(1, d, n_tokens, patch, heads)
+            self.fat = ops.FourierAttentiveTokens(1, d, n_tokens, patch, heads, phase=phase, branches=branches)
+        if self.image_injection:
             self.img_attn = nn.MultiheadAttention(d, heads, batch_first=True)
             self.img_out = nn.Linear(d, d)
             nn.init.zeros_(self.img_out.weight)
@@ -95,7 +107,8 @@ class Adapter(nn.Module):
         if self.method == "farl":
             tok = self.fat(x)
             T = tok.tokens
-            f = f + self.img_out(self.img_attn(f.unsqueeze(1), T, T, need_weights=False)[0][:, 0])
+            if self.image_injection:
+                f = f + self.img_out(self.img_attn(f.unsqueeze(1), T, T, need_weights=False)[0][:, 0])
             prompts = torch.cat([self.ctx.expand(B, -1, -1), tok.fused], dim=1)  # [B, P, d]
             P = prompts.shape[1]
             t = self.head(c.repeat(B, 1), prompts.unsqueeze(1).expand(B, K, P, d).reshape(B * K, P, d)).view(B, K, d)
@@ -208,13 +221,35 @@ def arguments():
                    help="probability that a shot's Fourier amplitude is mixed with another shot's (FACT augmentation)")
     p.add_argument("--amp-alpha", type=common.float_range(0.0, 1.0), default=1.0,
                    help="FACT's alpha: the mixing weight is drawn from U(0, alpha)")
+    p.add_argument("--branches", choices=("both", "amplitude", "phase"), default="both",
+                   help="the spectral branches of the Fourier-attentive tokens (farl only)")
+    p.add_argument("--phase", choices=("cos_sin", "angle"), default="cos_sin",
+                   help="the phase map the tokens attend to: (cos P, sin P) or P itself (farl only)")
+    p.add_argument("--image-injection", action=argparse.BooleanOptionalAction, default=True,
+                   help="condition the image feature on the learnable tokens (farl only)")
+    p.add_argument("--prompt-depth", type=common.POSITIVE, default=HEAD_LAYERS,
+                   help=f"how many of the prompt head's {HEAD_LAYERS} layers receive the prompts")
     return p
+
+
+FARL_ONLY = ("branches", "phase", "image_injection")
+
+
+def check_options(p, args) -> None:
+    """Parser errors for --prompt-depth beyond the head and for the farl-only switches set with coop."""
+    if args.prompt_depth > HEAD_LAYERS:
+        p.error(f"argument --prompt-depth: the prompt head has {HEAD_LAYERS} layers, got {args.prompt_depth}")
+    if args.method != "farl":
+        for name in FARL_ONLY:
+            if getattr(args, name) != p.get_default(name):
+                p.error(f"argument --{name.replace('_', '-')}: only for --method farl, got {getattr(args, name)!r}")
 
 
 @common.main_entry
 def main(argv=None) -> int:
     p = arguments()
     args = p.parse_args(argv)
+    check_options(p, args)
     if not data.have_fashion_mnist():
         p.error(f"Fashion-MNIST not found in {data.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     if not (Path(args.init) / "model.pt").exists():
@@ -241,8 +276,9 @@ def main(argv=None) -> int:
         cap_emb = data.embed_texts(data.captions(templates=templates), out / "captions.pt")
     class_emb = cap_emb.view(len(data.FASHION_CLASSES), len(templates), -1).mean(1)
 
-    model = Adapter(clip, class_emb.to(device, dtype), args.method, ops, args.n_ctx,
-                    args.n_tokens).to(device, dtype)
+    model = Adapter(clip, class_emb.to(device, dtype), args.method, ops, args.n_ctx, args.n_tokens,
+                    branches=args.branches, phase=args.phase, image_injection=args.image_injection,
+                    prompt_depth=args.prompt_depth).to(device, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     sched = common.warmup_cosine(opt, args.steps)
@@ -255,7 +291,8 @@ def main(argv=None) -> int:
         def load_state_dict(self, sd):
             model.load_state_dict(sd, strict=False)
 
-    run = common.Run(args, {"model": TrainableState(), "opt": opt, "sched": sched}, group=group)
+    run = common.Run(args, {"model": TrainableState(), "opt": opt, "sched": sched}, group=group,
+                     fixed=("method", *FARL_ONLY, "prompt_depth"))
     model.train()
     if run.restore() == 0 and group.main:
         run.extra["zero_shot"] = evaluate(model, test_x, test_y, device)
@@ -278,7 +315,9 @@ def main(argv=None) -> int:
     after = evaluate(model, test_x, test_y, device)
     metrics = common.read_metrics(out)
     summary = {"driver": "farl", "method": args.method, "backend": args.backend, "dtype": args.dtype,
-               "amp_mix": args.amp_mix, "amp_alpha": args.amp_alpha, "fallbacks": ops.fallbacks,
+               "amp_mix": args.amp_mix, "amp_alpha": args.amp_alpha, "lr": args.lr,
+               **{name: getattr(args, name) if args.method == "farl" else None for name in FARL_ONLY},
+               "prompt_depth": args.prompt_depth, "fallbacks": ops.fallbacks,
                "init": str(args.init), "steps": args.steps, "shots": args.shots, "seed": args.seed,
                "base_classes": [data.FASHION_CLASSES[c] for c in BASE],
                "novel_classes": [data.FASHION_CLASSES[c] for c in NOVEL],

@@ -1,12 +1,14 @@
 """A study of training runs as cells: one (variant, seed) per cell, each with the exact command that
-reproduces it, measured at one commit and platform (benchmarks/sde_ablation.py, farl_study.py and
-esm_study.py are studies; their records are in benchmarks/results/training/).
+reproduces it (benchmarks/sde_ablation.py, farl_study.py and esm_study.py are studies; their
+records are in benchmarks/results/training/).
 
 A study names the driver, its variants' arguments, the arguments every cell shares, and the keys of
-the run's summary.json it records. A prerequisite run (FARL's trained SDE model) is a command of its
+the run's summary.json it records. Each cell names the commit it was measured at; a record may hold
+cells of several commits where the library's code is the same at all of them, and names the CPU
+capability and torch they ran on. A prerequisite run (FARL's trained SDE model) is a command of its
 own, trained once per study folder; the record keeps its command and the SHA-256 of its output.
-On the CPU capability and torch the record names, `--threads 1` repeats a cell bit for bit at that
-commit: `--verify VARIANT:SEED` reruns one and compares every recorded number.
+On that CPU capability and torch, `--threads 1` repeats a cell bit for bit:
+`--verify VARIANT:SEED` reruns one and compares every recorded number.
 """
 import argparse
 import concurrent.futures as cf
@@ -49,6 +51,13 @@ def mean_std(xs):
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def same_code(commit, head: str) -> bool:
+    """Whether the library's code (what a cell runs) is the same at both commits."""
+    diff = subprocess.run(["git", "diff", "--quiet", str(commit), head, "--", "sdekernels", "csrc", "reference",
+                           ":(exclude)sdekernels/train/cells.py"], cwd=BENCHMARKS.parent, capture_output=True)
+    return bool(commit) and diff.returncode == 0
 
 
 def train(cmd: list) -> None:
@@ -136,22 +145,25 @@ class Study:
         self.record.write_text(json.dumps({**meta, "cells": cells}, indent=1) + "\n")
 
     def run(self, jobs: int, variants, seeds, fresh: bool = False, steps=None) -> None:
-        """Train the cells the record lacks (every cell with `fresh`). All cells of a record come from one
-        commit and platform: a record measured elsewhere is measured again whole."""
-        meta = {"commit": self.head(), **platform(),
+        """Train the cells the record lacks, and those it holds from other code: a recorded cell stays
+        only with its command unchanged, on the same platform and prerequisites, and measured at a
+        commit whose library code (sdekernels, csrc, reference) is HEAD's. `fresh`: every cell again."""
+        head = self.head()
+        meta = {"commit": head, **platform(),
                 "verify": f"python benchmarks/{self.name}.py --verify VARIANT:SEED (on the same CPU capability "
                           "and torch)"}
         old = self.load_record()
-        same = all(old.get(k) == meta[k] for k in ("commit", "cpu_capability", "torch"))
         meta["needs"] = self.prerequisites()
-        same = same and old.get("needs", {}) == meta["needs"]
-        keep = [c for c in old["cells"] if steps is None or c["steps"] == steps] if same and not fresh else []
+        same = not fresh and all(old.get(k) == meta[k] for k in ("cpu_capability", "torch", "needs"))
+        keep = [c for c in old["cells"] if same and c["command"] == shlex.join(self.command(c["variant"], c["seed"],
+                                                                                             steps or c["steps"]))
+                and (steps is None or c["steps"] == steps) and same_code(c.get("commit", old.get("commit")), head)]
         done = {(c["variant"], c["seed"]) for c in keep}
         todo = [(v, s) for v in variants for s in seeds if (v, s) not in done]
         with cf.ThreadPoolExecutor(jobs) as pool, tqdm(total=len(todo), desc=f"{self.name} cells") as bar:
             futures = [pool.submit(self.run_cell, v, s, steps) for v, s in todo]
             for f in cf.as_completed(futures):
-                cell = f.result()
+                cell = {**f.result(), "commit": head}
                 keep = [c for c in keep if (c["variant"], c["seed"]) != (cell["variant"], cell["seed"])] + [cell]
                 self.save(keep, meta)  # after every cell: an interrupted run keeps what it has
                 bar.update()

@@ -29,6 +29,11 @@ VARIANTS = {
     "farl_lr1e-4": [*FARL, "--lr", "1e-4"],
     "coop_300": COOP,
     "farl_300": FARL,
+    # the amplitude branch alone (no phase branch to overfit) with the other switches
+    "farl_amplitude_lr1e-4": [*FARL, "--branches", "amplitude", "--lr", "1e-4"],
+    "farl_amplitude_no_inject": [*FARL, "--branches", "amplitude", "--no-image-injection"],
+    "coop_mix1": [*COOP, "--amp-mix", "1"],                       # every shot amplitude-mixed
+    "farl_amplitude_mix1": [*FARL, "--branches", "amplitude", "--amp-mix", "1"],
 }
 STUDY = Study(
     "farl_study", "farl", VARIANTS, steps=100,

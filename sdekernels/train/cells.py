@@ -155,9 +155,10 @@ class Study:
         old = self.load_record()
         meta["needs"] = self.prerequisites()
         same = not fresh and all(old.get(k) == meta[k] for k in ("cpu_capability", "torch", "needs"))
-        keep = [c for c in old["cells"] if same and c["command"] == shlex.join(self.command(c["variant"], c["seed"],
-                                                                                             steps or c["steps"]))
-                and (steps is None or c["steps"] == steps) and same_code(c.get("commit", old.get("commit")), head)]
+        cells = [{"commit": old.get("commit"), **c} for c in old["cells"]]  # a cell without one: the record's
+        keep = [c for c in cells if same and c["command"] == shlex.join(self.command(c["variant"], c["seed"],
+                                                                                       steps or c["steps"]))
+                and (steps is None or c["steps"] == steps) and same_code(c["commit"], head)]
         done = {(c["variant"], c["seed"]) for c in keep}
         todo = [(v, s) for v in variants for s in seeds if (v, s) not in done]
         with cf.ThreadPoolExecutor(jobs) as pool, tqdm(total=len(todo), desc=f"{self.name} cells") as bar:

@@ -1,6 +1,7 @@
 """The SDE ablation's switches (center=True, spectral_terms, no enhancement) against the reference,
 and the ablation script's cells (benchmarks/sde_ablation.py): exact repeats of one command."""
 import importlib.util
+import re
 import shlex
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_center_argument_checks():
         snn.SDELoss(10, spectral_terms=("entropy",))
 
 
-STUDIES = ("sde_ablation",)
+STUDIES = ("sde_ablation", "farl_study")
 
 
 def _script(name="sde_ablation"):
@@ -156,3 +157,22 @@ def test_study_record_reproduces_at_head(name, cell, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     again = study.run_cell(*cell, want["steps"])
     assert study.differences(want, again) == [], (want, again)
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_report_tables_are_the_records(name):
+    """training.md's table of each study is the one its record gives (`--report` wrote it)."""
+    mod = _script(name)
+    doc = (ROOT / "benchmarks" / "training.md").read_text()
+    begin, end = f"<!-- {name}:begin -->\n", f"\n<!-- {name}:end -->"
+    assert doc[doc.index(begin) + len(begin):doc.index(end)] == mod.table(mod.STUDY.load_record()["cells"])
+
+
+@pytest.mark.parametrize("name, row", [("farl_study", "| FARL study")])
+def test_readme_figures_come_from_the_records(name, row):
+    """Every "mean ± std" of the README's summary row of a study is in the study's table."""
+    mod = _script(name)
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith(row))
+    figures = re.findall(r"\d+\.\d+ ± \d+\.\d+", line)
+    table = mod.table(mod.STUDY.load_record()["cells"])
+    assert figures and [f for f in figures if f not in table] == []

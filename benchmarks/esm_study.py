@@ -13,7 +13,7 @@ cell at HEAD.
     python benchmarks/esm_study.py --report          # tables (training.md), Pareto plot from the JSON
     python benchmarks/esm_study.py --verify esm:1    # rerun one cell, compare with the record
 """
-from sdekernels.train.cells import RESULTS, Study, mean_std
+from sdekernels.train.cells import RESULTS, Study, mean_std, pyplot, save_figure
 
 ESM = ["--esm-weight", "0.1"]
 VARIANTS = {
@@ -70,9 +70,7 @@ def table(cells: list) -> str:
 
 
 def plot(cells: list) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     st = stats(cells)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -88,16 +86,12 @@ def plot(cells: list) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("ESM / DSM study: reconstruction against diffusability (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
-    plt.close(fig)
+    save_figure(fig, PLOT, 110)
 
 
 def spectra(cells: list) -> None:
     """The latents' radial spectra (mean over seeds) against the test crops'."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     by = STUDY.by_variant(cells)
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -112,18 +106,8 @@ def spectra(cells: list) -> None:
     ax.set_title("radial spectra of the test crops and their latents (mean over seeds)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(SPECTRA, dpi=100)
-    plt.close(fig)
-
-
-def report(cells: list) -> None:
-    text = table(cells)
-    STUDY.write_report(text)
-    plot(cells)
-    spectra(cells)
-    print(text)
+    save_figure(fig, SPECTRA, 100)
 
 
 if __name__ == "__main__":
-    raise SystemExit(STUDY.main(report))
+    raise SystemExit(STUDY.main(table, plot, spectra))

@@ -11,7 +11,7 @@ reruns one bit for bit (same CPU capability and torch; the prerequisite is retra
     python benchmarks/farl_study.py --report         # tables (training.md) and plot from the JSON
     python benchmarks/farl_study.py --verify farl:1  # rerun one cell, compare with the record
 """
-from sdekernels.train.cells import RESULTS, Study, mean_std
+from sdekernels.train.cells import RESULTS, Study, mean_std, pyplot, save_figure
 
 COOP, FARL = ["--method", "coop"], ["--method", "farl"]
 VARIANTS = {
@@ -75,9 +75,7 @@ def table(cells: list) -> str:
 
 
 def plot(cells: list) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     zs, by = zero_shot(cells), STUDY.by_variant(cells)
     names = list(by)
@@ -95,17 +93,8 @@ def plot(cells: list) -> None:
         ax.legend(fontsize=7, loc="lower right")
         ax.invert_yaxis()  # the first variant on top
     fig.suptitle("FARL study, Fashion-MNIST base-to-novel (mean ± std over seeds; dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
-    plt.close(fig)
-
-
-def report(cells: list) -> None:
-    text = table(cells)
-    STUDY.write_report(text)
-    plot(cells)
-    print(text)
+    save_figure(fig, PLOT, 110)
 
 
 if __name__ == "__main__":
-    raise SystemExit(STUDY.main(report))
+    raise SystemExit(STUDY.main(table, plot))

@@ -13,7 +13,7 @@ the numerics fails there until the record is measured again (`--run --fresh`).
     python benchmarks/sde_ablation.py --report         # table (training.md) and plot from the JSON
     python benchmarks/sde_ablation.py --verify infonce:0   # rerun one cell, compare with the record
 """
-from sdekernels.train.cells import RESULTS, Study, mean_std
+from sdekernels.train.cells import RESULTS, Study, mean_std, pyplot, save_figure
 
 # variant -> its arguments of `train sde` (everything else is shared, below)
 VARIANTS = {
@@ -66,9 +66,7 @@ def table(cells: list) -> str:
 
 
 def plot(cells: list) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [v for v in VARIANTS if any(c["variant"] == v for c in cells)]
     keys = [("clean", "value"), ("noise", "acc_noise"), ("blur", "acc_blur"), ("contrast", "acc_contrast")]
@@ -84,17 +82,8 @@ def plot(cells: list) -> None:
         ax.set_title(f"{label} zero-shot accuracy %")
         ax.set_xlim(max(0, min(100 * c[k] for c in cells) - 5), None)
     fig.suptitle("SDELoss ablation, Fashion-MNIST CLIP (mean ± std over seeds; dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
-    plt.close(fig)
-
-
-def report(cells: list) -> None:
-    text = table(cells)
-    STUDY.write_report(text)
-    plot(cells)
-    print(text)
+    save_figure(fig, PLOT, 110)
 
 
 if __name__ == "__main__":
-    raise SystemExit(STUDY.main(report))
+    raise SystemExit(STUDY.main(table, plot))

@@ -53,6 +53,19 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def same_code(commit, head: str) -> bool:
     """Whether the library's code (what a cell runs) is the same at both commits."""
     diff = subprocess.run(["git", "diff", "--quiet", str(commit), head, "--", "sdekernels", "csrc", "reference",
@@ -203,8 +216,19 @@ class Study:
         if begin in doc and end in doc:
             REPORT.write_text(doc[:doc.index(begin) + len(begin)] + "\n" + text + "\n" + doc[doc.index(end):])
 
-    def main(self, report, argv=None) -> int:
-        """The study's command line; `report(cells)` writes its tables and plots from the record."""
+    def report(self, table, *plots) -> None:
+        """training.md's table `table(cells)` and the plots `plot(cells)` from the record."""
+        cells = self.load_record()["cells"]
+        if not cells:
+            raise SystemExit(f"no cells in {self.record}: run with --run first")
+        text = table(cells)
+        self.write_report(text)
+        for plot in plots:
+            plot(cells)
+        print(text)
+
+    def main(self, table, *plots, argv=None) -> int:
+        """The study's command line; its report is `table(cells)` in training.md and the plots."""
         p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n")[0])
         p.add_argument("--run", action="store_true", help="train the missing cells, then report")
         p.add_argument("--report", action="store_true", help="tables and plots from the record")
@@ -230,10 +254,7 @@ class Study:
         if args.run:
             self.run(args.jobs, args.variants, args.seeds, args.fresh, args.steps)
         if args.run or args.report:
-            cells = self.load_record()["cells"]
-            if not cells:
-                raise SystemExit(f"no cells in {self.record}: run with --run first")
-            report(cells)
+            self.report(table, *plots)
         if not (args.run or args.report):
             p.print_help()
         return 0

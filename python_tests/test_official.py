@@ -110,7 +110,7 @@ def _compare_esm(z, x, path, **kwargs):
     """Loss and gradient of esm_loss(variant="official") against the oracle, 1e-6 relative."""
     want_kw = {"blur_ks": kwargs.get("blur", (7, 1.2))[0], "blur_sigma": kwargs.get("blur", (7, 1.2))[1],
                "n_bins": kwargs.get("bins", 16), "loss_type": kwargs.get("loss", "kl"),
-               "log_power": kwargs.get("log_power", True), "delta": kwargs.get("delta", 1.0)}
+               "log_power": kwargs.get("log_power", True), "delta": kwargs.get("delta", 0.0)}
     zo = z.clone().requires_grad_(True)
     want = _official_esm(x, zo, **want_kw)
     (g_want,) = torch.autograd.grad(want, zo)

@@ -701,7 +701,7 @@ def test_esm_loss_zero_when_spectra_match_and_positive_otherwise():
     x = torch.randn(3, 3, 32, 32, generator=g)
     assert float(ref.esm_loss(x, x, delta=0.0, blur=None)) == 0.0
     z = torch.nn.functional.avg_pool2d(torch.randn(3, 4, 16, 16, generator=g), 3, stride=1, padding=1).requires_grad_()
-    loss = ref.esm_loss(z, x)  # blurred, resized 32 → 16, delta = 1
+    loss = ref.esm_loss(z, x, delta=1.0)  # blurred, resized 32 → 16
     assert loss > 0
     loss.backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0

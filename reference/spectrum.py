@@ -221,7 +221,7 @@ def esm_distance(s_x: torch.Tensor, s_z: torch.Tensor, loss: str, log_power: boo
     return kl.sum(-1).mean()
 
 
-def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 1.0, bins: int = 16,
+def esm_loss(z: torch.Tensor, x: torch.Tensor, *, delta: float = 0.0, bins: int = 16,
              blur: Optional[Sequence] = (7, 1.2), variant: str = "library", loss: str = "kl",
              log_power: bool = True, keep_dc: bool = False) -> torch.Tensor:
     """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).

@@ -46,7 +46,7 @@ class ESMLoss(torch.nn.Module):
     """Explicit spectrum matching loss (SPEC §9): `loss(z, x)` = esm_loss(z, x, ...) with the
     constructor's options (variant="official" for the official Spectrum Matching code)."""
 
-    def __init__(self, delta: float = 1.0, bins: int = 16, blur=(7, 1.2), variant: str = "library", loss: str = "kl",
+    def __init__(self, delta: float = 0.0, bins: int = 16, blur=(7, 1.2), variant: str = "library", loss: str = "kl",
                  log_power: bool = True, keep_dc: bool = False):
         super().__init__()
         self.delta, self.bins, self.blur = delta, bins, blur

@@ -463,7 +463,7 @@ def _esm_target(x4: Tensor, size, blur, official: bool) -> Tensor:
     return (MH @ t.reshape(-1, H, w)).reshape(*x4.shape[:-2], h, w)
 
 
-def esm_loss(z: Tensor, x: Tensor, *, delta: float = 1.0, bins: int = 16, blur=(7, 1.2), variant: str = "library",
+def esm_loss(z: Tensor, x: Tensor, *, delta: float = 0.0, bins: int = 16, blur=(7, 1.2), variant: str = "library",
              loss: str = "kl", log_power: bool = True, keep_dc: bool = False) -> Tensor:
     """Explicit spectrum matching loss of latents z [..., C_z, h, w] to images x [..., C, H, W] (SPEC §9).
 

@@ -144,7 +144,8 @@ def main(argv=None) -> int:
     p = common.parser("esm", __doc__.split("\n")[0], steps=600, batch_size=32, lr=1e-3)
     p.add_argument("--esm-weight", type=common.float_range(0.0), default=0.0, help="weight of esm_loss (0: off)")
     p.add_argument("--esm-delta", type=common.float_range(-math.inf), default=1.0,
-                   help="esm_loss's delta: the target spectrum is weighted by f^delta")
+                   help="esm_loss's delta: the target spectrum is weighted by f^delta (1: the flattened target "
+                        "of this driver's recorded runs; esm_loss's own default is 0)")
     p.add_argument("--esm-variant", choices=("library", "official"), default="library", help="esm_loss's variant")
     p.add_argument("--esm-keep-dc", action="store_true",
                    help="esm_loss's keep_dc: spectra of the uncentred latent and image, with the DC entry")

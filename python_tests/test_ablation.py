@@ -81,7 +81,7 @@ def test_center_argument_checks():
         snn.SDELoss(10, spectral_terms=("entropy",))
 
 
-STUDIES = ("sde_ablation", "farl_study")
+STUDIES = ("sde_ablation", "farl_study", "esm_study")
 
 
 def _script(name="sde_ablation"):
@@ -138,7 +138,7 @@ def test_ablation_cell_repeats_exactly(tmp_path, monkeypatch):
         assert first[k] == second[k], k
 
 
-@pytest.mark.parametrize("name, cell", [("sde_ablation", ("sde", 0))])
+@pytest.mark.parametrize("name, cell", [("sde_ablation", ("sde", 0)), ("esm_study", ("esm", 0))])
 def test_study_record_reproduces_at_head(name, cell, tmp_path, monkeypatch):
     """One recorded cell, trained again at HEAD, equals the record bit for bit: full SDE (the SVD,
     partition, enhancement, both spectral terms and info_nce) and ESM (esm_loss, radial_psd and the
@@ -168,7 +168,7 @@ def test_report_tables_are_the_records(name):
     assert doc[doc.index(begin) + len(begin):doc.index(end)] == mod.table(mod.STUDY.load_record()["cells"])
 
 
-@pytest.mark.parametrize("name, row", [("farl_study", "| FARL study")])
+@pytest.mark.parametrize("name, row", [("farl_study", "| FARL study"), ("esm_study", "| ESM study")])
 def test_readme_figures_come_from_the_records(name, row):
     """Every "mean ± std" of the README's summary row of a study is in the study's table."""
     mod = _script(name)

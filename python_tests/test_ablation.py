@@ -176,3 +176,28 @@ def test_readme_figures_come_from_the_records(name, row):
     figures = re.findall(r"\d+\.\d+ ± \d+\.\d+", line)
     table = mod.table(mod.STUDY.load_record()["cells"])
     assert figures and [f for f in figures if f not in table] == []
+
+
+def test_study_run_keeps_and_never_drops_cells(tmp_path, monkeypatch):
+    """A run keeps the recorded cells of today's commands and code, and refuses to drop a recorded cell
+    it would not measure again (a --fresh run of one variant); neither trains anything here."""
+    import subprocess
+
+    from sdekernels.train import cells
+
+    monkeypatch.setattr(cells, "RESULTS", tmp_path)
+    study = cells.Study("probe_study", "esm", {"a": [], "b": ["--dsm"]}, shared=[], metric="after.psnr",
+                        extra={}, steps=5)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("needs a git checkout")
+    monkeypatch.setattr(study, "head", lambda: head)
+    recorded = [{"variant": v, "seed": s, "steps": 5, "command": shlex.join(study.command(v, s)), "commit": head}
+                for v in "ab" for s in (0, 1)]
+    study.save(recorded, {"commit": head, **platform(), "needs": {}})
+    with pytest.raises(SystemExit, match="would drop"):
+        study.run(1, ["a"], [0], fresh=True)
+    with pytest.raises(SystemExit, match="would drop"):
+        study.run(1, ["a", "b"], [0], steps=7)
+    study.run(1, ["a", "b"], [0, 1])  # every cell current: nothing to train
+    assert study.load_record()["cells"] == recorded

@@ -139,7 +139,10 @@ class Study:
         return out
 
     def run_cell(self, variant: str, seed: int, steps=None) -> dict:
-        cmd = self.command(variant, seed, steps)
+        return self.measure(self.command(variant, seed, steps), variant, seed)
+
+    def measure(self, cmd: list, variant: str, seed: int) -> dict:
+        """Train `cmd` and read the cell's numbers from its summary.json."""
         train(cmd)
         summary = json.loads((Path(cmd[cmd.index("--out") + 1]) / "summary.json").read_text())
         return {"variant": variant, "seed": seed, "steps": int(cmd[cmd.index("--steps") + 1]),
@@ -159,8 +162,9 @@ class Study:
 
     def run(self, jobs: int, variants, seeds, fresh: bool = False, steps=None) -> None:
         """Train the cells the record lacks, and those it holds from other code: a recorded cell stays
-        only with its command unchanged, on the same platform and prerequisites, and measured at a
-        commit whose library code (sdekernels, csrc, reference) is HEAD's. `fresh`: every cell again."""
+        only with today's command (`steps` overrides the study's), on the same platform and
+        prerequisites, and measured at a commit whose library code (sdekernels, csrc, reference) is
+        HEAD's. `fresh`: every cell again. A run never drops a recorded cell it does not measure again."""
         head = self.head()
         meta = {"commit": head, **platform(),
                 "verify": f"python benchmarks/{self.name}.py --verify VARIANT:SEED (on the same CPU capability "
@@ -169,18 +173,29 @@ class Study:
         meta["needs"] = self.prerequisites()
         same = not fresh and all(old.get(k) == meta[k] for k in ("cpu_capability", "torch", "needs"))
         cells = [{"commit": old.get("commit"), **c} for c in old["cells"]]  # a cell without one: the record's
-        keep = [c for c in cells if same and c["command"] == shlex.join(self.command(c["variant"], c["seed"],
-                                                                                       steps or c["steps"]))
-                and (steps is None or c["steps"] == steps) and same_code(c["commit"], head)]
+        keep = [c for c in cells if same and same_code(c["commit"], head)
+                and c["command"] == shlex.join(self.command(c["variant"], c["seed"], steps))]
         done = {(c["variant"], c["seed"]) for c in keep}
         todo = [(v, s) for v in variants for s in seeds if (v, s) not in done]
+        dropped = sorted({(c["variant"], c["seed"]) for c in cells} - done - set(todo))
+        if dropped:
+            raise SystemExit(f"{self.record} holds {len(dropped)} cells this run would drop without measuring "
+                             f"them again (e.g. {dropped[0]}): run every variant and seed of it, or record "
+                             "elsewhere")
+        failed = []
         with cf.ThreadPoolExecutor(jobs) as pool, tqdm(total=len(todo), desc=f"{self.name} cells") as bar:
-            futures = [pool.submit(self.run_cell, v, s, steps) for v, s in todo]
+            futures = {pool.submit(self.run_cell, v, s, steps): (v, s) for v, s in todo}
             for f in cf.as_completed(futures):
-                cell = {**f.result(), "commit": head}
+                bar.update()
+                try:
+                    cell = {**f.result(), "commit": head}
+                except RuntimeError as exc:  # the others go on; the record keeps what succeeded
+                    failed.append(f"{futures[f]}: {exc}")
+                    continue
                 keep = [c for c in keep if (c["variant"], c["seed"]) != (cell["variant"], cell["seed"])] + [cell]
                 self.save(keep, meta)  # after every cell: an interrupted run keeps what it has
-                bar.update()
+        if failed:
+            raise SystemExit(f"{len(failed)} cells failed:\n" + "\n".join(failed))
 
     def differences(self, cell: dict, again: dict) -> list:
         """The measured keys on which a repeat differs from the record (bit for bit)."""
@@ -193,11 +208,15 @@ class Study:
         if cell is None:
             raise SystemExit(f"--verify: no cell {spec!r} in {self.record} (VARIANT:SEED, e.g. "
                              f"{next(iter(self.variants))}:0)")
+        here = platform()
+        if any(record.get(k) != v for k, v in here.items()):
+            print(f"the record was measured on {[record.get(k) for k in here]}, this machine is "
+                  f"{list(here.values())}: torch dispatches to other kernels, expect other numbers")
         needs = self.prerequisites()
         if needs != record.get("needs", {}):
             print(f"the prerequisites differ from the record's: {needs} vs {record.get('needs')}")
             return 1
-        again = self.run_cell(variant, int(seed), cell["steps"])
+        again = self.measure(shlex.split(cell["command"]), variant, int(seed))  # the recorded command
         diff = self.differences(cell, again)
         print(f"{spec}: recorded {cell['value']!r}, reproduced {again['value']!r}: "
               + ("identical" if not diff else "DIFFERENT in " + ", ".join(diff)))

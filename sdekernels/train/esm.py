@@ -2,9 +2,11 @@
 with or without spectrum matching (esm_loss) and DSM masking (block_dct_lowpass).
 
 - plain: L = MSE(dec(enc(x)), x)
-- --esm-weight w: + w · esm_loss(z, x) (the latent's radial spectrum matched to the image's);
-  --esm-delta, --esm-variant and --esm-keep-dc set esm_loss's delta, variant and keep_dc in every
-  call (the training loss, the logged loss_esm and the evaluation's esm_test)
+- --esm-weight w: + w · esm_loss(z, x, delta=--esm-delta) (the latent's radial spectrum matched to
+  the image's weighted by f^delta: the flattened target at this driver's default delta = 1, the
+  image's own at 0, esm_loss's default); --esm-delta, --esm-variant and --esm-keep-dc set
+  esm_loss's delta, variant and keep_dc in every call (the training loss, the logged loss_esm and
+  the evaluation's esm_test)
 - --dsm: k drawn per step from {0, 8, 10, 12}; the decoder reconstructs block_dct_lowpass(x, k)
   from block_dct_lowpass(z, k) (k = 0 is the identity)
 Training crops come from the left 3/4 of every photo, test crops from the right 1/4.
